@@ -1,0 +1,148 @@
+//! Session tokens (bearer secrets) and the public ids derived from them.
+//!
+//! Invariants:
+//! 1. A token is 256 bits from the operating system's CSPRNG, written as 43 characters of
+//!    unpadded base64url. It is returned once, by `create`, and never stored: the engine keeps
+//!    only [`SessionId`] = the first 128 bits of SHA-256(token bytes), so a heap dump, snapshot or
+//!    listing holds no usable credential.
+//! 2. [`Token`] has no `Display` and a redacting `Debug`, so it cannot end up in a log line by
+//!    accident; the only way to read it is [`Token::expose`].
+//! 3. Ids are uniformly distributed (they are hash outputs an attacker cannot choose), so the
+//!    engine may shard and hash on their bits directly without a keyed hasher.
+
+use base64::Engine as _;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use sha2::{Digest, Sha256};
+use std::fmt;
+
+/// Length of a token in its text form.
+pub const TOKEN_LEN: usize = 43;
+
+/// A freshly minted bearer token. Deliberately not `Display`.
+pub struct Token(String);
+
+impl Token {
+    /// Mints a token from the OS CSPRNG.
+    pub fn generate() -> Result<Token, getrandom::Error> {
+        let mut bytes = [0u8; 32];
+        getrandom::fill(&mut bytes)?;
+        Ok(Token(URL_SAFE_NO_PAD.encode(bytes)))
+    }
+
+    /// The secret itself, for the one response that hands it out.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+
+    /// The public id of this token.
+    pub fn id(&self) -> SessionId {
+        SessionId::from_token(&self.0).expect("a generated token is well-formed")
+    }
+}
+
+impl fmt::Debug for Token {
+    fn fmt(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        f.write_str("Token(<redacted>)")
+    }
+}
+
+/// The public, non-secret identity of a session: 128 bits of SHA-256 of the token.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct SessionId(pub u128);
+
+impl SessionId {
+    /// Derives the id from a token's text form; `None` if it is not a well-formed token, so
+    /// garbage is refused without touching the table.
+    #[inline]
+    pub fn from_token(token: &str) -> Option<SessionId> {
+        if token.len() != TOKEN_LEN {
+            return None;
+        }
+        let mut raw = [0u8; 33];
+        let n = URL_SAFE_NO_PAD.decode_slice(token, &mut raw).ok()?;
+        if n != 32 {
+            return None;
+        }
+        let digest = Sha256::digest(&raw[..32]);
+        let mut id = [0u8; 16];
+        id.copy_from_slice(&digest[..16]);
+        Some(SessionId(u128::from_be_bytes(id)))
+    }
+
+    /// Parses the 32-hex-digit form used in URLs and responses (either case).
+    pub fn parse_hex(s: &str) -> Option<SessionId> {
+        if s.len() != 32 || !s.bytes().all(|b| b.is_ascii_hexdigit()) {
+            return None;
+        }
+        u128::from_str_radix(s, 16).ok().map(SessionId)
+    }
+
+    /// Low 64 bits: the hash used inside a shard's table.
+    #[inline]
+    pub fn table_hash(self) -> u64 {
+        self.0 as u64
+    }
+
+    /// High 64 bits: used to pick the shard, independent of [`Self::table_hash`].
+    #[inline]
+    pub fn shard_bits(self) -> u64 {
+        (self.0 >> 64) as u64
+    }
+}
+
+impl fmt::Display for SessionId {
+    fn fmt(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        write!(f, "{:032x}", self.0)
+    }
+}
+
+impl fmt::Debug for SessionId {
+    fn fmt(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        write!(f, "SessionId({self})")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tokens_are_43_base64url_chars_and_unique() {
+        let a = Token::generate().unwrap();
+        let b = Token::generate().unwrap();
+        assert_eq!(a.expose().len(), TOKEN_LEN);
+        assert!(a.expose().bytes().all(|c| c.is_ascii_alphanumeric() || c == b'-' || c == b'_'));
+        assert_ne!(a.expose(), b.expose());
+        assert_ne!(a.id(), b.id());
+    }
+
+    #[test]
+    fn id_is_sha256_prefix_of_token_bytes() {
+        // 32 zero bytes encode to 43 'A's.
+        let token = "A".repeat(43);
+        let id = SessionId::from_token(&token).unwrap();
+        // SHA-256 of 32 zero bytes = 66687aadf862bd776c8fc18b8e9f8e20...
+        assert_eq!(id.to_string(), "66687aadf862bd776c8fc18b8e9f8e20");
+        assert_eq!(SessionId::parse_hex(&id.to_string()), Some(id));
+        assert_eq!(SessionId::parse_hex("66687AADF862BD776C8FC18B8E9F8E20"), Some(id));
+    }
+
+    #[test]
+    fn malformed_tokens_are_refused() {
+        assert!(SessionId::from_token("").is_none());
+        assert!(SessionId::from_token(&"A".repeat(42)).is_none());
+        assert!(SessionId::from_token(&"A".repeat(44)).is_none());
+        assert!(SessionId::from_token(&format!("{}=", "A".repeat(42))).is_none());
+        assert!(SessionId::from_token(&format!("{}+", "A".repeat(42))).is_none());
+        // Non-canonical trailing bits are refused, so one secret has one spelling.
+        assert!(SessionId::from_token(&format!("{}B", "A".repeat(42))).is_none());
+        assert!(SessionId::parse_hex("xyz").is_none());
+        assert!(SessionId::parse_hex(&"g".repeat(32)).is_none());
+    }
+
+    #[test]
+    fn debug_redacts() {
+        let t = Token::generate().unwrap();
+        assert_eq!(format!("{t:?}"), "Token(<redacted>)");
+    }
+}

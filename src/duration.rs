@@ -68,9 +68,11 @@ impl<'de> Visitor<'de> for DurationVisitor {
     }
 
     fn visit_i64<E: de::Error>(self, v: i64) -> Result<Self::Value, E> {
-        u64::try_from(v)
-            .map(DurationSecs)
-            .map_err(|_| E::custom(format_args!("duration {v} is negative; expected {EXPECTED}")))
+        u64::try_from(v).map(DurationSecs).map_err(|_| {
+            E::custom(format_args!(
+                "duration {v} is negative; expected {EXPECTED}"
+            ))
+        })
     }
 
     fn visit_f64<E: de::Error>(self, v: f64) -> Result<Self::Value, E> {
@@ -106,13 +108,14 @@ impl<'de> Visitor<'de> for DurationVisitor {
                 "unknown duration unit {unit_str:?}; expected SECONDS, MINUTES, HOURS or DAYS"
             ))
         })?;
-        let value = u64::try_from(value).map_err(|_| {
-            de::Error::custom(format_args!("duration value {value} is negative"))
-        })?;
+        let value = u64::try_from(value)
+            .map_err(|_| de::Error::custom(format_args!("duration value {value} is negative")))?;
         value
             .checked_mul(unit.secs())
             .map(DurationSecs)
-            .ok_or_else(|| de::Error::custom(format_args!("duration {value} {unit_str} is too large")))
+            .ok_or_else(|| {
+                de::Error::custom(format_args!("duration {value} {unit_str} is too large"))
+            })
     }
 }
 
@@ -131,20 +134,44 @@ mod tests {
 
     #[test]
     fn value_and_unit() {
-        assert_eq!(parse(r#"{"value": 24, "unit": "HOURS"}"#).unwrap(), DurationSecs(86_400));
-        assert_eq!(parse(r#"{"value": 480, "unit": "MINUTES"}"#).unwrap(), DurationSecs(28_800));
-        assert_eq!(parse(r#"{"value": 2, "unit": "DAYS"}"#).unwrap(), DurationSecs(172_800));
-        assert_eq!(parse(r#"{"unit": "SECONDS", "value": 5}"#).unwrap(), DurationSecs(5));
+        assert_eq!(
+            parse(r#"{"value": 24, "unit": "HOURS"}"#).unwrap(),
+            DurationSecs(86_400)
+        );
+        assert_eq!(
+            parse(r#"{"value": 480, "unit": "MINUTES"}"#).unwrap(),
+            DurationSecs(28_800)
+        );
+        assert_eq!(
+            parse(r#"{"value": 2, "unit": "DAYS"}"#).unwrap(),
+            DurationSecs(172_800)
+        );
+        assert_eq!(
+            parse(r#"{"unit": "SECONDS", "value": 5}"#).unwrap(),
+            DurationSecs(5)
+        );
     }
 
     #[test]
     fn bad_forms_are_explained() {
         assert!(parse("-5").unwrap_err().contains("negative"));
         assert!(parse("1.5").unwrap_err().contains("whole number"));
-        assert!(parse(r#""1h""#).unwrap_err().contains("whole number of seconds"));
-        assert!(parse(r#"{"value": 1, "unit": "WEEKS"}"#).unwrap_err().contains("WEEKS"));
+        assert!(
+            parse(r#""1h""#)
+                .unwrap_err()
+                .contains("whole number of seconds")
+        );
+        assert!(
+            parse(r#"{"value": 1, "unit": "WEEKS"}"#)
+                .unwrap_err()
+                .contains("WEEKS")
+        );
         assert!(parse(r#"{"value": 1}"#).unwrap_err().contains("unit"));
-        assert!(parse(r#"{"value": 1, "unit": "DAYS", "x": 1}"#).unwrap_err().contains("x"));
+        assert!(
+            parse(r#"{"value": 1, "unit": "DAYS", "x": 1}"#)
+                .unwrap_err()
+                .contains("x")
+        );
         assert!(parse(r#"{"value": 18446744073709551615, "unit": "DAYS"}"#).is_err());
     }
 

@@ -255,25 +255,47 @@ mod tests {
         assert_eq!(p, policy(28_800, Some(900), true));
 
         let e = Policy::from_patch(None, &patch(r#"{"absolute_timeout": 0}"#)).unwrap_err();
-        assert_eq!(e.to_string(), "absolute_timeout is 0 seconds; it must be between 1 and 34560000 seconds (400 days)");
-        let e = Policy::from_patch(None, &patch(r#"{"absolute_timeout": {"value": 401, "unit": "DAYS"}}"#))
-            .unwrap_err();
-        assert!(matches!(e, PolicyError::OutOfRange { field: "absolute_timeout", value: 34_646_400 }));
-        let e = Policy::from_patch(None, &patch(r#"{"absolute_timeout": 60, "idle_timeout_enabled": true}"#))
-            .unwrap_err();
-        assert_eq!(e.to_string(), "idle_timeout is required when idle_timeout_enabled is true");
+        assert_eq!(
+            e.to_string(),
+            "absolute_timeout is 0 seconds; it must be between 1 and 34560000 seconds (400 days)"
+        );
+        let e = Policy::from_patch(
+            None,
+            &patch(r#"{"absolute_timeout": {"value": 401, "unit": "DAYS"}}"#),
+        )
+        .unwrap_err();
+        assert!(matches!(
+            e,
+            PolicyError::OutOfRange {
+                field: "absolute_timeout",
+                value: 34_646_400
+            }
+        ));
+        let e = Policy::from_patch(
+            None,
+            &patch(r#"{"absolute_timeout": 60, "idle_timeout_enabled": true}"#),
+        )
+        .unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "idle_timeout is required when idle_timeout_enabled is true"
+        );
         let e = Policy::from_patch(None, &patch(r#"{"idle_timeout": 60}"#)).unwrap_err();
         assert_eq!(e.to_string(), "absolute_timeout is required");
-        assert!(serde_json::from_str::<PolicyPatch>(r#"{"absolute_timeout": 5, "ttl": 3}"#).is_err());
+        assert!(
+            serde_json::from_str::<PolicyPatch>(r#"{"absolute_timeout": 5, "ttl": 3}"#).is_err()
+        );
     }
 
     #[test]
     fn patch_keeps_unnamed_fields_and_remembers_a_disabled_idle() {
         let base = policy(3_600, Some(600), false);
-        let off = Policy::from_patch(Some(&base), &patch(r#"{"idle_timeout_enabled": false}"#)).unwrap();
+        let off =
+            Policy::from_patch(Some(&base), &patch(r#"{"idle_timeout_enabled": false}"#)).unwrap();
         assert_eq!(off.idle_secs(), None);
         assert_eq!(off.idle_timeout_secs, Some(600));
-        let on = Policy::from_patch(Some(&off), &patch(r#"{"idle_timeout_enabled": true}"#)).unwrap();
+        let on =
+            Policy::from_patch(Some(&off), &patch(r#"{"idle_timeout_enabled": true}"#)).unwrap();
         assert_eq!(on, base);
         let p = Policy::from_patch(Some(&base), &patch(r#"{"persistent": true}"#)).unwrap();
         assert_eq!(p, policy(3_600, Some(600), true));
@@ -283,20 +305,35 @@ mod tests {
     fn stricter_takes_the_tighter_field_by_field() {
         let app = policy(86_400, Some(1_800), true);
         let org = OrgPolicy::Custom(policy(28_800, Some(3_600), false));
-        assert_eq!(resolve(Mode::Stricter, &app, &org), policy(28_800, Some(1_800), false));
+        assert_eq!(
+            resolve(Mode::Stricter, &app, &org),
+            policy(28_800, Some(1_800), false)
+        );
         // Idle is enabled if either enables it.
         let app_no_idle = policy(86_400, None, true);
-        assert_eq!(resolve(Mode::Stricter, &app_no_idle, &org), policy(28_800, Some(3_600), false));
+        assert_eq!(
+            resolve(Mode::Stricter, &app_no_idle, &org),
+            policy(28_800, Some(3_600), false)
+        );
         let org_no_idle = OrgPolicy::Custom(policy(100_000, None, true));
-        assert_eq!(resolve(Mode::Stricter, &app, &org_no_idle), policy(86_400, Some(1_800), true));
-        assert_eq!(resolve(Mode::Stricter, &app_no_idle, &org_no_idle), policy(86_400, None, true));
+        assert_eq!(
+            resolve(Mode::Stricter, &app, &org_no_idle),
+            policy(86_400, Some(1_800), true)
+        );
+        assert_eq!(
+            resolve(Mode::Stricter, &app_no_idle, &org_no_idle),
+            policy(86_400, None, true)
+        );
     }
 
     #[test]
     fn override_replaces_and_application_inherits() {
         let app = policy(86_400, Some(1_800), false);
         let custom = policy(200_000, None, true);
-        assert_eq!(resolve(Mode::Override, &app, &OrgPolicy::Custom(custom)), custom);
+        assert_eq!(
+            resolve(Mode::Override, &app, &OrgPolicy::Custom(custom)),
+            custom
+        );
         assert_eq!(resolve(Mode::Override, &app, &OrgPolicy::Application), app);
         assert_eq!(resolve(Mode::Stricter, &app, &OrgPolicy::Application), app);
     }

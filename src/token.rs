@@ -111,7 +111,11 @@ mod tests {
         let a = Token::generate().unwrap();
         let b = Token::generate().unwrap();
         assert_eq!(a.expose().len(), TOKEN_LEN);
-        assert!(a.expose().bytes().all(|c| c.is_ascii_alphanumeric() || c == b'-' || c == b'_'));
+        assert!(
+            a.expose()
+                .bytes()
+                .all(|c| c.is_ascii_alphanumeric() || c == b'-' || c == b'_')
+        );
         assert_ne!(a.expose(), b.expose());
         assert_ne!(a.id(), b.id());
     }
@@ -124,7 +128,10 @@ mod tests {
         // SHA-256 of 32 zero bytes = 66687aadf862bd776c8fc18b8e9f8e20...
         assert_eq!(id.to_string(), "66687aadf862bd776c8fc18b8e9f8e20");
         assert_eq!(SessionId::parse_hex(&id.to_string()), Some(id));
-        assert_eq!(SessionId::parse_hex("66687AADF862BD776C8FC18B8E9F8E20"), Some(id));
+        assert_eq!(
+            SessionId::parse_hex("66687AADF862BD776C8FC18B8E9F8E20"),
+            Some(id)
+        );
     }
 
     #[test]

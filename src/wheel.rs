@@ -156,7 +156,8 @@ impl Wheel {
         let level = level_for(self.elapsed, when);
         let slot = slot_for(when, level);
         debug_assert!(
-            self.slot_deadline(level, slot) <= when && self.slot_deadline(level, slot) > self.elapsed,
+            self.slot_deadline(level, slot) <= when
+                && self.slot_deadline(level, slot) > self.elapsed,
             "entry {idx} when={when} filed at level {level} slot {slot} due {} (elapsed {})",
             self.slot_deadline(level, slot),
             self.elapsed
@@ -246,8 +247,8 @@ impl Wheel {
             let slot = (rotated.trailing_zeros() as usize + now_slot as usize) % SLOTS;
             let deadline = self.slot_deadline(level, slot);
             debug_assert!(
-                (level + 1..LEVELS).all(|l| self.occupied[l] == 0
-                    || self.first_deadline_at(l) >= deadline),
+                (level + 1..LEVELS)
+                    .all(|l| self.occupied[l] == 0 || self.first_deadline_at(l) >= deadline),
                 "a higher level fires before level {level}"
             );
             return Some((level, slot, deadline));
@@ -413,7 +414,10 @@ mod tests {
         }
         for (i, &w) in whens.iter().enumerate() {
             let fired = h.fired_at[i].unwrap();
-            assert!(fired >= w && fired < w + 37, "entry {i} when {w} fired at {fired}");
+            assert!(
+                fired >= w && fired < w + 37,
+                "entry {i} when {w} fired at {fired}"
+            );
         }
     }
 
@@ -431,7 +435,7 @@ mod tests {
             assert!(now < far + step);
         }
         assert!(h.fired_at[0].unwrap() >= far);
-        assert!(h.fired_at[1].unwrap() >= MAX_AHEAD_TICKS + 1);
+        assert!(h.fired_at[1].unwrap() > MAX_AHEAD_TICKS);
     }
 
     #[test]

@@ -1,0 +1,509 @@
+//! The session engine: N shards, the policy store, limits and the clock, as plain synchronous
+//! Rust. Everything async (HTTP, the reaper tick, signals) calls into this.
+//!
+//! Invariants:
+//! 1. A session lives in shard `id.shard_bits() & mask`; the shard count is a power of two.
+//! 2. Lock order is `user stripe` → `policies` → one shard at a time. Creates read the policy
+//!    store while holding its read lock across the shard insert, and policy writes hold its write
+//!    lock while visiting every shard, so no shard ever caches a stale effective policy.
+//! 3. `active` counts live sessions; a create reserves its place before inserting, so
+//!    `max_sessions` is never exceeded even under concurrent creates.
+//! 4. With a per-user limit, creates of one user are serialized by a striped mutex, so the count
+//!    across shards cannot race past the limit.
+
+use crate::clock::Clock;
+use crate::policy::{DEFAULT_POLICY, Effective, Mode, OrgPolicy, Policy, resolve};
+use crate::session::{
+    ExpiryReason, InputError, Invalid, NewSession, SessionView, Validation, check_id,
+};
+use crate::shard::{Evictions, Reapplied, Shard, TickScale};
+use crate::token::{SessionId, Token};
+use hashbrown::DefaultHashBuilder;
+use hashbrown::HashMap;
+use parking_lot::{Mutex, RwLock};
+use std::hash::BuildHasher;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+/// What to do when a user already has `max_sessions_per_user` sessions.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum UserLimitAction {
+    /// Refuse the new session.
+    #[default]
+    Refuse,
+    /// Revoke the user's oldest session to make room.
+    EvictOldest,
+}
+
+impl std::str::FromStr for UserLimitAction {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "refuse" => Ok(UserLimitAction::Refuse),
+            "evict_oldest" | "evict-oldest" => Ok(UserLimitAction::EvictOldest),
+            other => Err(format!(
+                "unknown per-user limit action {other:?}; expected \"refuse\" or \"evict_oldest\""
+            )),
+        }
+    }
+}
+
+/// Engine settings, fixed at start.
+#[derive(Debug, Clone)]
+pub struct EngineConfig {
+    /// Number of shards; a power of two.
+    pub shards: usize,
+    /// Wheel tick in milliseconds (1..=1000).
+    pub tick_ms: u64,
+    pub mode: Mode,
+    pub application_policy: Policy,
+    /// Most live sessions in total.
+    pub max_sessions: usize,
+    /// Most live sessions per user, if limited.
+    pub max_sessions_per_user: Option<usize>,
+    pub user_limit_action: UserLimitAction,
+}
+
+/// Default shard count: 8 per core, rounded up to a power of two.
+pub fn default_shards() -> usize {
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    (cores * 8).next_power_of_two().min(1024)
+}
+
+impl Default for EngineConfig {
+    fn default() -> Self {
+        EngineConfig {
+            shards: default_shards(),
+            tick_ms: 100,
+            mode: Mode::Stricter,
+            application_policy: DEFAULT_POLICY,
+            max_sessions: 10_000_000,
+            max_sessions_per_user: None,
+            user_limit_action: UserLimitAction::Refuse,
+        }
+    }
+}
+
+/// Why the engine refused an operation.
+#[derive(Debug, thiserror::Error)]
+pub enum EngineError {
+    #[error(transparent)]
+    Input(#[from] InputError),
+    #[error("the session table is full ({max} sessions); retry later or raise --max-sessions")]
+    Capacity { max: usize },
+    #[error("user already has {max} sessions, the per-user limit")]
+    UserLimit { max: usize },
+    #[error("the operating system's random number generator failed: {0}")]
+    Rng(String),
+}
+
+/// A new session: the token (given out once) and the session's state.
+#[derive(Debug)]
+pub struct Created {
+    pub token: Token,
+    pub session: SessionView,
+    /// Sessions of the same user revoked to honour `max_sessions_per_user` (evict-oldest).
+    pub displaced: usize,
+}
+
+/// What a policy write changed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PolicyChange {
+    /// The org's effective policy before and after (the application policy for `PUT /v1/policy`).
+    pub old_effective: Policy,
+    pub new_effective: Policy,
+    /// Whether any effective policy changed (and so was re-applied).
+    pub changed: bool,
+    pub reapplied: Reapplied,
+}
+
+/// An org's policy as stored, with the effective result.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OrgPolicyView {
+    pub org_policy: OrgPolicy,
+    pub effective: Policy,
+}
+
+#[derive(Debug, Clone)]
+struct PolicyState {
+    mode: Mode,
+    app: Policy,
+    /// Orgs with a CUSTOM policy; absent means APPLICATION.
+    custom: HashMap<String, Policy>,
+}
+
+impl PolicyState {
+    fn org_policy(&self, org: &str) -> OrgPolicy {
+        self.custom
+            .get(org)
+            .map_or(OrgPolicy::Application, |p| OrgPolicy::Custom(*p))
+    }
+
+    fn effective(&self, org: Option<&str>) -> Policy {
+        match org {
+            None => self.app,
+            Some(o) => resolve(self.mode, &self.app, &self.org_policy(o)),
+        }
+    }
+}
+
+/// The engine (see the module doc).
+pub struct Engine {
+    shards: Box<[RwLock<Shard>]>,
+    mask: u64,
+    policies: RwLock<PolicyState>,
+    clock: Arc<dyn Clock>,
+    active: Arc<AtomicUsize>,
+    max_sessions: usize,
+    per_user: Option<(usize, UserLimitAction)>,
+    user_stripes: Box<[Mutex<()>]>,
+    stripe_hasher: DefaultHashBuilder,
+    tick_ms: u64,
+}
+
+/// Reaper batch: most sessions evicted per shard lock hold.
+pub const REAP_BATCH: usize = 1_024;
+
+impl Engine {
+    /// Builds an engine; `shards` is rounded up to a power of two and `tick_ms` clamped to
+    /// 1..=1000 (the config layer rejects bad values with a message before this).
+    pub fn new(cfg: EngineConfig, clock: Arc<dyn Clock>) -> Engine {
+        let n = cfg.shards.max(1).next_power_of_two();
+        let tick_ms = cfg.tick_ms.clamp(1, 1_000);
+        let now = clock.now_ms();
+        let scale = TickScale {
+            origin_ms: now - now % tick_ms,
+            tick_ms,
+        };
+        let active = Arc::new(AtomicUsize::new(0));
+        let app_eff = cfg.application_policy.effective();
+        Engine {
+            shards: (0..n)
+                .map(|_| RwLock::new(Shard::new(scale, app_eff, active.clone())))
+                .collect(),
+            mask: (n - 1) as u64,
+            policies: RwLock::new(PolicyState {
+                mode: cfg.mode,
+                app: cfg.application_policy,
+                custom: HashMap::new(),
+            }),
+            clock,
+            active,
+            max_sessions: cfg.max_sessions,
+            per_user: cfg
+                .max_sessions_per_user
+                .map(|m| (m.max(1), cfg.user_limit_action)),
+            user_stripes: (0..64).map(|_| Mutex::new(())).collect(),
+            stripe_hasher: DefaultHashBuilder::default(),
+            tick_ms,
+        }
+    }
+
+    /// The clock this engine reads.
+    pub fn now_ms(&self) -> u64 {
+        self.clock.now_ms()
+    }
+
+    /// Wheel tick in milliseconds.
+    pub fn tick_ms(&self) -> u64 {
+        self.tick_ms
+    }
+
+    /// Number of shards.
+    pub fn shard_count(&self) -> usize {
+        self.shards.len()
+    }
+
+    /// Live sessions (including expired ones not yet swept).
+    pub fn len(&self) -> usize {
+        self.active.load(Ordering::Relaxed)
+    }
+
+    /// Whether there is no session.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// The configured `max_sessions`.
+    pub fn max_sessions(&self) -> usize {
+        self.max_sessions
+    }
+
+    /// The resolution mode.
+    pub fn mode(&self) -> Mode {
+        self.policies.read().mode
+    }
+
+    #[inline]
+    fn shard(&self, id: SessionId) -> &RwLock<Shard> {
+        &self.shards[(id.shard_bits() & self.mask) as usize]
+    }
+
+    /// Creates a session for `new.user_id` (and org), honouring the limits.
+    pub fn create(&self, new: NewSession) -> Result<Created, EngineError> {
+        check_id("user_id", &new.user_id)?;
+        if let Some(org) = &new.org_id {
+            check_id("org_id", org)?;
+        }
+        // Reserve a place (invariant 3).
+        if self.active.fetch_add(1, Ordering::Relaxed) >= self.max_sessions {
+            self.active.fetch_sub(1, Ordering::Relaxed);
+            return Err(EngineError::Capacity {
+                max: self.max_sessions,
+            });
+        }
+        let result = self.create_reserved(new);
+        if result.is_err() {
+            self.active.fetch_sub(1, Ordering::Relaxed);
+        }
+        result
+    }
+
+    fn create_reserved(&self, new: NewSession) -> Result<Created, EngineError> {
+        let stripe = self.per_user.map(|_| {
+            let h = self.stripe_hasher.hash_one(new.user_id.as_str()) as usize;
+            self.user_stripes[h % self.user_stripes.len()].lock()
+        });
+        let mut displaced = 0;
+        if let Some((max, action)) = self.per_user {
+            let mut count: usize = self
+                .shards
+                .iter()
+                .map(|s| s.read().count_user(&new.user_id))
+                .sum();
+            while count >= max {
+                match action {
+                    UserLimitAction::Refuse => return Err(EngineError::UserLimit { max }),
+                    UserLimitAction::EvictOldest => {
+                        let oldest = self
+                            .shards
+                            .iter()
+                            .filter_map(|s| s.read().oldest_of_user(&new.user_id))
+                            .min();
+                        match oldest {
+                            Some((_, id)) if self.shard(id).write().remove_id(id) => {
+                                displaced += 1;
+                            }
+                            _ => {}
+                        }
+                        count -= 1;
+                    }
+                }
+            }
+        }
+        let token = Token::generate().map_err(|e| EngineError::Rng(e.to_string()))?;
+        let id = token.id();
+        let now = self.clock.now_ms();
+        let metadata = new.metadata.filter(|m| !m.is_empty()).map(Arc::new);
+        let policies = self.policies.read();
+        let session = self.shard(id).write().insert(
+            id,
+            &new.user_id,
+            new.org_id.as_deref(),
+            || policies.effective(new.org_id.as_deref()).effective(),
+            metadata,
+            now,
+        );
+        drop(policies);
+        drop(stripe);
+        Ok(Created {
+            token,
+            session,
+            displaced,
+        })
+    }
+
+    /// Whether `token` names a live, unexpired session. No side effect.
+    #[inline]
+    pub fn validate(&self, token: &str) -> Validation {
+        let Some(id) = SessionId::from_token(token) else {
+            return Validation::Invalid(Invalid::Malformed);
+        };
+        let now = self.clock.now_ms();
+        outcome(self.shard(id).read().validate(id, now))
+    }
+
+    /// Records activity on `token`'s session and returns its deadlines after it; an expired
+    /// session is refused, never revived.
+    #[inline]
+    pub fn touch(&self, token: &str) -> Validation {
+        let Some(id) = SessionId::from_token(token) else {
+            return Validation::Invalid(Invalid::Malformed);
+        };
+        let now = self.clock.now_ms();
+        outcome(self.shard(id).read().touch(id, now))
+    }
+
+    /// Ends `token`'s session; false if there was none.
+    pub fn revoke(&self, token: &str) -> bool {
+        SessionId::from_token(token).is_some_and(|id| self.revoke_id(id))
+    }
+
+    /// The session `id` if it is still in the table (expired-but-unswept ones included, with
+    /// deadlines that show it).
+    pub fn get(&self, id: SessionId) -> Option<SessionView> {
+        self.shard(id).read().get(id)
+    }
+
+    /// Ends session `id`; false if there was none.
+    pub fn revoke_id(&self, id: SessionId) -> bool {
+        self.shard(id).write().remove_id(id)
+    }
+
+    /// `user`'s sessions, oldest first. Costs one lookup per shard plus the user's sessions.
+    pub fn list_user(&self, user: &str) -> Vec<SessionView> {
+        let mut all: Vec<SessionView> = self
+            .shards
+            .iter()
+            .flat_map(|s| s.read().user_sessions(user))
+            .collect();
+        all.sort_by_key(|v| (v.created_at_ms, v.id));
+        all
+    }
+
+    /// Ends all of `user`'s sessions; returns how many.
+    pub fn revoke_user(&self, user: &str) -> usize {
+        self.shards
+            .iter()
+            .map(|s| s.write().revoke_user(user))
+            .sum()
+    }
+
+    /// Ends all of `org`'s sessions; returns how many.
+    pub fn revoke_org(&self, org: &str) -> usize {
+        self.shards.iter().map(|s| s.write().revoke_org(org)).sum()
+    }
+
+    /// The application policy.
+    pub fn application_policy(&self) -> Policy {
+        self.policies.read().app
+    }
+
+    /// An org's policy and its effective result.
+    pub fn org_policy(&self, org: &str) -> OrgPolicyView {
+        let st = self.policies.read();
+        OrgPolicyView {
+            org_policy: st.org_policy(org),
+            effective: st.effective(Some(org)),
+        }
+    }
+
+    /// Every org with a CUSTOM policy, sorted by name.
+    pub fn custom_orgs(&self) -> Vec<(String, Policy)> {
+        let st = self.policies.read();
+        let mut v: Vec<_> = st.custom.iter().map(|(k, p)| (k.clone(), *p)).collect();
+        v.sort_by(|a, b| a.0.cmp(&b.0));
+        v
+    }
+
+    /// Replaces the application policy and re-applies it to every session it governs (in
+    /// `stricter` mode that is every org; in `override` mode the inheriting ones).
+    pub fn set_application_policy(&self, policy: Policy) -> PolicyChange {
+        let mut st = self.policies.write();
+        let old = st.app;
+        st.app = policy;
+        let changed = old.effective() != policy.effective();
+        let mut reapplied = Reapplied::default();
+        if changed {
+            let now = self.clock.now_ms();
+            for s in self.shards.iter() {
+                reapplied.merge(
+                    s.write()
+                        .reapply(|org| st.effective(org).effective(), None, now),
+                );
+            }
+        }
+        PolicyChange {
+            old_effective: old,
+            new_effective: policy,
+            changed,
+            reapplied,
+        }
+    }
+
+    /// Sets `org`'s policy and re-applies the resulting effective policy to its live sessions.
+    pub fn set_org_policy(
+        &self,
+        org: &str,
+        policy: OrgPolicy,
+    ) -> Result<PolicyChange, EngineError> {
+        check_id("org_id", org)?;
+        let mut st = self.policies.write();
+        let old = st.effective(Some(org));
+        match policy {
+            OrgPolicy::Application => {
+                st.custom.remove(org);
+            }
+            OrgPolicy::Custom(p) => {
+                st.custom.insert(org.to_owned(), p);
+            }
+        }
+        let new = st.effective(Some(org));
+        let new_eff: Effective = new.effective();
+        let changed = old.effective() != new_eff;
+        let mut reapplied = Reapplied::default();
+        if changed {
+            let now = self.clock.now_ms();
+            for s in self.shards.iter() {
+                reapplied.merge(s.write().reapply(|_| new_eff, Some(org), now));
+            }
+        }
+        Ok(PolicyChange {
+            old_effective: old,
+            new_effective: new,
+            changed,
+            reapplied,
+        })
+    }
+
+    /// Evicts every session due at the clock's `now` (all shards, no batch limit); for tests and
+    /// tools. The daemon's reaper uses [`Engine::advance_shard`].
+    pub fn advance(&self) -> Evictions {
+        let now = self.clock.now_ms();
+        let mut total = Evictions::default();
+        for i in 0..self.shards.len() {
+            loop {
+                let (ev, more) = self.advance_shard(i, now, usize::MAX, &mut |_, _| {});
+                total.merge(ev);
+                if !more {
+                    break;
+                }
+            }
+        }
+        total
+    }
+
+    /// Evicts up to `budget` due sessions of shard `i` at `now_ms`, holding its lock only for
+    /// that batch. Returns the evictions and whether more may be due.
+    pub fn advance_shard(
+        &self,
+        i: usize,
+        now_ms: u64,
+        budget: usize,
+        on_evict: &mut impl FnMut(ExpiryReason, u64),
+    ) -> (Evictions, bool) {
+        self.shards[i].write().advance(now_ms, budget, on_evict)
+    }
+
+    /// Checks every shard's invariants (tests only; O(n)).
+    pub fn check(&self) {
+        let mut n = 0;
+        for s in self.shards.iter() {
+            let mut s = s.write();
+            s.check();
+            n += s.len();
+        }
+        assert_eq!(n, self.len());
+    }
+}
+
+#[inline]
+fn outcome(r: Result<SessionView, Option<ExpiryReason>>) -> Validation {
+    match r {
+        Ok(v) => Validation::Valid(v),
+        Err(None) => Validation::Invalid(Invalid::NotFound),
+        Err(Some(ExpiryReason::Idle)) => Validation::Invalid(Invalid::ExpiredIdle),
+        Err(Some(ExpiryReason::Absolute)) => Validation::Invalid(Invalid::ExpiredAbsolute),
+    }
+}

@@ -1,0 +1,358 @@
+//! Engine behaviour tests: deterministic, on a manual clock, no sleeping.
+
+use crate::clock::ManualClock;
+use crate::engine::{Engine, EngineConfig, EngineError, UserLimitAction};
+use crate::policy::{Mode, OrgPolicy, Policy};
+use crate::session::{Invalid, NewSession, Validation};
+use std::sync::Arc;
+
+const T0: u64 = 1_800_000_000_000;
+
+fn policy(abs_s: u64, idle_s: Option<u64>, persistent: bool) -> Policy {
+    Policy {
+        absolute_timeout_secs: abs_s,
+        idle_timeout_enabled: idle_s.is_some(),
+        idle_timeout_secs: idle_s,
+        persistent,
+    }
+}
+
+fn engine_with(cfg: EngineConfig) -> (Engine, Arc<ManualClock>) {
+    let clock = ManualClock::new(T0);
+    (Engine::new(cfg, clock.clone()), clock)
+}
+
+fn engine(app: Policy) -> (Engine, Arc<ManualClock>) {
+    engine_with(EngineConfig {
+        shards: 4,
+        application_policy: app,
+        ..EngineConfig::default()
+    })
+}
+
+fn new(user: &str, org: Option<&str>) -> NewSession {
+    NewSession {
+        user_id: user.into(),
+        org_id: org.map(Into::into),
+        metadata: None,
+    }
+}
+
+fn is_valid(v: &Validation) -> bool {
+    matches!(v, Validation::Valid(_))
+}
+
+#[test]
+fn create_validate_touch_revoke() {
+    let (e, clock) = engine(policy(3_600, Some(600), false));
+    let c = e.create(new("alice", Some("acme"))).unwrap();
+    let s = &c.session;
+    assert_eq!(s.user_id, "alice");
+    assert_eq!(s.org_id.as_deref(), Some("acme"));
+    assert_eq!(s.created_at_ms, T0);
+    assert_eq!(s.idle_expires_at_ms, Some(T0 + 600_000));
+    assert_eq!(s.absolute_expires_at_ms, T0 + 3_600_000);
+    assert_eq!(s.expires_at_ms, T0 + 600_000);
+    let tok = c.token.expose().to_owned();
+
+    clock.advance(300_000);
+    let Validation::Valid(v) = e.validate(&tok) else {
+        panic!()
+    };
+    assert_eq!(v.last_activity_at_ms, T0, "validate has no side effect");
+    let Validation::Valid(t) = e.touch(&tok) else {
+        panic!()
+    };
+    assert_eq!(t.last_activity_at_ms, T0 + 300_000);
+    assert_eq!(t.expires_at_ms, T0 + 900_000);
+    assert_eq!(
+        e.get(c.session.id).unwrap().last_activity_at_ms,
+        T0 + 300_000
+    );
+
+    assert!(e.revoke(&tok));
+    assert!(!e.revoke(&tok));
+    assert_eq!(e.validate(&tok), Validation::Invalid(Invalid::NotFound));
+    assert_eq!(
+        e.validate("garbage"),
+        Validation::Invalid(Invalid::Malformed)
+    );
+    assert!(e.is_empty());
+    e.check();
+}
+
+#[test]
+fn expired_never_validates_even_before_the_sweep() {
+    let (e, clock) = engine(policy(3_600, Some(60), false));
+    let c = e.create(new("u", None)).unwrap();
+    let tok = c.token.expose();
+    clock.advance(59_999);
+    assert!(is_valid(&e.validate(tok)));
+    clock.advance(1);
+    assert_eq!(e.validate(tok), Validation::Invalid(Invalid::ExpiredIdle));
+    assert_eq!(
+        e.touch(tok),
+        Validation::Invalid(Invalid::ExpiredIdle),
+        "touch cannot revive"
+    );
+    assert_eq!(e.len(), 1, "not swept yet");
+    let ev = e.advance();
+    assert_eq!((ev.idle, ev.absolute), (1, 0));
+    assert_eq!(e.validate(tok), Validation::Invalid(Invalid::NotFound));
+    e.check();
+}
+
+#[test]
+fn touch_never_moves_past_the_absolute_deadline() {
+    let (e, clock) = engine(policy(100, Some(60), false));
+    let c = e.create(new("u", None)).unwrap();
+    let tok = c.token.expose();
+    for _ in 0..3 {
+        clock.advance(30_000);
+        let _ = e.touch(tok);
+    }
+    // At T0+90s: idle would be T0+150s, absolute caps it at T0+100s.
+    let Validation::Valid(v) = e.validate(tok) else {
+        panic!()
+    };
+    assert_eq!(v.expires_at_ms, T0 + 100_000);
+    clock.advance(10_000);
+    assert_eq!(e.touch(tok), Validation::Invalid(Invalid::ExpiredAbsolute));
+    assert_eq!(e.advance().absolute, 1);
+}
+
+#[test]
+fn eviction_is_exact_to_one_tick() {
+    let (e, clock) = engine(policy(10, None, false));
+    let _ = e.create(new("u", None)).unwrap();
+    clock.advance(9_999);
+    assert_eq!(e.advance().total(), 0);
+    clock.advance(1);
+    // The deadline is on a tick boundary here (T0 is a multiple of 100 ms).
+    assert_eq!(e.advance().absolute, 1);
+    // A deadline inside a tick is swept by the end of that tick.
+    clock.advance(50);
+    let _ = e.create(new("u", None)).unwrap();
+    clock.advance(9_999);
+    assert_eq!(
+        e.advance().total(),
+        0,
+        "one millisecond before the deadline"
+    );
+    clock.advance(51); // the next tick boundary after the deadline
+    assert_eq!(e.advance().absolute, 1);
+}
+
+#[test]
+fn touched_session_is_refiled_not_evicted_when_its_old_slot_fires() {
+    let (e, clock) = engine(policy(3_600, Some(60), false));
+    let c = e.create(new("u", None)).unwrap();
+    clock.advance(50_000);
+    let _ = e.touch(c.token.expose());
+    clock.advance(20_000); // past the original idle deadline
+    assert_eq!(e.advance().total(), 0);
+    assert!(is_valid(&e.validate(c.token.expose())));
+    clock.advance(40_000);
+    assert_eq!(e.advance().idle, 1);
+    e.check();
+}
+
+#[test]
+fn clock_jump_of_days_and_step_back() {
+    let (e, clock) = engine(policy(86_400, None, false));
+    let tokens: Vec<_> = (0..100)
+        .map(|i| {
+            clock.advance(1_000);
+            e.create(new(&format!("u{i}"), None)).unwrap().token
+        })
+        .collect();
+    clock.set(T0 - 10_000_000); // back before anything was created
+    assert_eq!(e.advance().total(), 0);
+    assert!(tokens.iter().all(|t| is_valid(&e.validate(t.expose()))));
+    clock.set(T0 + 3 * 86_400_000);
+    assert_eq!(e.advance().absolute, 100);
+    assert!(e.is_empty());
+    e.check();
+}
+
+#[test]
+fn tighter_org_policy_evicts_at_once_and_looser_extends() {
+    let (e, clock) = engine(policy(86_400, None, false));
+    let old = e.create(new("a", Some("acme"))).unwrap();
+    clock.advance(2 * 3_600_000);
+    let young = e.create(new("b", Some("acme"))).unwrap();
+    let other = e.create(new("c", Some("other"))).unwrap();
+    let ch = e
+        .set_org_policy("acme", OrgPolicy::Custom(policy(3_600, None, false)))
+        .unwrap();
+    assert!(ch.changed);
+    assert_eq!(ch.reapplied.evicted.absolute, 1);
+    assert_eq!(ch.reapplied.refiled, 1);
+    assert_eq!(
+        e.validate(old.token.expose()),
+        Validation::Invalid(Invalid::NotFound)
+    );
+    let Validation::Valid(v) = e.validate(young.token.expose()) else {
+        panic!()
+    };
+    assert_eq!(v.expires_at_ms, young.session.created_at_ms + 3_600_000);
+    assert!(is_valid(&e.validate(other.token.expose())));
+    // The re-filed session is swept at its new, earlier deadline.
+    clock.advance(3_600_000);
+    assert_eq!(e.advance().absolute, 1);
+    // Loosening extends: back to APPLICATION.
+    let c = e.create(new("d", Some("acme"))).unwrap();
+    let ch = e.set_org_policy("acme", OrgPolicy::Application).unwrap();
+    assert!(ch.changed);
+    let Validation::Valid(v) = e.validate(c.token.expose()) else {
+        panic!()
+    };
+    assert_eq!(v.expires_at_ms, c.session.created_at_ms + 86_400_000);
+    // Writing the same effective policy again re-applies nothing.
+    assert!(
+        !e.set_org_policy("acme", OrgPolicy::Application)
+            .unwrap()
+            .changed
+    );
+    e.check();
+}
+
+#[test]
+fn application_policy_change_reaches_inheriting_orgs_and_stricter_customs() {
+    let (e, clock) = engine(policy(86_400, None, false));
+    let inherit = e.create(new("a", Some("inherit"))).unwrap();
+    let none = e.create(new("b", None)).unwrap();
+    e.set_org_policy("custom", OrgPolicy::Custom(policy(7_200, None, false)))
+        .unwrap();
+    let custom = e.create(new("c", Some("custom"))).unwrap();
+    clock.advance(1_800_000);
+    let ch = e.set_application_policy(policy(1_000, None, false));
+    assert_eq!(
+        ch.reapplied.evicted.absolute, 3,
+        "stricter: all three are past 1000 s"
+    );
+    for t in [&inherit, &none, &custom] {
+        assert!(!is_valid(&e.validate(t.token.expose())));
+    }
+    e.check();
+}
+
+#[test]
+fn override_mode_lets_the_org_loosen() {
+    let (e, clock) = engine_with(EngineConfig {
+        shards: 2,
+        mode: Mode::Override,
+        application_policy: policy(3_600, Some(300), false),
+        ..EngineConfig::default()
+    });
+    e.set_org_policy("lax", OrgPolicy::Custom(policy(86_400, None, true)))
+        .unwrap();
+    let c = e.create(new("u", Some("lax"))).unwrap();
+    assert!(c.session.persistent);
+    assert_eq!(c.session.idle_expires_at_ms, None);
+    clock.advance(7_200_000);
+    assert!(is_valid(&e.validate(c.token.expose())));
+    assert_eq!(e.org_policy("lax").effective, policy(86_400, None, true));
+}
+
+#[test]
+fn persistent_requires_both_in_stricter_mode() {
+    let (e, _) = engine(policy(3_600, None, true));
+    e.set_org_policy("p", OrgPolicy::Custom(policy(3_600, None, true)))
+        .unwrap();
+    e.set_org_policy("np", OrgPolicy::Custom(policy(3_600, None, false)))
+        .unwrap();
+    assert!(e.create(new("u", Some("p"))).unwrap().session.persistent);
+    assert!(!e.create(new("u", Some("np"))).unwrap().session.persistent);
+    assert!(e.create(new("u", None)).unwrap().session.persistent);
+}
+
+#[test]
+fn list_and_revoke_by_user_and_org() {
+    let (e, clock) = engine(policy(3_600, None, false));
+    for i in 0..10 {
+        clock.advance(1);
+        let user = if i % 2 == 0 { "even" } else { "odd" };
+        let org = if i < 5 { "first" } else { "second" };
+        let _ = e.create(new(user, Some(org))).unwrap();
+    }
+    let evens = e.list_user("even");
+    assert_eq!(evens.len(), 5);
+    assert!(
+        evens
+            .windows(2)
+            .all(|w| w[0].created_at_ms < w[1].created_at_ms)
+    );
+    assert!(e.list_user("nobody").is_empty());
+    assert_eq!(e.revoke_org("first"), 5);
+    assert_eq!(e.list_user("even").len(), 2);
+    assert_eq!(e.revoke_user("odd"), 3);
+    assert_eq!(e.revoke_user("odd"), 0);
+    assert_eq!(e.len(), 2);
+    e.check();
+}
+
+#[test]
+fn capacity_is_a_clean_error() {
+    let (e, _) = engine_with(EngineConfig {
+        shards: 2,
+        max_sessions: 3,
+        ..EngineConfig::default()
+    });
+    let toks: Vec<_> = (0..3)
+        .map(|_| e.create(new("u", None)).unwrap().token)
+        .collect();
+    assert!(matches!(
+        e.create(new("u", None)),
+        Err(EngineError::Capacity { max: 3 })
+    ));
+    assert_eq!(e.len(), 3);
+    assert!(toks.iter().all(|t| is_valid(&e.validate(t.expose()))));
+    assert!(e.revoke(toks[0].expose()));
+    assert!(e.create(new("u", None)).is_ok());
+}
+
+#[test]
+fn per_user_limit_refuses_or_evicts_the_oldest() {
+    let (e, clock) = engine_with(EngineConfig {
+        shards: 8,
+        max_sessions_per_user: Some(2),
+        ..EngineConfig::default()
+    });
+    let a = e.create(new("u", None)).unwrap();
+    clock.advance(1);
+    let _b = e.create(new("u", None)).unwrap();
+    assert!(matches!(
+        e.create(new("u", None)),
+        Err(EngineError::UserLimit { max: 2 })
+    ));
+    assert!(e.create(new("someone-else", None)).is_ok());
+    assert!(is_valid(&e.validate(a.token.expose())));
+
+    let (e, clock) = engine_with(EngineConfig {
+        shards: 8,
+        max_sessions_per_user: Some(2),
+        user_limit_action: UserLimitAction::EvictOldest,
+        ..EngineConfig::default()
+    });
+    let a = e.create(new("u", None)).unwrap();
+    clock.advance(1);
+    let b = e.create(new("u", None)).unwrap();
+    clock.advance(1);
+    let c = e.create(new("u", None)).unwrap();
+    assert_eq!(c.displaced, 1);
+    assert!(!is_valid(&e.validate(a.token.expose())));
+    assert!(is_valid(&e.validate(b.token.expose())));
+    assert_eq!(e.list_user("u").len(), 2);
+    e.check();
+}
+
+#[test]
+fn bad_ids_are_refused_by_name() {
+    let (e, _) = engine(policy(60, None, false));
+    let err = e.create(new("", None)).unwrap_err();
+    assert_eq!(err.to_string(), "user_id must not be empty");
+    let err = e.create(new("u", Some(&"o".repeat(300)))).unwrap_err();
+    assert!(err.to_string().starts_with("org_id is 300 bytes"));
+    assert!(e.is_empty());
+}

@@ -1,0 +1,269 @@
+//! What a session is from the outside: the input to create one, the read-only view handed back,
+//! the outcomes of validate/touch, and the bounds on ids and metadata.
+//!
+//! Invariants:
+//! 1. A [`SessionView`] never contains the token (only the id derived from it).
+//! 2. Ids (`user_id`, `org_id`) are 1..=256 bytes without control characters, so they can be
+//!    echoed in HTTP headers (`X-User-Id`) and log fields safely.
+//! 3. Metadata holds at most [`MAX_METADATA_KEYS`] keys and [`MAX_METADATA_BYTES`] bytes of keys
+//!    plus values; it is immutable once created and shared by `Arc`, so a view clones it for
+//!    the price of a reference count.
+
+use crate::token::SessionId;
+use compact_str::CompactString;
+use std::sync::Arc;
+
+/// Longest `user_id` or `org_id`, in bytes.
+pub const MAX_ID_BYTES: usize = 256;
+/// Most metadata keys per session.
+pub const MAX_METADATA_KEYS: usize = 16;
+/// Most bytes of metadata keys and values together per session.
+pub const MAX_METADATA_BYTES: usize = 1_024;
+
+/// Small string metadata, sorted by key, keys unique.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Metadata(Vec<(String, String)>);
+
+impl Metadata {
+    /// Validates and sorts metadata (invariant 3).
+    pub fn new(mut pairs: Vec<(String, String)>) -> Result<Metadata, InputError> {
+        if pairs.len() > MAX_METADATA_KEYS {
+            return Err(InputError::new(
+                "metadata",
+                format!(
+                    "has {} keys; at most {MAX_METADATA_KEYS} are allowed",
+                    pairs.len()
+                ),
+            ));
+        }
+        let bytes: usize = pairs.iter().map(|(k, v)| k.len() + v.len()).sum();
+        if bytes > MAX_METADATA_BYTES {
+            return Err(InputError::new(
+                "metadata",
+                format!(
+                    "is {bytes} bytes of keys and values; at most {MAX_METADATA_BYTES} are allowed"
+                ),
+            ));
+        }
+        if pairs.iter().any(|(k, _)| k.is_empty()) {
+            return Err(InputError::new("metadata", "keys must not be empty".into()));
+        }
+        pairs.sort_by(|a, b| a.0.cmp(&b.0));
+        if let Some(w) = pairs.windows(2).find(|w| w[0].0 == w[1].0) {
+            return Err(InputError::new(
+                "metadata",
+                format!("key {:?} appears twice", w[0].0),
+            ));
+        }
+        Ok(Metadata(pairs))
+    }
+
+    /// Key/value pairs in key order.
+    pub fn pairs(&self) -> &[(String, String)] {
+        &self.0
+    }
+
+    /// Whether there are no pairs.
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+}
+
+/// A refused input, naming the field.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{field} {message}")]
+pub struct InputError {
+    pub field: &'static str,
+    pub message: String,
+}
+
+impl InputError {
+    pub fn new(field: &'static str, message: String) -> Self {
+        InputError { field, message }
+    }
+}
+
+/// Checks an id against invariant 2.
+pub fn check_id(field: &'static str, id: &str) -> Result<(), InputError> {
+    if id.is_empty() {
+        return Err(InputError::new(field, "must not be empty".into()));
+    }
+    if id.len() > MAX_ID_BYTES {
+        return Err(InputError::new(
+            field,
+            format!(
+                "is {} bytes long; at most {MAX_ID_BYTES} are allowed",
+                id.len()
+            ),
+        ));
+    }
+    if id.chars().any(char::is_control) {
+        return Err(InputError::new(
+            field,
+            "must not contain control characters".into(),
+        ));
+    }
+    Ok(())
+}
+
+/// What the caller supplies to create a session.
+#[derive(Debug, Clone, Default)]
+pub struct NewSession {
+    pub user_id: String,
+    pub org_id: Option<String>,
+    pub metadata: Option<Metadata>,
+}
+
+/// A read-only copy of a session's state at one instant. Times are Unix milliseconds.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SessionView {
+    pub id: SessionId,
+    pub user_id: CompactString,
+    pub org_id: Option<CompactString>,
+    pub created_at_ms: u64,
+    pub last_activity_at_ms: u64,
+    /// `last_activity_at + idle_timeout`; `None` when idle expiry is off.
+    pub idle_expires_at_ms: Option<u64>,
+    pub absolute_expires_at_ms: u64,
+    /// The earlier of the two deadlines.
+    pub expires_at_ms: u64,
+    pub persistent: bool,
+    pub metadata: Option<Arc<Metadata>>,
+}
+
+impl SessionView {
+    /// Whole seconds left at `now_ms` (0 once expired).
+    pub fn expires_in_secs(&self, now_ms: u64) -> u64 {
+        self.expires_at_ms.saturating_sub(now_ms) / 1_000
+    }
+}
+
+/// Why a token did not validate.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Invalid {
+    /// Not shaped like a token at all.
+    Malformed,
+    /// Unknown, revoked, or expired and already swept.
+    NotFound,
+    /// Past its idle deadline (not yet swept).
+    ExpiredIdle,
+    /// Past its absolute deadline (not yet swept).
+    ExpiredAbsolute,
+}
+
+impl Invalid {
+    /// The stable reason string of the API and the `outcome` metric label.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Invalid::Malformed => "malformed",
+            Invalid::NotFound => "not_found",
+            Invalid::ExpiredIdle => "expired_idle",
+            Invalid::ExpiredAbsolute => "expired_absolute",
+        }
+    }
+}
+
+/// The outcome of validate or touch. Outcomes are not errors.
+#[must_use]
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Validation {
+    Valid(SessionView),
+    Invalid(Invalid),
+}
+
+/// Why the engine evicted a session.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ExpiryReason {
+    Idle,
+    Absolute,
+}
+
+impl ExpiryReason {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ExpiryReason::Idle => "idle",
+            ExpiryReason::Absolute => "absolute",
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn kv(n: usize, len: usize) -> Vec<(String, String)> {
+        (0..n)
+            .map(|i| (format!("k{i:02}"), "v".repeat(len)))
+            .collect()
+    }
+
+    #[test]
+    fn metadata_bounds() {
+        assert!(Metadata::new(kv(16, 10)).is_ok());
+        let e = Metadata::new(kv(17, 1)).unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "metadata has 17 keys; at most 16 are allowed"
+        );
+        let e = Metadata::new(kv(2, 600)).unwrap_err();
+        assert!(e.to_string().contains("1206 bytes"), "{e}");
+        assert!(Metadata::new(vec![(String::new(), "x".into())]).is_err());
+        let m = Metadata::new(vec![("b".into(), "2".into()), ("a".into(), "1".into())]).unwrap();
+        assert_eq!(m.pairs()[0].0, "a");
+    }
+
+    #[test]
+    fn id_rules() {
+        assert!(check_id("user_id", "alice@example.com").is_ok());
+        assert!(check_id("user_id", "Zoë").is_ok());
+        assert_eq!(
+            check_id("user_id", "").unwrap_err().to_string(),
+            "user_id must not be empty"
+        );
+        assert!(
+            check_id("org_id", &"x".repeat(257))
+                .unwrap_err()
+                .to_string()
+                .contains("257 bytes")
+        );
+        assert!(check_id("user_id", "a\nb").is_err());
+        assert!(check_id("user_id", &"x".repeat(256)).is_ok());
+    }
+}
+
+/// A session's deadlines under one effective policy, in Unix milliseconds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Deadlines {
+    pub idle: Option<u64>,
+    pub absolute: u64,
+    /// The earlier of the two: the session is expired at any `now >= expires`.
+    pub expires: u64,
+}
+
+impl Deadlines {
+    /// `idle = last_activity + idle_timeout` (none when off), `absolute = created + absolute_timeout`.
+    #[inline]
+    pub fn compute(eff: &crate::policy::Effective, created_ms: u64, last_ms: u64) -> Deadlines {
+        let absolute = created_ms.saturating_add(eff.absolute_ms);
+        let idle = (eff.idle_ms != 0).then(|| last_ms.saturating_add(eff.idle_ms));
+        let expires = idle.map_or(absolute, |i| i.min(absolute));
+        Deadlines {
+            idle,
+            absolute,
+            expires,
+        }
+    }
+
+    /// `Some(reason)` if the session is expired at `now_ms`; the reason is the deadline that
+    /// came first (absolute on a tie).
+    #[inline]
+    pub fn expired(&self, now_ms: u64) -> Option<ExpiryReason> {
+        if now_ms < self.expires {
+            None
+        } else if self.idle.is_some_and(|i| i < self.absolute) {
+            Some(ExpiryReason::Idle)
+        } else {
+            Some(ExpiryReason::Absolute)
+        }
+    }
+}

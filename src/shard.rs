@@ -1,0 +1,738 @@
+//! One shard of the session table: a slab of records, an id index, per-user and per-org lists,
+//! the effective policy of every org it holds sessions for, and its own timer wheel, all behind
+//! one `parking_lot::RwLock` owned by the engine.
+//!
+//! Invariants:
+//! 1. A record is live iff it is in `ids`; every live record is in exactly one user list, one org
+//!    list (org slot 0 = "no org") and the wheel. Free records form a list through `user_next`.
+//! 2. **Wheel position is never later than the true deadline.** Touch only moves
+//!    `last_activity` forward (an atomic `fetch_max` under the read lock), which only moves the
+//!    deadline later; anything that moves a deadline earlier (a tighter policy) re-files at once
+//!    under the write lock. When a slot fires, [`Shard::advance`] re-checks the real deadline and
+//!    evicts or re-files, so a touch costs no wheel re-link.
+//! 3. Validate and touch compare `now` with the exact deadline, so an expired session never
+//!    validates even before the wheel sweeps it.
+//! 4. `orgs[s].eff` is the org's effective policy; the engine rewrites it (and re-applies it to
+//!    the org's list) under the write lock whenever the policy changes.
+//! 5. Ids are cryptographic hashes, so `ids` hashes by the id's low 64 bits with no keyed hasher
+//!    (see `token`), and nobody can choose a colliding id.
+
+use crate::policy::Effective;
+use crate::session::{Deadlines, ExpiryReason, Metadata, SessionView};
+use crate::token::SessionId;
+use crate::wheel::{LinkStore, NIL, Wheel, WheelLinks};
+use compact_str::CompactString;
+use hashbrown::DefaultHashBuilder;
+use hashbrown::HashTable;
+use std::hash::BuildHasher;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+
+/// Org slot of sessions that belong to no org; it follows the application policy.
+pub const NO_ORG: u32 = 0;
+
+/// Maps Unix milliseconds to wheel ticks.
+#[derive(Debug, Clone, Copy)]
+pub struct TickScale {
+    pub origin_ms: u64,
+    pub tick_ms: u64,
+}
+
+impl TickScale {
+    /// The first tick at or after `deadline_ms`: a session filed there is expired when it fires.
+    #[inline]
+    pub fn deadline_tick(&self, deadline_ms: u64) -> u64 {
+        deadline_ms
+            .saturating_sub(self.origin_ms)
+            .div_ceil(self.tick_ms)
+    }
+
+    /// The last tick that has fully begun at `now_ms`.
+    #[inline]
+    pub fn now_tick(&self, now_ms: u64) -> u64 {
+        now_ms.saturating_sub(self.origin_ms) / self.tick_ms
+    }
+}
+
+/// One session as stored (96 bytes on 64-bit targets).
+#[derive(Debug)]
+struct Record {
+    id_lo: u64,
+    id_hi: u64,
+    created_ms: u64,
+    /// Moved forward only (`fetch_max`), possibly under the read lock.
+    last_ms: AtomicU64,
+    user: CompactString,
+    metadata: Option<Arc<Metadata>>,
+    /// Org slot in the low 31 bits, `persistent` in the top bit; [`VACANT`] when free.
+    org_flags: u32,
+    user_next: u32,
+    user_prev: u32,
+    org_next: u32,
+    org_prev: u32,
+    wheel: WheelLinks,
+}
+
+const PERSISTENT_BIT: u32 = 1 << 31;
+const ORG_MASK: u32 = PERSISTENT_BIT - 1;
+/// `org_flags` of a free record.
+const VACANT: u32 = ORG_MASK;
+
+impl Record {
+    fn vacant(next_free: u32) -> Record {
+        Record {
+            id_lo: 0,
+            id_hi: 0,
+            created_ms: 0,
+            last_ms: AtomicU64::new(0),
+            user: CompactString::default(),
+            metadata: None,
+            org_flags: VACANT,
+            user_next: next_free,
+            user_prev: NIL,
+            org_next: NIL,
+            org_prev: NIL,
+            wheel: WheelLinks::default(),
+        }
+    }
+
+    #[inline]
+    fn org(&self) -> u32 {
+        self.org_flags & ORG_MASK
+    }
+
+    fn persistent(&self) -> bool {
+        self.org_flags & PERSISTENT_BIT != 0
+    }
+
+    fn live(&self) -> bool {
+        self.org_flags != VACANT
+    }
+
+    fn id(&self) -> u128 {
+        (u128::from(self.id_hi) << 64) | u128::from(self.id_lo)
+    }
+}
+
+struct Slab {
+    records: Vec<Record>,
+    free: u32,
+}
+
+impl LinkStore for Slab {
+    #[inline]
+    fn links(&mut self, idx: u32) -> &mut WheelLinks {
+        &mut self.records[idx as usize].wheel
+    }
+}
+
+impl Slab {
+    fn alloc(&mut self) -> u32 {
+        if self.free != NIL {
+            let idx = self.free;
+            self.free = self.records[idx as usize].user_next;
+            idx
+        } else {
+            let idx = u32::try_from(self.records.len()).expect("a shard holds < 2^32 sessions");
+            assert!(idx != NIL, "shard full");
+            self.records.push(Record::vacant(NIL));
+            idx
+        }
+    }
+
+    fn release(&mut self, idx: u32) {
+        self.records[idx as usize] = Record::vacant(self.free);
+        self.free = idx;
+    }
+}
+
+struct OrgSlot {
+    name: CompactString,
+    head: u32,
+    len: u32,
+    eff: Effective,
+}
+
+/// Evictions counted by reason.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Evictions {
+    pub idle: u64,
+    pub absolute: u64,
+}
+
+impl Evictions {
+    pub fn add(&mut self, reason: ExpiryReason) {
+        match reason {
+            ExpiryReason::Idle => self.idle += 1,
+            ExpiryReason::Absolute => self.absolute += 1,
+        }
+    }
+
+    pub fn total(&self) -> u64 {
+        self.idle + self.absolute
+    }
+
+    pub fn merge(&mut self, other: Evictions) {
+        self.idle += other.idle;
+        self.absolute += other.absolute;
+    }
+}
+
+/// What re-applying a policy did to one shard.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Reapplied {
+    pub refiled: u64,
+    pub evicted: Evictions,
+}
+
+impl Reapplied {
+    pub fn merge(&mut self, other: Reapplied) {
+        self.refiled += other.refiled;
+        self.evicted.merge(other.evicted);
+    }
+}
+
+/// One shard (see the module doc).
+pub struct Shard {
+    slab: Slab,
+    ids: HashTable<u32>,
+    users: HashTable<u32>,
+    orgs: Vec<Option<OrgSlot>>,
+    org_index: HashTable<u32>,
+    org_free: Vec<u32>,
+    wheel: Wheel,
+    hasher: DefaultHashBuilder,
+    scale: TickScale,
+    /// The engine-wide count of live sessions; decremented here on every removal.
+    active: Arc<AtomicUsize>,
+    len: usize,
+}
+
+impl Shard {
+    /// An empty shard whose org-less sessions follow `app`.
+    pub fn new(scale: TickScale, app: Effective, active: Arc<AtomicUsize>) -> Shard {
+        let mut shard = Shard {
+            slab: Slab {
+                records: Vec::new(),
+                free: NIL,
+            },
+            ids: HashTable::new(),
+            users: HashTable::new(),
+            orgs: Vec::new(),
+            org_index: HashTable::new(),
+            org_free: Vec::new(),
+            wheel: Wheel::new(),
+            hasher: DefaultHashBuilder::default(),
+            scale,
+            active,
+            len: 0,
+        };
+        shard.orgs.push(Some(OrgSlot {
+            name: CompactString::default(),
+            head: NIL,
+            len: 0,
+            eff: app,
+        }));
+        shard
+    }
+
+    /// Live sessions in this shard.
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    /// Whether the shard holds no session.
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    #[inline]
+    fn find(&self, id: SessionId) -> Option<u32> {
+        let lo = id.table_hash();
+        let hi = id.shard_bits();
+        let recs = &self.slab.records;
+        self.ids
+            .find(lo, |&i| {
+                let r = &recs[i as usize];
+                r.id_lo == lo && r.id_hi == hi
+            })
+            .copied()
+    }
+
+    #[inline]
+    fn org_eff(&self, rec: &Record) -> &Effective {
+        &self.orgs[rec.org() as usize]
+            .as_ref()
+            .expect("a live record's org slot is live")
+            .eff
+    }
+
+    #[inline]
+    fn deadlines(&self, idx: u32) -> Deadlines {
+        let r = &self.slab.records[idx as usize];
+        Deadlines::compute(
+            self.org_eff(r),
+            r.created_ms,
+            r.last_ms.load(Ordering::Relaxed),
+        )
+    }
+
+    fn view_with(&self, idx: u32, last_ms: u64, d: &Deadlines) -> SessionView {
+        let r = &self.slab.records[idx as usize];
+        SessionView {
+            id: SessionId(r.id()),
+            user_id: r.user.clone(),
+            org_id: (r.org() != NO_ORG).then(|| {
+                self.orgs[r.org() as usize]
+                    .as_ref()
+                    .expect("live org slot")
+                    .name
+                    .clone()
+            }),
+            created_at_ms: r.created_ms,
+            last_activity_at_ms: last_ms,
+            idle_expires_at_ms: d.idle,
+            absolute_expires_at_ms: d.absolute,
+            expires_at_ms: d.expires,
+            persistent: r.persistent(),
+            metadata: r.metadata.clone(),
+        }
+    }
+
+    fn view(&self, idx: u32) -> SessionView {
+        let last = self.slab.records[idx as usize]
+            .last_ms
+            .load(Ordering::Relaxed);
+        self.view_with(idx, last, &self.deadlines(idx))
+    }
+
+    /// The session `id`, expired or not, if it is still in the table.
+    pub fn get(&self, id: SessionId) -> Option<SessionView> {
+        self.find(id).map(|idx| self.view(idx))
+    }
+
+    /// Validates without side effects (invariant 3).
+    #[inline]
+    pub fn validate(
+        &self,
+        id: SessionId,
+        now_ms: u64,
+    ) -> Result<SessionView, Option<ExpiryReason>> {
+        let idx = self.find(id).ok_or(None)?;
+        let d = self.deadlines(idx);
+        if let Some(reason) = d.expired(now_ms) {
+            return Err(Some(reason));
+        }
+        let last = self.slab.records[idx as usize]
+            .last_ms
+            .load(Ordering::Relaxed);
+        Ok(self.view_with(idx, last, &d))
+    }
+
+    /// Records activity at `now_ms` unless the session is already expired (invariants 2, 3).
+    #[inline]
+    pub fn touch(&self, id: SessionId, now_ms: u64) -> Result<SessionView, Option<ExpiryReason>> {
+        let idx = self.find(id).ok_or(None)?;
+        let r = &self.slab.records[idx as usize];
+        let eff = self.org_eff(r);
+        let d = Deadlines::compute(eff, r.created_ms, r.last_ms.load(Ordering::Relaxed));
+        if let Some(reason) = d.expired(now_ms) {
+            return Err(Some(reason));
+        }
+        let last = r.last_ms.fetch_max(now_ms, Ordering::Relaxed).max(now_ms);
+        let d = Deadlines::compute(eff, r.created_ms, last);
+        Ok(self.view_with(idx, last, &d))
+    }
+
+    /// Whether `id` is present.
+    pub fn contains(&self, id: SessionId) -> bool {
+        self.find(id).is_some()
+    }
+
+    /// Inserts a new session; `eff_for(org)` gives the effective policy if the org is new to this
+    /// shard. The caller has already reserved room in the engine-wide count.
+    #[allow(clippy::too_many_arguments)]
+    pub fn insert(
+        &mut self,
+        id: SessionId,
+        user: &str,
+        org: Option<&str>,
+        eff_for: impl FnOnce() -> Effective,
+        metadata: Option<Arc<Metadata>>,
+        now_ms: u64,
+    ) -> SessionView {
+        debug_assert!(!self.contains(id), "duplicate session id");
+        let org_slot = match org {
+            None => NO_ORG,
+            Some(name) => self.org_slot_or_insert(name, eff_for),
+        };
+        let idx = self.slab.alloc();
+        let eff = self.orgs[org_slot as usize].as_ref().expect("live").eff;
+        {
+            let r = &mut self.slab.records[idx as usize];
+            r.id_lo = id.table_hash();
+            r.id_hi = id.shard_bits();
+            r.created_ms = now_ms;
+            r.last_ms = AtomicU64::new(now_ms);
+            r.user = CompactString::from(user);
+            r.metadata = metadata;
+            r.org_flags = org_slot | if eff.persistent { PERSISTENT_BIT } else { 0 };
+            r.user_next = NIL;
+            r.user_prev = NIL;
+        }
+        let recs = &self.slab.records;
+        self.ids
+            .insert_unique(id.table_hash(), idx, |&i| recs[i as usize].id_lo);
+        self.link_user(idx);
+        self.link_org(idx, org_slot);
+        let d = self.deadlines(idx);
+        self.wheel
+            .insert(&mut self.slab, idx, self.scale.deadline_tick(d.expires));
+        self.len += 1;
+        self.view_with(idx, now_ms, &d)
+    }
+
+    fn hash_str(&self, s: &str) -> u64 {
+        self.hasher.hash_one(s)
+    }
+
+    fn org_slot_or_insert(&mut self, name: &str, eff_for: impl FnOnce() -> Effective) -> u32 {
+        let h = self.hash_str(name);
+        let orgs = &self.orgs;
+        if let Some(&slot) = self.org_index.find(h, |&s| {
+            orgs[s as usize].as_ref().is_some_and(|o| o.name == name)
+        }) {
+            return slot;
+        }
+        let org = OrgSlot {
+            name: CompactString::from(name),
+            head: NIL,
+            len: 0,
+            eff: eff_for(),
+        };
+        let slot = match self.org_free.pop() {
+            Some(s) => {
+                self.orgs[s as usize] = Some(org);
+                s
+            }
+            None => {
+                self.orgs.push(Some(org));
+                (self.orgs.len() - 1) as u32
+            }
+        };
+        let (orgs, hasher) = (&self.orgs, &self.hasher);
+        self.org_index.insert_unique(h, slot, |&s| {
+            hasher.hash_one(orgs[s as usize].as_ref().map_or("", |o| o.name.as_str()))
+        });
+        slot
+    }
+
+    fn find_org(&self, name: &str) -> Option<u32> {
+        let h = self.hash_str(name);
+        let orgs = &self.orgs;
+        self.org_index
+            .find(h, |&s| {
+                orgs[s as usize].as_ref().is_some_and(|o| o.name == name)
+            })
+            .copied()
+    }
+
+    fn link_user(&mut self, idx: u32) {
+        let h = self.hash_str(&self.slab.records[idx as usize].user);
+        let recs = &self.slab.records;
+        let user = &recs[idx as usize].user;
+        match self
+            .users
+            .find_mut(h, |&head| recs[head as usize].user == *user)
+        {
+            Some(head) => {
+                let old = *head;
+                *head = idx;
+                self.slab.records[idx as usize].user_next = old;
+                self.slab.records[old as usize].user_prev = idx;
+            }
+            None => {
+                let hasher = &self.hasher;
+                self.users
+                    .insert_unique(h, idx, |&i| hasher.hash_one(recs[i as usize].user.as_str()));
+            }
+        }
+    }
+
+    fn unlink_user(&mut self, idx: u32) {
+        let (next, prev) = {
+            let r = &self.slab.records[idx as usize];
+            (r.user_next, r.user_prev)
+        };
+        if prev != NIL {
+            self.slab.records[prev as usize].user_next = next;
+        } else {
+            let h = self.hash_str(&self.slab.records[idx as usize].user);
+            let entry = self
+                .users
+                .find_entry(h, |&head| head == idx)
+                .unwrap_or_else(|_| panic!("head of a user list is indexed"));
+            if next != NIL {
+                *entry.into_mut() = next;
+            } else {
+                entry.remove();
+            }
+        }
+        if next != NIL {
+            self.slab.records[next as usize].user_prev = prev;
+        }
+    }
+
+    fn link_org(&mut self, idx: u32, slot: u32) {
+        let org = self.orgs[slot as usize].as_mut().expect("live org slot");
+        let old = org.head;
+        org.head = idx;
+        org.len += 1;
+        let r = &mut self.slab.records[idx as usize];
+        r.org_next = old;
+        r.org_prev = NIL;
+        if old != NIL {
+            self.slab.records[old as usize].org_prev = idx;
+        }
+    }
+
+    fn unlink_org(&mut self, idx: u32) {
+        let (next, prev, slot) = {
+            let r = &self.slab.records[idx as usize];
+            (r.org_next, r.org_prev, r.org())
+        };
+        if prev != NIL {
+            self.slab.records[prev as usize].org_next = next;
+        } else {
+            self.orgs[slot as usize].as_mut().expect("live").head = next;
+        }
+        if next != NIL {
+            self.slab.records[next as usize].org_prev = prev;
+        }
+        let org = self.orgs[slot as usize].as_mut().expect("live");
+        org.len -= 1;
+        if org.len == 0 && slot != NO_ORG {
+            let h = self.hasher.hash_one(org.name.as_str());
+            if let Ok(e) = self.org_index.find_entry(h, |&s| s == slot) {
+                e.remove();
+            }
+            self.orgs[slot as usize] = None;
+            self.org_free.push(slot);
+        }
+    }
+
+    /// Removes a live record from every index and frees it.
+    fn remove(&mut self, idx: u32) {
+        debug_assert!(self.slab.records[idx as usize].live());
+        let lo = self.slab.records[idx as usize].id_lo;
+        match self.ids.find_entry(lo, |&i| i == idx) {
+            Ok(e) => {
+                e.remove();
+            }
+            Err(_) => unreachable!("live record {idx} missing from the id index"),
+        }
+        self.unlink_user(idx);
+        self.unlink_org(idx);
+        self.wheel.remove(&mut self.slab, idx);
+        self.slab.release(idx);
+        self.len -= 1;
+        self.active.fetch_sub(1, Ordering::Relaxed);
+    }
+
+    /// Removes session `id`; false if it was not there.
+    pub fn remove_id(&mut self, id: SessionId) -> bool {
+        match self.find(id) {
+            Some(idx) => {
+                self.remove(idx);
+                true
+            }
+            None => false,
+        }
+    }
+
+    fn user_head(&self, user: &str) -> u32 {
+        let h = self.hash_str(user);
+        let recs = &self.slab.records;
+        self.users
+            .find(h, |&head| recs[head as usize].user == user)
+            .copied()
+            .unwrap_or(NIL)
+    }
+
+    fn user_indices(&self, user: &str) -> Vec<u32> {
+        let mut out = Vec::new();
+        let mut cur = self.user_head(user);
+        while cur != NIL {
+            out.push(cur);
+            cur = self.slab.records[cur as usize].user_next;
+        }
+        out
+    }
+
+    /// Views of `user`'s sessions in this shard (expired-but-unswept ones included).
+    pub fn user_sessions(&self, user: &str) -> Vec<SessionView> {
+        self.user_indices(user)
+            .into_iter()
+            .map(|i| self.view(i))
+            .collect()
+    }
+
+    /// How many sessions `user` has in this shard.
+    pub fn count_user(&self, user: &str) -> usize {
+        self.user_indices(user).len()
+    }
+
+    /// `(created_at, id)` of `user`'s oldest session in this shard.
+    pub fn oldest_of_user(&self, user: &str) -> Option<(u64, SessionId)> {
+        self.user_indices(user)
+            .into_iter()
+            .map(|i| {
+                let r = &self.slab.records[i as usize];
+                (r.created_ms, SessionId(r.id()))
+            })
+            .min()
+    }
+
+    /// Removes all of `user`'s sessions in this shard; returns how many.
+    pub fn revoke_user(&mut self, user: &str) -> usize {
+        let idxs = self.user_indices(user);
+        for &i in &idxs {
+            self.remove(i);
+        }
+        idxs.len()
+    }
+
+    fn org_indices(&self, slot: u32) -> Vec<u32> {
+        let mut out = Vec::new();
+        let mut cur = self.orgs[slot as usize].as_ref().map_or(NIL, |o| o.head);
+        while cur != NIL {
+            out.push(cur);
+            cur = self.slab.records[cur as usize].org_next;
+        }
+        out
+    }
+
+    /// Removes all of `org`'s sessions in this shard; returns how many.
+    pub fn revoke_org(&mut self, org: &str) -> usize {
+        let Some(slot) = self.find_org(org) else {
+            return 0;
+        };
+        let idxs = self.org_indices(slot);
+        for &i in &idxs {
+            self.remove(i);
+        }
+        idxs.len()
+    }
+
+    /// Sets the effective policy of org-less sessions and of each org in this shard to
+    /// `eff_for(org name or None)`, re-applying it where it changed (invariant 4).
+    pub fn reapply(
+        &mut self,
+        eff_for: impl Fn(Option<&str>) -> Effective,
+        only_org: Option<&str>,
+        now_ms: u64,
+    ) -> Reapplied {
+        let slots: Vec<u32> = match only_org {
+            Some(name) => self.find_org(name).into_iter().collect(),
+            None => (0..self.orgs.len() as u32)
+                .filter(|&s| self.orgs[s as usize].is_some())
+                .collect(),
+        };
+        let mut report = Reapplied::default();
+        for slot in slots {
+            let org = self.orgs[slot as usize].as_mut().expect("live");
+            let new = eff_for((slot != NO_ORG).then_some(org.name.as_str()));
+            if org.eff == new {
+                continue;
+            }
+            org.eff = new;
+            for idx in self.org_indices(slot) {
+                let d = self.deadlines(idx);
+                match d.expired(now_ms) {
+                    Some(reason) => {
+                        self.remove(idx);
+                        report.evicted.add(reason);
+                    }
+                    None => {
+                        self.wheel.remove(&mut self.slab, idx);
+                        self.wheel
+                            .insert(&mut self.slab, idx, self.scale.deadline_tick(d.expires));
+                        report.refiled += 1;
+                    }
+                }
+            }
+        }
+        report
+    }
+
+    /// Advances the wheel to `now_ms`, evicting at most `budget` due sessions; calls
+    /// `on_evict(reason, lag_ms)` for each. Returns the evictions and whether the budget ran out
+    /// (so the caller should come back after letting others take the lock).
+    pub fn advance(
+        &mut self,
+        now_ms: u64,
+        mut budget: usize,
+        on_evict: &mut impl FnMut(ExpiryReason, u64),
+    ) -> (Evictions, bool) {
+        let now_tick = self.scale.now_tick(now_ms);
+        let mut ev = Evictions::default();
+        while budget > 0 {
+            let Some(idx) = self.wheel.poll(&mut self.slab, now_tick) else {
+                return (ev, false);
+            };
+            budget -= 1;
+            let d = self.deadlines(idx);
+            match d.expired(now_ms) {
+                Some(reason) => {
+                    self.remove(idx);
+                    ev.add(reason);
+                    on_evict(reason, now_ms - d.expires);
+                }
+                None => {
+                    self.wheel
+                        .insert(&mut self.slab, idx, self.scale.deadline_tick(d.expires));
+                }
+            }
+        }
+        (ev, true)
+    }
+
+    /// Checks invariants 1 and 2 exhaustively (tests only; O(n)).
+    pub fn check(&mut self) {
+        self.wheel.check(&mut self.slab);
+        let live = self.slab.records.iter().filter(|r| r.live()).count();
+        assert_eq!(live, self.len);
+        assert_eq!(self.ids.len(), self.len);
+        assert_eq!(self.wheel.len(), self.len);
+        let org_total: u32 = self.orgs.iter().flatten().map(|o| o.len).sum();
+        assert_eq!(org_total as usize, self.len);
+        let user_total: usize = self
+            .users
+            .iter()
+            .map(|&h| {
+                let mut n = 0;
+                let mut c = h;
+                while c != NIL {
+                    n += 1;
+                    c = self.slab.records[c as usize].user_next;
+                }
+                n
+            })
+            .sum();
+        assert_eq!(user_total, self.len);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn record_stays_small() {
+        assert!(
+            std::mem::size_of::<Record>() <= 96,
+            "{}",
+            std::mem::size_of::<Record>()
+        );
+    }
+}

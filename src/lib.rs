@@ -11,7 +11,13 @@ pub mod timefmt;
 pub mod token;
 pub mod wheel;
 
+pub mod api_keys;
+pub mod config;
+pub mod daemon;
 #[cfg(test)]
 mod engine_model;
 #[cfg(test)]
 mod engine_tests;
+pub mod http;
+pub mod metrics;
+pub mod reaper;

@@ -1,1 +1,37 @@
-fn main() {}
+//! The `sessiond` binary: parse configuration, set up logging, run the daemon.
+
+use clap::Parser;
+use sessiond::config::{Cli, Config};
+
+fn main() -> std::process::ExitCode {
+    let config = match Config::load(Cli::parse()) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("sessiond: {e}");
+            return std::process::ExitCode::from(2);
+        }
+    };
+    tracing_subscriber::fmt()
+        .with_max_level(config.log_level)
+        .with_target(false)
+        .with_ansi(false)
+        .init();
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("sessiond: cannot start the async runtime: {e}");
+            return std::process::ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(sessiond::daemon::run(config)) {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            tracing::error!("sessiond failed: {e:#}");
+            eprintln!("sessiond: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}

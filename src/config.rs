@@ -1,0 +1,372 @@
+//! Daemon configuration: flags, `SESSIOND_*` environment variables and an optional TOML file
+//! (`--config`), in that order of precedence, over built-in defaults.
+//!
+//! Invariants:
+//! 1. Raw input ([`Cli`], [`FileConfig`]) is separate from the validated [`Config`]; the only way
+//!    to a `Config` is [`Config::load`], which checks every field and reports *every* problem at
+//!    once (a list), never just the first.
+//! 2. Unknown keys in the TOML file are errors (`deny_unknown_fields`), so a typo is not silently
+//!    ignored.
+//! 3. A non-loopback listen address without API keys is refused unless `--insecure-no-auth`.
+
+use crate::engine::{EngineConfig, UserLimitAction, default_shards};
+use crate::policy::{DEFAULT_POLICY, Mode, Policy, PolicyPatch};
+use clap::Parser;
+use serde::Deserialize;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+/// Command-line flags; each may also come from the `SESSIOND_<NAME>` environment variable.
+#[derive(Debug, Default, Parser)]
+#[command(
+    name = "sessiond",
+    version,
+    about = "In-memory login-session daemon for auth gateways"
+)]
+pub struct Cli {
+    /// TOML configuration file (optional).
+    #[arg(long, env = "SESSIOND_CONFIG")]
+    pub config: Option<PathBuf>,
+    /// Address to listen on [default: 127.0.0.1:8080].
+    #[arg(long, env = "SESSIOND_LISTEN")]
+    pub listen: Option<String>,
+    /// Number of shards, a power of two [default: 8 per core].
+    #[arg(long, env = "SESSIOND_SHARDS")]
+    pub shards: Option<usize>,
+    /// Timer wheel tick, e.g. `100ms` or `1s` (1 ms to 1 s) [default: 100ms].
+    #[arg(long, env = "SESSIOND_TICK")]
+    pub tick: Option<String>,
+    /// How org policies combine with the application policy: stricter|override [default: stricter].
+    #[arg(long, env = "SESSIOND_ORG_POLICY_MODE")]
+    pub org_policy_mode: Option<String>,
+    /// Most live sessions in total [default: 10000000].
+    #[arg(long, env = "SESSIOND_MAX_SESSIONS")]
+    pub max_sessions: Option<usize>,
+    /// Most live sessions per user [default: unlimited].
+    #[arg(long, env = "SESSIOND_MAX_SESSIONS_PER_USER")]
+    pub max_sessions_per_user: Option<usize>,
+    /// At the per-user limit: refuse|evict_oldest [default: refuse].
+    #[arg(long, env = "SESSIOND_PER_USER_LIMIT_ACTION")]
+    pub per_user_limit_action: Option<String>,
+    /// Name of the session cookie read by `GET /v1/auth` [default: session].
+    #[arg(long, env = "SESSIOND_COOKIE_NAME")]
+    pub cookie_name: Option<String>,
+    /// TOML file of API keys with roles (gateway, admin).
+    #[arg(long, env = "SESSIOND_API_KEYS_FILE")]
+    pub api_keys_file: Option<PathBuf>,
+    /// Allow a non-loopback listen address without API keys (anyone who can connect is admin).
+    #[arg(long, env = "SESSIOND_INSECURE_NO_AUTH")]
+    pub insecure_no_auth: bool,
+    /// Seconds to let in-flight requests finish after SIGTERM/SIGINT [default: 10].
+    #[arg(long, env = "SESSIOND_SHUTDOWN_GRACE")]
+    pub shutdown_grace: Option<u64>,
+    /// Log level: error|warn|info|debug|trace [default: info].
+    #[arg(long, env = "SESSIOND_LOG_LEVEL")]
+    pub log_level: Option<String>,
+}
+
+/// The TOML file: the same settings with `snake_case` keys, plus `[application]` policy.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileConfig {
+    pub listen: Option<String>,
+    pub shards: Option<usize>,
+    pub tick: Option<String>,
+    pub org_policy_mode: Option<String>,
+    pub max_sessions: Option<usize>,
+    pub max_sessions_per_user: Option<usize>,
+    pub per_user_limit_action: Option<String>,
+    pub cookie_name: Option<String>,
+    pub api_keys_file: Option<PathBuf>,
+    pub insecure_no_auth: Option<bool>,
+    pub shutdown_grace: Option<u64>,
+    pub log_level: Option<String>,
+    /// The application policy (defaults to the built-in one, field by field).
+    pub application: Option<PolicyPatch>,
+}
+
+/// Validated configuration.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub listen: SocketAddr,
+    pub engine: EngineConfig,
+    pub cookie_name: String,
+    pub api_keys_file: Option<PathBuf>,
+    pub insecure_no_auth: bool,
+    pub shutdown_grace: Duration,
+    pub log_level: tracing::Level,
+    /// Where the configuration came from, for the start-up log line.
+    pub config_file: Option<PathBuf>,
+}
+
+/// Every problem found in a configuration.
+#[derive(Debug, thiserror::Error)]
+#[error("invalid configuration:\n  - {}", .0.join("\n  - "))]
+pub struct ConfigError(pub Vec<String>);
+
+/// Parses `100ms`, `1s` or a bare number of milliseconds.
+pub fn parse_tick(s: &str) -> Result<u64, String> {
+    let s = s.trim();
+    let (num, mult) = if let Some(n) = s.strip_suffix("ms") {
+        (n, 1)
+    } else if let Some(n) = s.strip_suffix('s') {
+        (n, 1_000)
+    } else {
+        (s, 1)
+    };
+    let v: u64 = num
+        .trim()
+        .parse()
+        .map_err(|_| format!("tick {s:?} is not a duration like \"100ms\" or \"1s\""))?;
+    let ms = v.saturating_mul(mult);
+    if !(1..=1_000).contains(&ms) {
+        return Err(format!(
+            "tick {s:?} is out of range; it must be between 1ms and 1s"
+        ));
+    }
+    Ok(ms)
+}
+
+/// Whether `name` is a valid cookie name (an RFC 6265 token).
+pub fn valid_cookie_name(name: &str) -> bool {
+    !name.is_empty()
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b))
+}
+
+impl Config {
+    /// Merges flags/env over the file over defaults and validates the result.
+    pub fn load(cli: Cli) -> Result<Config, ConfigError> {
+        let mut errors = Vec::new();
+        let file = match &cli.config {
+            None => FileConfig::default(),
+            Some(path) => match std::fs::read_to_string(path) {
+                Err(e) => {
+                    errors.push(format!("cannot read config file {}: {e}", path.display()));
+                    FileConfig::default()
+                }
+                Ok(text) => match toml::from_str::<FileConfig>(&text) {
+                    Ok(f) => f,
+                    Err(e) => {
+                        errors.push(format!("config file {}: {e}", path.display()));
+                        FileConfig::default()
+                    }
+                },
+            },
+        };
+
+        let listen_s = cli
+            .listen
+            .or(file.listen)
+            .unwrap_or_else(|| "127.0.0.1:8080".into());
+        let listen = match listen_s.parse::<SocketAddr>() {
+            Ok(a) => a,
+            Err(_) => {
+                errors.push(format!(
+                    "listen {listen_s:?} is not an address like 127.0.0.1:8080 or [::1]:8080"
+                ));
+                "127.0.0.1:8080".parse().expect("literal")
+            }
+        };
+
+        let shards = cli.shards.or(file.shards).unwrap_or_else(default_shards);
+        if shards == 0 || !shards.is_power_of_two() || shards > 1_024 {
+            errors.push(format!(
+                "shards is {shards}; it must be a power of two between 1 and 1024"
+            ));
+        }
+
+        let tick_ms = match cli.tick.or(file.tick) {
+            None => 100,
+            Some(t) => parse_tick(&t).unwrap_or_else(|e| {
+                errors.push(e);
+                100
+            }),
+        };
+
+        let mode = match cli.org_policy_mode.or(file.org_policy_mode) {
+            None => Mode::Stricter,
+            Some(m) => m.parse().unwrap_or_else(|e| {
+                errors.push(e);
+                Mode::Stricter
+            }),
+        };
+
+        let max_sessions = cli.max_sessions.or(file.max_sessions).unwrap_or(10_000_000);
+        if max_sessions == 0 {
+            errors.push("max_sessions must be at least 1".into());
+        }
+        let max_sessions_per_user = cli.max_sessions_per_user.or(file.max_sessions_per_user);
+        if max_sessions_per_user == Some(0) {
+            errors.push("max_sessions_per_user must be at least 1 (omit it for no limit)".into());
+        }
+        let user_limit_action = match cli.per_user_limit_action.or(file.per_user_limit_action) {
+            None => UserLimitAction::Refuse,
+            Some(a) => a.parse().unwrap_or_else(|e| {
+                errors.push(e);
+                UserLimitAction::Refuse
+            }),
+        };
+
+        let cookie_name = cli
+            .cookie_name
+            .or(file.cookie_name)
+            .unwrap_or_else(|| "session".into());
+        if !valid_cookie_name(&cookie_name) {
+            errors.push(format!(
+                "cookie_name {cookie_name:?} is not a valid cookie name (letters, digits and !#$%&'*+-.^_`|~ only)"
+            ));
+        }
+
+        let api_keys_file = cli.api_keys_file.or(file.api_keys_file);
+        let insecure_no_auth = cli.insecure_no_auth || file.insecure_no_auth.unwrap_or(false);
+        if api_keys_file.is_none() && !listen.ip().is_loopback() && !insecure_no_auth {
+            errors.push(format!(
+                "listen {listen} is not a loopback address and no --api-keys-file is set: anyone who can \
+                 connect would be admin. Give --api-keys-file, or --insecure-no-auth if you really mean it"
+            ));
+        }
+
+        let application_policy = match &file.application {
+            None => DEFAULT_POLICY,
+            Some(patch) => Policy::from_patch(Some(&DEFAULT_POLICY), patch).unwrap_or_else(|e| {
+                errors.push(format!("[application] {e}"));
+                DEFAULT_POLICY
+            }),
+        };
+
+        let shutdown_grace =
+            Duration::from_secs(cli.shutdown_grace.or(file.shutdown_grace).unwrap_or(10));
+        let log_level = match cli.log_level.or(file.log_level) {
+            None => tracing::Level::INFO,
+            Some(l) => l.parse().unwrap_or_else(|_| {
+                errors.push(format!(
+                    "log_level {l:?} is not one of error, warn, info, debug, trace"
+                ));
+                tracing::Level::INFO
+            }),
+        };
+
+        if !errors.is_empty() {
+            return Err(ConfigError(errors));
+        }
+        Ok(Config {
+            listen,
+            engine: EngineConfig {
+                shards,
+                tick_ms,
+                mode,
+                application_policy,
+                max_sessions,
+                max_sessions_per_user,
+                user_limit_action,
+            },
+            cookie_name,
+            api_keys_file,
+            insecure_no_auth,
+            shutdown_grace,
+            log_level,
+            config_file: cli.config,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cli(args: &[&str]) -> Cli {
+        let mut v = vec!["sessiond"];
+        v.extend_from_slice(args);
+        Cli::try_parse_from(v).unwrap()
+    }
+
+    #[test]
+    fn defaults_need_no_file() {
+        let c = Config::load(cli(&[])).unwrap();
+        assert_eq!(c.listen.to_string(), "127.0.0.1:8080");
+        assert_eq!(c.engine.tick_ms, 100);
+        assert_eq!(c.engine.mode, Mode::Stricter);
+        assert_eq!(c.engine.application_policy, DEFAULT_POLICY);
+        assert_eq!(c.cookie_name, "session");
+        assert!(c.engine.shards.is_power_of_two());
+    }
+
+    #[test]
+    fn every_problem_is_reported_at_once() {
+        let e = Config::load(cli(&[
+            "--listen",
+            "nowhere",
+            "--shards",
+            "3",
+            "--tick",
+            "5s",
+            "--org-policy-mode",
+            "loose",
+            "--cookie-name",
+            "a b",
+            "--max-sessions",
+            "0",
+        ]))
+        .unwrap_err();
+        assert_eq!(e.0.len(), 6, "{e}");
+        let text = e.to_string();
+        for needle in [
+            "nowhere",
+            "shards is 3",
+            "tick \"5s\"",
+            "loose",
+            "\"a b\"",
+            "max_sessions",
+        ] {
+            assert!(text.contains(needle), "{needle} missing from {text}");
+        }
+    }
+
+    #[test]
+    fn non_loopback_needs_keys_or_explicit_insecure() {
+        let e = Config::load(cli(&["--listen", "0.0.0.0:8080"])).unwrap_err();
+        assert!(e.to_string().contains("--insecure-no-auth"));
+        assert!(Config::load(cli(&["--listen", "0.0.0.0:8080", "--insecure-no-auth"])).is_ok());
+        assert!(Config::load(cli(&["--listen", "0.0.0.0:8080", "--api-keys-file", "/k"])).is_ok());
+    }
+
+    #[test]
+    fn file_is_read_and_flags_win() {
+        let dir = std::env::temp_dir().join(format!("sessiond-cfg-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("c.toml");
+        std::fs::write(
+            &path,
+            "listen = \"127.0.0.1:9000\"\ntick = \"50ms\"\n[application]\nabsolute_timeout = { value = 8, unit = \"HOURS\" }\npersistent = true\n",
+        )
+        .unwrap();
+        let p = path.to_str().unwrap();
+        let c = Config::load(cli(&["--config", p, "--tick", "200ms"])).unwrap();
+        assert_eq!(c.listen.port(), 9000);
+        assert_eq!(c.engine.tick_ms, 200);
+        assert_eq!(c.engine.application_policy.absolute_timeout_secs, 28_800);
+        assert!(c.engine.application_policy.persistent);
+        assert_eq!(c.engine.application_policy.idle_timeout_secs, Some(1_800));
+
+        std::fs::write(&path, "listn = \"x\"\n").unwrap();
+        let e = Config::load(cli(&["--config", p])).unwrap_err();
+        assert!(e.to_string().contains("listn"), "{e}");
+        std::fs::write(&path, "[application]\nabsolute_timeout = 0\n").unwrap();
+        let e = Config::load(cli(&["--config", p])).unwrap_err();
+        assert!(e.to_string().contains("absolute_timeout is 0"), "{e}");
+        std::fs::remove_dir_all(&dir).ok();
+    }
+
+    #[test]
+    fn tick_forms() {
+        assert_eq!(parse_tick("100ms"), Ok(100));
+        assert_eq!(parse_tick("1s"), Ok(1_000));
+        assert_eq!(parse_tick("250"), Ok(250));
+        assert!(parse_tick("0ms").is_err());
+        assert!(parse_tick("2s").is_err());
+        assert!(parse_tick("fast").is_err());
+    }
+}

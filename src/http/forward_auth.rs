@@ -1,0 +1,105 @@
+//! `GET /v1/auth`: the forward-auth endpoint for nginx `auth_request`, Traefik `forwardAuth` and
+//! Envoy `ext_authz`. No body; the token comes from the session cookie or
+//! `Authorization: Bearer`. A successful check counts as activity (a touch).
+
+use super::AppState;
+use super::error::ApiError;
+use super::extract::authorize;
+use crate::api_keys::Role;
+use crate::session::Validation;
+use axum::extract::State;
+use axum::http::{HeaderMap, HeaderName, HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+
+/// The session cookie's value, or the bearer token.
+pub fn token_from(headers: &HeaderMap, cookie_name: &str) -> Option<String> {
+    for value in headers.get_all(header::COOKIE) {
+        let Ok(s) = value.to_str() else { continue };
+        for pair in s.split(';') {
+            if let Some((name, val)) = pair.trim().split_once('=') {
+                if name.trim() == cookie_name {
+                    return Some(val.trim().trim_matches('"').to_owned());
+                }
+            }
+        }
+    }
+    let auth = headers.get(header::AUTHORIZATION)?.to_str().ok()?;
+    let (scheme, token) = auth.split_once(' ')?;
+    scheme
+        .eq_ignore_ascii_case("bearer")
+        .then(|| token.trim().to_owned())
+}
+
+static X_SESSION_ID: HeaderName = HeaderName::from_static("x-session-id");
+static X_USER_ID: HeaderName = HeaderName::from_static("x-user-id");
+static X_ORG_ID: HeaderName = HeaderName::from_static("x-org-id");
+static X_EXPIRES_IN: HeaderName = HeaderName::from_static("x-session-expires-in");
+
+pub async fn auth(State(st): State<AppState>, headers: HeaderMap) -> Result<Response, ApiError> {
+    authorize(&st, &headers, Role::Gateway)?;
+    let Some(token) = token_from(&headers, &st.cookie_name) else {
+        return Err(ApiError::new(
+            StatusCode::UNAUTHORIZED,
+            "unauthenticated",
+            "no session cookie or bearer token",
+        ));
+    };
+    let v = st.engine.touch(&token);
+    st.metrics.touch(&v);
+    match v {
+        Validation::Valid(s) => {
+            let now = st.engine.now_ms();
+            let mut resp = StatusCode::OK.into_response();
+            let h = resp.headers_mut();
+            h.insert(
+                X_SESSION_ID.clone(),
+                HeaderValue::from_str(&s.id.to_string()).expect("hex"),
+            );
+            // Ids have no control characters (session::check_id), so they are valid header values.
+            if let Ok(u) = HeaderValue::from_bytes(s.user_id.as_bytes()) {
+                h.insert(X_USER_ID.clone(), u);
+            }
+            if let Some(o) = s
+                .org_id
+                .as_deref()
+                .and_then(|o| HeaderValue::from_bytes(o.as_bytes()).ok())
+            {
+                h.insert(X_ORG_ID.clone(), o);
+            }
+            h.insert(
+                X_EXPIRES_IN.clone(),
+                HeaderValue::from(s.expires_in_secs(now)),
+            );
+            Ok(resp)
+        }
+        Validation::Invalid(r) => Err(ApiError::new(
+            StatusCode::UNAUTHORIZED,
+            "unauthenticated",
+            format!("session is not valid: {}", r.as_str()),
+        )),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cookie_then_bearer() {
+        let mut h = HeaderMap::new();
+        h.insert(
+            header::COOKIE,
+            HeaderValue::from_static("a=1; session=tok; b=2"),
+        );
+        assert_eq!(token_from(&h, "session").as_deref(), Some("tok"));
+        assert_eq!(token_from(&h, "other"), None);
+        h.insert(
+            header::AUTHORIZATION,
+            HeaderValue::from_static("Bearer xyz"),
+        );
+        assert_eq!(token_from(&h, "other").as_deref(), Some("xyz"));
+        let mut h = HeaderMap::new();
+        h.insert(header::AUTHORIZATION, HeaderValue::from_static("Basic xyz"));
+        assert_eq!(token_from(&h, "session"), None);
+    }
+}

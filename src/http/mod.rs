@@ -1,0 +1,110 @@
+//! The HTTP surface: axum router, shared state, and the one metrics middleware.
+//!
+//! Invariants:
+//! 1. Every route's role is checked first thing in its handler ([`extract::authorize`]).
+//! 2. Metrics label requests by the matched route template, never the raw path (which holds
+//!    user and org ids); unmatched requests are labelled `unmatched`.
+//! 3. No handler logs or returns a token except `POST /v1/sessions`, which hands it out once.
+
+pub mod error;
+pub mod extract;
+mod forward_auth;
+mod ops;
+mod policy;
+mod sessions;
+
+use crate::api_keys::ApiKeys;
+use crate::engine::Engine;
+use crate::metrics::{HTTP_DURATION, HTTP_REQUESTS, Metrics};
+use axum::Router;
+use axum::extract::{MatchedPath, Request, State};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use error::ApiError;
+use std::sync::Arc;
+use std::sync::atomic::AtomicBool;
+use std::time::Instant;
+
+/// What every handler can reach.
+#[derive(Clone)]
+pub struct AppState {
+    pub engine: Arc<Engine>,
+    pub metrics: Arc<Metrics>,
+    /// `None`: no keys configured, every caller is admin (loopback only, or --insecure-no-auth).
+    pub keys: Option<Arc<ApiKeys>>,
+    pub cookie_name: Arc<str>,
+    /// False until the daemon is ready to serve (answers `/readyz`).
+    pub ready: Arc<AtomicBool>,
+}
+
+/// The full router.
+pub fn router(state: AppState) -> Router {
+    let api = Router::new()
+        .route("/v1/sessions", post(sessions::create))
+        .route("/v1/sessions/validate", post(sessions::validate))
+        .route("/v1/sessions/touch", post(sessions::touch))
+        .route("/v1/sessions/revoke", post(sessions::revoke))
+        .route(
+            "/v1/sessions/{id}",
+            get(sessions::get_one).delete(sessions::delete_one),
+        )
+        .route(
+            "/v1/users/{user_id}/sessions",
+            get(sessions::list_user).delete(sessions::revoke_user),
+        )
+        .route(
+            "/v1/orgs/{org_id}/sessions",
+            axum::routing::delete(sessions::revoke_org),
+        )
+        .route("/v1/auth", get(forward_auth::auth))
+        .route("/v1/policy", get(policy::get_app).put(policy::put_app))
+        .route(
+            "/v1/orgs/{org_id}/policy",
+            get(policy::get_org)
+                .put(policy::put_org)
+                .patch(policy::patch_org)
+                .delete(policy::delete_org),
+        )
+        .route("/metrics", get(ops::metrics))
+        .route("/healthz", get(ops::healthz))
+        .route("/readyz", get(ops::readyz))
+        .route_layer(middleware::from_fn_with_state(state.clone(), track));
+    api.fallback(not_found)
+        .method_not_allowed_fallback(method_not_allowed)
+        .with_state(state)
+}
+
+async fn track(State(state): State<AppState>, req: Request, next: Next) -> Response {
+    let route = req
+        .extensions()
+        .get::<MatchedPath>()
+        .map_or_else(|| "unmatched".to_owned(), |m| m.as_str().to_owned());
+    let start = Instant::now();
+    let resp = next.run(req).await;
+    let elapsed = start.elapsed().as_secs_f64();
+    let _ = &state;
+    metrics::counter!(HTTP_REQUESTS, "route" => route.clone(), "status" => resp.status().as_str().to_owned())
+        .increment(1);
+    metrics::histogram!(HTTP_DURATION, "route" => route).record(elapsed);
+    resp
+}
+
+async fn not_found(req: Request) -> Response {
+    metrics::counter!(HTTP_REQUESTS, "route" => "unmatched", "status" => "404").increment(1);
+    ApiError::not_found(format!(
+        "no such endpoint: {} {}",
+        req.method(),
+        req.uri().path()
+    ))
+    .into_response()
+}
+
+async fn method_not_allowed(req: Request) -> Response {
+    ApiError::new(
+        axum::http::StatusCode::METHOD_NOT_ALLOWED,
+        "method_not_allowed",
+        format!("{} is not allowed on {}", req.method(), req.uri().path()),
+    )
+    .into_response()
+}

@@ -1,0 +1,184 @@
+//! Policy endpoints: the application policy and each org's (admin only).
+
+use super::AppState;
+use super::error::ApiError;
+use super::extract::{PathParam, authorize, parse_json, path_id, read_body};
+use super::sessions::json_response;
+use crate::api_keys::Role;
+use crate::engine::PolicyChange;
+use crate::policy::{OrgPolicy, Policy, PolicyPatch};
+use axum::body::Body;
+use axum::extract::State;
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::Response;
+use serde::Serialize;
+
+#[derive(Serialize)]
+struct OrgPolicyJson<'a> {
+    org_id: &'a str,
+    source: &'static str,
+    custom: Option<Policy>,
+    effective: Policy,
+}
+
+fn org_view(st: &AppState, org: &str) -> Response {
+    let v = st.engine.org_policy(org);
+    json_response(
+        StatusCode::OK,
+        &OrgPolicyJson {
+            org_id: org,
+            source: v.org_policy.source(),
+            custom: v.org_policy.custom().copied(),
+            effective: v.effective,
+        },
+    )
+}
+
+fn log_change(st: &AppState, org: Option<&str>, change: &PolicyChange) {
+    st.metrics.policy_changed("api");
+    let ev = change.reapplied.evicted;
+    st.metrics
+        .expired(crate::session::ExpiryReason::Idle, ev.idle);
+    st.metrics
+        .expired(crate::session::ExpiryReason::Absolute, ev.absolute);
+    tracing::info!(
+        org_id = org.unwrap_or("(application)"),
+        old = ?change.old_effective,
+        new = ?change.new_effective,
+        reapplied = change.changed,
+        refiled = change.reapplied.refiled,
+        evicted_idle = ev.idle,
+        evicted_absolute = ev.absolute,
+        "policy changed"
+    );
+}
+
+pub async fn get_app(State(st): State<AppState>, headers: HeaderMap) -> Result<Response, ApiError> {
+    authorize(&st, &headers, Role::Admin)?;
+    Ok(json_response(
+        StatusCode::OK,
+        &st.engine.application_policy(),
+    ))
+}
+
+pub async fn put_app(
+    State(st): State<AppState>,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Response, ApiError> {
+    authorize(&st, &headers, Role::Admin)?;
+    let bytes = read_body(body).await?;
+    let patch: PolicyPatch = parse_json(&bytes)?;
+    let policy = Policy::from_patch(None, &patch)?;
+    let change = st.engine.set_application_policy(policy);
+    log_change(&st, None, &change);
+    Ok(json_response(StatusCode::OK, &policy))
+}
+
+pub async fn get_org(
+    State(st): State<AppState>,
+    headers: HeaderMap,
+    PathParam(org): PathParam,
+) -> Result<Response, ApiError> {
+    authorize(&st, &headers, Role::Admin)?;
+    path_id("org_id", &org)?;
+    Ok(org_view(&st, &org))
+}
+
+/// Splits `{"source": ..., ...policy fields}` into the source and the policy fields.
+fn split_source(bytes: &[u8]) -> Result<(Option<String>, PolicyPatch, bool), ApiError> {
+    let mut map: serde_json::Map<String, serde_json::Value> = parse_json(bytes)?;
+    let source = match map.remove("source") {
+        None => None,
+        Some(serde_json::Value::String(s)) => Some(s),
+        Some(other) => {
+            return Err(ApiError::bad_request(
+                "invalid_json",
+                format!("source must be \"CUSTOM\" or \"APPLICATION\", not {other}"),
+            ));
+        }
+    };
+    let has_fields = !map.is_empty();
+    let patch: PolicyPatch = serde_json::from_value(serde_json::Value::Object(map))
+        .map_err(|e| ApiError::bad_request("invalid_json", format!("invalid policy: {e}")))?;
+    Ok((source, patch, has_fields))
+}
+
+fn apply(st: &AppState, org: &str, policy: OrgPolicy) -> Result<Response, ApiError> {
+    let change = st.engine.set_org_policy(org, policy)?;
+    log_change(st, Some(org), &change);
+    Ok(org_view(st, org))
+}
+
+pub async fn put_org(
+    State(st): State<AppState>,
+    headers: HeaderMap,
+    PathParam(org): PathParam,
+    body: Body,
+) -> Result<Response, ApiError> {
+    authorize(&st, &headers, Role::Admin)?;
+    path_id("org_id", &org)?;
+    let bytes = read_body(body).await?;
+    let (source, patch, has_fields) = split_source(&bytes)?;
+    let policy = match source.as_deref() {
+        Some("CUSTOM") => OrgPolicy::Custom(Policy::from_patch(None, &patch)?),
+        Some("APPLICATION") if has_fields => {
+            return Err(ApiError::bad_request(
+                "invalid_policy",
+                "source APPLICATION takes no policy fields; the org inherits the application policy",
+            ));
+        }
+        Some("APPLICATION") => OrgPolicy::Application,
+        Some(other) => {
+            return Err(ApiError::bad_request(
+                "invalid_policy",
+                format!("source {other:?} is not \"CUSTOM\" or \"APPLICATION\""),
+            ));
+        }
+        None => {
+            return Err(ApiError::bad_request(
+                "invalid_policy",
+                "source is required: \"CUSTOM\" (with policy fields) or \"APPLICATION\"",
+            ));
+        }
+    };
+    apply(&st, &org, policy)
+}
+
+pub async fn patch_org(
+    State(st): State<AppState>,
+    headers: HeaderMap,
+    PathParam(org): PathParam,
+    body: Body,
+) -> Result<Response, ApiError> {
+    authorize(&st, &headers, Role::Admin)?;
+    path_id("org_id", &org)?;
+    let bytes = read_body(body).await?;
+    let (source, patch, _) = split_source(&bytes)?;
+    if let Some(s) = source.filter(|s| s != "CUSTOM") {
+        return Err(ApiError::bad_request(
+            "invalid_policy",
+            format!(
+                "PATCH sets fields of a CUSTOM policy; source {s:?} is not allowed here (use DELETE to return to APPLICATION)"
+            ),
+        ));
+    }
+    let current = st.engine.org_policy(&org);
+    let base = current
+        .org_policy
+        .custom()
+        .copied()
+        .unwrap_or(current.effective);
+    let policy = Policy::from_patch(Some(&base), &patch)?;
+    apply(&st, &org, OrgPolicy::Custom(policy))
+}
+
+pub async fn delete_org(
+    State(st): State<AppState>,
+    headers: HeaderMap,
+    PathParam(org): PathParam,
+) -> Result<Response, ApiError> {
+    authorize(&st, &headers, Role::Admin)?;
+    path_id("org_id", &org)?;
+    apply(&st, &org, OrgPolicy::Application)
+}

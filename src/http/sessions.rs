@@ -1,0 +1,297 @@
+//! Session endpoints: create, validate, touch, revoke (gateway) and the admin views.
+
+use super::AppState;
+use super::error::ApiError;
+use super::extract::{PathParam, authorize, parse_json, path_id, read_body};
+use crate::api_keys::Role;
+use crate::session::{Metadata, NewSession, SessionView, Validation};
+use crate::timefmt::rfc3339_ms;
+use crate::token::SessionId;
+use axum::body::Body;
+use axum::extract::State;
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use serde::ser::SerializeMap;
+use serde::{Deserialize, Serialize, Serializer};
+use std::borrow::Cow;
+use std::collections::BTreeMap;
+
+/// The session object of every response.
+#[derive(Serialize)]
+pub struct SessionJson<'a> {
+    id: String,
+    user_id: &'a str,
+    org_id: Option<&'a str>,
+    created_at: String,
+    last_activity_at: String,
+    idle_expires_at: Option<String>,
+    absolute_expires_at: String,
+    expires_at: String,
+    expires_in: u64,
+    persistent: bool,
+    metadata: MetadataJson<'a>,
+}
+
+pub struct MetadataJson<'a>(Option<&'a Metadata>);
+
+impl Serialize for MetadataJson<'_> {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        let pairs = self.0.map_or(&[][..], |m| m.pairs());
+        let mut map = s.serialize_map(Some(pairs.len()))?;
+        for (k, v) in pairs {
+            map.serialize_entry(k, v)?;
+        }
+        map.end()
+    }
+}
+
+impl<'a> SessionJson<'a> {
+    pub fn new(v: &'a SessionView, now_ms: u64) -> Self {
+        SessionJson {
+            id: v.id.to_string(),
+            user_id: &v.user_id,
+            org_id: v.org_id.as_deref(),
+            created_at: rfc3339_ms(v.created_at_ms),
+            last_activity_at: rfc3339_ms(v.last_activity_at_ms),
+            idle_expires_at: v.idle_expires_at_ms.map(rfc3339_ms),
+            absolute_expires_at: rfc3339_ms(v.absolute_expires_at_ms),
+            expires_at: rfc3339_ms(v.expires_at_ms),
+            expires_in: v.expires_in_secs(now_ms),
+            persistent: v.persistent,
+            metadata: MetadataJson(v.metadata.as_deref()),
+        }
+    }
+}
+
+pub fn json_response(status: StatusCode, value: &impl Serialize) -> Response {
+    match serde_json::to_vec(value) {
+        Ok(body) => (status, [(header::CONTENT_TYPE, "application/json")], body).into_response(),
+        Err(e) => ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string())
+            .into_response(),
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct CreateRequest {
+    user_id: String,
+    #[serde(default)]
+    org_id: Option<String>,
+    #[serde(default)]
+    metadata: Option<BTreeMap<String, String>>,
+}
+
+#[derive(Serialize)]
+struct CreateResponse<'a> {
+    token: &'a str,
+    session: SessionJson<'a>,
+}
+
+pub async fn create(
+    State(st): State<AppState>,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Response, ApiError> {
+    authorize(&st, &headers, Role::Gateway)?;
+    let bytes = read_body(body).await?;
+    let req: CreateRequest = parse_json(&bytes)?;
+    let metadata = req
+        .metadata
+        .map(|m| Metadata::new(m.into_iter().collect()))
+        .transpose()?;
+    let created = match st.engine.create(NewSession {
+        user_id: req.user_id,
+        org_id: req.org_id,
+        metadata,
+    }) {
+        Ok(c) => c,
+        Err(e) => {
+            let reason = match e {
+                crate::engine::EngineError::Capacity { .. } => "capacity",
+                crate::engine::EngineError::UserLimit { .. } => "user_limit",
+                _ => "invalid",
+            };
+            metrics::counter!(crate::metrics::CREATE_REFUSED, "reason" => reason).increment(1);
+            return Err(e.into());
+        }
+    };
+    st.metrics.created.increment(1);
+    if created.displaced > 0 {
+        st.metrics.revoked.increment(created.displaced as u64);
+    }
+    let now = created.session.created_at_ms;
+    Ok(json_response(
+        StatusCode::CREATED,
+        &CreateResponse {
+            token: created.token.expose(),
+            session: SessionJson::new(&created.session, now),
+        },
+    ))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct TokenRequest<'a> {
+    #[serde(borrow)]
+    token: Cow<'a, str>,
+}
+
+#[derive(Serialize)]
+#[serde(untagged)]
+enum ValidationJson<'a> {
+    Valid {
+        valid: bool,
+        session: SessionJson<'a>,
+    },
+    Invalid {
+        valid: bool,
+        reason: &'static str,
+    },
+}
+
+fn validation_response(v: &Validation, now_ms: u64) -> Response {
+    let body = match v {
+        Validation::Valid(s) => ValidationJson::Valid {
+            valid: true,
+            session: SessionJson::new(s, now_ms),
+        },
+        Validation::Invalid(r) => ValidationJson::Invalid {
+            valid: false,
+            reason: r.as_str(),
+        },
+    };
+    json_response(StatusCode::OK, &body)
+}
+
+pub async fn validate(
+    State(st): State<AppState>,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Response, ApiError> {
+    authorize(&st, &headers, Role::Gateway)?;
+    let bytes = read_body(body).await?;
+    let req: TokenRequest = parse_json(&bytes)?;
+    let v = st.engine.validate(&req.token);
+    st.metrics.validation(&v);
+    Ok(validation_response(&v, st.engine.now_ms()))
+}
+
+pub async fn touch(
+    State(st): State<AppState>,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Response, ApiError> {
+    authorize(&st, &headers, Role::Gateway)?;
+    let bytes = read_body(body).await?;
+    let req: TokenRequest = parse_json(&bytes)?;
+    let v = st.engine.touch(&req.token);
+    st.metrics.touch(&v);
+    Ok(validation_response(&v, st.engine.now_ms()))
+}
+
+pub async fn revoke(
+    State(st): State<AppState>,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Response, ApiError> {
+    authorize(&st, &headers, Role::Gateway)?;
+    let bytes = read_body(body).await?;
+    let req: TokenRequest = parse_json(&bytes)?;
+    if st.engine.revoke(&req.token) {
+        st.metrics.revoked.increment(1);
+    }
+    Ok(StatusCode::NO_CONTENT.into_response())
+}
+
+fn parse_session_id(id: &str) -> Result<SessionId, ApiError> {
+    SessionId::parse_hex(id).ok_or_else(|| {
+        ApiError::bad_request(
+            "invalid_field",
+            "session id must be 32 hexadecimal digits (the \"id\" of a session, not its token)",
+        )
+    })
+}
+
+pub async fn get_one(
+    State(st): State<AppState>,
+    headers: HeaderMap,
+    PathParam(id): PathParam,
+) -> Result<Response, ApiError> {
+    authorize(&st, &headers, Role::Admin)?;
+    let id = parse_session_id(&id)?;
+    let now = st.engine.now_ms();
+    match st.engine.get(id) {
+        Some(v) if v.expires_at_ms > now => {
+            Ok(json_response(StatusCode::OK, &SessionJson::new(&v, now)))
+        }
+        _ => Err(ApiError::not_found("no live session has this id")),
+    }
+}
+
+pub async fn delete_one(
+    State(st): State<AppState>,
+    headers: HeaderMap,
+    PathParam(id): PathParam,
+) -> Result<Response, ApiError> {
+    authorize(&st, &headers, Role::Admin)?;
+    let id = parse_session_id(&id)?;
+    if st.engine.revoke_id(id) {
+        st.metrics.revoked.increment(1);
+        Ok(StatusCode::NO_CONTENT.into_response())
+    } else {
+        Err(ApiError::not_found("no session has this id"))
+    }
+}
+
+#[derive(Serialize)]
+struct SessionList<'a> {
+    sessions: Vec<SessionJson<'a>>,
+}
+
+pub async fn list_user(
+    State(st): State<AppState>,
+    headers: HeaderMap,
+    PathParam(user): PathParam,
+) -> Result<Response, ApiError> {
+    authorize(&st, &headers, Role::Admin)?;
+    path_id("user_id", &user)?;
+    let now = st.engine.now_ms();
+    let views: Vec<SessionView> = st
+        .engine
+        .list_user(&user)
+        .into_iter()
+        .filter(|v| v.expires_at_ms > now)
+        .collect();
+    let sessions = views.iter().map(|v| SessionJson::new(v, now)).collect();
+    Ok(json_response(StatusCode::OK, &SessionList { sessions }))
+}
+
+#[derive(Serialize)]
+struct Revoked {
+    revoked: usize,
+}
+
+pub async fn revoke_user(
+    State(st): State<AppState>,
+    headers: HeaderMap,
+    PathParam(user): PathParam,
+) -> Result<Response, ApiError> {
+    authorize(&st, &headers, Role::Admin)?;
+    path_id("user_id", &user)?;
+    let n = st.engine.revoke_user(&user);
+    st.metrics.revoked.increment(n as u64);
+    Ok(json_response(StatusCode::OK, &Revoked { revoked: n }))
+}
+
+pub async fn revoke_org(
+    State(st): State<AppState>,
+    headers: HeaderMap,
+    PathParam(org): PathParam,
+) -> Result<Response, ApiError> {
+    authorize(&st, &headers, Role::Admin)?;
+    path_id("org_id", &org)?;
+    let n = st.engine.revoke_org(&org);
+    st.metrics.revoked.increment(n as u64);
+    tracing::info!(org_id = %org, revoked = n, "revoked all sessions of an org");
+    Ok(json_response(StatusCode::OK, &Revoked { revoked: n }))
+}

@@ -1,0 +1,181 @@
+//! Prometheus metrics: names, help texts, buckets, and pre-registered handles for the hot path.
+//!
+//! Invariants:
+//! 1. Every metric is `sessiond_`-prefixed, in base units (seconds), `_total` on counters.
+//! 2. Label values come from fixed sets (`reason`, `outcome`, `route` = the matched route
+//!    template, `status`, `source`): never an id, a user, or a token.
+//! 3. Histograms have explicit buckets (otherwise the exporter renders a summary).
+//! 4. The recorder is installed once per process ([`Metrics::global`]); handles created before it
+//!    would be no-ops, so everything goes through that function.
+
+use crate::session::{ExpiryReason, Invalid, Validation};
+use metrics::{
+    Counter, Gauge, Histogram, Unit, counter, describe_counter, describe_gauge, describe_histogram,
+    gauge, histogram,
+};
+use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
+use std::sync::{Arc, OnceLock};
+
+pub const SESSIONS_ACTIVE: &str = "sessiond_sessions_active";
+pub const SESSIONS_MAX: &str = "sessiond_sessions_max";
+pub const SESSIONS_CREATED: &str = "sessiond_sessions_created_total";
+pub const SESSIONS_EXPIRED: &str = "sessiond_sessions_expired_total";
+pub const SESSIONS_REVOKED: &str = "sessiond_sessions_revoked_total";
+pub const VALIDATIONS: &str = "sessiond_validations_total";
+pub const TOUCHES: &str = "sessiond_touches_total";
+pub const EXPIRY_LAG: &str = "sessiond_expiry_lag_seconds";
+pub const POLICY_CHANGES: &str = "sessiond_policy_changes_total";
+pub const HTTP_REQUESTS: &str = "sessiond_http_requests_total";
+pub const HTTP_DURATION: &str = "sessiond_http_request_duration_seconds";
+pub const CREATE_REFUSED: &str = "sessiond_sessions_refused_total";
+
+const LAG_BUCKETS: &[f64] = &[
+    0.005, 0.01, 0.025, 0.05, 0.1, 0.15, 0.2, 0.3, 0.5, 1.0, 2.0, 5.0, 10.0,
+];
+const HTTP_BUCKETS: &[f64] = &[
+    0.000_05, 0.000_1, 0.000_25, 0.000_5, 0.001, 0.002_5, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0,
+];
+
+/// Outcome labels, in the order of [`outcome_index`].
+const OUTCOMES: [&str; 5] = [
+    "valid",
+    "malformed",
+    "not_found",
+    "expired_idle",
+    "expired_absolute",
+];
+
+fn outcome_index(v: &Validation) -> usize {
+    match v {
+        Validation::Valid(_) => 0,
+        Validation::Invalid(Invalid::Malformed) => 1,
+        Validation::Invalid(Invalid::NotFound) => 2,
+        Validation::Invalid(Invalid::ExpiredIdle) => 3,
+        Validation::Invalid(Invalid::ExpiredAbsolute) => 4,
+    }
+}
+
+/// Handles to every metric the daemon records.
+pub struct Metrics {
+    handle: PrometheusHandle,
+    pub active: Gauge,
+    pub max: Gauge,
+    pub created: Counter,
+    pub revoked: Counter,
+    expired_idle: Counter,
+    expired_absolute: Counter,
+    validations: [Counter; 5],
+    touches: [Counter; 5],
+    expiry_lag: Histogram,
+}
+
+impl Metrics {
+    /// The process's metrics, installing the Prometheus recorder on first use (invariant 4).
+    pub fn global() -> Arc<Metrics> {
+        static GLOBAL: OnceLock<Arc<Metrics>> = OnceLock::new();
+        GLOBAL
+            .get_or_init(|| {
+                let recorder = PrometheusBuilder::new()
+                    .set_buckets_for_metric(Matcher::Full(EXPIRY_LAG.into()), LAG_BUCKETS)
+                    .and_then(|b| {
+                        b.set_buckets_for_metric(Matcher::Full(HTTP_DURATION.into()), HTTP_BUCKETS)
+                    })
+                    .expect("bucket lists are non-empty")
+                    .build_recorder();
+                let handle = recorder.handle();
+                // Fails only if another recorder was installed first (never in this binary).
+                let _ = metrics::set_global_recorder(recorder);
+                describe();
+                Arc::new(Metrics {
+                    handle,
+                    active: gauge!(SESSIONS_ACTIVE),
+                    max: gauge!(SESSIONS_MAX),
+                    created: counter!(SESSIONS_CREATED),
+                    revoked: counter!(SESSIONS_REVOKED),
+                    expired_idle: counter!(SESSIONS_EXPIRED, "reason" => "idle"),
+                    expired_absolute: counter!(SESSIONS_EXPIRED, "reason" => "absolute"),
+                    validations: OUTCOMES.map(|o| counter!(VALIDATIONS, "outcome" => o)),
+                    touches: OUTCOMES.map(|o| counter!(TOUCHES, "outcome" => o)),
+                    expiry_lag: histogram!(EXPIRY_LAG),
+                })
+            })
+            .clone()
+    }
+
+    /// Counts a validation by outcome.
+    #[inline]
+    pub fn validation(&self, v: &Validation) {
+        self.validations[outcome_index(v)].increment(1);
+    }
+
+    /// Counts a touch by outcome.
+    #[inline]
+    pub fn touch(&self, v: &Validation) {
+        self.touches[outcome_index(v)].increment(1);
+    }
+
+    /// Counts evictions by reason.
+    pub fn expired(&self, reason: ExpiryReason, n: u64) {
+        match reason {
+            ExpiryReason::Idle => self.expired_idle.increment(n),
+            ExpiryReason::Absolute => self.expired_absolute.increment(n),
+        }
+    }
+
+    /// Records one eviction by the reaper and how late it was.
+    pub fn evicted(&self, reason: ExpiryReason, lag_ms: u64) {
+        self.expired(reason, 1);
+        self.expiry_lag.record(lag_ms as f64 / 1_000.0);
+    }
+
+    /// Counts a policy change from `source` (`api`, `file`, ...).
+    pub fn policy_changed(&self, source: &'static str) {
+        counter!(POLICY_CHANGES, "source" => source).increment(1);
+    }
+
+    /// The Prometheus text exposition, with the gauges brought up to date.
+    pub fn render(&self, active: usize) -> String {
+        self.active.set(active as f64);
+        self.handle.render()
+    }
+
+    /// Drains histogram samples into their buckets; call periodically.
+    pub fn upkeep(&self) {
+        self.handle.run_upkeep();
+    }
+}
+
+fn describe() {
+    describe_gauge!(
+        SESSIONS_ACTIVE,
+        "Sessions in the table, including expired ones not yet swept."
+    );
+    describe_gauge!(SESSIONS_MAX, "The configured max_sessions.");
+    describe_counter!(SESSIONS_CREATED, "Sessions created.");
+    describe_counter!(
+        SESSIONS_EXPIRED,
+        "Sessions evicted at a deadline, by reason (idle, absolute)."
+    );
+    describe_counter!(
+        SESSIONS_REVOKED,
+        "Sessions ended by logout, an admin, or the per-user limit."
+    );
+    describe_counter!(
+        CREATE_REFUSED,
+        "Session creations refused, by reason (capacity, user_limit)."
+    );
+    describe_counter!(VALIDATIONS, "Validations by outcome.");
+    describe_counter!(TOUCHES, "Touches (including GET /v1/auth) by outcome.");
+    describe_histogram!(
+        EXPIRY_LAG,
+        Unit::Seconds,
+        "Eviction time minus deadline, per evicted session."
+    );
+    describe_counter!(POLICY_CHANGES, "Accepted policy changes, by source.");
+    describe_counter!(HTTP_REQUESTS, "HTTP requests by route template and status.");
+    describe_histogram!(
+        HTTP_DURATION,
+        Unit::Seconds,
+        "HTTP request duration by route template."
+    );
+}

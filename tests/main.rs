@@ -1,1 +1,11 @@
+//! Black-box tests: each starts the real `sessiond` binary on an ephemeral port. One binary for
+//! all of them (`autotests = false`) so CI links once.
 
+mod common;
+
+mod access;
+mod api;
+mod errors;
+mod expiry;
+mod lifecycle;
+mod nginx;

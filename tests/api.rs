@@ -1,0 +1,281 @@
+//! Every row of the API table, on a daemon without API keys (loopback).
+
+use crate::common::{Daemon, create};
+
+#[test]
+fn create_validate_touch_revoke_roundtrip() {
+    let d = Daemon::start(&[]);
+    let (token, s) = create(
+        &d,
+        &[],
+        r#"{"user_id": "alice", "org_id": "acme", "metadata": {"ip": "10.0.0.1", "ua": "curl"}}"#,
+    );
+    assert_eq!(token.len(), 43);
+    assert_eq!(s["id"].as_str().unwrap().len(), 32);
+    assert_eq!(s["user_id"], "alice");
+    assert_eq!(s["org_id"], "acme");
+    assert_eq!(s["metadata"]["ip"], "10.0.0.1");
+    assert_eq!(s["persistent"], false);
+    assert_eq!(s["expires_in"], 1800);
+    for f in [
+        "created_at",
+        "last_activity_at",
+        "idle_expires_at",
+        "absolute_expires_at",
+        "expires_at",
+    ] {
+        let t = s[f].as_str().unwrap();
+        assert!(
+            t.len() == 24 && t.ends_with('Z') && t.as_bytes()[19] == b'.',
+            "{f} = {t}"
+        );
+    }
+    assert!(
+        !serde_json::to_string(&s).unwrap().contains(&token),
+        "token inside the session object"
+    );
+
+    let body = format!(r#"{{"token": "{token}"}}"#);
+    let v = d.call("POST", "/v1/sessions/validate", Some(&body)).json();
+    assert_eq!(v["valid"], true);
+    assert_eq!(v["session"]["id"], s["id"]);
+
+    std::thread::sleep(std::time::Duration::from_millis(20));
+    let t = d.call("POST", "/v1/sessions/touch", Some(&body)).json();
+    assert_eq!(t["valid"], true);
+    assert!(t["session"]["last_activity_at"].as_str() > s["last_activity_at"].as_str());
+    assert!(t["session"]["idle_expires_at"].as_str() > s["idle_expires_at"].as_str());
+
+    let r = d.call("POST", "/v1/sessions/revoke", Some(&body));
+    assert_eq!(r.status, 204);
+    let v = d.call("POST", "/v1/sessions/validate", Some(&body)).json();
+    assert_eq!(
+        v,
+        serde_json::json!({"valid": false, "reason": "not_found"})
+    );
+    // Revoking again, or an unknown token, is still 204 (logout is idempotent).
+    assert_eq!(
+        d.call("POST", "/v1/sessions/revoke", Some(&body)).status,
+        204
+    );
+    let unknown = format!(r#"{{"token": "{}"}}"#, "A".repeat(43));
+    assert_eq!(
+        d.call("POST", "/v1/sessions/revoke", Some(&unknown)).status,
+        204
+    );
+    let v = d
+        .call(
+            "POST",
+            "/v1/sessions/validate",
+            Some(r#"{"token": "nope"}"#),
+        )
+        .json();
+    assert_eq!(v["reason"], "malformed");
+}
+
+#[test]
+fn forward_auth_with_cookie_or_bearer() {
+    let d = Daemon::start(&["--cookie-name", "sid"]);
+    let (token, s) = create(&d, &[], r#"{"user_id": "bob", "org_id": "acme"}"#);
+    let r = d.request(
+        "GET",
+        "/v1/auth",
+        &[("Cookie", &format!("theme=dark; sid={token}"))],
+        None,
+    );
+    assert_eq!(r.status, 200);
+    assert_eq!(r.header("x-session-id"), s["id"].as_str());
+    assert_eq!(r.header("x-user-id"), Some("bob"));
+    assert_eq!(r.header("x-org-id"), Some("acme"));
+    assert_eq!(r.header("x-session-expires-in"), Some("1800"));
+    let r = d.request(
+        "GET",
+        "/v1/auth",
+        &[("Authorization", &format!("Bearer {token}"))],
+        None,
+    );
+    assert_eq!(r.status, 200);
+    // Without a token, with the wrong cookie name, or with a dead token: 401.
+    assert_eq!(d.call("GET", "/v1/auth", None).status, 401);
+    let r = d.request(
+        "GET",
+        "/v1/auth",
+        &[("Cookie", &format!("session={token}"))],
+        None,
+    );
+    assert_eq!(r.status, 401);
+    d.call(
+        "POST",
+        "/v1/sessions/revoke",
+        Some(&format!(r#"{{"token": "{token}"}}"#)),
+    );
+    let r = d.request(
+        "GET",
+        "/v1/auth",
+        &[("Cookie", &format!("sid={token}"))],
+        None,
+    );
+    assert_eq!(r.status, 401);
+    assert_eq!(r.code(), "unauthenticated");
+    // A session without an org has no X-Org-Id.
+    let (token, _) = create(&d, &[], r#"{"user_id": "carol"}"#);
+    let r = d.request(
+        "GET",
+        "/v1/auth",
+        &[("Cookie", &format!("sid={token}"))],
+        None,
+    );
+    assert_eq!(r.status, 200);
+    assert_eq!(r.header("x-org-id"), None);
+}
+
+#[test]
+fn admin_session_views_and_bulk_revocation() {
+    let d = Daemon::start(&[]);
+    let (_, a1) = create(&d, &[], r#"{"user_id": "ann", "org_id": "o1"}"#);
+    let (_, _a2) = create(&d, &[], r#"{"user_id": "ann", "org_id": "o2"}"#);
+    let (_, _b1) = create(&d, &[], r#"{"user_id": "ben", "org_id": "o1"}"#);
+    let id = a1["id"].as_str().unwrap();
+
+    let r = d.call("GET", &format!("/v1/sessions/{id}"), None);
+    assert_eq!(r.status, 200);
+    assert_eq!(r.json()["user_id"], "ann");
+    assert_eq!(
+        d.call("GET", &format!("/v1/sessions/{}", "0".repeat(32)), None)
+            .status,
+        404
+    );
+    assert_eq!(d.call("GET", "/v1/sessions/not-hex", None).status, 400);
+
+    let list = d.call("GET", "/v1/users/ann/sessions", None).json();
+    assert_eq!(list["sessions"].as_array().unwrap().len(), 2);
+    assert_eq!(
+        d.call("GET", "/v1/users/nobody/sessions", None).json()["sessions"],
+        serde_json::json!([])
+    );
+
+    assert_eq!(
+        d.call("DELETE", &format!("/v1/sessions/{id}"), None).status,
+        204
+    );
+    assert_eq!(
+        d.call("DELETE", &format!("/v1/sessions/{id}"), None).status,
+        404
+    );
+    assert_eq!(
+        d.call("GET", &format!("/v1/sessions/{id}"), None).status,
+        404
+    );
+
+    assert_eq!(
+        d.call("DELETE", "/v1/orgs/o1/sessions", None).json(),
+        serde_json::json!({"revoked": 1})
+    );
+    assert_eq!(
+        d.call("DELETE", "/v1/users/ann/sessions", None).json(),
+        serde_json::json!({"revoked": 1})
+    );
+    assert_eq!(
+        d.call("DELETE", "/v1/users/ann/sessions", None).json(),
+        serde_json::json!({"revoked": 0})
+    );
+    assert_eq!(d.metric("sessiond_sessions_active"), 0.0);
+    assert_eq!(d.metric("sessiond_sessions_revoked_total"), 3.0);
+}
+
+#[test]
+fn policy_endpoints() {
+    let d = Daemon::start(&[]);
+    let app = d.call("GET", "/v1/policy", None).json();
+    assert_eq!(
+        app,
+        serde_json::json!({"absolute_timeout": 86400, "idle_timeout_enabled": true, "idle_timeout": 1800, "persistent": false})
+    );
+    let r = d.call("PUT", "/v1/policy", Some(r#"{"absolute_timeout": {"value": 12, "unit": "HOURS"}, "idle_timeout_enabled": false, "persistent": true}"#));
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert_eq!(r.json()["absolute_timeout"], 43200);
+    assert_eq!(r.json()["idle_timeout_enabled"], false);
+
+    let org = d.call("GET", "/v1/orgs/acme/policy", None).json();
+    assert_eq!(org["source"], "APPLICATION");
+    assert_eq!(org["custom"], serde_json::Value::Null);
+    assert_eq!(org["effective"]["absolute_timeout"], 43200);
+
+    let r = d.call("PUT", "/v1/orgs/acme/policy", Some(r#"{"source": "CUSTOM", "absolute_timeout": {"value": 480, "unit": "MINUTES"}, "idle_timeout_enabled": true, "idle_timeout": {"value": 60, "unit": "MINUTES"}, "persistent": true}"#));
+    assert_eq!(r.status, 200, "{}", r.body);
+    let j = r.json();
+    assert_eq!(j["org_id"], "acme");
+    assert_eq!(j["source"], "CUSTOM");
+    assert_eq!(j["custom"]["absolute_timeout"], 28800);
+    assert_eq!(
+        j["effective"],
+        serde_json::json!({"absolute_timeout": 28800, "idle_timeout_enabled": true, "idle_timeout": 3600, "persistent": true})
+    );
+
+    let j = d
+        .call(
+            "PATCH",
+            "/v1/orgs/acme/policy",
+            Some(r#"{"idle_timeout": 600}"#),
+        )
+        .json();
+    assert_eq!(j["custom"]["idle_timeout"], 600);
+    assert_eq!(j["custom"]["absolute_timeout"], 28800);
+    // PATCH of an APPLICATION org starts from the effective values.
+    let j = d
+        .call(
+            "PATCH",
+            "/v1/orgs/beta/policy",
+            Some(r#"{"persistent": false}"#),
+        )
+        .json();
+    assert_eq!(j["source"], "CUSTOM");
+    assert_eq!(j["custom"]["absolute_timeout"], 43200);
+
+    let j = d.call("DELETE", "/v1/orgs/acme/policy", None).json();
+    assert_eq!(j["source"], "APPLICATION");
+    let j = d
+        .call(
+            "PUT",
+            "/v1/orgs/beta/policy",
+            Some(r#"{"source": "APPLICATION"}"#),
+        )
+        .json();
+    assert_eq!(j["source"], "APPLICATION");
+    assert!(d.metric("sessiond_policy_changes_total{source=\"api\"}") >= 5.0);
+}
+
+#[test]
+fn ops_endpoints_and_metrics() {
+    let d = Daemon::start(&[]);
+    let r = d.call("GET", "/healthz", None);
+    assert_eq!((r.status, r.body.as_str()), (200, "ok\n"));
+    assert_eq!(d.call("GET", "/readyz", None).status, 200);
+    let (token, _) = create(&d, &[], r#"{"user_id": "m"}"#);
+    let body = format!(r#"{{"token": "{token}"}}"#);
+    d.call("POST", "/v1/sessions/validate", Some(&body));
+    d.call("POST", "/v1/sessions/validate", Some(r#"{"token": "x"}"#));
+    let r = d.call("GET", "/metrics", None);
+    assert!(r.header("content-type").unwrap().starts_with("text/plain"));
+    assert_eq!(d.metric("sessiond_sessions_active"), 1.0);
+    assert_eq!(d.metric("sessiond_sessions_created_total"), 1.0);
+    assert_eq!(
+        d.metric("sessiond_validations_total{outcome=\"valid\"}"),
+        1.0
+    );
+    assert_eq!(
+        d.metric("sessiond_validations_total{outcome=\"malformed\"}"),
+        1.0
+    );
+    let text = d.call("GET", "/metrics", None).body;
+    assert!(
+        text.contains(
+            "sessiond_http_requests_total{route=\"/v1/sessions/validate\",status=\"200\"}"
+        )
+    );
+    assert!(text.contains("sessiond_http_request_duration_seconds_bucket{route=\"/v1/sessions\""));
+    assert!(!text.contains(&token), "token leaked into metrics");
+    // Raw paths (with ids) never become labels.
+    d.call("GET", "/v1/users/secret-user/sessions", None);
+    assert!(!d.call("GET", "/metrics", None).body.contains("secret-user"));
+}

@@ -1,0 +1,109 @@
+//! Start-up, configuration errors and graceful shutdown of the real binary.
+
+use crate::common::{Daemon, create, scratch};
+use std::process::Command;
+
+fn run_expecting_failure(args: &[&str]) -> (i32, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_sessiond"))
+        .args(args)
+        .output()
+        .unwrap();
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn sigterm_drains_and_exits_zero() {
+    let d = Daemon::start(&[]);
+    create(&d, &[], r#"{"user_id": "u"}"#);
+    let status = d.terminate();
+    assert_eq!(status.code(), Some(0));
+}
+
+#[test]
+fn logs_have_start_and_stop_lines_and_never_a_token() {
+    let d = Daemon::start(&[]);
+    let (token, _) = create(&d, &[], r#"{"user_id": "u", "org_id": "o"}"#);
+    d.call(
+        "POST",
+        "/v1/sessions/validate",
+        Some(&format!(r#"{{"token": "{token}"}}"#)),
+    );
+    d.call(
+        "PUT",
+        "/v1/orgs/o/policy",
+        Some(r#"{"source": "CUSTOM", "absolute_timeout": 3600}"#),
+    );
+    crate::common::unsafe_free_kill(d.child.id(), "TERM");
+    let mut lines = Vec::new();
+    while let Ok(l) = d.logs.recv_timeout(std::time::Duration::from_secs(10)) {
+        lines.push(l);
+    }
+    let all = lines.join("\n");
+    assert!(all.contains("policy changed"), "{all}");
+    assert!(all.contains("shutting down"), "{all}");
+    assert!(all.contains("sessiond stopped"), "{all}");
+    assert!(!all.contains(&token), "a token reached the log");
+}
+
+#[test]
+fn every_config_problem_is_reported_before_exiting() {
+    let (code, err) = run_expecting_failure(&[
+        "--shards",
+        "3",
+        "--tick",
+        "0ms",
+        "--org-policy-mode",
+        "lenient",
+    ]);
+    assert_eq!(code, 2);
+    for needle in ["shards is 3", "tick \"0ms\"", "lenient"] {
+        assert!(err.contains(needle), "{needle} missing in {err}");
+    }
+    let dir = scratch("cfg");
+    let path = dir.join("sessiond.toml");
+    std::fs::write(&path, "max_sessions = \"many\"\n").unwrap();
+    let (code, err) = run_expecting_failure(&["--config", path.to_str().unwrap()]);
+    assert_eq!(code, 2);
+    assert!(
+        err.contains("max_sessions") && err.contains("line 1"),
+        "{err}"
+    );
+    std::fs::remove_dir_all(dir).ok();
+}
+
+#[test]
+fn non_loopback_without_keys_is_refused_unless_insecure() {
+    let (code, err) = run_expecting_failure(&["--listen", "0.0.0.0:0"]);
+    assert_eq!(code, 2);
+    assert!(err.contains("--insecure-no-auth"), "{err}");
+}
+
+#[test]
+fn environment_variables_configure_and_flags_win() {
+    let d = Daemon::start_with_env(
+        &[],
+        &[
+            ("SESSIOND_COOKIE_NAME", "envcookie"),
+            ("SESSIOND_MAX_SESSIONS", "1"),
+        ],
+    );
+    let (token, _) = create(&d, &[], r#"{"user_id": "u"}"#);
+    let r = d.request(
+        "GET",
+        "/v1/auth",
+        &[("Cookie", &format!("envcookie={token}"))],
+        None,
+    );
+    assert_eq!(r.status, 200);
+    assert_eq!(
+        d.call("POST", "/v1/sessions", Some(r#"{"user_id": "v"}"#))
+            .status,
+        503
+    );
+    let d = Daemon::start_with_env(&["--max-sessions", "5"], &[("SESSIOND_MAX_SESSIONS", "1")]);
+    create(&d, &[], r#"{"user_id": "u"}"#);
+    create(&d, &[], r#"{"user_id": "v"}"#);
+}

@@ -108,3 +108,6 @@ async fn method_not_allowed(req: Request) -> Response {
     )
     .into_response()
 }
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,137 @@
+//! Handler tests through the router with `tower::ServiceExt::oneshot`, on a manual clock.
+
+use super::{AppState, router};
+use crate::api_keys::ApiKeys;
+use crate::clock::ManualClock;
+use crate::engine::{Engine, EngineConfig};
+use crate::metrics::Metrics;
+use axum::body::Body;
+use axum::http::{Request, StatusCode};
+use http_body_util::BodyExt;
+use std::sync::Arc;
+use std::sync::atomic::AtomicBool;
+use tower::ServiceExt;
+
+const T0: u64 = 1_800_000_000_000;
+
+fn app(keys: Option<ApiKeys>) -> (axum::Router, Arc<ManualClock>) {
+    let clock = ManualClock::new(T0);
+    let engine = Arc::new(Engine::new(
+        EngineConfig {
+            shards: 2,
+            ..EngineConfig::default()
+        },
+        clock.clone(),
+    ));
+    let state = AppState {
+        engine,
+        metrics: Metrics::global(),
+        keys: keys.map(Arc::new),
+        cookie_name: "session".into(),
+        ready: Arc::new(AtomicBool::new(true)),
+    };
+    (router(state), clock)
+}
+
+async fn call(
+    app: &axum::Router,
+    method: &str,
+    uri: &str,
+    headers: &[(&str, &str)],
+    body: &str,
+) -> (StatusCode, serde_json::Value, axum::http::HeaderMap) {
+    let mut req = Request::builder().method(method).uri(uri);
+    for (k, v) in headers {
+        req = req.header(*k, *v);
+    }
+    let resp = app
+        .clone()
+        .oneshot(req.body(Body::from(body.to_owned())).unwrap())
+        .await
+        .unwrap();
+    let status = resp.status();
+    let headers = resp.headers().clone();
+    let bytes = resp.into_body().collect().await.unwrap().to_bytes();
+    let json = serde_json::from_slice(&bytes).unwrap_or(serde_json::Value::Null);
+    (status, json, headers)
+}
+
+#[tokio::test]
+async fn idle_expiry_through_the_router_without_sleeping() {
+    let (app, clock) = app(None);
+    let (s, j, _) = call(&app, "POST", "/v1/sessions", &[], r#"{"user_id": "u"}"#).await;
+    assert_eq!(s, StatusCode::CREATED);
+    let token = j["token"].as_str().unwrap().to_owned();
+    let body = format!(r#"{{"token": "{token}"}}"#);
+    clock.advance(29 * 60_000);
+    let (_, j, _) = call(&app, "POST", "/v1/sessions/touch", &[], &body).await;
+    assert_eq!(j["valid"], true);
+    assert_eq!(j["session"]["expires_in"], 1800);
+    clock.advance(30 * 60_000);
+    let (_, j, _) = call(&app, "POST", "/v1/sessions/validate", &[], &body).await;
+    assert_eq!(
+        j,
+        serde_json::json!({"valid": false, "reason": "expired_idle"})
+    );
+    let (s, _, _) = call(
+        &app,
+        "GET",
+        "/v1/auth",
+        &[("cookie", &format!("session={token}"))],
+        "",
+    )
+    .await;
+    assert_eq!(s, StatusCode::UNAUTHORIZED);
+}
+
+#[tokio::test]
+async fn timestamps_are_rfc3339_from_the_clock() {
+    let (app, _) = app(None);
+    let (_, j, _) = call(&app, "POST", "/v1/sessions", &[], r#"{"user_id": "u"}"#).await;
+    assert_eq!(j["session"]["created_at"], "2027-01-15T08:00:00.000Z");
+    assert_eq!(
+        j["session"]["absolute_expires_at"],
+        "2027-01-16T08:00:00.000Z"
+    );
+    assert_eq!(j["session"]["idle_expires_at"], "2027-01-15T08:30:00.000Z");
+    assert_eq!(j["session"]["org_id"], serde_json::Value::Null);
+    assert_eq!(j["session"]["metadata"], serde_json::json!({}));
+}
+
+#[tokio::test]
+async fn roles_and_error_body_shape() {
+    let keys = ApiKeys::parse(
+        "[[key]]\nname = \"gw\"\nrole = \"gateway\"\nkey = \"gateway-key-0123456789\"\n",
+    )
+    .unwrap();
+    let (app, _) = app(Some(keys));
+    let (s, j, h) = call(&app, "GET", "/v1/policy", &[], "").await;
+    assert_eq!(s, StatusCode::UNAUTHORIZED);
+    assert_eq!(h["content-type"], "application/json");
+    assert_eq!(j["error"]["code"], "unauthorized");
+    assert!(
+        j["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("X-API-Key")
+    );
+    let (s, j, _) = call(
+        &app,
+        "GET",
+        "/v1/policy",
+        &[("x-api-key", "gateway-key-0123456789")],
+        "",
+    )
+    .await;
+    assert_eq!(s, StatusCode::FORBIDDEN);
+    assert_eq!(j["error"]["code"], "forbidden");
+    let (s, _, _) = call(
+        &app,
+        "POST",
+        "/v1/sessions",
+        &[("x-api-key", "gateway-key-0123456789")],
+        r#"{"user_id": "u"}"#,
+    )
+    .await;
+    assert_eq!(s, StatusCode::CREATED);
+}

@@ -64,6 +64,13 @@ pub struct Cli {
     /// Log level: error|warn|info|debug|trace [default: info].
     #[arg(long, env = "SESSIOND_LOG_LEVEL")]
     pub log_level: Option<String>,
+    /// Directory for durable state (API-set policies) [default: $STATE_DIRECTORY, else
+    /// $XDG_STATE_HOME/sessiond, else ~/.local/state/sessiond].
+    #[arg(long, env = "SESSIOND_STATE_DIR")]
+    pub state_dir: Option<PathBuf>,
+    /// Take every policy from this TOML file (watched for changes) instead of the admin API.
+    #[arg(long, env = "SESSIOND_POLICY_FILE")]
+    pub policy_file: Option<PathBuf>,
 }
 
 /// The TOML file: the same settings with `snake_case` keys, plus `[application]` policy.
@@ -82,6 +89,8 @@ pub struct FileConfig {
     pub insecure_no_auth: Option<bool>,
     pub shutdown_grace: Option<u64>,
     pub log_level: Option<String>,
+    pub state_dir: Option<PathBuf>,
+    pub policy_file: Option<PathBuf>,
     /// The application policy (defaults to the built-in one, field by field).
     pub application: Option<PolicyPatch>,
 }
@@ -96,6 +105,8 @@ pub struct Config {
     pub insecure_no_auth: bool,
     pub shutdown_grace: Duration,
     pub log_level: tracing::Level,
+    pub state_dir: PathBuf,
+    pub policy_file: Option<PathBuf>,
     /// Where the configuration came from, for the start-up log line.
     pub config_file: Option<PathBuf>,
 }
@@ -104,6 +115,28 @@ pub struct Config {
 #[derive(Debug, thiserror::Error)]
 #[error("invalid configuration:\n  - {}", .0.join("\n  - "))]
 pub struct ConfigError(pub Vec<String>);
+
+/// `$STATE_DIRECTORY` (set by systemd's `StateDirectory=`), else `$XDG_STATE_HOME/sessiond`,
+/// else `$HOME/.local/state/sessiond`, else `./sessiond-state`.
+pub fn default_state_dir() -> PathBuf {
+    let var = |k: &str| std::env::var_os(k).filter(|v| !v.is_empty());
+    if let Some(d) = var("STATE_DIRECTORY") {
+        let first = d
+            .to_string_lossy()
+            .split(':')
+            .next()
+            .unwrap_or_default()
+            .to_owned();
+        return PathBuf::from(first);
+    }
+    if let Some(x) = var("XDG_STATE_HOME") {
+        return PathBuf::from(x).join("sessiond");
+    }
+    if let Some(h) = var("HOME") {
+        return PathBuf::from(h).join(".local/state/sessiond");
+    }
+    PathBuf::from("sessiond-state")
+}
 
 /// Parses `100ms`, `1s` or a bare number of milliseconds.
 pub fn parse_tick(s: &str) -> Result<u64, String> {
@@ -249,6 +282,17 @@ impl Config {
             }),
         };
 
+        let state_dir = cli
+            .state_dir
+            .or(file.state_dir)
+            .unwrap_or_else(default_state_dir);
+        let policy_file = cli.policy_file.or(file.policy_file);
+        if let Some(p) = &policy_file {
+            if !p.exists() {
+                errors.push(format!("policy_file {} does not exist", p.display()));
+            }
+        }
+
         if !errors.is_empty() {
             return Err(ConfigError(errors));
         }
@@ -268,6 +312,8 @@ impl Config {
             insecure_no_auth,
             shutdown_grace,
             log_level,
+            state_dir,
+            policy_file,
             config_file: cli.config,
         })
     }

@@ -9,19 +9,37 @@ use crate::config::Config;
 use crate::engine::Engine;
 use crate::http::{AppState, router};
 use crate::metrics::Metrics;
+use crate::policy_source::{PolicyManager, Source};
 use crate::reaper;
 use anyhow::Context;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use tokio::net::TcpListener;
 
-/// Builds the shared state for `config` (also used by handler tests).
+/// The policy source the configuration asks for.
+pub fn policy_source(config: &Config) -> Source {
+    match &config.policy_file {
+        Some(path) => Source::File { path: path.clone() },
+        None => Source::Api {
+            state_dir: config.state_dir.clone(),
+        },
+    }
+}
+
+/// Builds the shared state for `config`.
 pub fn state(config: &Config, keys: Option<ApiKeys>) -> AppState {
     let engine = Arc::new(Engine::new(config.engine.clone(), Arc::new(SystemClock)));
     let metrics = Metrics::global();
     metrics.max.set(config.engine.max_sessions as f64);
+    let policies = Arc::new(PolicyManager::new(
+        engine.clone(),
+        metrics.clone(),
+        policy_source(config),
+        config.engine.application_policy,
+    ));
     AppState {
         engine,
+        policies,
         metrics,
         keys: keys.map(Arc::new),
         cookie_name: config.cookie_name.as_str().into(),
@@ -38,8 +56,18 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     if keys.is_none() && !config.listen.ip().is_loopback() {
         tracing::warn!(listen = %config.listen, "serving without API keys on a non-loopback address (--insecure-no-auth): anyone who can connect is admin");
     }
+    if config.policy_file.is_none() {
+        check_state_dir(&config.state_dir)?;
+    }
     let st = state(&config, keys);
     let engine = st.engine.clone();
+    st.policies
+        .load_initial()
+        .map_err(|e| anyhow::anyhow!("cannot load policies: {e}"))?;
+    if let Some(path) = &config.policy_file {
+        crate::policy_watch::spawn(path.clone(), st.policies.clone())?;
+    }
+    tokio::spawn(reload_on_sighup(st.policies.clone()));
     let listener = TcpListener::bind(config.listen)
         .await
         .with_context(|| format!("cannot listen on {}", config.listen))?;
@@ -58,6 +86,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         api_keys = st.keys.as_ref().map_or(0, |k| k.len()),
         config_file = ?config.config_file,
         application_policy = ?config.engine.application_policy,
+        policy_source = ?st.policies.source(),
         "sessiond started"
     );
     st.ready.store(true, Ordering::Release);
@@ -95,6 +124,34 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
             tracing::warn!("grace period over with requests still in flight; stopping anyway");
             Ok(())
         }
+    }
+}
+
+/// Fails early if durable writes to the state directory would fail later.
+fn check_state_dir(dir: &std::path::Path) -> anyhow::Result<()> {
+    std::fs::create_dir_all(dir)
+        .and_then(|_| {
+            let probe = dir.join(".sessiond-write-test");
+            std::fs::write(&probe, b"ok")?;
+            std::fs::remove_file(probe)
+        })
+        .with_context(|| {
+            format!(
+                "state directory {} is not writable (set --state-dir)",
+                dir.display()
+            )
+        })
+}
+
+async fn reload_on_sighup(policies: Arc<PolicyManager>) {
+    use tokio::signal::unix::{SignalKind, signal};
+    let Ok(mut hup) = signal(SignalKind::hangup()) else {
+        tracing::error!("cannot install the SIGHUP handler; reload with POST /v1/policy/reload");
+        return;
+    };
+    while hup.recv().await.is_some() {
+        let p = policies.clone();
+        let _ = tokio::task::spawn_blocking(move || p.reload("sighup")).await;
     }
 }
 

@@ -107,15 +107,28 @@ pub struct Created {
     pub displaced: usize,
 }
 
+/// One org whose effective policy changed, and what re-applying it did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OrgChange {
+    /// `None`: sessions without an org (they follow the application policy).
+    pub org: Option<String>,
+    pub old: Effective,
+    pub new: Effective,
+    pub reapplied: Reapplied,
+}
+
 /// What a policy write changed.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PolicyChange {
-    /// The org's effective policy before and after (the application policy for `PUT /v1/policy`).
-    pub old_effective: Policy,
-    pub new_effective: Policy,
     /// Whether any effective policy changed (and so was re-applied).
     pub changed: bool,
+    /// Totals over every org.
     pub reapplied: Reapplied,
+    /// One entry per org (with live sessions, or with a CUSTOM policy) whose effective policy
+    /// changed, sorted by org.
+    pub orgs: Vec<OrgChange>,
+    /// Time spent re-applying.
+    pub duration: std::time::Duration,
 }
 
 /// An org's policy as stored, with the effective result.
@@ -397,29 +410,19 @@ impl Engine {
         v
     }
 
+    /// Every policy at once: the application policy and the CUSTOM orgs.
+    pub fn policies(&self) -> (Policy, std::collections::BTreeMap<String, Policy>) {
+        let st = self.policies.read();
+        (
+            st.app,
+            st.custom.iter().map(|(k, v)| (k.clone(), *v)).collect(),
+        )
+    }
+
     /// Replaces the application policy and re-applies it to every session it governs (in
     /// `stricter` mode that is every org; in `override` mode the inheriting ones).
     pub fn set_application_policy(&self, policy: Policy) -> PolicyChange {
-        let mut st = self.policies.write();
-        let old = st.app;
-        st.app = policy;
-        let changed = old.effective() != policy.effective();
-        let mut reapplied = Reapplied::default();
-        if changed {
-            let now = self.clock.now_ms();
-            for s in self.shards.iter() {
-                reapplied.merge(
-                    s.write()
-                        .reapply(|org| st.effective(org).effective(), None, now),
-                );
-            }
-        }
-        PolicyChange {
-            old_effective: old,
-            new_effective: policy,
-            changed,
-            reapplied,
-        }
+        self.change_policies(|st| st.app = policy, None)
     }
 
     /// Sets `org`'s policy and re-applies the resulting effective policy to its live sessions.
@@ -429,32 +432,108 @@ impl Engine {
         policy: OrgPolicy,
     ) -> Result<PolicyChange, EngineError> {
         check_id("org_id", org)?;
+        Ok(self.change_policies(
+            |st| match policy {
+                OrgPolicy::Application => {
+                    st.custom.remove(org);
+                }
+                OrgPolicy::Custom(p) => {
+                    st.custom.insert(org.to_owned(), p);
+                }
+            },
+            Some(org),
+        ))
+    }
+
+    /// Replaces every policy (a reloaded policy file) and re-applies what changed.
+    pub fn replace_policies(
+        &self,
+        app: Policy,
+        custom: std::collections::BTreeMap<String, Policy>,
+    ) -> PolicyChange {
+        self.change_policies(
+            |st| {
+                st.app = app;
+                st.custom = custom.into_iter().collect();
+            },
+            None,
+        )
+    }
+
+    /// The one path of every policy change: mutate the store under its write lock, then visit
+    /// the shards (all org slots, or only `only_org`'s) and re-apply where the effective policy
+    /// changed (invariant 2).
+    fn change_policies(
+        &self,
+        mutate: impl FnOnce(&mut PolicyState),
+        only_org: Option<&str>,
+    ) -> PolicyChange {
+        let start = std::time::Instant::now();
         let mut st = self.policies.write();
-        let old = st.effective(Some(org));
-        match policy {
-            OrgPolicy::Application => {
-                st.custom.remove(org);
-            }
-            OrgPolicy::Custom(p) => {
-                st.custom.insert(org.to_owned(), p);
+        let before = st.clone();
+        mutate(&mut st);
+        let mut orgs: std::collections::BTreeMap<Option<String>, OrgChange> = Default::default();
+        // Orgs named by either policy set, even without live sessions, so each change is reported.
+        let named: Vec<Option<&str>> = match only_org {
+            Some(o) => vec![Some(o)],
+            None => std::iter::once(None)
+                .chain(
+                    before
+                        .custom
+                        .keys()
+                        .chain(st.custom.keys())
+                        .map(|k| Some(k.as_str())),
+                )
+                .collect(),
+        };
+        for org in named {
+            let (old, new) = (
+                before.effective(org).effective(),
+                st.effective(org).effective(),
+            );
+            if old != new {
+                orgs.insert(
+                    org.map(str::to_owned),
+                    OrgChange {
+                        org: org.map(str::to_owned),
+                        old,
+                        new,
+                        reapplied: Reapplied::default(),
+                    },
+                );
             }
         }
-        let new = st.effective(Some(org));
-        let new_eff: Effective = new.effective();
-        let changed = old.effective() != new_eff;
-        let mut reapplied = Reapplied::default();
-        if changed {
+        let anything = !orgs.is_empty() || before.app.effective() != st.app.effective();
+        let mut total = Reapplied::default();
+        if anything {
             let now = self.clock.now_ms();
             for s in self.shards.iter() {
-                reapplied.merge(s.write().reapply(|_| new_eff, Some(org), now));
+                s.write().reapply(
+                    |org| st.effective(org).effective(),
+                    only_org,
+                    now,
+                    &mut |org, old, new, r| {
+                        total.merge(r);
+                        orgs.entry(org.map(str::to_owned))
+                            .or_insert_with(|| OrgChange {
+                                org: org.map(str::to_owned),
+                                old,
+                                new,
+                                reapplied: Reapplied::default(),
+                            })
+                            .reapplied
+                            .merge(r);
+                    },
+                );
             }
         }
-        Ok(PolicyChange {
-            old_effective: old,
-            new_effective: new,
-            changed,
-            reapplied,
-        })
+        drop(st);
+        PolicyChange {
+            changed: !orgs.is_empty(),
+            reapplied: total,
+            orgs: orgs.into_values().collect(),
+            duration: start.elapsed(),
+        }
     }
 
     /// Evicts every session due at the clock's `now` (all shards, no batch limit); for tests and

@@ -20,4 +20,6 @@ mod engine_model;
 mod engine_tests;
 pub mod http;
 pub mod metrics;
+pub mod policy_source;
+pub mod policy_watch;
 pub mod reaper;

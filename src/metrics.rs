@@ -28,12 +28,19 @@ pub const POLICY_CHANGES: &str = "sessiond_policy_changes_total";
 pub const HTTP_REQUESTS: &str = "sessiond_http_requests_total";
 pub const HTTP_DURATION: &str = "sessiond_http_request_duration_seconds";
 pub const CREATE_REFUSED: &str = "sessiond_sessions_refused_total";
+pub const POLICY_RELOAD_ERRORS: &str = "sessiond_policy_reload_errors_total";
+pub const POLICY_REAPPLY_DURATION: &str = "sessiond_policy_reapply_duration_seconds";
+pub const POLICY_LAST_CHANGE: &str = "sessiond_policy_last_change_timestamp_seconds";
 
 const LAG_BUCKETS: &[f64] = &[
     0.005, 0.01, 0.025, 0.05, 0.1, 0.15, 0.2, 0.3, 0.5, 1.0, 2.0, 5.0, 10.0,
 ];
 const HTTP_BUCKETS: &[f64] = &[
     0.000_05, 0.000_1, 0.000_25, 0.000_5, 0.001, 0.002_5, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0,
+];
+
+const REAPPLY_BUCKETS: &[f64] = &[
+    0.000_1, 0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.2, 0.5, 1.0, 5.0,
 ];
 
 /// Outcome labels, in the order of [`outcome_index`].
@@ -79,6 +86,12 @@ impl Metrics {
                     .set_buckets_for_metric(Matcher::Full(EXPIRY_LAG.into()), LAG_BUCKETS)
                     .and_then(|b| {
                         b.set_buckets_for_metric(Matcher::Full(HTTP_DURATION.into()), HTTP_BUCKETS)
+                    })
+                    .and_then(|b| {
+                        b.set_buckets_for_metric(
+                            Matcher::Full(POLICY_REAPPLY_DURATION.into()),
+                            REAPPLY_BUCKETS,
+                        )
                     })
                     .expect("bucket lists are non-empty")
                     .build_recorder();
@@ -128,9 +141,24 @@ impl Metrics {
         self.expiry_lag.record(lag_ms as f64 / 1_000.0);
     }
 
-    /// Counts a policy change from `source` (`api`, `file`, ...).
+    /// Counts a policy change from `source` (`api`, `file_watch`, `sighup`, `reload`,
+    /// `startup`) and stamps its time.
     pub fn policy_changed(&self, source: &'static str) {
         counter!(POLICY_CHANGES, "source" => source).increment(1);
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0.0, |d| d.as_secs_f64());
+        gauge!(POLICY_LAST_CHANGE).set(now);
+    }
+
+    /// Records how long a policy re-application took.
+    pub fn policy_reapplied(&self, took: std::time::Duration) {
+        histogram!(POLICY_REAPPLY_DURATION).record(took.as_secs_f64());
+    }
+
+    /// Counts a policy source that failed to load.
+    pub fn policy_reload_error(&self) {
+        counter!(POLICY_RELOAD_ERRORS).increment(1);
     }
 
     /// The Prometheus text exposition, with the gauges brought up to date.
@@ -172,6 +200,20 @@ fn describe() {
         "Eviction time minus deadline, per evicted session."
     );
     describe_counter!(POLICY_CHANGES, "Accepted policy changes, by source.");
+    describe_counter!(
+        POLICY_RELOAD_ERRORS,
+        "Policy sources that failed to parse or validate (the last good policies stayed)."
+    );
+    describe_histogram!(
+        POLICY_REAPPLY_DURATION,
+        Unit::Seconds,
+        "Time to apply a policy change to the live sessions."
+    );
+    describe_gauge!(
+        POLICY_LAST_CHANGE,
+        Unit::Seconds,
+        "Unix time of the last effective policy change."
+    );
     describe_counter!(HTTP_REQUESTS, "HTTP requests by route template and status.");
     describe_histogram!(
         HTTP_DURATION,

@@ -624,28 +624,32 @@ impl Shard {
         idxs.len()
     }
 
-    /// Sets the effective policy of org-less sessions and of each org in this shard to
-    /// `eff_for(org name or None)`, re-applying it where it changed (invariant 4).
+    /// Sets the effective policy of org-less sessions and of each org in this shard (or only
+    /// `only_org`) to `eff_for(org name or None)`, re-applying it where it changed (invariant 4).
+    /// `on_change(org, old, new, what it did)` is called once per org slot that changed.
     pub fn reapply(
         &mut self,
         eff_for: impl Fn(Option<&str>) -> Effective,
         only_org: Option<&str>,
         now_ms: u64,
-    ) -> Reapplied {
+        on_change: &mut impl FnMut(Option<&str>, Effective, Effective, Reapplied),
+    ) {
         let slots: Vec<u32> = match only_org {
             Some(name) => self.find_org(name).into_iter().collect(),
             None => (0..self.orgs.len() as u32)
                 .filter(|&s| self.orgs[s as usize].is_some())
                 .collect(),
         };
-        let mut report = Reapplied::default();
         for slot in slots {
             let org = self.orgs[slot as usize].as_mut().expect("live");
-            let new = eff_for((slot != NO_ORG).then_some(org.name.as_str()));
-            if org.eff == new {
+            let name = (slot != NO_ORG).then(|| org.name.clone());
+            let new = eff_for(name.as_deref());
+            let old = org.eff;
+            if old == new {
                 continue;
             }
             org.eff = new;
+            let mut report = Reapplied::default();
             for idx in self.org_indices(slot) {
                 let d = self.deadlines(idx);
                 match d.expired(now_ms) {
@@ -661,8 +665,8 @@ impl Shard {
                     }
                 }
             }
+            on_change(name.as_deref(), old, new, report);
         }
-        report
     }
 
     /// Advances the wheel to `now_ms`, evicting at most `budget` due sessions; calls

@@ -94,3 +94,24 @@ impl From<EngineError> for ApiError {
         }
     }
 }
+
+impl From<crate::policy_source::SourceError> for ApiError {
+    fn from(e: crate::policy_source::SourceError) -> Self {
+        use crate::policy_source::SourceError;
+        let msg = e.to_string();
+        match e {
+            SourceError::FileMode(_) => {
+                ApiError::new(StatusCode::CONFLICT, "policy_source_is_file", msg)
+            }
+            SourceError::Invalid(_) => ApiError::new(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "policy_source_invalid",
+                msg,
+            ),
+            SourceError::Persist(_) => {
+                ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "state_dir_unwritable", msg)
+            }
+            SourceError::Engine(e) => e.into(),
+        }
+    }
+}

@@ -30,6 +30,7 @@ use std::time::Instant;
 #[derive(Clone)]
 pub struct AppState {
     pub engine: Arc<Engine>,
+    pub policies: Arc<crate::policy_source::PolicyManager>,
     pub metrics: Arc<Metrics>,
     /// `None`: no keys configured, every caller is admin (loopback only, or --insecure-no-auth).
     pub keys: Option<Arc<ApiKeys>>,
@@ -59,6 +60,7 @@ pub fn router(state: AppState) -> Router {
         )
         .route("/v1/auth", get(forward_auth::auth))
         .route("/v1/policy", get(policy::get_app).put(policy::put_app))
+        .route("/v1/policy/reload", post(policy::reload))
         .route(
             "/v1/orgs/{org_id}/policy",
             get(policy::get_org)

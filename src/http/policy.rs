@@ -5,7 +5,6 @@ use super::error::ApiError;
 use super::extract::{PathParam, authorize, parse_json, path_id, read_body};
 use super::sessions::json_response;
 use crate::api_keys::Role;
-use crate::engine::PolicyChange;
 use crate::policy::{OrgPolicy, Policy, PolicyPatch};
 use axum::body::Body;
 use axum::extract::State;
@@ -34,25 +33,6 @@ fn org_view(st: &AppState, org: &str) -> Response {
     )
 }
 
-fn log_change(st: &AppState, org: Option<&str>, change: &PolicyChange) {
-    st.metrics.policy_changed("api");
-    let ev = change.reapplied.evicted;
-    st.metrics
-        .expired(crate::session::ExpiryReason::Idle, ev.idle);
-    st.metrics
-        .expired(crate::session::ExpiryReason::Absolute, ev.absolute);
-    tracing::info!(
-        org_id = org.unwrap_or("(application)"),
-        old = ?change.old_effective,
-        new = ?change.new_effective,
-        reapplied = change.changed,
-        refiled = change.reapplied.refiled,
-        evicted_idle = ev.idle,
-        evicted_absolute = ev.absolute,
-        "policy changed"
-    );
-}
-
 pub async fn get_app(State(st): State<AppState>, headers: HeaderMap) -> Result<Response, ApiError> {
     authorize(&st, &headers, Role::Admin)?;
     Ok(json_response(
@@ -70,8 +50,8 @@ pub async fn put_app(
     let bytes = read_body(body).await?;
     let patch: PolicyPatch = parse_json(&bytes)?;
     let policy = Policy::from_patch(None, &patch)?;
-    let change = st.engine.set_application_policy(policy);
-    log_change(&st, None, &change);
+    let p = st.policies.clone();
+    blocking(move || p.write_application(policy)).await?;
     Ok(json_response(StatusCode::OK, &policy))
 }
 
@@ -104,10 +84,44 @@ fn split_source(bytes: &[u8]) -> Result<(Option<String>, PolicyPatch, bool), Api
     Ok((source, patch, has_fields))
 }
 
-fn apply(st: &AppState, org: &str, policy: OrgPolicy) -> Result<Response, ApiError> {
-    let change = st.engine.set_org_policy(org, policy)?;
-    log_change(st, Some(org), &change);
+/// Runs a policy write or reload (file I/O with fsync, re-application) off the async workers.
+async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> Result<T, crate::policy_source::SourceError> + Send + 'static,
+) -> Result<T, ApiError> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string()))?
+        .map_err(Into::into)
+}
+
+async fn apply(st: &AppState, org: &str, policy: OrgPolicy) -> Result<Response, ApiError> {
+    let (p, o) = (st.policies.clone(), org.to_owned());
+    blocking(move || p.write_org(&o, policy)).await?;
     Ok(org_view(st, org))
+}
+
+#[derive(Serialize)]
+struct ReloadJson {
+    reloaded: bool,
+    changed_orgs: usize,
+    refiled: u64,
+    evicted: u64,
+}
+
+/// `POST /v1/policy/reload`: re-read the policy source now.
+pub async fn reload(State(st): State<AppState>, headers: HeaderMap) -> Result<Response, ApiError> {
+    authorize(&st, &headers, Role::Admin)?;
+    let p = st.policies.clone();
+    let change = blocking(move || p.reload("reload")).await?;
+    Ok(json_response(
+        StatusCode::OK,
+        &ReloadJson {
+            reloaded: true,
+            changed_orgs: change.orgs.len(),
+            refiled: change.reapplied.refiled,
+            evicted: change.reapplied.evicted.total(),
+        },
+    ))
 }
 
 pub async fn put_org(
@@ -142,7 +156,7 @@ pub async fn put_org(
             ));
         }
     };
-    apply(&st, &org, policy)
+    apply(&st, &org, policy).await
 }
 
 pub async fn patch_org(
@@ -170,7 +184,7 @@ pub async fn patch_org(
         .copied()
         .unwrap_or(current.effective);
     let policy = Policy::from_patch(Some(&base), &patch)?;
-    apply(&st, &org, OrgPolicy::Custom(policy))
+    apply(&st, &org, OrgPolicy::Custom(policy)).await
 }
 
 pub async fn delete_org(
@@ -180,5 +194,5 @@ pub async fn delete_org(
 ) -> Result<Response, ApiError> {
     authorize(&st, &headers, Role::Admin)?;
     path_id("org_id", &org)?;
-    apply(&st, &org, OrgPolicy::Application)
+    apply(&st, &org, OrgPolicy::Application).await
 }

@@ -14,6 +14,14 @@ use tower::ServiceExt;
 
 const T0: u64 = 1_800_000_000_000;
 
+/// A state directory of its own for each router under test.
+fn unique_dir() -> std::path::PathBuf {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static N: AtomicU64 = AtomicU64::new(0);
+    let n = N.fetch_add(1, Ordering::Relaxed);
+    std::env::temp_dir().join(format!("sessiond-http-test-{}-{n}", std::process::id()))
+}
+
 fn app(keys: Option<ApiKeys>) -> (axum::Router, Arc<ManualClock>) {
     let clock = ManualClock::new(T0);
     let engine = Arc::new(Engine::new(
@@ -23,7 +31,15 @@ fn app(keys: Option<ApiKeys>) -> (axum::Router, Arc<ManualClock>) {
         },
         clock.clone(),
     ));
+    let dir = unique_dir();
+    let policies = Arc::new(crate::policy_source::PolicyManager::new(
+        engine.clone(),
+        Metrics::global(),
+        crate::policy_source::Source::Api { state_dir: dir },
+        crate::policy::DEFAULT_POLICY,
+    ));
     let state = AppState {
+        policies,
         engine,
         metrics: Metrics::global(),
         keys: keys.map(Arc::new),

@@ -64,6 +64,16 @@ impl Daemon {
         let mut child = Command::new(env!("CARGO_BIN_EXE_sessiond"))
             .args(["--listen", "127.0.0.1:0", "--log-level", "debug"])
             .args(args)
+            // Each daemon gets its own state directory unless the test names one (a later
+            // --state-dir wins).
+            .args(if args.contains(&"--state-dir") {
+                vec![]
+            } else {
+                vec![
+                    "--state-dir".to_owned(),
+                    dir.join("state").display().to_string(),
+                ]
+            })
             .envs(env.iter().copied())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())

@@ -1,0 +1,445 @@
+//! Where policies come from and how changes reach the engine: the admin API (default, persisted
+//! in the state directory) or a policy file (TOML, watched), plus reloads on SIGHUP and
+//! `POST /v1/policy/reload`.
+//!
+//! Invariants:
+//! 1. Exactly one source is authoritative, chosen at start. In file mode the API cannot write
+//!    policies (the handlers answer 409).
+//! 2. An API write is durable before it is applied or acknowledged: the whole policy set is
+//!    written to a temporary file, fsynced, renamed over `policies.json`, and the directory
+//!    fsynced. If that fails, nothing changes.
+//! 3. A source that fails to parse or validate changes nothing: the last good policies stay in
+//!    force and the error (file, line, field) is returned to the caller, logged and counted.
+//! 4. Changes are serialized by one mutex, so two reloads or writes never interleave.
+
+use crate::duration::DurationSecs;
+use crate::engine::{Engine, PolicyChange};
+use crate::metrics::Metrics;
+use crate::policy::{OrgPolicy, Policy, PolicyPatch};
+use parking_lot::Mutex;
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+/// Name of the persisted policy set inside the state directory.
+pub const POLICIES_FILE: &str = "policies.json";
+
+/// The authoritative source.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Source {
+    /// The admin API; writes persisted in `state_dir/policies.json`.
+    Api { state_dir: PathBuf },
+    /// A TOML file controlled by an operator or a ConfigMap.
+    File { path: PathBuf },
+}
+
+/// Why a policy source could not be read.
+#[derive(Debug, thiserror::Error)]
+pub enum SourceError {
+    #[error("{}", .0.join("; "))]
+    Invalid(Vec<String>),
+    #[error("cannot persist policies: {0}")]
+    Persist(String),
+    #[error("policies come from the policy file {0}; edit it instead (the API cannot change them)")]
+    FileMode(PathBuf),
+    #[error(transparent)]
+    Engine(#[from] crate::engine::EngineError),
+}
+
+/// The persisted form (API mode): durations in seconds.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Persisted {
+    application: PolicyPatch,
+    #[serde(default)]
+    orgs: BTreeMap<String, PolicyPatch>,
+}
+
+#[derive(Serialize)]
+struct PersistedOut<'a> {
+    application: &'a Policy,
+    orgs: &'a BTreeMap<String, Policy>,
+}
+
+/// One org in the policy file.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileOrg {
+    source: String,
+    absolute_timeout: Option<DurationSecs>,
+    idle_timeout_enabled: Option<bool>,
+    idle_timeout: Option<DurationSecs>,
+    persistent: Option<bool>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FilePolicies {
+    application: Option<toml::Spanned<PolicyPatch>>,
+    #[serde(default)]
+    orgs: BTreeMap<String, toml::Spanned<FileOrg>>,
+}
+
+fn line_of(text: &str, offset: usize) -> usize {
+    text[..offset.min(text.len())]
+        .bytes()
+        .filter(|&b| b == b'\n')
+        .count()
+        + 1
+}
+
+/// Parses and validates a policy file's text; `base` is the application policy when the file has
+/// no `[application]` table. Every problem is listed with its line.
+pub fn parse_policy_file(
+    text: &str,
+    base: &Policy,
+) -> Result<(Policy, BTreeMap<String, Policy>), Vec<String>> {
+    let file: FilePolicies =
+        toml::from_str(text).map_err(|e| vec![e.to_string().trim().replace('\n', " ")])?;
+    let mut errors = Vec::new();
+    let app = match &file.application {
+        None => *base,
+        Some(sp) => Policy::from_patch(None, sp.get_ref()).unwrap_or_else(|e| {
+            errors.push(format!(
+                "line {}: [application] {e}",
+                line_of(text, sp.span().start)
+            ));
+            *base
+        }),
+    };
+    let mut orgs = BTreeMap::new();
+    for (name, sp) in &file.orgs {
+        let line = line_of(text, sp.span().start);
+        if let Err(e) = crate::session::check_id("org_id", name) {
+            errors.push(format!("line {line}: [orgs.{name}] {e}"));
+            continue;
+        }
+        let o = sp.get_ref();
+        let has_fields = o.absolute_timeout.is_some()
+            || o.idle_timeout_enabled.is_some()
+            || o.idle_timeout.is_some()
+            || o.persistent.is_some();
+        match o.source.as_str() {
+            "APPLICATION" if has_fields => errors.push(format!(
+                "line {line}: [orgs.{name}] source APPLICATION takes no policy fields"
+            )),
+            "APPLICATION" => {}
+            "CUSTOM" => {
+                let patch = PolicyPatch {
+                    absolute_timeout: o.absolute_timeout,
+                    idle_timeout_enabled: o.idle_timeout_enabled,
+                    idle_timeout: o.idle_timeout,
+                    persistent: o.persistent,
+                };
+                match Policy::from_patch(None, &patch) {
+                    Ok(p) => {
+                        orgs.insert(name.clone(), p);
+                    }
+                    Err(e) => errors.push(format!("line {line}: [orgs.{name}] {e}")),
+                }
+            }
+            other => errors.push(format!(
+                "line {line}: [orgs.{name}] source {other:?} is not \"CUSTOM\" or \"APPLICATION\""
+            )),
+        }
+    }
+    if errors.is_empty() {
+        Ok((app, orgs))
+    } else {
+        Err(errors)
+    }
+}
+
+/// Writes `bytes` to `path` atomically and durably (invariant 2).
+pub fn write_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    let dir = path.parent().unwrap_or(Path::new("."));
+    let tmp = path.with_extension("tmp");
+    {
+        let mut f = std::fs::File::create(&tmp)?;
+        f.write_all(bytes)?;
+        f.sync_all()?;
+    }
+    std::fs::rename(&tmp, path)?;
+    std::fs::File::open(dir)?.sync_all()
+}
+
+/// Owns the policy source and applies its changes to the engine.
+pub struct PolicyManager {
+    engine: Arc<Engine>,
+    metrics: Arc<Metrics>,
+    source: Source,
+    /// The application policy from the configuration (used when the source sets none).
+    base_app: Policy,
+    lock: Mutex<()>,
+}
+
+impl PolicyManager {
+    pub fn new(
+        engine: Arc<Engine>,
+        metrics: Arc<Metrics>,
+        source: Source,
+        base_app: Policy,
+    ) -> Self {
+        PolicyManager {
+            engine,
+            metrics,
+            source,
+            base_app,
+            lock: Mutex::new(()),
+        }
+    }
+
+    pub fn source(&self) -> &Source {
+        &self.source
+    }
+
+    /// Reads the source at start (an absent API state file is fine: nothing set yet).
+    pub fn load_initial(&self) -> Result<PolicyChange, SourceError> {
+        let change = self.read_and_apply("startup")?;
+        tracing::info!(
+            source = ?self.source,
+            orgs_custom = self.engine.custom_orgs().len(),
+            "policies loaded"
+        );
+        Ok(change)
+    }
+
+    /// Re-reads the source (file watch, SIGHUP, reload endpoint). On failure the last good
+    /// policies stay (invariant 3).
+    pub fn reload(&self, trigger: &'static str) -> Result<PolicyChange, SourceError> {
+        match self.read_and_apply(trigger) {
+            Ok(change) => Ok(change),
+            Err(e) => {
+                self.metrics.policy_reload_error();
+                tracing::error!(trigger, source = ?self.source, error = %e, "policy reload failed; the last good policies stay in force");
+                Err(e)
+            }
+        }
+    }
+
+    fn read(&self) -> Result<(Policy, BTreeMap<String, Policy>), SourceError> {
+        match &self.source {
+            Source::File { path } => {
+                let text = std::fs::read_to_string(path).map_err(|e| {
+                    SourceError::Invalid(vec![format!(
+                        "cannot read policy file {}: {e}",
+                        path.display()
+                    )])
+                })?;
+                parse_policy_file(&text, &self.base_app).map_err(|errs| {
+                    SourceError::Invalid(
+                        errs.into_iter()
+                            .map(|e| format!("policy file {}: {e}", path.display()))
+                            .collect(),
+                    )
+                })
+            }
+            Source::Api { state_dir } => {
+                let path = state_dir.join(POLICIES_FILE);
+                let text = match std::fs::read_to_string(&path) {
+                    Ok(t) => t,
+                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                        return Ok(self.engine.policies());
+                    }
+                    Err(e) => {
+                        return Err(SourceError::Invalid(vec![format!(
+                            "cannot read {}: {e}",
+                            path.display()
+                        )]));
+                    }
+                };
+                let bad =
+                    |e: String| SourceError::Invalid(vec![format!("{}: {e}", path.display())]);
+                let p: Persisted = serde_json::from_str(&text).map_err(|e| bad(e.to_string()))?;
+                let app = Policy::from_patch(None, &p.application)
+                    .map_err(|e| bad(format!("application: {e}")))?;
+                let mut orgs = BTreeMap::new();
+                for (name, patch) in &p.orgs {
+                    let pol = Policy::from_patch(None, patch)
+                        .map_err(|e| bad(format!("orgs.{name}: {e}")))?;
+                    orgs.insert(name.clone(), pol);
+                }
+                Ok((app, orgs))
+            }
+        }
+    }
+
+    fn read_and_apply(&self, trigger: &'static str) -> Result<PolicyChange, SourceError> {
+        let _guard = self.lock.lock();
+        let (app, orgs) = self.read()?;
+        let change = self.engine.replace_policies(app, orgs);
+        self.record(trigger, &change);
+        Ok(change)
+    }
+
+    fn persist(&self, app: &Policy, orgs: &BTreeMap<String, Policy>) -> Result<(), SourceError> {
+        let Source::Api { state_dir } = &self.source else {
+            return Err(SourceError::FileMode(self.file_path()));
+        };
+        let bytes = serde_json::to_vec_pretty(&PersistedOut {
+            application: app,
+            orgs,
+        })
+        .map_err(|e| SourceError::Persist(e.to_string()))?;
+        std::fs::create_dir_all(state_dir)
+            .and_then(|_| write_atomic(&state_dir.join(POLICIES_FILE), &bytes))
+            .map_err(|e| SourceError::Persist(format!("{}: {e}", state_dir.display())))
+    }
+
+    fn file_path(&self) -> PathBuf {
+        match &self.source {
+            Source::File { path } => path.clone(),
+            Source::Api { state_dir } => state_dir.join(POLICIES_FILE),
+        }
+    }
+
+    fn check_api_mode(&self) -> Result<(), SourceError> {
+        match &self.source {
+            Source::File { path } => Err(SourceError::FileMode(path.clone())),
+            Source::Api { .. } => Ok(()),
+        }
+    }
+
+    /// `PUT /v1/policy`: persist, then apply (invariant 2).
+    pub fn write_application(&self, policy: Policy) -> Result<PolicyChange, SourceError> {
+        self.check_api_mode()?;
+        let _guard = self.lock.lock();
+        let (_, orgs) = self.engine.policies();
+        self.persist(&policy, &orgs)?;
+        let change = self.engine.set_application_policy(policy);
+        self.record("api", &change);
+        Ok(change)
+    }
+
+    /// `PUT/PATCH/DELETE /v1/orgs/{org}/policy`: persist, then apply (invariant 2).
+    pub fn write_org(&self, org: &str, policy: OrgPolicy) -> Result<PolicyChange, SourceError> {
+        self.check_api_mode()?;
+        crate::session::check_id("org_id", org).map_err(crate::engine::EngineError::from)?;
+        let _guard = self.lock.lock();
+        let (app, mut orgs) = self.engine.policies();
+        match policy {
+            OrgPolicy::Application => orgs.remove(org),
+            OrgPolicy::Custom(p) => orgs.insert(org.to_owned(), p),
+        };
+        self.persist(&app, &orgs)?;
+        let change = self.engine.set_org_policy(org, policy)?;
+        self.record("api", &change);
+        Ok(change)
+    }
+
+    /// Metrics and one log line per org changed.
+    fn record(&self, trigger: &'static str, change: &PolicyChange) {
+        self.metrics.policy_reapplied(change.duration);
+        if !change.changed {
+            tracing::info!(trigger, "policy source read; no effective policy changed");
+            return;
+        }
+        self.metrics.policy_changed(trigger);
+        let ev = change.reapplied.evicted;
+        self.metrics
+            .expired(crate::session::ExpiryReason::Idle, ev.idle);
+        self.metrics
+            .expired(crate::session::ExpiryReason::Absolute, ev.absolute);
+        for o in &change.orgs {
+            let secs = |e: &crate::policy::Effective| {
+                format!(
+                    "absolute={}s idle={} persistent={}",
+                    e.absolute_ms / 1_000,
+                    if e.idle_ms == 0 {
+                        "off".to_owned()
+                    } else {
+                        format!("{}s", e.idle_ms / 1_000)
+                    },
+                    e.persistent
+                )
+            };
+            tracing::info!(
+                trigger,
+                org_id = o.org.as_deref().unwrap_or("(none: application policy)"),
+                old = %secs(&o.old),
+                new = %secs(&o.new),
+                refiled = o.reapplied.refiled,
+                evicted_idle = o.reapplied.evicted.idle,
+                evicted_absolute = o.reapplied.evicted.absolute,
+                "effective policy changed"
+            );
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::policy::DEFAULT_POLICY;
+
+    const EXAMPLE: &str = r#"
+[application]
+absolute_timeout = { value = 24, unit = "HOURS" }
+idle_timeout_enabled = true
+idle_timeout = 1800
+persistent = false
+
+[orgs.org_12345]
+source = "CUSTOM"
+absolute_timeout = { value = 480, unit = "MINUTES" }
+idle_timeout_enabled = true
+idle_timeout = { value = 60, unit = "MINUTES" }
+persistent = true
+
+[orgs.inherits]
+source = "APPLICATION"
+"#;
+
+    #[test]
+    fn the_documented_example_parses() {
+        let (app, orgs) = parse_policy_file(EXAMPLE, &DEFAULT_POLICY).unwrap();
+        assert_eq!(app, DEFAULT_POLICY);
+        assert_eq!(orgs.len(), 1);
+        let p = orgs["org_12345"];
+        assert_eq!(
+            (p.absolute_timeout_secs, p.idle_secs(), p.persistent),
+            (28_800, Some(3_600), true)
+        );
+    }
+
+    #[test]
+    fn errors_name_line_and_field() {
+        let bad = EXAMPLE.replace(
+            "absolute_timeout = { value = 480, unit = \"MINUTES\" }",
+            "absolute_timeout = 0",
+        );
+        let e = parse_policy_file(&bad, &DEFAULT_POLICY).unwrap_err();
+        assert_eq!(e.len(), 1);
+        assert!(
+            e[0].starts_with("line 8: [orgs.org_12345] absolute_timeout is 0"),
+            "{e:?}"
+        );
+        let e = parse_policy_file(
+            "[orgs.x]\nsource = \"CUSTOM\"\nabsolute_timout = 5\n",
+            &DEFAULT_POLICY,
+        )
+        .unwrap_err();
+        assert!(
+            e[0].contains("absolute_timout") && e[0].contains("line 3"),
+            "{e:?}"
+        );
+        let e = parse_policy_file("[orgs.x]\nsource = \"MINE\"\n", &DEFAULT_POLICY).unwrap_err();
+        assert!(e[0].contains("MINE"));
+        let e = parse_policy_file("[application\n", &DEFAULT_POLICY).unwrap_err();
+        assert!(e[0].contains("line 1"), "{e:?}");
+    }
+
+    #[test]
+    fn atomic_write_replaces_the_file() {
+        let dir = std::env::temp_dir().join(format!("sessiond-atomic-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let p = dir.join("x.json");
+        write_atomic(&p, b"one").unwrap();
+        write_atomic(&p, b"two").unwrap();
+        assert_eq!(std::fs::read(&p).unwrap(), b"two");
+        assert!(!p.with_extension("tmp").exists());
+        std::fs::remove_dir_all(dir).ok();
+    }
+}

@@ -90,6 +90,26 @@ fn line_of(text: &str, offset: usize) -> usize {
         + 1
 }
 
+/// The line of `field = ...` inside a table spanning `span`, else the table's first line.
+fn field_line(text: &str, span: std::ops::Range<usize>, err: &crate::policy::PolicyError) -> usize {
+    use crate::policy::PolicyError;
+    let field = match err {
+        PolicyError::OutOfRange { field, .. } | PolicyError::Missing { field, .. } => *field,
+    };
+    let body = &text[span.start.min(text.len())..span.end.min(text.len())];
+    let mut offset = span.start;
+    for line in body.split_inclusive('\n') {
+        let t = line.trim_start();
+        if t.strip_prefix(field)
+            .is_some_and(|rest| rest.trim_start().starts_with('='))
+        {
+            return line_of(text, offset);
+        }
+        offset += line.len();
+    }
+    line_of(text, span.start)
+}
+
 /// Parses and validates a policy file's text; `base` is the application policy when the file has
 /// no `[application]` table. Every problem is listed with its line.
 pub fn parse_policy_file(
@@ -137,7 +157,10 @@ pub fn parse_policy_file(
                     Ok(p) => {
                         orgs.insert(name.clone(), p);
                     }
-                    Err(e) => errors.push(format!("line {line}: [orgs.{name}] {e}")),
+                    Err(e) => errors.push(format!(
+                        "line {}: [orgs.{name}] {e}",
+                        field_line(text, sp.span(), &e)
+                    )),
                 }
             }
             other => errors.push(format!(
@@ -413,7 +436,7 @@ source = "APPLICATION"
         let e = parse_policy_file(&bad, &DEFAULT_POLICY).unwrap_err();
         assert_eq!(e.len(), 1);
         assert!(
-            e[0].starts_with("line 8: [orgs.org_12345] absolute_timeout is 0"),
+            e[0].starts_with("line 10: [orgs.org_12345] absolute_timeout is 0"),
             "{e:?}"
         );
         let e = parse_policy_file(

@@ -9,3 +9,4 @@ mod errors;
 mod expiry;
 mod lifecycle;
 mod nginx;
+mod policy_source;

@@ -356,3 +356,31 @@ fn bad_ids_are_refused_by_name() {
     assert!(err.to_string().starts_with("org_id is 300 bytes"));
     assert!(e.is_empty());
 }
+
+#[test]
+fn metadata_is_kept_beside_the_record_and_freed_with_it() {
+    let (e, _) = engine(policy(3_600, None, false));
+    let meta = crate::session::Metadata::new(vec![("ip".into(), "10.0.0.1".into())]).unwrap();
+    let with = e
+        .create(NewSession {
+            user_id: "u".into(),
+            org_id: None,
+            metadata: Some(meta.clone()),
+        })
+        .unwrap();
+    let without = e.create(new("u", None)).unwrap();
+    let Validation::Valid(v) = e.validate(with.token.expose()) else {
+        panic!()
+    };
+    assert_eq!(v.metadata.as_deref(), Some(&meta));
+    let Validation::Valid(v) = e.validate(without.token.expose()) else {
+        panic!()
+    };
+    assert_eq!(v.metadata, None);
+    e.check();
+    // A freed record reused by a session without metadata must not inherit any.
+    assert!(e.revoke(with.token.expose()));
+    let reuse = e.create(new("u", None)).unwrap();
+    assert_eq!(e.get(reuse.session.id).unwrap().metadata, None);
+    e.check();
+}

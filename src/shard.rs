@@ -54,7 +54,7 @@ impl TickScale {
     }
 }
 
-/// One session as stored (96 bytes on 64-bit targets).
+/// One session as stored (88 bytes on 64-bit targets).
 #[derive(Debug)]
 struct Record {
     id_lo: u64,
@@ -63,8 +63,8 @@ struct Record {
     /// Moved forward only (`fetch_max`), possibly under the read lock.
     last_ms: AtomicU64,
     user: CompactString,
-    metadata: Option<Arc<Metadata>>,
-    /// Org slot in the low 31 bits, `persistent` in the top bit; [`VACANT`] when free.
+    /// Org slot in the low 30 bits, then [`METADATA_BIT`] and [`PERSISTENT_BIT`]; [`VACANT`]
+    /// when free.
     org_flags: u32,
     user_next: u32,
     user_prev: u32,
@@ -74,7 +74,9 @@ struct Record {
 }
 
 const PERSISTENT_BIT: u32 = 1 << 31;
-const ORG_MASK: u32 = PERSISTENT_BIT - 1;
+/// The record has an entry in the shard's `metadata` side table.
+const METADATA_BIT: u32 = 1 << 30;
+const ORG_MASK: u32 = METADATA_BIT - 1;
 /// `org_flags` of a free record.
 const VACANT: u32 = ORG_MASK;
 
@@ -86,7 +88,6 @@ impl Record {
             created_ms: 0,
             last_ms: AtomicU64::new(0),
             user: CompactString::default(),
-            metadata: None,
             org_flags: VACANT,
             user_next: next_free,
             user_prev: NIL,
@@ -103,6 +104,10 @@ impl Record {
 
     fn persistent(&self) -> bool {
         self.org_flags & PERSISTENT_BIT != 0
+    }
+
+    fn has_metadata(&self) -> bool {
+        self.org_flags & METADATA_BIT != 0
     }
 
     fn live(&self) -> bool {
@@ -200,6 +205,9 @@ pub struct Shard {
     orgs: Vec<Option<OrgSlot>>,
     org_index: HashTable<u32>,
     org_free: Vec<u32>,
+    /// Metadata of the (few) sessions that have any, by record index: a pointer in every
+    /// record would cost 8 bytes per session for the many that have none.
+    metadata: hashbrown::HashMap<u32, Arc<Metadata>>,
     wheel: Wheel,
     hasher: DefaultHashBuilder,
     scale: TickScale,
@@ -221,6 +229,7 @@ impl Shard {
             orgs: Vec::new(),
             org_index: HashTable::new(),
             org_free: Vec::new(),
+            metadata: hashbrown::HashMap::new(),
             wheel: Wheel::new(),
             hasher: DefaultHashBuilder::default(),
             scale,
@@ -295,7 +304,11 @@ impl Shard {
             absolute_expires_at_ms: d.absolute,
             expires_at_ms: d.expires,
             persistent: r.persistent(),
-            metadata: r.metadata.clone(),
+            metadata: if r.has_metadata() {
+                self.metadata.get(&idx).cloned()
+            } else {
+                None
+            },
         }
     }
 
@@ -375,10 +388,14 @@ impl Shard {
             r.created_ms = now_ms;
             r.last_ms = AtomicU64::new(now_ms);
             r.user = CompactString::from(user);
-            r.metadata = metadata;
-            r.org_flags = org_slot | if eff.persistent { PERSISTENT_BIT } else { 0 };
+            r.org_flags = org_slot
+                | if eff.persistent { PERSISTENT_BIT } else { 0 }
+                | if metadata.is_some() { METADATA_BIT } else { 0 };
             r.user_next = NIL;
             r.user_prev = NIL;
+        }
+        if let Some(m) = metadata {
+            self.metadata.insert(idx, m);
         }
         let recs = &self.slab.records;
         self.ids
@@ -534,6 +551,9 @@ impl Shard {
         self.unlink_user(idx);
         self.unlink_org(idx);
         self.wheel.remove(&mut self.slab, idx);
+        if self.slab.records[idx as usize].has_metadata() {
+            self.metadata.remove(&idx);
+        }
         self.slab.release(idx);
         self.len -= 1;
         self.active.fetch_sub(1, Ordering::Relaxed);
@@ -708,6 +728,17 @@ impl Shard {
         assert_eq!(live, self.len);
         assert_eq!(self.ids.len(), self.len);
         assert_eq!(self.wheel.len(), self.len);
+        let with_metadata = self
+            .slab
+            .records
+            .iter()
+            .filter(|r| r.live() && r.has_metadata())
+            .count();
+        assert_eq!(
+            with_metadata,
+            self.metadata.len(),
+            "metadata side table out of step"
+        );
         let org_total: u32 = self.orgs.iter().flatten().map(|o| o.len).sum();
         assert_eq!(org_total as usize, self.len);
         let user_total: usize = self

@@ -384,3 +384,30 @@ fn metadata_is_kept_beside_the_record_and_freed_with_it() {
     assert_eq!(e.get(reuse.session.id).unwrap().metadata, None);
     e.check();
 }
+
+#[test]
+fn long_user_ids_work_like_short_ones() {
+    let (e, _) = engine(policy(3_600, None, false));
+    let long = "a-user-id-much-longer-than-sixteen-bytes@example.com";
+    let short = "exactly-16-bytes";
+    let mut tokens = Vec::new();
+    for user in [long, short, long, short] {
+        let c = e.create(new(user, Some("o"))).unwrap();
+        assert_eq!(c.session.user_id, user);
+        tokens.push(c.token);
+    }
+    e.check();
+    assert_eq!(e.list_user(long).len(), 2);
+    assert_eq!(e.list_user(short).len(), 2);
+    let Validation::Valid(v) = e.validate(tokens[0].expose()) else {
+        panic!()
+    };
+    assert_eq!(v.user_id, long);
+    assert_eq!(e.revoke_user(long), 2);
+    e.check();
+    // Freed records are reused without keeping the old long id.
+    let c = e.create(new("bob", None)).unwrap();
+    assert_eq!(e.get(c.session.id).unwrap().user_id, "bob");
+    assert_eq!(e.list_user(short).len(), 2);
+    e.check();
+}

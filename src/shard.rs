@@ -54,7 +54,7 @@ impl TickScale {
     }
 }
 
-/// One session as stored (88 bytes on 64-bit targets).
+/// One session as stored (80 bytes on 64-bit targets).
 #[derive(Debug)]
 struct Record {
     id_lo: u64,
@@ -62,7 +62,8 @@ struct Record {
     created_ms: u64,
     /// Moved forward only (`fetch_max`), possibly under the read lock.
     last_ms: AtomicU64,
-    user: CompactString,
+    /// The user id if it fits in 16 bytes; else in the shard's `long_users` ([`LONG_USER_BIT`]).
+    user: InlineUser,
     /// Org slot in the low 30 bits, then [`METADATA_BIT`] and [`PERSISTENT_BIT`]; [`VACANT`]
     /// when free.
     org_flags: u32,
@@ -76,7 +77,44 @@ struct Record {
 const PERSISTENT_BIT: u32 = 1 << 31;
 /// The record has an entry in the shard's `metadata` side table.
 const METADATA_BIT: u32 = 1 << 30;
-const ORG_MASK: u32 = METADATA_BIT - 1;
+/// The record's user id is longer than 16 bytes and lives in the shard's `long_users`.
+const LONG_USER_BIT: u32 = 1 << 29;
+const ORG_MASK: u32 = LONG_USER_BIT - 1;
+
+/// A user id of at most 16 bytes kept in the record itself; `0xFF`, a byte that never occurs in
+/// UTF-8, pads the rest. Typical ids (16-byte opaque ids, short names) need no allocation.
+#[derive(Debug, Clone, Copy)]
+struct InlineUser([u8; 16]);
+
+impl InlineUser {
+    const EMPTY: InlineUser = InlineUser([0xFF; 16]);
+
+    fn new(s: &str) -> Option<InlineUser> {
+        let mut b = [0xFF; 16];
+        b.get_mut(..s.len())?.copy_from_slice(s.as_bytes());
+        Some(InlineUser(b))
+    }
+
+    fn as_str(&self) -> &str {
+        let len = self.0.iter().position(|&b| b == 0xFF).unwrap_or(16);
+        std::str::from_utf8(&self.0[..len]).expect("built from a str, cut at a char boundary")
+    }
+}
+
+/// The user id of record `idx` (inline, or in the long-id side table).
+#[inline]
+fn user_of<'a>(
+    recs: &'a [Record],
+    long: &'a hashbrown::HashMap<u32, Box<str>>,
+    idx: u32,
+) -> &'a str {
+    let r = &recs[idx as usize];
+    if r.org_flags & LONG_USER_BIT != 0 {
+        long.get(&idx).map_or("", |u| u)
+    } else {
+        r.user.as_str()
+    }
+}
 /// `org_flags` of a free record.
 const VACANT: u32 = ORG_MASK;
 
@@ -87,7 +125,7 @@ impl Record {
             id_hi: 0,
             created_ms: 0,
             last_ms: AtomicU64::new(0),
-            user: CompactString::default(),
+            user: InlineUser::EMPTY,
             org_flags: VACANT,
             user_next: next_free,
             user_prev: NIL,
@@ -208,6 +246,8 @@ pub struct Shard {
     /// Metadata of the (few) sessions that have any, by record index: a pointer in every
     /// record would cost 8 bytes per session for the many that have none.
     metadata: hashbrown::HashMap<u32, Arc<Metadata>>,
+    /// User ids over 16 bytes, by record index (see [`InlineUser`]).
+    long_users: hashbrown::HashMap<u32, Box<str>>,
     wheel: Wheel,
     hasher: DefaultHashBuilder,
     scale: TickScale,
@@ -230,6 +270,7 @@ impl Shard {
             org_index: HashTable::new(),
             org_free: Vec::new(),
             metadata: hashbrown::HashMap::new(),
+            long_users: hashbrown::HashMap::new(),
             wheel: Wheel::new(),
             hasher: DefaultHashBuilder::default(),
             scale,
@@ -290,7 +331,7 @@ impl Shard {
         let r = &self.slab.records[idx as usize];
         SessionView {
             id: SessionId(r.id()),
-            user_id: r.user.clone(),
+            user_id: CompactString::from(user_of(&self.slab.records, &self.long_users, idx)),
             org_id: (r.org() != NO_ORG).then(|| {
                 self.orgs[r.org() as usize]
                     .as_ref()
@@ -387,10 +428,15 @@ impl Shard {
             r.id_hi = id.shard_bits();
             r.created_ms = now_ms;
             r.last_ms = AtomicU64::new(now_ms);
-            r.user = CompactString::from(user);
+            let inline = InlineUser::new(user);
+            r.user = inline.unwrap_or(InlineUser::EMPTY);
             r.org_flags = org_slot
                 | if eff.persistent { PERSISTENT_BIT } else { 0 }
-                | if metadata.is_some() { METADATA_BIT } else { 0 };
+                | if metadata.is_some() { METADATA_BIT } else { 0 }
+                | if inline.is_none() { LONG_USER_BIT } else { 0 };
+            if inline.is_none() {
+                self.long_users.insert(idx, user.into());
+            }
             r.user_next = NIL;
             r.user_prev = NIL;
         }
@@ -455,12 +501,12 @@ impl Shard {
     }
 
     fn link_user(&mut self, idx: u32) {
-        let h = self.hash_str(&self.slab.records[idx as usize].user);
-        let recs = &self.slab.records;
-        let user = &recs[idx as usize].user;
+        let (recs, long) = (&self.slab.records, &self.long_users);
+        let user = user_of(recs, long, idx);
+        let h = self.hasher.hash_one(user);
         match self
             .users
-            .find_mut(h, |&head| recs[head as usize].user == *user)
+            .find_mut(h, |&head| user_of(recs, long, head) == user)
         {
             Some(head) => {
                 let old = *head;
@@ -471,7 +517,7 @@ impl Shard {
             None => {
                 let hasher = &self.hasher;
                 self.users
-                    .insert_unique(h, idx, |&i| hasher.hash_one(recs[i as usize].user.as_str()));
+                    .insert_unique(h, idx, |&i| hasher.hash_one(user_of(recs, long, i)));
             }
         }
     }
@@ -484,7 +530,7 @@ impl Shard {
         if prev != NIL {
             self.slab.records[prev as usize].user_next = next;
         } else {
-            let h = self.hash_str(&self.slab.records[idx as usize].user);
+            let h = self.hash_str(user_of(&self.slab.records, &self.long_users, idx));
             let entry = self
                 .users
                 .find_entry(h, |&head| head == idx)
@@ -554,6 +600,9 @@ impl Shard {
         if self.slab.records[idx as usize].has_metadata() {
             self.metadata.remove(&idx);
         }
+        if self.slab.records[idx as usize].org_flags & LONG_USER_BIT != 0 {
+            self.long_users.remove(&idx);
+        }
         self.slab.release(idx);
         self.len -= 1;
         self.active.fetch_sub(1, Ordering::Relaxed);
@@ -574,7 +623,7 @@ impl Shard {
         let h = self.hash_str(user);
         let recs = &self.slab.records;
         self.users
-            .find(h, |&head| recs[head as usize].user == user)
+            .find(h, |&head| user_of(recs, &self.long_users, head) == user)
             .copied()
             .unwrap_or(NIL)
     }
@@ -761,6 +810,20 @@ impl Shard {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn inline_user_ids() {
+        for u in [
+            "",
+            "a",
+            "alice@example.co",
+            "Zoë-ünïcødé",
+            "exactly-16-bytes",
+        ] {
+            assert_eq!(InlineUser::new(u).unwrap().as_str(), u);
+        }
+        assert!(InlineUser::new("seventeen-bytes-x").is_none());
+    }
 
     #[test]
     fn record_stays_small() {

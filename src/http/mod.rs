@@ -17,7 +17,7 @@ use crate::api_keys::ApiKeys;
 use crate::engine::Engine;
 use crate::metrics::{HTTP_DURATION, HTTP_REQUESTS, Metrics};
 use axum::Router;
-use axum::extract::{MatchedPath, Request, State};
+use axum::extract::{MatchedPath, Request};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
@@ -71,13 +71,13 @@ pub fn router(state: AppState) -> Router {
         .route("/metrics", get(ops::metrics))
         .route("/healthz", get(ops::healthz))
         .route("/readyz", get(ops::readyz))
-        .route_layer(middleware::from_fn_with_state(state.clone(), track));
+        .route_layer(middleware::from_fn(track));
     api.fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .with_state(state)
 }
 
-async fn track(State(state): State<AppState>, req: Request, next: Next) -> Response {
+async fn track(req: Request, next: Next) -> Response {
     let route = req
         .extensions()
         .get::<MatchedPath>()
@@ -85,7 +85,6 @@ async fn track(State(state): State<AppState>, req: Request, next: Next) -> Respo
     let start = Instant::now();
     let resp = next.run(req).await;
     let elapsed = start.elapsed().as_secs_f64();
-    let _ = &state;
     metrics::counter!(HTTP_REQUESTS, "route" => route.clone(), "status" => resp.status().as_str().to_owned())
         .increment(1);
     metrics::histogram!(HTTP_DURATION, "route" => route).record(elapsed);

@@ -52,6 +52,19 @@ pub struct Cli {
     /// Name of the session cookie read by `GET /v1/auth` [default: session].
     #[arg(long, env = "SESSIOND_COOKIE_NAME")]
     pub cookie_name: Option<String>,
+    /// `Domain=` of the session cookie [default: none, host-only].
+    #[arg(long, env = "SESSIOND_COOKIE_DOMAIN")]
+    pub cookie_domain: Option<String>,
+    /// `Path=` of the session cookie [default: /].
+    #[arg(long, env = "SESSIOND_COOKIE_PATH")]
+    pub cookie_path: Option<String>,
+    /// Whether the cookie is `Secure` (HTTPS only): true|false [default: true; false only for
+    /// local development].
+    #[arg(long, env = "SESSIOND_COOKIE_SECURE")]
+    pub cookie_secure: Option<String>,
+    /// `SameSite=` of the session cookie: lax|strict|none [default: lax; none requires secure].
+    #[arg(long, env = "SESSIOND_COOKIE_SAME_SITE")]
+    pub cookie_same_site: Option<String>,
     /// TOML file of API keys with roles (gateway, admin).
     #[arg(long, env = "SESSIOND_API_KEYS_FILE")]
     pub api_keys_file: Option<PathBuf>,
@@ -85,6 +98,10 @@ pub struct FileConfig {
     pub max_sessions_per_user: Option<usize>,
     pub per_user_limit_action: Option<String>,
     pub cookie_name: Option<String>,
+    pub cookie_domain: Option<String>,
+    pub cookie_path: Option<String>,
+    pub cookie_secure: Option<bool>,
+    pub cookie_same_site: Option<String>,
     pub api_keys_file: Option<PathBuf>,
     pub insecure_no_auth: Option<bool>,
     pub shutdown_grace: Option<u64>,
@@ -100,7 +117,7 @@ pub struct FileConfig {
 pub struct Config {
     pub listen: SocketAddr,
     pub engine: EngineConfig,
-    pub cookie_name: String,
+    pub cookie: crate::cookie::CookieSettings,
     pub api_keys_file: Option<PathBuf>,
     pub insecure_no_auth: bool,
     pub shutdown_grace: Duration,
@@ -253,6 +270,34 @@ impl Config {
             ));
         }
 
+        let cookie_secure = match cli.cookie_secure.as_deref() {
+            None => file.cookie_secure.unwrap_or(true),
+            Some("true") => true,
+            Some("false") => false,
+            Some(other) => {
+                errors.push(format!("cookie_secure {other:?} is not true or false"));
+                true
+            }
+        };
+        let cookie_same_site = match cli.cookie_same_site.or(file.cookie_same_site) {
+            None => crate::cookie::SameSite::Lax,
+            Some(s) => s.parse().unwrap_or_else(|e| {
+                errors.push(e);
+                crate::cookie::SameSite::Lax
+            }),
+        };
+        let cookie = crate::cookie::CookieSettings {
+            name: cookie_name,
+            domain: cli.cookie_domain.or(file.cookie_domain),
+            path: cli
+                .cookie_path
+                .or(file.cookie_path)
+                .unwrap_or_else(|| "/".into()),
+            secure: cookie_secure,
+            same_site: cookie_same_site,
+        };
+        errors.extend(cookie.validate());
+
         let api_keys_file = cli.api_keys_file.or(file.api_keys_file);
         let insecure_no_auth = cli.insecure_no_auth || file.insecure_no_auth.unwrap_or(false);
         if api_keys_file.is_none() && !listen.ip().is_loopback() && !insecure_no_auth {
@@ -307,7 +352,7 @@ impl Config {
                 max_sessions_per_user,
                 user_limit_action,
             },
-            cookie_name,
+            cookie,
             api_keys_file,
             insecure_no_auth,
             shutdown_grace,
@@ -336,7 +381,7 @@ mod tests {
         assert_eq!(c.engine.tick_ms, 100);
         assert_eq!(c.engine.mode, Mode::Stricter);
         assert_eq!(c.engine.application_policy, DEFAULT_POLICY);
-        assert_eq!(c.cookie_name, "session");
+        assert_eq!(c.cookie, crate::cookie::CookieSettings::default());
         assert!(c.engine.shards.is_power_of_two());
     }
 
@@ -404,6 +449,33 @@ mod tests {
         let e = Config::load(cli(&["--config", p])).unwrap_err();
         assert!(e.to_string().contains("absolute_timeout is 0"), "{e}");
         std::fs::remove_dir_all(&dir).ok();
+    }
+
+    #[test]
+    fn cookie_flags() {
+        let c = Config::load(cli(&[
+            "--cookie-domain",
+            "example.com",
+            "--cookie-path",
+            "/app",
+            "--cookie-secure",
+            "false",
+            "--cookie-same-site",
+            "strict",
+        ]))
+        .unwrap();
+        assert_eq!(c.cookie.domain.as_deref(), Some("example.com"));
+        assert_eq!((c.cookie.path.as_str(), c.cookie.secure), ("/app", false));
+        let e = Config::load(cli(&[
+            "--cookie-secure",
+            "false",
+            "--cookie-same-site",
+            "none",
+        ]))
+        .unwrap_err();
+        assert!(e.to_string().contains("requires cookie_secure"), "{e}");
+        let e = Config::load(cli(&["--cookie-secure", "maybe"])).unwrap_err();
+        assert!(e.to_string().contains("maybe"), "{e}");
     }
 
     #[test]

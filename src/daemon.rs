@@ -42,7 +42,7 @@ pub fn state(config: &Config, keys: Option<ApiKeys>) -> AppState {
         policies,
         metrics,
         keys: keys.map(Arc::new),
-        cookie_name: config.cookie_name.as_str().into(),
+        cookie: Arc::new(config.cookie.clone()),
         ready: Arc::new(AtomicBool::new(false)),
     }
 }
@@ -53,6 +53,11 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         None => None,
         Some(path) => Some(ApiKeys::load(path).map_err(|errs| anyhow::anyhow!(errs.join("; ")))?),
     };
+    if !config.cookie.secure {
+        tracing::warn!(
+            "cookie_secure is false: session cookies will be sent over plain HTTP; use this only for local development"
+        );
+    }
     if keys.is_none() && !config.listen.ip().is_loopback() {
         tracing::warn!(listen = %config.listen, "serving without API keys on a non-loopback address (--insecure-no-auth): anyone who can connect is admin");
     }

@@ -13,6 +13,7 @@ pub mod wheel;
 
 pub mod api_keys;
 pub mod config;
+pub mod cookie;
 pub mod daemon;
 #[cfg(test)]
 mod engine_model;

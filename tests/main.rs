@@ -5,6 +5,7 @@ mod common;
 
 mod access;
 mod api;
+mod cookies;
 mod errors;
 mod expiry;
 mod lifecycle;

@@ -11,14 +11,21 @@ use axum::extract::State;
 use axum::http::{HeaderMap, HeaderName, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 
-/// The session cookie's value, or the bearer token.
-pub fn token_from(headers: &HeaderMap, cookie_name: &str) -> Option<String> {
+/// Where a token came from: a cookie that the browser holds, or a bearer header.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum From {
+    Cookie,
+    Bearer,
+}
+
+/// The token and where it came from (the cookie wins over `Authorization`).
+pub fn token_and_origin(headers: &HeaderMap, cookie_name: &str) -> Option<(String, From)> {
     for value in headers.get_all(header::COOKIE) {
         let Ok(s) = value.to_str() else { continue };
         for pair in s.split(';') {
             if let Some((name, val)) = pair.trim().split_once('=') {
                 if name.trim() == cookie_name {
-                    return Some(val.trim().trim_matches('"').to_owned());
+                    return Some((val.trim().trim_matches('"').to_owned(), From::Cookie));
                 }
             }
         }
@@ -27,7 +34,7 @@ pub fn token_from(headers: &HeaderMap, cookie_name: &str) -> Option<String> {
     let (scheme, token) = auth.split_once(' ')?;
     scheme
         .eq_ignore_ascii_case("bearer")
-        .then(|| token.trim().to_owned())
+        .then(|| (token.trim().to_owned(), From::Bearer))
 }
 
 static X_SESSION_ID: HeaderName = HeaderName::from_static("x-session-id");
@@ -37,7 +44,7 @@ static X_EXPIRES_IN: HeaderName = HeaderName::from_static("x-session-expires-in"
 
 pub async fn auth(State(st): State<AppState>, headers: HeaderMap) -> Result<Response, ApiError> {
     authorize(&st, &headers, Role::Gateway)?;
-    let Some(token) = token_from(&headers, &st.cookie_name) else {
+    let Some((token, origin)) = token_and_origin(&headers, &st.cookie.name) else {
         return Err(ApiError::new(
             StatusCode::UNAUTHORIZED,
             "unauthenticated",
@@ -72,11 +79,21 @@ pub async fn auth(State(st): State<AppState>, headers: HeaderMap) -> Result<Resp
             );
             Ok(resp)
         }
-        Validation::Invalid(r) => Err(ApiError::new(
-            StatusCode::UNAUTHORIZED,
-            "unauthenticated",
-            format!("session is not valid: {}", r.as_str()),
-        )),
+        Validation::Invalid(r) => {
+            let mut resp = ApiError::new(
+                StatusCode::UNAUTHORIZED,
+                "unauthenticated",
+                format!("session is not valid: {}", r.as_str()),
+            )
+            .into_response();
+            // The browser holds a dead cookie: tell gateways that relay refusals to clear it.
+            if origin == From::Cookie {
+                if let Ok(v) = HeaderValue::from_str(&st.cookie.clear()) {
+                    resp.headers_mut().insert(header::SET_COOKIE, v);
+                }
+            }
+            Ok(resp)
+        }
     }
 }
 
@@ -86,20 +103,22 @@ mod tests {
 
     #[test]
     fn cookie_then_bearer() {
+        let get = |h: &HeaderMap, name: &str| token_and_origin(h, name);
         let mut h = HeaderMap::new();
         h.insert(
             header::COOKIE,
             HeaderValue::from_static("a=1; session=tok; b=2"),
         );
-        assert_eq!(token_from(&h, "session").as_deref(), Some("tok"));
-        assert_eq!(token_from(&h, "other"), None);
+        assert_eq!(get(&h, "session"), Some(("tok".to_owned(), From::Cookie)));
+        assert_eq!(get(&h, "other"), None);
         h.insert(
             header::AUTHORIZATION,
             HeaderValue::from_static("Bearer xyz"),
         );
-        assert_eq!(token_from(&h, "other").as_deref(), Some("xyz"));
+        assert_eq!(get(&h, "other"), Some(("xyz".to_owned(), From::Bearer)));
+        assert_eq!(get(&h, "session"), Some(("tok".to_owned(), From::Cookie)));
         let mut h = HeaderMap::new();
         h.insert(header::AUTHORIZATION, HeaderValue::from_static("Basic xyz"));
-        assert_eq!(token_from(&h, "session"), None);
+        assert_eq!(get(&h, "session"), None);
     }
 }

@@ -34,7 +34,8 @@ pub struct AppState {
     pub metrics: Arc<Metrics>,
     /// `None`: no keys configured, every caller is admin (loopback only, or --insecure-no-auth).
     pub keys: Option<Arc<ApiKeys>>,
-    pub cookie_name: Arc<str>,
+    /// The session cookie's name and attributes.
+    pub cookie: Arc<crate::cookie::CookieSettings>,
     /// False until the daemon is ready to serve (answers `/readyz`).
     pub ready: Arc<AtomicBool>,
 }

@@ -85,6 +85,8 @@ struct CreateRequest {
 struct CreateResponse<'a> {
     token: &'a str,
     session: SessionJson<'a>,
+    /// The complete `Set-Cookie` value for the browser.
+    cookie: String,
 }
 
 pub async fn create(
@@ -120,11 +122,17 @@ pub async fn create(
         st.metrics.revoked.increment(created.displaced as u64);
     }
     let now = created.session.created_at_ms;
+    let s = &created.session;
+    // Persistent: the browser keeps the cookie until the absolute deadline; else a session cookie.
+    let max_age = s
+        .persistent
+        .then(|| s.absolute_expires_at_ms.saturating_sub(now) / 1_000);
     Ok(json_response(
         StatusCode::CREATED,
         &CreateResponse {
             token: created.token.expose(),
-            session: SessionJson::new(&created.session, now),
+            session: SessionJson::new(s, now),
+            cookie: st.cookie.issue(created.token.expose(), max_age),
         },
     ))
 }
@@ -200,7 +208,11 @@ pub async fn revoke(
     if st.engine.revoke(&req.token) {
         st.metrics.revoked.increment(1);
     }
-    Ok(StatusCode::NO_CONTENT.into_response())
+    let mut resp = StatusCode::NO_CONTENT.into_response();
+    if let Ok(v) = axum::http::HeaderValue::from_str(&st.cookie.clear()) {
+        resp.headers_mut().insert(header::SET_COOKIE, v);
+    }
+    Ok(resp)
 }
 
 fn parse_session_id(id: &str) -> Result<SessionId, ApiError> {

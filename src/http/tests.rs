@@ -43,7 +43,7 @@ fn app(keys: Option<ApiKeys>) -> (axum::Router, Arc<ManualClock>) {
         engine,
         metrics: Metrics::global(),
         keys: keys.map(Arc::new),
-        cookie_name: "session".into(),
+        cookie: Arc::new(crate::cookie::CookieSettings::default()),
         ready: Arc::new(AtomicBool::new(true)),
     };
     (router(state), clock)

@@ -19,6 +19,8 @@ pub struct Daemon {
     pub addr: SocketAddr,
     pub logs: mpsc::Receiver<String>,
     pub dir: PathBuf,
+    /// Lines printed before the start-up line (warnings about the configuration, ...).
+    pub startup_logs: Vec<String>,
 }
 
 /// A scratch directory removed on drop.
@@ -105,11 +107,13 @@ impl Daemon {
                         .filter(|_| line.contains("sessiond started"))
                     {
                         let addr = rest.split_whitespace().next().unwrap().parse().unwrap();
+                        seen.push(line.clone());
                         return Daemon {
                             child,
                             addr,
                             logs: rx,
                             dir,
+                            startup_logs: seen,
                         };
                     }
                     seen.push(line);
@@ -158,9 +162,13 @@ impl Daemon {
         }
     }
 
-    /// Collects log lines printed so far.
+    /// Collects log lines printed so far, start-up included.
     pub fn drain_logs(&self) -> Vec<String> {
-        self.logs.try_iter().collect()
+        self.startup_logs
+            .iter()
+            .cloned()
+            .chain(self.logs.try_iter())
+            .collect()
     }
 
     /// Reads one metric sample value from `/metrics` (0 if absent).

@@ -238,16 +238,6 @@ impl Engine {
         self.len() == 0
     }
 
-    /// The configured `max_sessions`.
-    pub fn max_sessions(&self) -> usize {
-        self.max_sessions
-    }
-
-    /// The resolution mode.
-    pub fn mode(&self) -> Mode {
-        self.policies.read().mode
-    }
-
     #[inline]
     fn shard(&self, id: SessionId) -> &RwLock<Shard> {
         &self.shards[(id.shard_bits() & self.mask) as usize]
@@ -400,14 +390,6 @@ impl Engine {
             org_policy: st.org_policy(org),
             effective: st.effective(Some(org)),
         }
-    }
-
-    /// Every org with a CUSTOM policy, sorted by name.
-    pub fn custom_orgs(&self) -> Vec<(String, Policy)> {
-        let st = self.policies.read();
-        let mut v: Vec<_> = st.custom.iter().map(|(k, p)| (k.clone(), *p)).collect();
-        v.sort_by(|a, b| a.0.cmp(&b.0));
-        v
     }
 
     /// Every policy at once: the application policy and the CUSTOM orgs.

@@ -223,7 +223,7 @@ impl PolicyManager {
         let change = self.read_and_apply("startup")?;
         tracing::info!(
             source = ?self.source,
-            orgs_custom = self.engine.custom_orgs().len(),
+            orgs_custom = self.engine.policies().1.len(),
             "policies loaded"
         );
         Ok(change)
@@ -297,10 +297,16 @@ impl PolicyManager {
         Ok(change)
     }
 
+    /// The state directory, or the refusal every API write gets in file mode (invariant 1).
+    fn state_dir(&self) -> Result<&Path, SourceError> {
+        match &self.source {
+            Source::File { path } => Err(SourceError::FileMode(path.clone())),
+            Source::Api { state_dir } => Ok(state_dir),
+        }
+    }
+
     fn persist(&self, app: &Policy, orgs: &BTreeMap<String, Policy>) -> Result<(), SourceError> {
-        let Source::Api { state_dir } = &self.source else {
-            return Err(SourceError::FileMode(self.file_path()));
-        };
+        let state_dir = self.state_dir()?;
         let bytes = serde_json::to_vec_pretty(&PersistedOut {
             application: app,
             orgs,
@@ -311,23 +317,9 @@ impl PolicyManager {
             .map_err(|e| SourceError::Persist(format!("{}: {e}", state_dir.display())))
     }
 
-    fn file_path(&self) -> PathBuf {
-        match &self.source {
-            Source::File { path } => path.clone(),
-            Source::Api { state_dir } => state_dir.join(POLICIES_FILE),
-        }
-    }
-
-    fn check_api_mode(&self) -> Result<(), SourceError> {
-        match &self.source {
-            Source::File { path } => Err(SourceError::FileMode(path.clone())),
-            Source::Api { .. } => Ok(()),
-        }
-    }
-
     /// `PUT /v1/policy`: persist, then apply (invariant 2).
     pub fn write_application(&self, policy: Policy) -> Result<PolicyChange, SourceError> {
-        self.check_api_mode()?;
+        self.state_dir()?;
         let _guard = self.lock.lock();
         let (_, orgs) = self.engine.policies();
         self.persist(&policy, &orgs)?;
@@ -338,7 +330,7 @@ impl PolicyManager {
 
     /// `PUT/PATCH/DELETE /v1/orgs/{org}/policy`: persist, then apply (invariant 2).
     pub fn write_org(&self, org: &str, policy: OrgPolicy) -> Result<PolicyChange, SourceError> {
-        self.check_api_mode()?;
+        self.state_dir()?;
         crate::session::check_id("org_id", org).map_err(crate::engine::EngineError::from)?;
         let _guard = self.lock.lock();
         let (app, mut orgs) = self.engine.policies();

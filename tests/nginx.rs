@@ -185,6 +185,8 @@ fn nginx_auth_request_passes_identity_upstream_and_refuses_strangers() {
         None,
     );
     assert_eq!(r.status, 200, "{}", r.body);
+    // The browser-facing answer of an accepted request carries no cookie from sessiond.
+    assert_eq!(r.header("set-cookie"), None, "{:?}", r.headers);
     assert!(r.body.contains("x-user-id: alice\r\n"), "{}", r.body);
     assert!(r.body.contains("x-org-id: acme\r\n"), "{}", r.body);
     assert!(
@@ -220,10 +222,25 @@ fn nginx_auth_request_passes_identity_upstream_and_refuses_strangers() {
         &[("X-API-Key", GATEWAY_KEY)],
         Some(&format!(r#"{{"token": "{token}"}}"#)),
     );
+    // The browser still holds the dead cookie: nginx relays sessiond's clearing Set-Cookie, with
+    // the attributes the cookie was issued with, so the browser drops it.
+    let r = request(front, "GET", "/dashboard", &[("Cookie", &cookie)], None);
+    assert_eq!(r.status, 401);
     assert_eq!(
-        request(front, "GET", "/dashboard", &[("Cookie", &cookie)], None).status,
-        401
+        r.header("set-cookie"),
+        Some("session=; Path=/; HttpOnly; Secure; SameSite=Lax; Max-Age=0"),
+        "browser-facing headers: {:?}",
+        r.headers
     );
+    // A refusal without a cookie (bearer, or nothing) sets no cookie.
+    let r = request(
+        front,
+        "GET",
+        "/dashboard",
+        &[("Authorization", &format!("Bearer {token}"))],
+        None,
+    );
+    assert_eq!((r.status, r.header("set-cookie")), (401, None));
     assert!(d.metric("sessiond_touches_total{outcome=\"valid\"}") >= 2.0);
     std::fs::remove_dir_all(dir).ok();
 }

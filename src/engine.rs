@@ -16,7 +16,7 @@ use crate::policy::{DEFAULT_POLICY, Effective, Mode, OrgPolicy, Policy, resolve}
 use crate::session::{
     ExpiryReason, InputError, Invalid, NewSession, SessionView, Validation, check_id,
 };
-use crate::shard::{Evictions, Reapplied, Shard, TickScale};
+use crate::shard::{DryRunCounts, Evictions, Reapplied, Shard, TickScale};
 use crate::token::{SessionId, Token};
 use hashbrown::DefaultHashBuilder;
 use hashbrown::HashMap;
@@ -128,6 +128,56 @@ pub struct PolicyChange {
     /// changed, sorted by org.
     pub orgs: Vec<OrgChange>,
     /// Time spent re-applying.
+    pub duration: std::time::Duration,
+}
+
+/// A single policy write, as the admin API expresses it; shared by the real change and the
+/// dry run so that both mutate the policy store the same way.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PolicyWrite {
+    /// Replace the application policy.
+    Application(Policy),
+    /// Set one org's policy (CUSTOM values, or back to APPLICATION).
+    Org { org: String, policy: OrgPolicy },
+}
+
+impl PolicyWrite {
+    fn apply(&self, st: &mut PolicyState) {
+        match self {
+            PolicyWrite::Application(p) => st.app = *p,
+            PolicyWrite::Org {
+                org,
+                policy: OrgPolicy::Application,
+            } => {
+                st.custom.remove(org);
+            }
+            PolicyWrite::Org {
+                org,
+                policy: OrgPolicy::Custom(p),
+            } => {
+                st.custom.insert(org.clone(), *p);
+            }
+        }
+    }
+
+    /// The org whose slots the write re-applies to; `None` for the application policy (it may
+    /// govern every org).
+    fn only_org(&self) -> Option<&str> {
+        match self {
+            PolicyWrite::Application(_) => None,
+            PolicyWrite::Org { org, .. } => Some(org),
+        }
+    }
+}
+
+/// What a policy write would do (see [`Engine::dry_run`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DryRun {
+    /// The org's policy as it would be stored (`Application` for an application-policy write).
+    pub org_policy: OrgPolicy,
+    /// The effective policy it would yield for that org (or the application policy itself).
+    pub effective: Policy,
+    pub sessions: DryRunCounts,
     pub duration: std::time::Duration,
 }
 
@@ -404,7 +454,7 @@ impl Engine {
     /// Replaces the application policy and re-applies it to every session it governs (in
     /// `stricter` mode that is every org; in `override` mode the inheriting ones).
     pub fn set_application_policy(&self, policy: Policy) -> PolicyChange {
-        self.change_policies(|st| st.app = policy, None)
+        self.change_policies(|st| PolicyWrite::Application(policy).apply(st), None)
     }
 
     /// Sets `org`'s policy and re-applies the resulting effective policy to its live sessions.
@@ -414,17 +464,48 @@ impl Engine {
         policy: OrgPolicy,
     ) -> Result<PolicyChange, EngineError> {
         check_id("org_id", org)?;
-        Ok(self.change_policies(
-            |st| match policy {
-                OrgPolicy::Application => {
-                    st.custom.remove(org);
-                }
-                OrgPolicy::Custom(p) => {
-                    st.custom.insert(org.to_owned(), p);
-                }
-            },
-            Some(org),
-        ))
+        let write = PolicyWrite::Org {
+            org: org.to_owned(),
+            policy,
+        };
+        Ok(self.change_policies(|st| write.apply(st), Some(org)))
+    }
+
+    /// What `write` would do to the live sessions now, changing nothing: the policy store is
+    /// only read, and each shard is visited under its read lock (one shard at a time, only the
+    /// org slots the write governs), so validate and touch keep answering throughout. It applies
+    /// `write` to a copy of the store with the same [`PolicyWrite::apply`] the real change uses,
+    /// and each shard counts with [`Shard::dry_run`], the twin of [`Shard::reapply`]: at the same
+    /// clock reading, `would_evict` is exactly what the real write evicts.
+    pub fn dry_run(&self, write: &PolicyWrite) -> Result<DryRun, EngineError> {
+        if let PolicyWrite::Org { org, .. } = write {
+            check_id("org_id", org)?;
+        }
+        let start = std::time::Instant::now();
+        // Held for the whole run so that no real change interleaves with the counting.
+        let st = self.policies.read();
+        let mut after = st.clone();
+        write.apply(&mut after);
+        let now = self.clock.now_ms();
+        let mut sessions = DryRunCounts::default();
+        for s in self.shards.iter() {
+            s.read().dry_run(
+                |org| after.effective(org).effective(),
+                write.only_org(),
+                now,
+                &mut sessions,
+            );
+        }
+        let (org_policy, effective) = match write {
+            PolicyWrite::Application(p) => (OrgPolicy::Application, *p),
+            PolicyWrite::Org { org, .. } => (after.org_policy(org), after.effective(Some(org))),
+        };
+        Ok(DryRun {
+            org_policy,
+            effective,
+            sessions,
+            duration: start.elapsed(),
+        })
     }
 
     /// Replaces every policy (a reloaded policy file) and re-applies what changed.

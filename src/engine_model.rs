@@ -2,7 +2,7 @@
 //! step against a naive model that recomputes validity from first principles.
 
 use crate::clock::ManualClock;
-use crate::engine::{Engine, EngineConfig};
+use crate::engine::{DryRun, Engine, EngineConfig, PolicyChange, PolicyWrite};
 use crate::policy::{Mode, OrgPolicy, Policy, resolve};
 use crate::session::{Deadlines, Invalid, NewSession, Validation};
 use proptest::prelude::*;
@@ -118,7 +118,9 @@ impl Model {
 
     /// Removes every present session of the given orgs (None = all) that is expired at `now`,
     /// when their effective policy changed from `before`.
-    fn reapply(&mut self, before: &HashMap<Option<usize>, Policy>, now: u64) {
+    /// Returns how many it removed.
+    fn reapply(&mut self, before: &HashMap<Option<usize>, Policy>, now: u64) -> u64 {
+        let mut removed = 0;
         for i in 0..self.sessions.len() {
             let s = &self.sessions[i];
             if !s.present {
@@ -127,8 +129,10 @@ impl Model {
             let changed = before[&s.org].effective() != self.effective(s.org).effective();
             if changed && self.deadlines(s).expired(now).is_some() {
                 self.sessions[i].present = false;
+                removed += 1;
             }
         }
+        removed
     }
 
     fn snapshot(&self) -> HashMap<Option<usize>, Policy> {
@@ -147,6 +151,32 @@ fn strip(v: Validation) -> Validation {
         }
         other => other,
     }
+}
+
+/// Runs the dry run of `write` and checks that it changed nothing.
+fn dry_run_then_check(engine: &Engine, write: PolicyWrite) -> DryRun {
+    let (len, policies) = (engine.len(), engine.policies());
+    let dry = engine.dry_run(&write).unwrap();
+    assert_eq!(engine.len(), len, "a dry run removed sessions");
+    assert_eq!(engine.policies(), policies, "a dry run changed a policy");
+    dry
+}
+
+/// The dry run predicted the real change: the same evictions by reason (and the model's count),
+/// and every affected session either evicted or re-filed.
+fn check_dry_run(dry: &DryRun, change: &PolicyChange, model_evicted: u64) {
+    assert_eq!(
+        dry.sessions.would_evict, change.reapplied.evicted,
+        "would_evict"
+    );
+    assert_eq!(dry.sessions.would_evict.total(), model_evicted);
+    assert_eq!(
+        dry.sessions.affected,
+        change.reapplied.evicted.total() + change.reapplied.refiled
+    );
+    assert!(
+        dry.sessions.deadline_earlier + dry.sessions.deadline_later <= change.reapplied.refiled
+    );
 }
 
 fn run(ops: Vec<Op>, mode: Mode, app: Policy) {
@@ -262,15 +292,27 @@ fn run(ops: Vec<Op>, mode: Mode, app: Policy) {
                     Some(p) => m.custom.insert(o, p),
                     None => m.custom.remove(&o),
                 };
-                m.reapply(&before, now);
+                let evicted = m.reapply(&before, now);
                 let op = p.map_or(OrgPolicy::Application, OrgPolicy::Custom);
-                let _ = engine.set_org_policy(&format!("org{o}"), op).unwrap();
+                let org = format!("org{o}");
+                let dry = dry_run_then_check(
+                    &engine,
+                    PolicyWrite::Org {
+                        org: org.clone(),
+                        policy: op,
+                    },
+                );
+                let change = engine.set_org_policy(&org, op).unwrap();
+                check_dry_run(&dry, &change, evicted);
+                assert_eq!(dry.effective, engine.org_policy(&org).effective);
             }
             Op::SetApp(p) => {
                 let before = m.snapshot();
                 m.app = p;
-                m.reapply(&before, now);
-                let _ = engine.set_application_policy(p);
+                let evicted = m.reapply(&before, now);
+                let dry = dry_run_then_check(&engine, PolicyWrite::Application(p));
+                let change = engine.set_application_policy(p);
+                check_dry_run(&dry, &change, evicted);
             }
             Op::Advance(ms) => clock.advance(ms),
             Op::Sweep => {

@@ -411,3 +411,78 @@ fn long_user_ids_work_like_short_ones() {
     assert_eq!(e.list_user(short).len(), 2);
     e.check();
 }
+
+#[test]
+fn dry_run_counts_what_the_change_would_do_and_changes_nothing() {
+    use crate::engine::PolicyWrite;
+    use crate::shard::{DryRunCounts, Evictions};
+    let (e, clock) = engine(policy(86_400, Some(1_800), false));
+    let s1 = e.create(new("a", Some("acme"))).unwrap().token;
+    let s2 = e.create(new("b", Some("acme"))).unwrap().token;
+    let other = e.create(new("c", Some("other"))).unwrap().token;
+    clock.advance(20 * 60_000);
+    let s3 = e.create(new("d", Some("acme"))).unwrap().token;
+    assert!(is_valid(&e.touch(s2.expose())));
+
+    // Idle 10 min: s1 (idle since T0) goes; s2 and s3 (active at 20 min) now end at 30 min
+    // instead of 50 min. `other` is not governed by acme's policy.
+    let tighter = PolicyWrite::Org {
+        org: "acme".into(),
+        policy: OrgPolicy::Custom(policy(3_600, Some(600), false)),
+    };
+    let dry = e.dry_run(&tighter).unwrap();
+    assert_eq!(
+        dry.sessions,
+        DryRunCounts {
+            affected: 3,
+            would_evict: Evictions {
+                idle: 1,
+                absolute: 0
+            },
+            deadline_earlier: 2,
+            deadline_later: 0,
+        }
+    );
+    assert_eq!(dry.effective, policy(3_600, Some(600), false));
+    assert_eq!(e.len(), 4);
+    assert_eq!(e.org_policy("acme").org_policy, OrgPolicy::Application);
+
+    // Absolute 15 min: s1 and s2 (created at T0) are past it; s3 moves earlier.
+    let abs = PolicyWrite::Org {
+        org: "acme".into(),
+        policy: OrgPolicy::Custom(policy(900, Some(1_800), false)),
+    };
+    let dry = e.dry_run(&abs).unwrap().sessions;
+    assert_eq!(
+        (
+            dry.would_evict.absolute,
+            dry.would_evict.idle,
+            dry.deadline_earlier
+        ),
+        (2, 0, 1)
+    );
+
+    // The application policy governs every inheriting org and the org-less sessions: a looser
+    // one (no idle timeout) moves every deadline later.
+    let looser = PolicyWrite::Application(policy(2 * 86_400, None, false));
+    let dry = e.dry_run(&looser).unwrap().sessions;
+    assert_eq!((dry.affected, dry.deadline_later), (4, 4));
+
+    // The real change does what the dry run said.
+    let change = e.set_org_policy("acme", OrgPolicy::Custom(policy(3_600, Some(600), false)));
+    assert_eq!(change.unwrap().reapplied.evicted.idle, 1);
+    assert!(!is_valid(&e.validate(s1.expose())));
+    assert!(is_valid(&e.validate(s3.expose())));
+    assert!(is_valid(&e.validate(other.expose())));
+    // Dry-running the policy already in force affects nothing.
+    assert_eq!(
+        e.dry_run(&tighter).unwrap().sessions,
+        DryRunCounts::default()
+    );
+    // Org ids are checked like the real write's.
+    let bad = PolicyWrite::Org {
+        org: String::new(),
+        policy: OrgPolicy::Application,
+    };
+    assert!(matches!(e.dry_run(&bad), Err(EngineError::Input(_))));
+}

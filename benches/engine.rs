@@ -8,7 +8,7 @@
 
 use criterion::{BatchSize, Criterion, Throughput, criterion_group, criterion_main};
 use sessiond::clock::{ManualClock, SystemClock};
-use sessiond::engine::{Engine, EngineConfig};
+use sessiond::engine::{Engine, EngineConfig, PolicyWrite};
 use sessiond::policy::{OrgPolicy, Policy};
 use sessiond::session::{NewSession, Validation};
 use std::hint::black_box;
@@ -188,6 +188,21 @@ fn reapply(c: &mut Criterion) {
             let ch = engine.set_org_policy("big-org", p).unwrap();
             assert_eq!(ch.reapplied.refiled as usize, STORM);
             ch
+        })
+    });
+    // The dry run of the same change: read locks only, one shard at a time.
+    let write = PolicyWrite::Org {
+        org: "big-org".into(),
+        policy: OrgPolicy::Custom(Policy {
+            absolute_timeout_secs: 6 * 3_600,
+            ..tight
+        }),
+    };
+    g.bench_function("dry_run_on_1M_session_org", |b| {
+        b.iter(|| {
+            let d = engine.dry_run(&write).unwrap();
+            assert_eq!(d.sessions.affected as usize, STORM);
+            d
         })
     });
     g.finish();

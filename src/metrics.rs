@@ -3,7 +3,7 @@
 //! Invariants:
 //! 1. Every metric is `sessiond_`-prefixed, in base units (seconds), `_total` on counters.
 //! 2. Label values come from fixed sets (`reason`, `outcome`, `route` = the matched route
-//!    template, `status`, `source`): never an id, a user, or a token.
+//!    template, `status`, `source`, `target`): never an id, a user, or a token.
 //! 3. Histograms have explicit buckets (otherwise the exporter renders a summary).
 //! 4. The recorder is installed once per process ([`Metrics::global`]); handles created before it
 //!    would be no-ops, so everything goes through that function.
@@ -31,6 +31,7 @@ pub const CREATE_REFUSED: &str = "sessiond_sessions_refused_total";
 pub const POLICY_RELOAD_ERRORS: &str = "sessiond_policy_reload_errors_total";
 pub const POLICY_REAPPLY_DURATION: &str = "sessiond_policy_reapply_duration_seconds";
 pub const POLICY_LAST_CHANGE: &str = "sessiond_policy_last_change_timestamp_seconds";
+pub const POLICY_DRY_RUNS: &str = "sessiond_policy_dry_runs_total";
 
 const LAG_BUCKETS: &[f64] = &[
     0.005, 0.01, 0.025, 0.05, 0.1, 0.15, 0.2, 0.3, 0.5, 1.0, 2.0, 5.0, 10.0,
@@ -156,6 +157,11 @@ impl Metrics {
         histogram!(POLICY_REAPPLY_DURATION).record(took.as_secs_f64());
     }
 
+    /// Counts a policy dry run by what it targeted (`application` or `org`).
+    pub fn policy_dry_run(&self, target: &'static str) {
+        counter!(POLICY_DRY_RUNS, "target" => target).increment(1);
+    }
+
     /// Counts a policy source that failed to load.
     pub fn policy_reload_error(&self) {
         counter!(POLICY_RELOAD_ERRORS).increment(1);
@@ -213,6 +219,10 @@ fn describe() {
         POLICY_LAST_CHANGE,
         Unit::Seconds,
         "Unix time of the last effective policy change."
+    );
+    describe_counter!(
+        POLICY_DRY_RUNS,
+        "Policy dry runs (?dry_run=true), by target (application, org); they change nothing."
     );
     describe_counter!(HTTP_REQUESTS, "HTTP requests by route template and status.");
     describe_histogram!(

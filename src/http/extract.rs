@@ -97,3 +97,57 @@ impl<S: Send + Sync> axum::extract::FromRequestParts<S> for PathParam {
             .map_err(|e| ApiError::bad_request("invalid_path", e.body_text()))
     }
 }
+
+/// Reads `?dry_run=true|false` (also `1|0`) from a policy write's query string. Any other
+/// parameter is refused: a misspelt `dryrun=true` must not turn a preview into a real write.
+pub fn dry_run_param(uri: &axum::http::Uri) -> Result<bool, ApiError> {
+    let mut dry = false;
+    for pair in uri
+        .query()
+        .unwrap_or("")
+        .split('&')
+        .filter(|p| !p.is_empty())
+    {
+        let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+        if k != "dry_run" {
+            return Err(ApiError::bad_request(
+                "invalid_query",
+                format!(
+                    "unknown query parameter {k:?}; the only one accepted here is dry_run=true"
+                ),
+            ));
+        }
+        dry = match v {
+            "true" | "1" => true,
+            "false" | "0" => false,
+            other => {
+                return Err(ApiError::bad_request(
+                    "invalid_query",
+                    format!("dry_run must be true or false, not {other:?}"),
+                ));
+            }
+        };
+    }
+    Ok(dry)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::dry_run_param;
+
+    #[test]
+    fn dry_run_query() {
+        let q = |s: &str| dry_run_param(&s.parse().unwrap()).map_err(|e| e.message);
+        assert_eq!(q("/v1/policy"), Ok(false));
+        assert_eq!(q("/v1/policy?dry_run=true"), Ok(true));
+        assert_eq!(q("/v1/policy?dry_run=1"), Ok(true));
+        assert_eq!(q("/v1/policy?dry_run=false"), Ok(false));
+        assert!(
+            q("/v1/policy?dry_run=yes")
+                .unwrap_err()
+                .contains("true or false")
+        );
+        assert!(q("/v1/policy?dryrun=true").unwrap_err().contains("dryrun"));
+        assert!(q("/v1/policy?dry_run").is_err());
+    }
+}

@@ -2,13 +2,15 @@
 
 use super::AppState;
 use super::error::ApiError;
-use super::extract::{PathParam, authorize, parse_json, path_id, read_body};
+use super::extract::{PathParam, authorize, dry_run_param, parse_json, path_id, read_body};
 use super::sessions::json_response;
 use crate::api_keys::Role;
+use crate::engine::PolicyWrite;
 use crate::policy::{OrgPolicy, Policy, PolicyPatch};
+use crate::shard::DryRunCounts;
 use axum::body::Body;
 use axum::extract::State;
-use axum::http::{HeaderMap, StatusCode};
+use axum::http::{HeaderMap, StatusCode, Uri};
 use axum::response::Response;
 use serde::Serialize;
 
@@ -41,15 +43,91 @@ pub async fn get_app(State(st): State<AppState>, headers: HeaderMap) -> Result<R
     ))
 }
 
+#[derive(Serialize)]
+struct DryRunJson<'a> {
+    dry_run: bool,
+    org_id: Option<&'a str>,
+    source: &'static str,
+    custom: Option<Policy>,
+    effective: Policy,
+    sessions: SessionsJson,
+}
+
+#[derive(Serialize)]
+struct SessionsJson {
+    affected: u64,
+    would_evict: EvictJson,
+    deadline_earlier: u64,
+    deadline_later: u64,
+}
+
+#[derive(Serialize)]
+struct EvictJson {
+    idle: u64,
+    absolute: u64,
+}
+
+/// Answers a `?dry_run=true` write: what it would do to the live sessions now, changing
+/// nothing (no policy, no session, nothing on disk; only the dry-run counter moves). Allowed
+/// whatever the policy source, since it writes nothing.
+async fn dry_run(st: &AppState, write: PolicyWrite) -> Result<Response, ApiError> {
+    let target = match &write {
+        PolicyWrite::Application(_) => "application",
+        PolicyWrite::Org { .. } => "org",
+    };
+    let engine = st.engine.clone();
+    let w = write.clone();
+    // A walk over up to every session: off the async workers, like a real write.
+    let dry = tokio::task::spawn_blocking(move || engine.dry_run(&w))
+        .await
+        .map_err(|e| {
+            ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string())
+        })??;
+    st.metrics.policy_dry_run(target);
+    let DryRunCounts {
+        affected,
+        would_evict,
+        deadline_earlier,
+        deadline_later,
+    } = dry.sessions;
+    Ok(json_response(
+        StatusCode::OK,
+        &DryRunJson {
+            dry_run: true,
+            org_id: match &write {
+                PolicyWrite::Application(_) => None,
+                PolicyWrite::Org { org, .. } => Some(org),
+            },
+            source: dry.org_policy.source(),
+            custom: dry.org_policy.custom().copied(),
+            effective: dry.effective,
+            sessions: SessionsJson {
+                affected,
+                would_evict: EvictJson {
+                    idle: would_evict.idle,
+                    absolute: would_evict.absolute,
+                },
+                deadline_earlier,
+                deadline_later,
+            },
+        },
+    ))
+}
+
 pub async fn put_app(
     State(st): State<AppState>,
     headers: HeaderMap,
+    uri: Uri,
     body: Body,
 ) -> Result<Response, ApiError> {
     authorize(&st, &headers, Role::Admin)?;
+    let dry = dry_run_param(&uri)?;
     let bytes = read_body(body).await?;
     let patch: PolicyPatch = parse_json(&bytes)?;
     let policy = Policy::from_patch(None, &patch)?;
+    if dry {
+        return dry_run(&st, PolicyWrite::Application(policy)).await;
+    }
     let p = st.policies.clone();
     blocking(move || p.write_application(policy)).await?;
     Ok(json_response(StatusCode::OK, &policy))
@@ -94,7 +172,16 @@ async fn blocking<T: Send + 'static>(
         .map_err(Into::into)
 }
 
-async fn apply(st: &AppState, org: &str, policy: OrgPolicy) -> Result<Response, ApiError> {
+async fn apply(
+    st: &AppState,
+    org: &str,
+    policy: OrgPolicy,
+    dry: bool,
+) -> Result<Response, ApiError> {
+    if dry {
+        let org = org.to_owned();
+        return dry_run(st, PolicyWrite::Org { org, policy }).await;
+    }
     let (p, o) = (st.policies.clone(), org.to_owned());
     blocking(move || p.write_org(&o, policy)).await?;
     Ok(org_view(st, org))
@@ -128,10 +215,12 @@ pub async fn put_org(
     State(st): State<AppState>,
     headers: HeaderMap,
     PathParam(org): PathParam,
+    uri: Uri,
     body: Body,
 ) -> Result<Response, ApiError> {
     authorize(&st, &headers, Role::Admin)?;
     path_id("org_id", &org)?;
+    let dry = dry_run_param(&uri)?;
     let bytes = read_body(body).await?;
     let (source, patch, has_fields) = split_source(&bytes)?;
     let policy = match source.as_deref() {
@@ -156,17 +245,19 @@ pub async fn put_org(
             ));
         }
     };
-    apply(&st, &org, policy).await
+    apply(&st, &org, policy, dry).await
 }
 
 pub async fn patch_org(
     State(st): State<AppState>,
     headers: HeaderMap,
     PathParam(org): PathParam,
+    uri: Uri,
     body: Body,
 ) -> Result<Response, ApiError> {
     authorize(&st, &headers, Role::Admin)?;
     path_id("org_id", &org)?;
+    let dry = dry_run_param(&uri)?;
     let bytes = read_body(body).await?;
     let (source, patch, _) = split_source(&bytes)?;
     if let Some(s) = source.filter(|s| s != "CUSTOM") {
@@ -184,15 +275,17 @@ pub async fn patch_org(
         .copied()
         .unwrap_or(current.effective);
     let policy = Policy::from_patch(Some(&base), &patch)?;
-    apply(&st, &org, OrgPolicy::Custom(policy)).await
+    apply(&st, &org, OrgPolicy::Custom(policy), dry).await
 }
 
 pub async fn delete_org(
     State(st): State<AppState>,
     headers: HeaderMap,
     PathParam(org): PathParam,
+    uri: Uri,
 ) -> Result<Response, ApiError> {
     authorize(&st, &headers, Role::Admin)?;
     path_id("org_id", &org)?;
-    apply(&st, &org, OrgPolicy::Application).await
+    let dry = dry_run_param(&uri)?;
+    apply(&st, &org, OrgPolicy::Application, dry).await
 }

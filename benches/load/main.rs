@@ -1,0 +1,1016 @@
+//! The load generator (issue #5): drives a mix of session operations at sessiond, or the same
+//! mix at Redis, over keep-alive connections, and reports throughput, latency percentiles (HDR
+//! histograms), errors, memory per session and the daemon's eviction lag.
+//!
+//! ```sh
+//! cargo bench --bench load -- --help
+//! cargo bench --bench load                                   # default mix, 100k sessions, 10 s
+//! cargo bench --bench load -- --mix validate --target sessiond --target redis
+//! cargo bench --bench load -- --scenario ceiling             # /v1/auth vs /healthz
+//! cargo bench --bench load -- --scenario storm               # 1M deadlines, validate p99
+//! cargo bench --bench load -- --scenario policy              # tighten a 100k-session org
+//! cargo test --bench load -- --smoke                         # what CI runs (a few seconds)
+//! ```
+//!
+//! Latency is counted per request from the moment it was due: in closed loop (`--connections`
+//! only) that is when it was sent; in open loop (`--rate`) it is the request's slot in the fixed
+//! schedule when the worker is behind, so a stall of the server shows up in the latency of every
+//! request that should have been sent during it (no coordinated omission). When the worker is
+//! ahead it sleeps until the slot; the timer's own overshoot (tokio's timer has 1 ms
+//! granularity) is the generator's artefact, not the server's, and is not counted.
+
+mod conn;
+mod target;
+
+use clap::Parser;
+use conn::{Conn, Failure, OPS, Op};
+use hdrhistogram::Histogram;
+use serde_json::{Value, json};
+use std::collections::BTreeMap;
+use std::io::{IsTerminal, Write};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+use target::{Kind, Target};
+
+#[derive(Parser, Debug, Clone)]
+#[command(
+    name = "load",
+    about = "Load generator for sessiond (and Redis, for comparison)"
+)]
+struct Args {
+    /// What to load: `sessiond` (start the daemon built with this bench), `http://HOST:PORT`
+    /// (a running sessiond without API keys), `redis` (start redis-server from PATH) or
+    /// `redis://HOST:PORT`. Repeat to compare targets in one run.
+    #[arg(long = "target", default_value = "sessiond")]
+    targets: Vec<String>,
+    /// Sessions created before the measurement, spread over `--orgs` orgs.
+    #[arg(long, default_value_t = 100_000)]
+    sessions: usize,
+    #[arg(long, default_value_t = 1_000)]
+    orgs: usize,
+    /// Keep-alive connections, one request in flight on each.
+    #[arg(long, default_value_t = 64)]
+    connections: usize,
+    /// Seconds of measurement per run.
+    #[arg(long, default_value_t = 10.0)]
+    duration: f64,
+    /// Open loop: total requests per second on a fixed schedule. Without it, closed loop.
+    #[arg(long)]
+    rate: Option<f64>,
+    /// `op=weight,...` over validate, touch, create, revoke, auth, healthz; or a preset:
+    /// `default` (validate=80,touch=15,create=4,revoke=1), or one op's name alone.
+    #[arg(long, default_value = "default")]
+    mix: String,
+    /// steady (the mix), ceiling (healthz vs auth vs validate, then auth at half its peak),
+    /// storm (an expiry storm under validate traffic), policy (tighten a big org under traffic),
+    /// all (every one in turn).
+    #[arg(long, default_value = "steady")]
+    scenario: String,
+    /// Sessions that expire together in the storm scenario.
+    #[arg(long, default_value_t = 1_000_000)]
+    storm_sessions: usize,
+    /// Sessions of the org tightened in the policy scenario.
+    #[arg(long, default_value_t = 100_000)]
+    policy_sessions: usize,
+    /// Worker threads of the load generator itself.
+    #[arg(long, default_value_t = 1)]
+    threads: usize,
+    /// Extra argument for a sessiond this tool starts (repeat).
+    #[arg(long = "sessiond-arg", allow_hyphen_values = true)]
+    sessiond_args: Vec<String>,
+    /// Print the report as JSON on stdout.
+    #[arg(long)]
+    json: bool,
+    /// A few seconds of every scenario at small sizes, failing on any error (CI). Adds the
+    /// `redis` target when redis-server is installed.
+    #[arg(long)]
+    smoke: bool,
+    /// Passed by `cargo bench` to every bench binary; ignored.
+    #[arg(long, hide = true)]
+    bench: bool,
+}
+
+/// Weighted operations.
+#[derive(Debug, Clone)]
+struct Mix(Vec<(Op, u32)>);
+
+impl Mix {
+    fn parse(s: &str) -> Result<Mix, String> {
+        if s == "default" {
+            return Mix::parse("validate=80,touch=15,create=4,revoke=1");
+        }
+        if let Some(op) = Op::parse(s) {
+            return Ok(Mix(vec![(op, 1)]));
+        }
+        let mut v = Vec::new();
+        for part in s.split(',') {
+            let (name, w) = part
+                .split_once('=')
+                .ok_or_else(|| format!("mix entry {part:?} is not op=weight"))?;
+            let op = Op::parse(name.trim()).ok_or_else(|| {
+                format!(
+                    "unknown op {name:?} in --mix; known: {}",
+                    OPS.map(Op::name).join(", ")
+                )
+            })?;
+            let w: u32 = w
+                .trim()
+                .parse()
+                .map_err(|_| format!("weight of {name} must be a whole number, not {w:?}"))?;
+            if w > 0 {
+                v.push((op, w));
+            }
+        }
+        if v.is_empty() {
+            return Err("--mix has no operation with a weight above 0".into());
+        }
+        Ok(Mix(v))
+    }
+
+    fn pick(&self, r: u64) -> Op {
+        let total: u32 = self.0.iter().map(|(_, w)| w).sum();
+        let mut x = (r % total as u64) as u32;
+        for (op, w) in &self.0 {
+            if x < *w {
+                return *op;
+            }
+            x -= w;
+        }
+        self.0[0].0
+    }
+
+    fn describe(&self) -> String {
+        self.0
+            .iter()
+            .map(|(o, w)| format!("{}={w}", o.name()))
+            .collect::<Vec<_>>()
+            .join(",")
+    }
+}
+
+/// xorshift64*: cheap, per worker, good enough to pick ops and tokens.
+struct Rng(u64);
+
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        self.0.wrapping_mul(0x2545_F491_4F6C_DD1D)
+    }
+}
+
+fn new_hist() -> Histogram<u64> {
+    // Microseconds, 1 µs to 100 s, 3 significant digits.
+    Histogram::new_with_bounds(1, 100_000_000, 3).expect("valid bounds")
+}
+
+/// Latencies and failures of one run (or one worker of it).
+struct Stats {
+    hist: BTreeMap<Op, Histogram<u64>>,
+    /// Latencies by the scenario's phase tag (0 = before the event, 1 = during, 2 = after).
+    tagged: BTreeMap<(u8, Op), Histogram<u64>>,
+    errors: BTreeMap<String, u64>,
+    /// One message per failure kind, to show what went wrong.
+    samples: BTreeMap<String, String>,
+}
+
+impl Stats {
+    fn new() -> Stats {
+        Stats {
+            hist: BTreeMap::new(),
+            tagged: BTreeMap::new(),
+            errors: BTreeMap::new(),
+            samples: BTreeMap::new(),
+        }
+    }
+
+    fn record(&mut self, op: Op, tag: u8, micros: u64) {
+        let v = micros.clamp(1, 100_000_000);
+        self.hist
+            .entry(op)
+            .or_insert_with(new_hist)
+            .saturating_record(v);
+        {
+            self.tagged
+                .entry((tag, op))
+                .or_insert_with(new_hist)
+                .saturating_record(v);
+        }
+    }
+
+    fn fail(&mut self, op: Op, f: &Failure) {
+        let kind = format!("{}:{}", op.name(), f.kind());
+        *self.errors.entry(kind.clone()).or_default() += 1;
+        self.samples.entry(kind).or_insert_with(|| format!("{f:?}"));
+    }
+
+    fn merge(&mut self, o: Stats) {
+        for (k, h) in o.hist {
+            self.hist
+                .entry(k)
+                .or_insert_with(new_hist)
+                .add(&h)
+                .expect("same bounds");
+        }
+        for (k, h) in o.tagged {
+            self.tagged
+                .entry(k)
+                .or_insert_with(new_hist)
+                .add(&h)
+                .expect("same bounds");
+        }
+        for (k, n) in o.errors {
+            *self.errors.entry(k).or_default() += n;
+        }
+        for (k, s) in o.samples {
+            self.samples.entry(k).or_insert(s);
+        }
+    }
+}
+
+/// State the scenario driver shares with the workers.
+struct Shared {
+    done: AtomicU64,
+    tag: AtomicU8,
+    stop: AtomicBool,
+}
+
+struct Worker {
+    conn: Conn,
+    pool: Vec<String>,
+    rng: Rng,
+    users: u64,
+    orgs: u64,
+}
+
+/// One closed- or open-loop run of `mix` with every worker, for `duration` (or until
+/// `shared.stop`).
+async fn drive(
+    target: &Target,
+    workers: Vec<Worker>,
+    mix: &Mix,
+    duration: Duration,
+    rate: Option<f64>,
+    shared: Arc<Shared>,
+) -> (Stats, Vec<Worker>, Duration) {
+    let n = workers.len().max(1);
+    let start = Instant::now();
+    let until = start + duration;
+    let interval = rate.map(|r| Duration::from_secs_f64(n as f64 / r.max(0.001)));
+    let mut handles = Vec::new();
+    for (i, mut w) in workers.into_iter().enumerate() {
+        let mix = mix.clone();
+        let shared = shared.clone();
+        let target_addr = target.addr;
+        let kind = target.kind;
+        handles.push(tokio::spawn(async move {
+            let mut stats = Stats::new();
+            // Open loop: the worker's slots, staggered across workers.
+            let mut next = interval.map(|iv| start + iv.mul_f64(i as f64 / n as f64));
+            loop {
+                let now = Instant::now();
+                if now >= until || shared.stop.load(Ordering::Relaxed) {
+                    break;
+                }
+                let due = match (&mut next, interval) {
+                    (Some(slot), Some(iv)) => {
+                        let due = *slot;
+                        *slot += iv;
+                        if due > now {
+                            tokio::time::sleep_until(due.into()).await;
+                            // Ahead of schedule: the timer's overshoot is ours, not the server's.
+                            Instant::now()
+                        } else {
+                            // Behind: count from the slot (no coordinated omission).
+                            due
+                        }
+                    }
+                    _ => now,
+                };
+                if due >= until {
+                    break;
+                }
+                let mut op = mix.pick(w.rng.next());
+                if w.pool.is_empty() && op != Op::Healthz {
+                    op = Op::Create;
+                }
+                let token = match op {
+                    Op::Validate | Op::Touch | Op::Auth => {
+                        let i = (w.rng.next() % w.pool.len() as u64) as usize;
+                        Some(w.pool[i].clone())
+                    }
+                    Op::Revoke => {
+                        let i = (w.rng.next() % w.pool.len() as u64) as usize;
+                        Some(w.pool.swap_remove(i))
+                    }
+                    _ => None,
+                };
+                let user = format!("u{}", w.rng.next() % w.users);
+                let org = format!("org{}", w.rng.next() % w.orgs);
+                let tag = shared.tag.load(Ordering::Relaxed);
+                match w.conn.run(op, token.as_deref(), &user, &org).await {
+                    Ok(created) => {
+                        stats.record(op, tag, due.elapsed().as_micros() as u64);
+                        if let Some(t) = created {
+                            w.pool.push(t);
+                        }
+                    }
+                    Err(f) => {
+                        stats.fail(op, &f);
+                        if matches!(f, Failure::Io(_)) {
+                            let fresh = match kind {
+                                Kind::Sessiond => {
+                                    conn::HttpConn::connect(target_addr).await.map(Conn::Http)
+                                }
+                                Kind::Redis => {
+                                    conn::RedisConn::connect(target_addr).await.map(Conn::Redis)
+                                }
+                            };
+                            match fresh {
+                                Ok(c) => w.conn = c,
+                                Err(_) => break,
+                            }
+                        }
+                    }
+                }
+                shared.done.fetch_add(1, Ordering::Relaxed);
+            }
+            (stats, w)
+        }));
+    }
+    let mut total = Stats::new();
+    let mut back = Vec::new();
+    for h in handles {
+        let (s, w) = h.await.expect("worker panicked");
+        total.merge(s);
+        back.push(w);
+    }
+    (total, back, start.elapsed())
+}
+
+/// A progress line on stderr while `shared.done` moves (only on a terminal).
+fn progress(
+    label: String,
+    total: Option<u64>,
+    duration: Duration,
+    shared: Arc<Shared>,
+) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        if !std::io::stderr().is_terminal() {
+            return;
+        }
+        let start = Instant::now();
+        let mut last = (Instant::now(), 0u64);
+        loop {
+            tokio::time::sleep(Duration::from_millis(250)).await;
+            let done = shared.done.load(Ordering::Relaxed);
+            let frac = match total {
+                Some(t) => done as f64 / t.max(1) as f64,
+                None => start.elapsed().as_secs_f64() / duration.as_secs_f64(),
+            }
+            .min(1.0);
+            let rate = (done - last.1) as f64 / last.0.elapsed().as_secs_f64();
+            last = (Instant::now(), done);
+            let filled = (frac * 30.0) as usize;
+            eprint!(
+                "\r{label:<24} [{}{}] {:>3.0}% {:>9.0} req/s ",
+                "=".repeat(filled),
+                " ".repeat(30 - filled),
+                frac * 100.0,
+                rate
+            );
+            let _ = std::io::stderr().flush();
+            if shared.stop.load(Ordering::Relaxed) {
+                eprint!("\r{}\r", " ".repeat(80));
+                return;
+            }
+        }
+    })
+}
+
+fn shared() -> Arc<Shared> {
+    Arc::new(Shared {
+        done: AtomicU64::new(0),
+        tag: AtomicU8::new(0),
+        stop: AtomicBool::new(false),
+    })
+}
+
+async fn workers(
+    target: &Target,
+    n: usize,
+    users: usize,
+    orgs: usize,
+) -> Result<Vec<Worker>, String> {
+    let mut v = Vec::with_capacity(n);
+    for i in 0..n {
+        v.push(Worker {
+            conn: target.connect().await?,
+            pool: Vec::new(),
+            rng: Rng(0x9E37_79B9_7F4A_7C15 ^ ((i as u64 + 1) * 0x1000_0000_01B3)),
+            users: users.max(1) as u64,
+            orgs: orgs.max(1) as u64,
+        });
+    }
+    Ok(v)
+}
+
+/// Creates `n` sessions spread over the workers' pools (user `u{i}`, org `{org_prefix}{i % orgs}`).
+/// Returns the workers and the time it took.
+async fn preload(
+    target: &Target,
+    mut ws: Vec<Worker>,
+    n: usize,
+    org_name: impl Fn(usize) -> String + Send + Sync + 'static,
+    what: &str,
+) -> Result<(Vec<Worker>, Duration, Stats), String> {
+    let start = Instant::now();
+    let sh = shared();
+    let bar = progress(
+        format!("{} {what}", target.label),
+        Some(n as u64),
+        Duration::ZERO,
+        sh.clone(),
+    );
+    let per = n.div_ceil(ws.len().max(1));
+    let org_name = Arc::new(org_name);
+    let mut handles = Vec::new();
+    for (wi, mut w) in ws.drain(..).enumerate() {
+        let lo = wi * per;
+        let hi = ((wi + 1) * per).min(n);
+        let sh = sh.clone();
+        let org_name = org_name.clone();
+        handles.push(tokio::spawn(async move {
+            let mut stats = Stats::new();
+            for i in lo..hi {
+                let t0 = Instant::now();
+                let user = format!("u{i}");
+                match w.conn.run(Op::Create, None, &user, &org_name(i)).await {
+                    Ok(Some(t)) => {
+                        stats.record(Op::Create, 0, t0.elapsed().as_micros() as u64);
+                        w.pool.push(t);
+                    }
+                    Ok(None) => stats.fail(Op::Create, &Failure::NotValid),
+                    Err(f) => stats.fail(Op::Create, &f),
+                }
+                sh.done.fetch_add(1, Ordering::Relaxed);
+            }
+            (stats, w)
+        }));
+    }
+    let mut out = Vec::new();
+    let mut stats = Stats::new();
+    for h in handles {
+        let (s, w) = h.await.map_err(|e| e.to_string())?;
+        stats.merge(s);
+        out.push(w);
+    }
+    sh.stop.store(true, Ordering::Relaxed);
+    let _ = bar.await;
+    Ok((out, start.elapsed(), stats))
+}
+
+fn pct(h: &Histogram<u64>, q: f64) -> f64 {
+    h.value_at_quantile(q) as f64 / 1_000.0
+}
+
+/// Per-op figures of a run, in ms and ops/s.
+fn ops_json(stats: &Stats, elapsed: Duration) -> Value {
+    let mut m = serde_json::Map::new();
+    for (op, h) in &stats.hist {
+        m.insert(
+            op.name().into(),
+            json!({
+                "count": h.len(),
+                "ops_per_sec": (h.len() as f64 / elapsed.as_secs_f64()).round(),
+                "p50_ms": pct(h, 0.50), "p90_ms": pct(h, 0.90), "p99_ms": pct(h, 0.99),
+                "p999_ms": pct(h, 0.999), "max_ms": h.max() as f64 / 1_000.0,
+            }),
+        );
+    }
+    Value::Object(m)
+}
+
+fn run_json(stats: &Stats, elapsed: Duration) -> Value {
+    let total: u64 = stats.hist.values().map(|h| h.len()).sum();
+    json!({
+        "seconds": elapsed.as_secs_f64(),
+        "requests": total,
+        "throughput": (total as f64 / elapsed.as_secs_f64()).round(),
+        "ops": ops_json(stats, elapsed),
+        "errors": stats.errors,
+        "error_samples": stats.samples,
+    })
+}
+
+fn tagged_p99(stats: &Stats, tag: u8, op: Op) -> Option<f64> {
+    stats
+        .tagged
+        .get(&(tag, op))
+        .filter(|h| !h.is_empty())
+        .map(|h| pct(h, 0.99))
+}
+
+/// Eviction lag figures from sessiond's `/metrics`.
+async fn eviction_lag(t: &Target) -> Value {
+    let Some(text) = t.metrics().await else {
+        return Value::Null;
+    };
+    let b = target::histogram(&text, "sessiond_expiry_lag_seconds");
+    let count = b.last().map_or(0.0, |x| x.1);
+    json!({
+        "evicted": count,
+        "p99_le_seconds": target::histogram_quantile(&b, 0.99),
+        "max_le_seconds": target::histogram_quantile(&b, 1.0),
+    })
+}
+
+/// Preloads the target and runs the mix: the steady-state figures.
+async fn steady(args: &Args, t: &Target, mix: &Mix) -> Result<Value, String> {
+    let rss0 = t.rss_bytes();
+    let count0 = t.count().await.unwrap_or(0);
+    let ws = workers(t, args.connections, args.sessions, args.orgs).await?;
+    let orgs = args.orgs.max(1);
+    let (ws, took, pre) = preload(
+        t,
+        ws,
+        args.sessions,
+        move |i| format!("org{}", i % orgs),
+        "preload",
+    )
+    .await?;
+    let rss1 = t.rss_bytes();
+    let count1 = t.count().await.unwrap_or(0);
+    let sh = shared();
+    let d = Duration::from_secs_f64(args.duration);
+    let bar = progress(
+        format!("{} {}", t.label, mix.describe()),
+        None,
+        d,
+        sh.clone(),
+    );
+    let (stats, _ws, elapsed) = drive(t, ws, mix, d, args.rate, sh.clone()).await;
+    sh.stop.store(true, Ordering::Relaxed);
+    let _ = bar.await;
+    let stored = count1.saturating_sub(count0);
+    let per_session = match (rss0, rss1) {
+        (Some(a), Some(b)) if stored > 0 => Some((b.saturating_sub(a)) as f64 / stored as f64),
+        _ => None,
+    };
+    let mut run = run_json(&stats, elapsed);
+    run["mix"] = mix.describe().into();
+    run["connections"] = args.connections.into();
+    run["rate"] = args.rate.into();
+    Ok(json!({
+        "target": t.label,
+        "preload": {"sessions": stored, "seconds": took.as_secs_f64(),
+                    "creates_per_sec": (args.sessions as f64 / took.as_secs_f64()).round(),
+                    "errors": pre.errors, "error_samples": pre.samples},
+        "memory": {"rss_before": rss0, "rss_after_preload": rss1, "rss_after_run": t.rss_bytes(),
+                   "bytes_per_session": per_session.map(f64::round)},
+        "run": run,
+        "eviction_lag": eviction_lag(t).await,
+    }))
+}
+
+/// healthz vs auth vs validate at the same connection count, then auth open-loop at half its
+/// peak (issue #10 part 3).
+async fn ceiling(args: &Args, t: &Target) -> Result<Value, String> {
+    let ws = workers(t, args.connections, args.sessions, args.orgs).await?;
+    let orgs = args.orgs.max(1);
+    let (mut ws, _, _) = preload(
+        t,
+        ws,
+        args.sessions,
+        move |i| format!("org{}", i % orgs),
+        "preload",
+    )
+    .await?;
+    let d = Duration::from_secs_f64(args.duration);
+    let mut out = serde_json::Map::new();
+    let mut peak = BTreeMap::new();
+    for op in [Op::Healthz, Op::Auth, Op::Validate] {
+        let sh = shared();
+        let bar = progress(format!("{} {}", t.label, op.name()), None, d, sh.clone());
+        let (stats, back, elapsed) = drive(t, ws, &Mix(vec![(op, 1)]), d, None, sh.clone()).await;
+        sh.stop.store(true, Ordering::Relaxed);
+        let _ = bar.await;
+        ws = back;
+        let n = stats.hist.get(&op).map_or(0, |h| h.len());
+        peak.insert(op, n as f64 / elapsed.as_secs_f64());
+        out.insert(op.name().into(), run_json(&stats, elapsed));
+    }
+    let half = peak[&Op::Auth] / 2.0;
+    let sh = shared();
+    let (stats, _, elapsed) = drive(t, ws, &Mix(vec![(Op::Auth, 1)]), d, Some(half), sh).await;
+    let mut half_run = run_json(&stats, elapsed);
+    half_run["rate"] = half.round().into();
+    out.insert("auth_at_half_peak".into(), half_run);
+    out.insert(
+        "ratios".into(),
+        json!({
+            "auth_over_healthz": peak[&Op::Auth] / peak[&Op::Healthz],
+            "validate_over_healthz": peak[&Op::Validate] / peak[&Op::Healthz],
+        }),
+    );
+    Ok(json!({"target": t.label, "ceiling": out}))
+}
+
+/// Waits until the target holds at most `level` sessions; returns when (None on timeout).
+async fn until_count(t: &Target, level: u64, timeout: Duration) -> Option<Instant> {
+    let end = Instant::now() + timeout;
+    while Instant::now() < end {
+        if t.count().await.is_some_and(|c| c <= level) {
+            return Some(Instant::now());
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    None
+}
+
+/// Runs validate traffic on `ws` in the background for at most `max`; the caller tags
+/// phases through `sh.tag` and ends it with `sh.stop`.
+fn background(
+    t: &Target,
+    ws: Vec<Worker>,
+    max: Duration,
+    sh: Arc<Shared>,
+) -> tokio::task::JoinHandle<(Stats, Vec<Worker>, Duration)> {
+    let target = Target::open(&format!("http://{}", t.addr), &[]).expect("address");
+    tokio::spawn(
+        async move { drive(&target, ws, &Mix(vec![(Op::Validate, 1)]), max, None, sh).await },
+    )
+}
+
+/// An expiry storm: `storm_sessions` sessions whose deadlines fall together while validate
+/// traffic continues.
+async fn storm(args: &Args, t: &Target) -> Result<Value, String> {
+    let ws = workers(t, args.connections, args.sessions, args.orgs).await?;
+    let orgs = args.orgs.max(1);
+    let (ws, _, _) = preload(
+        t,
+        ws,
+        args.sessions,
+        move |i| format!("org{}", i % orgs),
+        "preload",
+    )
+    .await?;
+    let base = t.count().await.unwrap_or(0);
+    // Created under a long policy, then given one short enough that all fall due shortly after
+    // the last create: their deadlines are spread over the creation time, no more.
+    t.admin(
+        "PUT",
+        "/v1/orgs/storm/policy",
+        r#"{"source": "CUSTOM", "absolute_timeout": 3600}"#,
+    )
+    .await?;
+    let sw = workers(t, args.connections, args.storm_sessions, 1).await?;
+    let first = Instant::now();
+    let (sw, created_in, pre) = preload(
+        t,
+        sw,
+        args.storm_sessions,
+        |_| "storm".into(),
+        "storm sessions",
+    )
+    .await?;
+    drop(sw);
+    let last = Instant::now();
+    // Absolute timeout so that the first deadline is ~3 s from now.
+    let abs = (last - first).as_secs() + 3;
+    let first_deadline = first + Duration::from_secs(abs);
+    let last_deadline = last + Duration::from_secs(abs);
+    t.admin(
+        "PUT",
+        "/v1/orgs/storm/policy",
+        &format!(r#"{{"source": "CUSTOM", "absolute_timeout": {abs}}}"#),
+    )
+    .await?;
+    let sh = shared();
+    let max = (last_deadline - Instant::now()) + Duration::from_secs(30);
+    let bg = background(t, ws, max, sh.clone());
+    let bar = progress(format!("{} storm", t.label), None, max, sh.clone());
+    tokio::time::sleep_until((first_deadline - Duration::from_millis(500)).into()).await;
+    sh.tag.store(1, Ordering::Relaxed);
+    let all_gone = until_count(
+        t,
+        base,
+        (last_deadline - Instant::now()) + Duration::from_secs(20),
+    )
+    .await;
+    sh.tag.store(2, Ordering::Relaxed);
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    sh.stop.store(true, Ordering::Relaxed);
+    let (stats, _, elapsed) = bg.await.map_err(|e| e.to_string())?;
+    let _ = bar.await;
+    let after_last = all_gone.map(|g| g.saturating_duration_since(last_deadline).as_secs_f64());
+    Ok(json!({
+        "target": t.label,
+        "storm": {
+            "sessions": args.storm_sessions,
+            "create_errors": pre.errors,
+            "deadline_spread_seconds": (last - first).as_secs_f64(),
+            "created_in_seconds": created_in.as_secs_f64(),
+            "all_evicted_seconds_after_last_deadline": after_last,
+            "validate_p99_ms_before": tagged_p99(&stats, 0, Op::Validate).or_else(|| stats.hist.get(&Op::Validate).map(|h| pct(h, 0.99))),
+            "validate_p99_ms_during": tagged_p99(&stats, 1, Op::Validate),
+            "traffic": run_json(&stats, elapsed),
+        },
+        "eviction_lag": eviction_lag(t).await,
+    }))
+}
+
+/// Tightens a `policy_sessions`-session org under validate traffic.
+async fn policy(args: &Args, t: &Target) -> Result<Value, String> {
+    let ws = workers(t, args.connections, args.sessions, args.orgs).await?;
+    let orgs = args.orgs.max(1);
+    let (ws, _, _) = preload(
+        t,
+        ws,
+        args.sessions,
+        move |i| format!("org{}", i % orgs),
+        "preload",
+    )
+    .await?;
+    let base = t.count().await.unwrap_or(0);
+    let pw = workers(t, args.connections, args.policy_sessions, 1).await?;
+    let (pw, _, pre) = preload(
+        t,
+        pw,
+        args.policy_sessions,
+        |_| "tighten".into(),
+        "org sessions",
+    )
+    .await?;
+    drop(pw);
+    let sh = shared();
+    let bg = background(t, ws, Duration::from_secs(60), sh.clone());
+    // Older than the new policy allows by the time it lands.
+    tokio::time::sleep(Duration::from_millis(2_000)).await;
+    sh.tag.store(1, Ordering::Relaxed);
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let put = Instant::now();
+    let answer = t
+        .admin(
+            "PUT",
+            "/v1/orgs/tighten/policy",
+            r#"{"source": "CUSTOM", "absolute_timeout": 1}"#,
+        )
+        .await?;
+    let put_took = put.elapsed();
+    let gone = until_count(t, base, Duration::from_secs(20)).await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    sh.tag.store(2, Ordering::Relaxed);
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    sh.stop.store(true, Ordering::Relaxed);
+    let (stats, _, elapsed) = bg.await.map_err(|e| e.to_string())?;
+    let _ = answer;
+    Ok(json!({
+        "target": t.label,
+        "policy_change": {
+            "org_sessions": args.policy_sessions,
+            "create_errors": pre.errors,
+            "put_seconds": put_took.as_secs_f64(),
+            "all_evicted_seconds_after_put": gone.map(|g| (g - put).as_secs_f64()),
+            "validate_p99_ms_before": tagged_p99(&stats, 0, Op::Validate),
+            "validate_p99_ms_around": tagged_p99(&stats, 1, Op::Validate),
+            "validate_p99_ms_after": tagged_p99(&stats, 2, Op::Validate),
+            "traffic": run_json(&stats, elapsed),
+        },
+    }))
+}
+
+fn fmt_ms(v: &Value) -> String {
+    v.as_f64().map_or("-".into(), |x| format!("{x:.3}"))
+}
+
+/// The human summary of one result.
+fn print_summary(r: &Value) {
+    println!("\n== {}", r["target"].as_str().unwrap_or("?"));
+    let table = |run: &Value| {
+        println!(
+            "  {:<10} {:>10} {:>11} {:>9} {:>9} {:>9} {:>9} {:>9}",
+            "op", "count", "ops/s", "p50 ms", "p90 ms", "p99 ms", "p99.9 ms", "max ms"
+        );
+        if let Some(ops) = run["ops"].as_object() {
+            for (name, o) in ops {
+                println!(
+                    "  {:<10} {:>10} {:>11} {:>9} {:>9} {:>9} {:>9} {:>9}",
+                    name,
+                    o["count"].to_string(),
+                    o["ops_per_sec"].to_string(),
+                    fmt_ms(&o["p50_ms"]),
+                    fmt_ms(&o["p90_ms"]),
+                    fmt_ms(&o["p99_ms"]),
+                    fmt_ms(&o["p999_ms"]),
+                    fmt_ms(&o["max_ms"])
+                );
+            }
+        }
+        println!(
+            "  total {} req/s over {:.1} s; errors: {}",
+            run["throughput"],
+            run["seconds"].as_f64().unwrap_or(0.0),
+            run["errors"]
+        );
+    };
+    if let Some(p) = r.get("preload") {
+        println!(
+            "  preload: {} sessions in {:.1} s ({} creates/s)",
+            p["sessions"],
+            p["seconds"].as_f64().unwrap_or(0.0),
+            p["creates_per_sec"]
+        );
+        let m = &r["memory"];
+        println!(
+            "  memory: RSS {} -> {} bytes; {} bytes/session",
+            m["rss_before"], m["rss_after_preload"], m["bytes_per_session"]
+        );
+    }
+    if let Some(run) = r.get("run") {
+        println!(
+            "  mix {} over {} connections",
+            run["mix"], run["connections"]
+        );
+        table(run);
+    }
+    if let Some(c) = r.get("ceiling") {
+        for k in ["healthz", "auth", "validate", "auth_at_half_peak"] {
+            println!("  -- {k}");
+            table(&c[k]);
+        }
+        println!("  ratios: {}", c["ratios"]);
+    }
+    for key in ["storm", "policy_change"] {
+        if let Some(s) = r.get(key) {
+            let mut s = s.clone();
+            let traffic = s.as_object_mut().and_then(|o| o.remove("traffic"));
+            println!("  {key}: {s}");
+            if let Some(t) = traffic {
+                table(&t);
+            }
+        }
+    }
+    if let Some(l) = r.get("eviction_lag").filter(|l| !l.is_null()) {
+        println!("  eviction lag (daemon's histogram): {l}");
+    }
+}
+
+/// Everything that makes a smoke run fail.
+fn smoke_problems(results: &[Value]) -> Vec<String> {
+    let mut p = Vec::new();
+    let walk_errors = |v: &Value, at: &str, p: &mut Vec<String>| {
+        if let Some(e) = v.as_object().filter(|e| !e.is_empty()) {
+            p.push(format!("{at}: errors {}", Value::Object(e.clone())));
+        }
+    };
+    for r in results {
+        let t = r["target"].as_str().unwrap_or("?");
+        walk_errors(&r["preload"]["errors"], &format!("{t} preload"), &mut p);
+        walk_errors(&r["run"]["errors"], &format!("{t} run"), &mut p);
+        if let Some(c) = r.get("ceiling") {
+            for k in ["healthz", "auth", "validate", "auth_at_half_peak"] {
+                walk_errors(&c[k]["errors"], &format!("{t} ceiling {k}"), &mut p);
+            }
+        }
+        for key in ["storm", "policy_change"] {
+            if let Some(s) = r.get(key) {
+                walk_errors(&s["create_errors"], &format!("{t} {key} create"), &mut p);
+                walk_errors(
+                    &s["traffic"]["errors"],
+                    &format!("{t} {key} traffic"),
+                    &mut p,
+                );
+            }
+        }
+        if let Some(s) = r.get("storm") {
+            if s["all_evicted_seconds_after_last_deadline"].is_null() {
+                p.push(format!("{t}: the storm sessions were not all evicted"));
+            }
+        }
+        if let Some(s) = r.get("policy_change") {
+            if s["all_evicted_seconds_after_put"].is_null() {
+                p.push(format!(
+                    "{t}: the tightened org's sessions were not all evicted"
+                ));
+            }
+        }
+        if let Some(run) = r.get("run") {
+            if run["requests"].as_u64() == Some(0) {
+                p.push(format!("{t}: no request completed"));
+            }
+        }
+    }
+    p
+}
+
+fn main() {
+    let mut args = Args::parse();
+    if args.smoke {
+        args.sessions = args.sessions.min(2_000);
+        args.storm_sessions = args.storm_sessions.min(5_000);
+        args.policy_sessions = args.policy_sessions.min(2_000);
+        args.duration = args.duration.min(1.0);
+        args.connections = args.connections.min(8);
+        args.orgs = args.orgs.min(50);
+        args.scenario = "all".into();
+        let has_redis = std::process::Command::new("redis-server")
+            .arg("--version")
+            .output()
+            .is_ok_and(|o| o.status.success());
+        if has_redis && !args.targets.iter().any(|t| t.starts_with("redis")) {
+            args.targets.push("redis".into());
+        } else if !has_redis {
+            eprintln!("note: redis-server not installed; the smoke run covers sessiond only");
+        }
+    }
+    let mix = match Mix::parse(&args.mix) {
+        Ok(m) => m,
+        Err(e) => {
+            eprintln!("error: {e}");
+            std::process::exit(2);
+        }
+    };
+    let scenarios: Vec<&str> = match args.scenario.as_str() {
+        "all" => vec!["steady", "ceiling", "storm", "policy"],
+        s @ ("steady" | "ceiling" | "storm" | "policy") => vec![s],
+        other => {
+            eprintln!("error: unknown scenario {other:?}: steady, ceiling, storm, policy or all");
+            std::process::exit(2);
+        }
+    };
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(args.threads.max(1))
+        .enable_all()
+        .build()
+        .expect("tokio runtime");
+    let mut results = Vec::new();
+    let mut failed = false;
+    for spec in &args.targets {
+        for sc in &scenarios {
+            // A fresh target per scenario, so that one's sessions do not skew the next.
+            let t = match Target::open(spec, &args.sessiond_args) {
+                Ok(t) => t,
+                Err(e) => {
+                    eprintln!("error: {e}");
+                    std::process::exit(2);
+                }
+            };
+            if t.kind == Kind::Redis && *sc != "steady" {
+                // Expiry storms and policy changes are sessiond's; Redis has no policy.
+                if *sc == "ceiling" {
+                    eprintln!("note: the ceiling scenario is for sessiond; skipped for {spec}");
+                }
+                continue;
+            }
+            let r = rt.block_on(async {
+                match *sc {
+                    "steady" => steady(&args, &t, &mix).await,
+                    "ceiling" => ceiling(&args, &t).await,
+                    "storm" => storm(&args, &t).await,
+                    _ => policy(&args, &t).await,
+                }
+            });
+            match r {
+                Ok(mut v) => {
+                    v["scenario"] = (*sc).into();
+                    if !args.json {
+                        print_summary(&v);
+                    }
+                    results.push(v);
+                }
+                Err(e) => {
+                    eprintln!("error: {spec} {sc}: {e}");
+                    failed = true;
+                }
+            }
+        }
+    }
+    if args.json {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&json!({
+                "machine": {"cores": std::thread::available_parallelism().map_or(0, |n| n.get())},
+                "args": format!("{args:?}"),
+                "results": results,
+            }))
+            .expect("json")
+        );
+    }
+    if args.smoke {
+        let problems = smoke_problems(&results);
+        for p in &problems {
+            eprintln!("smoke: {p}");
+        }
+        if !problems.is_empty() {
+            failed = true;
+        } else if !failed {
+            eprintln!("smoke: ok ({} results)", results.len());
+        }
+    }
+    if failed {
+        std::process::exit(1);
+    }
+}

@@ -1,0 +1,310 @@
+//! What the load generator talks to: a sessiond it started itself (the release binary built by
+//! `cargo bench`), a sessiond at `--url`, or a Redis server (started here, or at a
+//! `redis://host:port` URL). Also where memory and metrics are read from.
+
+use crate::conn::{Conn, HttpConn, RedisConn, Reply};
+use std::io::{BufRead, BufReader};
+use std::net::{SocketAddr, TcpListener, ToSocketAddrs};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    Sessiond,
+    Redis,
+}
+
+/// A target under load, and the process behind it when this tool started it.
+pub struct Target {
+    pub label: String,
+    pub kind: Kind,
+    pub addr: SocketAddr,
+    child: Option<Child>,
+    /// The server's pid when known (to read its resident memory).
+    pub pid: Option<u32>,
+    scratch: Option<PathBuf>,
+}
+
+impl Drop for Target {
+    fn drop(&mut self) {
+        if let Some(c) = self.child.as_mut() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+        if let Some(d) = &self.scratch {
+            let _ = std::fs::remove_dir_all(d);
+        }
+    }
+}
+
+fn scratch_dir(what: &str) -> PathBuf {
+    let d = std::env::temp_dir().join(format!("sessiond-load-{what}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&d);
+    std::fs::create_dir_all(&d).expect("scratch dir");
+    d
+}
+
+fn resolve(hostport: &str) -> Result<SocketAddr, String> {
+    hostport
+        .to_socket_addrs()
+        .map_err(|e| format!("{hostport}: {e}"))?
+        .next()
+        .ok_or_else(|| format!("{hostport}: no address"))
+}
+
+impl Target {
+    /// Parses a `--target`: `sessiond` (start one), `http://host:port` (a running sessiond),
+    /// `redis` (start `redis-server`), or `redis://host:port` (a running Redis).
+    pub fn open(spec: &str, extra_args: &[String]) -> Result<Target, String> {
+        if spec == "sessiond" {
+            return start_sessiond(extra_args);
+        }
+        if spec == "redis" {
+            return start_redis();
+        }
+        if let Some(rest) = spec.strip_prefix("http://") {
+            let addr = resolve(rest.trim_end_matches('/'))?;
+            return Ok(Target {
+                label: format!("sessiond {addr}"),
+                kind: Kind::Sessiond,
+                addr,
+                child: None,
+                pid: None,
+                scratch: None,
+            });
+        }
+        if let Some(rest) = spec.strip_prefix("redis://") {
+            let addr = resolve(rest.trim_end_matches('/'))?;
+            let mut t = Target {
+                label: format!("redis {addr}"),
+                kind: Kind::Redis,
+                addr,
+                child: None,
+                pid: None,
+                scratch: None,
+            };
+            t.pid = redis_pid(addr);
+            return Ok(t);
+        }
+        Err(format!(
+            "unknown target {spec:?}: use sessiond, http://HOST:PORT, redis or redis://HOST:PORT"
+        ))
+    }
+
+    pub async fn connect(&self) -> Result<Conn, String> {
+        match self.kind {
+            Kind::Sessiond => HttpConn::connect(self.addr).await.map(Conn::Http),
+            Kind::Redis => RedisConn::connect(self.addr).await.map(Conn::Redis),
+        }
+        .map_err(|e| format!("{}: {e:?}", self.label))
+    }
+
+    /// The server's resident set size in bytes, when its pid is known.
+    pub fn rss_bytes(&self) -> Option<u64> {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid?)).ok()?;
+        let line = status.lines().find(|l| l.starts_with("VmRSS:"))?;
+        let kb: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+        Some(kb * 1024)
+    }
+
+    /// sessiond's `/metrics` text.
+    pub async fn metrics(&self) -> Option<String> {
+        if self.kind != Kind::Sessiond {
+            return None;
+        }
+        let mut c = HttpConn::connect(self.addr).await.ok()?;
+        let (s, b) = c.send("GET", "/metrics", &[], None).await.ok()?;
+        (s == 200).then(|| String::from_utf8_lossy(&b).into_owned())
+    }
+
+    /// The number of sessions (keys) the target holds now.
+    pub async fn count(&self) -> Option<u64> {
+        match self.kind {
+            Kind::Sessiond => {
+                metric(&self.metrics().await?, "sessiond_sessions_active").map(|v| v as u64)
+            }
+            Kind::Redis => {
+                let mut c = RedisConn::connect(self.addr).await.ok()?;
+                match c.cmd(&[b"DBSIZE"]).await.ok()? {
+                    Reply::Int(n) => Some(n as u64),
+                    _ => None,
+                }
+            }
+        }
+    }
+
+    /// An admin request to sessiond (policy writes in the scenarios).
+    pub async fn admin(&self, method: &str, path: &str, body: &str) -> Result<String, String> {
+        let mut c = HttpConn::connect(self.addr)
+            .await
+            .map_err(|e| format!("{e:?}"))?;
+        let (s, b) = c
+            .send(method, path, &[], Some(body.to_owned()))
+            .await
+            .map_err(|e| format!("{e:?}"))?;
+        let text = String::from_utf8_lossy(&b).into_owned();
+        if s / 100 == 2 {
+            Ok(text)
+        } else {
+            Err(format!("{method} {path}: {s} {text}"))
+        }
+    }
+}
+
+/// One sample of a metric without labels (or with the labels spelled out in `name`).
+pub fn metric(text: &str, name: &str) -> Option<f64> {
+    text.lines()
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' '))
+        .and_then(|v| v.trim().parse().ok())
+}
+
+/// `(upper bound in seconds, cumulative count)` of a Prometheus histogram.
+pub fn histogram(text: &str, name: &str) -> Vec<(f64, f64)> {
+    let prefix = format!("{name}_bucket{{le=\"");
+    text.lines()
+        .filter_map(|l| {
+            let rest = l.strip_prefix(&prefix)?;
+            let (le, v) = rest.split_once("\"} ")?;
+            let le = if le == "+Inf" {
+                f64::INFINITY
+            } else {
+                le.parse().ok()?
+            };
+            Some((le, v.trim().parse().ok()?))
+        })
+        .collect()
+}
+
+/// The smallest bucket bound under which at least `q` of the samples fall.
+pub fn histogram_quantile(buckets: &[(f64, f64)], q: f64) -> Option<f64> {
+    let total = buckets.last()?.1;
+    if total == 0.0 {
+        return None;
+    }
+    buckets
+        .iter()
+        .find(|(_, c)| *c >= q * total)
+        .map(|(le, _)| *le)
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free port")
+}
+
+fn start_sessiond(extra_args: &[String]) -> Result<Target, String> {
+    let dir = scratch_dir("sessiond");
+    let bin = env!("CARGO_BIN_EXE_sessiond");
+    let mut child = Command::new(bin)
+        .args(["--listen", "127.0.0.1:0", "--log-level", "info"])
+        .arg("--state-dir")
+        .arg(dir.join("state"))
+        .args(extra_args)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .map_err(|e| format!("start {bin}: {e}"))?;
+    let (tx, rx) = std::sync::mpsc::channel::<String>();
+    for out in [
+        Box::new(child.stdout.take().expect("piped")) as Box<dyn std::io::Read + Send>,
+        Box::new(child.stderr.take().expect("piped")),
+    ] {
+        let tx = tx.clone();
+        std::thread::spawn(move || {
+            for line in BufReader::new(out).lines().map_while(Result::ok) {
+                // Keep draining after start-up so the daemon never blocks on a full pipe.
+                let _ = tx.send(line);
+            }
+        });
+    }
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let mut seen = Vec::new();
+    while let Ok(line) = rx.recv_timeout(deadline.saturating_duration_since(Instant::now())) {
+        if line.contains("sessiond started") {
+            if let Some(addr) = line
+                .split("listen=")
+                .nth(1)
+                .and_then(|r| r.split_whitespace().next())
+                .and_then(|a| a.parse().ok())
+            {
+                let pid = child.id();
+                return Ok(Target {
+                    label: "sessiond".into(),
+                    kind: Kind::Sessiond,
+                    addr,
+                    child: Some(child),
+                    pid: Some(pid),
+                    scratch: Some(dir),
+                });
+            }
+        }
+        seen.push(line);
+    }
+    let _ = child.kill();
+    Err(format!("sessiond did not start:\n{}", seen.join("\n")))
+}
+
+fn start_redis() -> Result<Target, String> {
+    let dir = scratch_dir("redis");
+    let port = free_port();
+    let mut child = Command::new("redis-server")
+        .args([
+            "--port",
+            &port.to_string(),
+            "--bind",
+            "127.0.0.1",
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+            "--dir",
+        ])
+        .arg(&dir)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .map_err(|e| {
+            format!("start redis-server: {e} (install it: apt-get install -y redis-server)")
+        })?;
+    let addr: SocketAddr = ([127, 0, 0, 1], port).into();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while std::net::TcpStream::connect(addr).is_err() {
+        if Instant::now() > deadline || matches!(child.try_wait(), Ok(Some(_))) {
+            let _ = child.kill();
+            return Err("redis-server did not start".into());
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let pid = child.id();
+    Ok(Target {
+        label: "redis".into(),
+        kind: Kind::Redis,
+        addr,
+        child: Some(child),
+        pid: Some(pid),
+        scratch: Some(dir),
+    })
+}
+
+/// Redis's pid from `INFO server`, if it runs on this machine.
+fn redis_pid(addr: SocketAddr) -> Option<u32> {
+    if !addr.ip().is_loopback() {
+        return None;
+    }
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .ok()?;
+    rt.block_on(async {
+        let mut c = RedisConn::connect(addr).await.ok()?;
+        match c.cmd(&[b"INFO", b"server"]).await.ok()? {
+            Reply::Bulk(Some(b)) => String::from_utf8_lossy(&b)
+                .lines()
+                .find_map(|l| l.strip_prefix("process_id:")?.trim().parse().ok()),
+            _ => None,
+        }
+    })
+}

@@ -28,6 +28,10 @@ pub struct Cli {
     /// TOML configuration file (optional).
     #[arg(long, env = "SESSIOND_CONFIG")]
     pub config: Option<PathBuf>,
+    /// Do not serve: ask the sessiond at --listen for /readyz and exit 0 if it is ready, 1 if
+    /// not (a container HEALTHCHECK without curl).
+    #[arg(long)]
+    pub probe: bool,
     /// Address to listen on [default: 127.0.0.1:8080].
     #[arg(long, env = "SESSIOND_LISTEN")]
     pub listen: Option<String>,

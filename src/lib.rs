@@ -23,4 +23,5 @@ pub mod http;
 pub mod metrics;
 pub mod policy_source;
 pub mod policy_watch;
+pub mod probe;
 pub mod reaper;

@@ -4,13 +4,24 @@ use clap::Parser;
 use sessiond::config::{Cli, Config};
 
 fn main() -> std::process::ExitCode {
-    let config = match Config::load(Cli::parse()) {
+    let cli = Cli::parse();
+    let probe = cli.probe;
+    let config = match Config::load(cli) {
         Ok(c) => c,
         Err(e) => {
             eprintln!("sessiond: {e}");
             return std::process::ExitCode::from(2);
         }
     };
+    if probe {
+        return match sessiond::probe::probe(config.listen, std::time::Duration::from_secs(3)) {
+            Ok(()) => std::process::ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("sessiond: not ready: {e}");
+                std::process::ExitCode::FAILURE
+            }
+        };
+    }
     tracing_subscriber::fmt()
         .with_max_level(config.log_level)
         .with_target(false)

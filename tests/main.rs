@@ -6,6 +6,7 @@ mod common;
 mod access;
 mod api;
 mod cookies;
+mod deploy;
 mod dry_run;
 mod errors;
 mod expiry;

@@ -60,6 +60,9 @@ pub fn router(state: AppState) -> Router {
             axum::routing::delete(sessions::revoke_org),
         )
         .route("/v1/auth", get(forward_auth::auth))
+        // Envoy's ext_authz HTTP service appends the original request path to its path_prefix.
+        .route("/v1/auth/", get(forward_auth::auth))
+        .route("/v1/auth/{*original_path}", get(forward_auth::auth))
         .route("/v1/policy", get(policy::get_app).put(policy::put_app))
         .route("/v1/policy/reload", post(policy::reload))
         .route(

@@ -151,3 +151,33 @@ async fn roles_and_error_body_shape() {
     .await;
     assert_eq!(s, StatusCode::CREATED);
 }
+
+#[tokio::test]
+async fn forward_auth_takes_envoys_appended_path() {
+    // Envoy's ext_authz sends GET {path_prefix}{original path}.
+    let (app, _) = app(None);
+    let (_, j, _) = call(
+        &app,
+        "POST",
+        "/v1/sessions",
+        &[],
+        r#"{"user_id": "u", "org_id": "o"}"#,
+    )
+    .await;
+    let cookie = format!("session={}", j["token"].as_str().unwrap());
+    for path in ["/v1/auth", "/v1/auth/", "/v1/auth/app/dashboard?x=1"] {
+        let (s, _, h) = call(&app, "GET", path, &[("cookie", &cookie)], "").await;
+        assert_eq!(s, StatusCode::OK, "{path}");
+        assert_eq!(h["x-user-id"], "u");
+        assert_eq!(h["x-org-id"], "o");
+    }
+    let (s, _, _) = call(
+        &app,
+        "GET",
+        "/v1/auth/app",
+        &[("cookie", "session=nope")],
+        "",
+    )
+    .await;
+    assert_eq!(s, StatusCode::UNAUTHORIZED);
+}

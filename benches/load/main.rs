@@ -752,13 +752,12 @@ async fn policy(args: &Args, t: &Target) -> Result<Value, String> {
     sh.tag.store(1, Ordering::Relaxed);
     tokio::time::sleep(Duration::from_millis(500)).await;
     let put = Instant::now();
-    let answer = t
-        .admin(
-            "PUT",
-            "/v1/orgs/tighten/policy",
-            r#"{"source": "CUSTOM", "absolute_timeout": 1}"#,
-        )
-        .await?;
+    t.admin(
+        "PUT",
+        "/v1/orgs/tighten/policy",
+        r#"{"source": "CUSTOM", "absolute_timeout": 1}"#,
+    )
+    .await?;
     let put_took = put.elapsed();
     let gone = until_count(t, base, Duration::from_secs(20)).await;
     tokio::time::sleep(Duration::from_millis(500)).await;
@@ -766,7 +765,6 @@ async fn policy(args: &Args, t: &Target) -> Result<Value, String> {
     tokio::time::sleep(Duration::from_millis(500)).await;
     sh.stop.store(true, Ordering::Relaxed);
     let (stats, _, elapsed) = bg.await.map_err(|e| e.to_string())?;
-    let _ = answer;
     Ok(json!({
         "target": t.label,
         "policy_change": {

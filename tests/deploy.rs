@@ -8,9 +8,9 @@
 //! `kubernetes-validate`). Outside CI (`CI` unset) a test whose tool is missing says it is
 //! skipped; in CI a missing tool fails it.
 
-use crate::common::{Daemon, eventually, request, scratch};
+use crate::common::{Daemon, eventually, free_port, request, scratch};
 use std::collections::BTreeSet;
-use std::net::{SocketAddr, TcpListener};
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::Duration;
@@ -239,14 +239,6 @@ fn dashboard_and_alerts_query_only_metrics_the_daemon_exports_and_promtool_lints
         );
     }
     std::fs::remove_dir_all(dir).ok();
-}
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
 }
 
 #[test]

@@ -1,18 +1,8 @@
 //! `?dry_run=true` on policy writes: the answer against the live sessions, and that nothing
 //! changed (policy, sessions, state directory, metrics but the dry-run counter).
 
-use crate::common::{Daemon, create, scratch};
+use crate::common::{Daemon, create, scratch, valid};
 use std::time::Duration;
-
-fn valid(d: &Daemon, token: &str) -> bool {
-    d.call(
-        "POST",
-        "/v1/sessions/validate",
-        Some(&format!(r#"{{"token": "{token}"}}"#)),
-    )
-    .json()["valid"]
-        == true
-}
 
 const TIGHT: &str = r#"{"source": "CUSTOM", "absolute_timeout": 1, "idle_timeout": 1}"#;
 

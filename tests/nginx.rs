@@ -3,7 +3,7 @@
 //! `.ci/run` installs nginx. Outside CI (`CI` unset) the test says it is skipped when nginx is
 //! missing; in CI a missing nginx fails it.
 
-use crate::common::{Daemon, GATEWAY_KEY, create, keys_file, request, scratch};
+use crate::common::{Daemon, GATEWAY_KEY, create, free_port, keys_file, request, scratch};
 use std::io::{BufRead, BufReader, Write};
 use std::net::{SocketAddr, TcpListener};
 use std::path::{Path, PathBuf};
@@ -50,14 +50,6 @@ fn echo_upstream() -> SocketAddr {
         }
     });
     addr
-}
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
 }
 
 struct Nginx(Child);

@@ -1,7 +1,7 @@
 //! Policy sources under a running daemon: file edits (in place, by rename, by symlink swap),
 //! broken files, SIGHUP, the reload endpoint, and API policies surviving a restart.
 
-use crate::common::{Daemon, create, eventually, scratch, unsafe_free_kill};
+use crate::common::{Daemon, create, eventually, scratch, unsafe_free_kill, valid};
 use std::path::Path;
 use std::time::{Duration, Instant};
 
@@ -12,16 +12,6 @@ fn acme_absolute(d: &Daemon) -> i64 {
     d.call("GET", "/v1/orgs/acme/policy", None).json()["effective"]["absolute_timeout"]
         .as_i64()
         .unwrap()
-}
-
-fn valid(d: &Daemon, token: &str) -> bool {
-    d.call(
-        "POST",
-        "/v1/sessions/validate",
-        Some(&format!(r#"{{"token": "{token}"}}"#)),
-    )
-    .json()["valid"]
-        == true
 }
 
 /// Creates an acme session, waits until it is older than the tight policy allows, applies

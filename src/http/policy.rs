@@ -78,11 +78,7 @@ async fn dry_run(st: &AppState, write: PolicyWrite) -> Result<Response, ApiError
     let engine = st.engine.clone();
     let w = write.clone();
     // A walk over up to every session: off the async workers, like a real write.
-    let dry = tokio::task::spawn_blocking(move || engine.dry_run(&w))
-        .await
-        .map_err(|e| {
-            ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string())
-        })??;
+    let dry = blocking(move || engine.dry_run(&w)).await?;
     st.metrics.policy_dry_run(target);
     let DryRunCounts {
         affected,
@@ -162,9 +158,10 @@ fn split_source(bytes: &[u8]) -> Result<(Option<String>, PolicyPatch, bool), Api
     Ok((source, patch, has_fields))
 }
 
-/// Runs a policy write or reload (file I/O with fsync, re-application) off the async workers.
-async fn blocking<T: Send + 'static>(
-    f: impl FnOnce() -> Result<T, crate::policy_source::SourceError> + Send + 'static,
+/// Runs a policy write, reload or dry run (file I/O with fsync, walks over the sessions) off the
+/// async workers.
+async fn blocking<T: Send + 'static, E: Into<ApiError> + Send + 'static>(
+    f: impl FnOnce() -> Result<T, E> + Send + 'static,
 ) -> Result<T, ApiError> {
     tokio::task::spawn_blocking(f)
         .await

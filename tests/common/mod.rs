@@ -4,7 +4,7 @@
 #![allow(dead_code)]
 
 use std::io::{BufRead, BufReader, Read, Write};
-use std::net::{SocketAddr, TcpStream};
+use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::sync::mpsc;
@@ -329,4 +329,24 @@ pub fn eventually(secs: u64, what: &str, mut f: impl FnMut() -> bool) {
         assert!(Instant::now() < deadline, "timed out waiting for {what}");
         std::thread::sleep(Duration::from_millis(50));
     }
+}
+
+/// A port that was free a moment ago (for servers the tests start beside the daemon).
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// Whether `token` validates now.
+pub fn valid(d: &Daemon, token: &str) -> bool {
+    d.call(
+        "POST",
+        "/v1/sessions/validate",
+        Some(&format!(r#"{{"token": "{token}"}}"#)),
+    )
+    .json()["valid"]
+        == true
 }

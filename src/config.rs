@@ -88,6 +88,22 @@ pub struct Cli {
     /// Take every policy from this TOML file (watched for changes) instead of the admin API.
     #[arg(long, env = "SESSIOND_POLICY_FILE")]
     pub policy_file: Option<PathBuf>,
+    /// Keep sessions in memory only: no journal or snapshot in the state directory (a restart
+    /// signs everyone out).
+    #[arg(long, env = "SESSIOND_NO_PERSIST")]
+    pub no_persist: bool,
+    /// When the session journal is fsynced: always (before answering a change), everysec, or
+    /// no (left to the OS) [default: everysec].
+    #[arg(long, env = "SESSIOND_FSYNC")]
+    pub fsync: Option<String>,
+    /// Time between snapshots of all sessions, e.g. `10m`, `1h`, `30s` (10s to 24h)
+    /// [default: 10m]. One is also taken at shutdown.
+    #[arg(long, env = "SESSIOND_SNAPSHOT_INTERVAL")]
+    pub snapshot_interval: Option<String>,
+    /// Start even if a snapshot or the journal is damaged, keeping everything before the
+    /// damage (and saying how much was dropped).
+    #[arg(long, env = "SESSIOND_RECOVER")]
+    pub recover: bool,
 }
 
 /// The TOML file: the same settings with `snake_case` keys, plus `[application]` policy.
@@ -112,6 +128,10 @@ pub struct FileConfig {
     pub log_level: Option<String>,
     pub state_dir: Option<PathBuf>,
     pub policy_file: Option<PathBuf>,
+    pub persist: Option<bool>,
+    pub fsync: Option<String>,
+    pub snapshot_interval: Option<String>,
+    pub recover: Option<bool>,
     /// The application policy (defaults to the built-in one, field by field).
     pub application: Option<PolicyPatch>,
 }
@@ -128,6 +148,8 @@ pub struct Config {
     pub log_level: tracing::Level,
     pub state_dir: PathBuf,
     pub policy_file: Option<PathBuf>,
+    /// Session persistence in `state_dir`; `None` with `--no-persist`.
+    pub persist: Option<crate::persist::Settings>,
     /// Where the configuration came from, for the start-up log line.
     pub config_file: Option<PathBuf>,
 }
@@ -180,6 +202,27 @@ pub fn parse_tick(s: &str) -> Result<u64, String> {
         ));
     }
     Ok(ms)
+}
+
+/// Parses a snapshot interval: `30s`, `10m`, `1h` or a bare number of seconds, 10 s to 24 h.
+pub fn parse_interval(s: &str) -> Result<Duration, String> {
+    let t = s.trim();
+    let (num, mult) = match t.char_indices().last() {
+        Some((i, 's')) => (&t[..i], 1),
+        Some((i, 'm')) => (&t[..i], 60),
+        Some((i, 'h')) => (&t[..i], 3_600),
+        _ => (t, 1),
+    };
+    let v: u64 = num.trim().parse().map_err(|_| {
+        format!("snapshot_interval {s:?} is not a duration like \"30s\", \"10m\" or \"1h\"")
+    })?;
+    let secs = v.saturating_mul(mult);
+    if !(10..=86_400).contains(&secs) {
+        return Err(format!(
+            "snapshot_interval {s:?} is out of range; it must be between 10s and 24h"
+        ));
+    }
+    Ok(Duration::from_secs(secs))
 }
 
 /// Whether `name` is a valid cookie name (an RFC 6265 token).
@@ -336,11 +379,33 @@ impl Config {
             .or(file.state_dir)
             .unwrap_or_else(default_state_dir);
         let policy_file = cli.policy_file.or(file.policy_file);
-        if let Some(p) = &policy_file {
-            if !p.exists() {
-                errors.push(format!("policy_file {} does not exist", p.display()));
-            }
+        if let Some(p) = &policy_file
+            && !p.exists()
+        {
+            errors.push(format!("policy_file {} does not exist", p.display()));
         }
+
+        let fsync = match cli.fsync.or(file.fsync) {
+            None => crate::persist::journal::FsyncPolicy::default(),
+            Some(f) => f.parse().unwrap_or_else(|e| {
+                errors.push(e);
+                Default::default()
+            }),
+        };
+        let snapshot_interval = match cli.snapshot_interval.or(file.snapshot_interval) {
+            None => Duration::from_secs(600),
+            Some(i) => parse_interval(&i).unwrap_or_else(|e| {
+                errors.push(e);
+                Duration::from_secs(600)
+            }),
+        };
+        let persist =
+            (!cli.no_persist && file.persist.unwrap_or(true)).then(|| crate::persist::Settings {
+                dir: state_dir.clone(),
+                fsync,
+                snapshot_interval,
+                recover: cli.recover || file.recover.unwrap_or(false),
+            });
 
         if !errors.is_empty() {
             return Err(ConfigError(errors));
@@ -363,6 +428,7 @@ impl Config {
             log_level,
             state_dir,
             policy_file,
+            persist,
             config_file: cli.config,
         })
     }

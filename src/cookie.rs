@@ -77,12 +77,12 @@ impl CookieSettings {
     /// Checks invariant 3; every problem is listed.
     pub fn validate(&self) -> Vec<String> {
         let mut errors = Vec::new();
-        if let Some(d) = &self.domain {
-            if !valid_attribute(d) {
-                errors.push(format!(
-                    "cookie_domain {d:?} is not a valid domain attribute"
-                ));
-            }
+        if let Some(d) = &self.domain
+            && !valid_attribute(d)
+        {
+            errors.push(format!(
+                "cookie_domain {d:?} is not a valid domain attribute"
+            ));
         }
         if !self.path.starts_with('/') || !valid_attribute(&self.path) {
             errors.push(format!(

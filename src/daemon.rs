@@ -1,7 +1,9 @@
-//! Runs the daemon: build the engine from the config, start the reaper, serve HTTP, and on
-//! SIGTERM/SIGINT stop accepting, drain in-flight requests within the grace period, and exit.
+//! Runs the daemon: build the engine from the config, lock the state directory, serve HTTP,
+//! load the saved sessions (session routes answer 503 and `/readyz` not-ready meanwhile), start
+//! the reaper, and on SIGTERM/SIGINT stop accepting, drain in-flight requests within the grace
+//! period, write a last snapshot, and exit.
 //!
-//! Invariant: every start and stop is one structured log line; no line holds a token.
+//! Invariant: every start, load and stop is one structured log line; no line holds a token.
 
 use crate::api_keys::ApiKeys;
 use crate::clock::SystemClock;
@@ -9,6 +11,8 @@ use crate::config::Config;
 use crate::engine::Engine;
 use crate::http::{AppState, router};
 use crate::metrics::Metrics;
+use crate::persist::Persistence;
+use crate::persist::journal::Journal;
 use crate::policy_source::{PolicyManager, Source};
 use crate::reaper;
 use anyhow::Context;
@@ -26,9 +30,13 @@ pub fn policy_source(config: &Config) -> Source {
     }
 }
 
-/// Builds the shared state for `config`.
-pub fn state(config: &Config, keys: Option<ApiKeys>) -> AppState {
-    let engine = Arc::new(Engine::new(config.engine.clone(), Arc::new(SystemClock)));
+/// Builds the shared state for `config`, journaling into `journal` if given.
+pub fn state(config: &Config, keys: Option<ApiKeys>, journal: Option<Arc<Journal>>) -> AppState {
+    let engine = Arc::new(Engine::with_journal(
+        config.engine.clone(),
+        Arc::new(SystemClock),
+        journal.clone(),
+    ));
     let metrics = Metrics::global();
     metrics.max.set(config.engine.max_sessions as f64);
     let policies = Arc::new(PolicyManager::new(
@@ -44,6 +52,8 @@ pub fn state(config: &Config, keys: Option<ApiKeys>) -> AppState {
         keys: keys.map(Arc::new),
         cookie: Arc::new(config.cookie.clone()),
         ready: Arc::new(AtomicBool::new(false)),
+        loaded: Arc::new(AtomicBool::new(journal.is_none())),
+        journal,
     }
 }
 
@@ -61,10 +71,17 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     if keys.is_none() && !config.listen.ip().is_loopback() {
         tracing::warn!(listen = %config.listen, "serving without API keys on a non-loopback address (--insecure-no-auth): anyone who can connect is admin");
     }
-    if config.policy_file.is_none() {
+    if config.policy_file.is_none() || config.persist.is_some() {
         check_state_dir(&config.state_dir)?;
     }
-    let st = state(&config, keys);
+    let persist = match &config.persist {
+        Some(settings) => Some(Arc::new(Persistence::open(
+            settings.clone(),
+            Engine::shards_for(&config.engine),
+        )?)),
+        None => None,
+    };
+    let st = state(&config, keys, persist.as_ref().map(|p| p.journal()));
     let engine = st.engine.clone();
     st.policies
         .load_initial()
@@ -79,8 +96,6 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     let local = listener.local_addr()?;
 
     let stop = Arc::new(AtomicBool::new(false));
-    let reaper = reaper::spawn(engine.clone(), st.metrics.clone(), stop.clone())?;
-
     tracing::info!(
         listen = %local,
         shards = engine.shard_count(),
@@ -92,12 +107,15 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         config_file = ?config.config_file,
         application_policy = ?config.engine.application_policy,
         policy_source = ?st.policies.source(),
+        state_dir = %config.state_dir.display(),
+        persist = ?config.persist.as_ref().map(|p| (p.fsync.to_string(), p.snapshot_interval)),
         "sessiond started"
     );
-    st.ready.store(true, Ordering::Release);
 
     let (drain_tx, drain_rx) = tokio::sync::oneshot::channel::<()>();
     let ready = st.ready.clone();
+    let loaded = st.loaded.clone();
+    let metrics = st.metrics.clone();
     let app = router(st);
     let server = tokio::spawn(async move {
         axum::serve(listener, app)
@@ -106,6 +124,36 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
             })
             .await
     });
+
+    if let Some(p) = &persist {
+        let (p, e) = (p.clone(), engine.clone());
+        let load = tokio::task::spawn_blocking(move || p.start(&e));
+        let loaded_report = tokio::select! {
+            r = load => r.context("the load task failed")?,
+            signal = shutdown_signal() => {
+                tracing::info!(signal, "stopping before the sessions finished loading");
+                return Ok(());
+            }
+        };
+        let l = loaded_report.context("cannot load the saved sessions")?;
+        let r = &l.report;
+        tracing::info!(
+            sessions = engine.len(),
+            loaded = r.sessions,
+            dropped_expired = l.expired,
+            snapshot_sessions = r.from_snapshot,
+            snapshot_generation = ?r.snapshot,
+            journal_records = r.replayed,
+            journals = r.journals,
+            torn_tails = r.torn.len(),
+            recovered_damage = r.recovered.len(),
+            took_ms = r.took.as_millis() as u64,
+            "sessions loaded"
+        );
+        loaded.store(true, Ordering::Release);
+    }
+    let reaper = reaper::spawn(engine.clone(), metrics, stop.clone())?;
+    ready.store(true, Ordering::Release);
 
     let signal = shutdown_signal().await;
     tracing::info!(
@@ -118,6 +166,10 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     let drained = tokio::time::timeout(config.shutdown_grace, server).await;
     stop.store(true, Ordering::Release);
     let _ = reaper.join();
+    if let Some(p) = persist {
+        let e = engine.clone();
+        let _ = tokio::task::spawn_blocking(move || p.shutdown(&e)).await;
+    }
     match drained {
         Ok(Ok(Ok(()))) => {
             tracing::info!(sessions = engine.len(), "sessiond stopped");

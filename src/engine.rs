@@ -12,6 +12,8 @@
 //!    across shards cannot race past the limit.
 
 use crate::clock::Clock;
+use crate::persist::journal::Journal;
+use crate::persist::record::RemoveReason;
 use crate::policy::{DEFAULT_POLICY, Effective, Mode, OrgPolicy, Policy, resolve};
 use crate::session::{
     ExpiryReason, InputError, Invalid, NewSession, SessionView, Validation, check_id,
@@ -232,6 +234,16 @@ impl Engine {
     /// Builds an engine; `shards` is rounded up to a power of two and `tick_ms` clamped to
     /// 1..=1000 (the config layer rejects bad values with a message before this).
     pub fn new(cfg: EngineConfig, clock: Arc<dyn Clock>) -> Engine {
+        Engine::with_journal(cfg, clock, None)
+    }
+
+    /// As [`Engine::new`], recording every change in `journal` (which must have as many
+    /// shards: see [`Engine::shards_for`]).
+    pub fn with_journal(
+        cfg: EngineConfig,
+        clock: Arc<dyn Clock>,
+        journal: Option<Arc<Journal>>,
+    ) -> Engine {
         let n = cfg.shards.max(1).next_power_of_two();
         let tick_ms = cfg.tick_ms.clamp(1, 1_000);
         let now = clock.now_ms();
@@ -243,7 +255,10 @@ impl Engine {
         let app_eff = cfg.application_policy.effective();
         Engine {
             shards: (0..n)
-                .map(|_| RwLock::new(Shard::new(scale, app_eff, active.clone())))
+                .map(|i| {
+                    let j = journal.as_ref().map(|j| (j.clone(), i));
+                    RwLock::new(Shard::new(scale, app_eff, active.clone(), j))
+                })
                 .collect(),
             mask: (n - 1) as u64,
             policies: RwLock::new(PolicyState {
@@ -261,6 +276,54 @@ impl Engine {
             stripe_hasher: DefaultHashBuilder::default(),
             tick_ms,
         }
+    }
+
+    /// The shard count [`Engine::new`] makes of `cfg.shards`.
+    pub fn shards_for(cfg: &EngineConfig) -> usize {
+        cfg.shards.max(1).next_power_of_two()
+    }
+
+    /// Puts a saved session back (start-up replay; not journaled, no limits: the sessions were
+    /// admitted once). Returns whether it was new.
+    pub fn restore(&self, saved: crate::persist::record::Saved) -> bool {
+        let id = SessionId(saved.id);
+        let policies = self.policies.read();
+        let org = saved.org.as_deref();
+        let new = self.shard(id).write().restore(
+            id,
+            &saved.user,
+            org,
+            || policies.effective(org).effective(),
+            saved.metadata.map(Arc::new),
+            saved.created_ms,
+            saved.last_ms,
+        );
+        if new {
+            self.active.fetch_add(1, Ordering::Relaxed);
+        }
+        new
+    }
+
+    /// Replays saved activity of session `id`.
+    pub fn restore_activity(&self, id: SessionId, last_ms: u64) {
+        self.shard(id).write().restore_activity(id, last_ms);
+    }
+
+    /// Replays a saved removal of session `id`.
+    pub fn restore_remove(&self, id: SessionId) {
+        self.shard(id).write().remove_id(id, RemoveReason::Revoked);
+    }
+
+    /// Encodes a chunk of shard `i` for a snapshot under its read lock (see
+    /// [`Shard::snapshot_chunk`]).
+    pub fn snapshot_chunk(
+        &self,
+        i: usize,
+        from: u32,
+        max: usize,
+        out: &mut Vec<u8>,
+    ) -> (u64, Option<u32>) {
+        self.shards[i].read().snapshot_chunk(from, max, out)
     }
 
     /// The clock this engine reads.
@@ -335,7 +398,12 @@ impl Engine {
                             .filter_map(|s| s.read().oldest_of_user(&new.user_id))
                             .min();
                         match oldest {
-                            Some((_, id)) if self.shard(id).write().remove_id(id) => {
+                            Some((_, id))
+                                if self
+                                    .shard(id)
+                                    .write()
+                                    .remove_id(id, RemoveReason::Displaced) =>
+                            {
                                 displaced += 1;
                             }
                             _ => {}
@@ -401,7 +469,7 @@ impl Engine {
 
     /// Ends session `id`; false if there was none.
     pub fn revoke_id(&self, id: SessionId) -> bool {
-        self.shard(id).write().remove_id(id)
+        self.shard(id).write().remove_id(id, RemoveReason::Revoked)
     }
 
     /// `user`'s sessions, oldest first. Costs one lookup per shard plus the user's sessions.

@@ -21,6 +21,7 @@ mod engine_model;
 mod engine_tests;
 pub mod http;
 pub mod metrics;
+pub mod persist;
 pub mod policy_source;
 pub mod policy_watch;
 pub mod probe;

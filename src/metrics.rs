@@ -32,12 +32,24 @@ pub const POLICY_RELOAD_ERRORS: &str = "sessiond_policy_reload_errors_total";
 pub const POLICY_REAPPLY_DURATION: &str = "sessiond_policy_reapply_duration_seconds";
 pub const POLICY_LAST_CHANGE: &str = "sessiond_policy_last_change_timestamp_seconds";
 pub const POLICY_DRY_RUNS: &str = "sessiond_policy_dry_runs_total";
+pub const JOURNAL_BYTES: &str = "sessiond_journal_bytes_total";
+pub const JOURNAL_FSYNC: &str = "sessiond_journal_fsync_seconds";
+pub const JOURNAL_ERRORS: &str = "sessiond_journal_errors_total";
+pub const SNAPSHOT_DURATION: &str = "sessiond_snapshot_duration_seconds";
+pub const SNAPSHOT_SESSIONS: &str = "sessiond_snapshot_sessions";
+pub const SNAPSHOT_BYTES: &str = "sessiond_snapshot_bytes";
+pub const SNAPSHOT_LAST_SUCCESS: &str = "sessiond_snapshot_last_success_timestamp_seconds";
+pub const SNAPSHOT_ERRORS: &str = "sessiond_snapshot_errors_total";
 
 const LAG_BUCKETS: &[f64] = &[
     0.005, 0.01, 0.025, 0.05, 0.1, 0.15, 0.2, 0.3, 0.5, 1.0, 2.0, 5.0, 10.0,
 ];
 const HTTP_BUCKETS: &[f64] = &[
     0.000_05, 0.000_1, 0.000_25, 0.000_5, 0.001, 0.002_5, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0,
+];
+
+const FSYNC_BUCKETS: &[f64] = &[
+    0.000_1, 0.000_5, 0.001, 0.002_5, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0,
 ];
 
 const REAPPLY_BUCKETS: &[f64] = &[
@@ -93,6 +105,9 @@ impl Metrics {
                             Matcher::Full(POLICY_REAPPLY_DURATION.into()),
                             REAPPLY_BUCKETS,
                         )
+                    })
+                    .and_then(|b| {
+                        b.set_buckets_for_metric(Matcher::Full(JOURNAL_FSYNC.into()), FSYNC_BUCKETS)
                     })
                     .expect("bucket lists are non-empty")
                     .build_recorder();
@@ -179,6 +194,17 @@ impl Metrics {
     }
 }
 
+/// Records a finished snapshot.
+pub fn snapshot_written(stats: &crate::persist::snapshot::Stats) {
+    gauge!(SNAPSHOT_DURATION).set(stats.took.as_secs_f64());
+    gauge!(SNAPSHOT_SESSIONS).set(stats.sessions as f64);
+    gauge!(SNAPSHOT_BYTES).set(stats.bytes as f64);
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0.0, |d| d.as_secs_f64());
+    gauge!(SNAPSHOT_LAST_SUCCESS).set(now);
+}
+
 fn describe() {
     describe_gauge!(
         SESSIONS_ACTIVE,
@@ -224,6 +250,29 @@ fn describe() {
         POLICY_DRY_RUNS,
         "Policy dry runs (?dry_run=true), by target (application, org); they change nothing."
     );
+    describe_counter!(JOURNAL_BYTES, Unit::Bytes, "Bytes appended to the journal.");
+    describe_histogram!(
+        JOURNAL_FSYNC,
+        Unit::Seconds,
+        "Time of each journal fsync (fdatasync)."
+    );
+    describe_counter!(
+        JOURNAL_ERRORS,
+        "Failed journal writes or syncs (changes since are not durable until it recovers)."
+    );
+    describe_gauge!(
+        SNAPSHOT_DURATION,
+        Unit::Seconds,
+        "Time the last snapshot took to write."
+    );
+    describe_gauge!(SNAPSHOT_SESSIONS, "Sessions in the last snapshot.");
+    describe_gauge!(SNAPSHOT_BYTES, Unit::Bytes, "Size of the last snapshot.");
+    describe_gauge!(
+        SNAPSHOT_LAST_SUCCESS,
+        Unit::Seconds,
+        "Unix time of the last successful snapshot."
+    );
+    describe_counter!(SNAPSHOT_ERRORS, "Snapshots that failed.");
     describe_counter!(HTTP_REQUESTS, "HTTP requests by route template and status.");
     describe_histogram!(
         HTTP_DURATION,

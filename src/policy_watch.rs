@@ -45,10 +45,10 @@ fn fingerprint(path: &Path) -> Option<u64> {
 pub fn spawn(path: PathBuf, policies: Arc<PolicyManager>) -> anyhow::Result<()> {
     let (tx, mut rx) = tokio::sync::mpsc::channel::<()>(16);
     let mut watcher = notify::recommended_watcher(move |res: notify::Result<notify::Event>| {
-        if let Ok(ev) = res {
-            if !matches!(ev.kind, EventKind::Access(_)) {
-                let _ = tx.try_send(());
-            }
+        if let Ok(ev) = res
+            && !matches!(ev.kind, EventKind::Access(_))
+        {
+            let _ = tx.try_send(());
         }
     })?;
     let mut watched: HashSet<PathBuf> = HashSet::new();

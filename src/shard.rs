@@ -17,6 +17,8 @@
 //! 5. Ids are cryptographic hashes, so `ids` hashes by the id's low 64 bits with no keyed hasher
 //!    (see `token`), and nobody can choose a colliding id.
 
+use crate::persist::journal::Journal;
+use crate::persist::record::{self, RemoveReason};
 use crate::policy::Effective;
 use crate::session::{Deadlines, ExpiryReason, Metadata, SessionView};
 use crate::token::SessionId;
@@ -266,11 +268,18 @@ pub struct Shard {
     /// The engine-wide count of live sessions; decremented here on every removal.
     active: Arc<AtomicUsize>,
     len: usize,
+    /// Where creates, activity and removals are recorded, and this shard's index there.
+    journal: Option<(Arc<Journal>, usize)>,
 }
 
 impl Shard {
     /// An empty shard whose org-less sessions follow `app`.
-    pub fn new(scale: TickScale, app: Effective, active: Arc<AtomicUsize>) -> Shard {
+    pub fn new(
+        scale: TickScale,
+        app: Effective,
+        active: Arc<AtomicUsize>,
+        journal: Option<(Arc<Journal>, usize)>,
+    ) -> Shard {
         let mut shard = Shard {
             slab: Slab {
                 records: Vec::new(),
@@ -288,6 +297,7 @@ impl Shard {
             scale,
             active,
             len: 0,
+            journal,
         };
         shard.orgs.push(Some(OrgSlot {
             name: CompactString::default(),
@@ -405,7 +415,15 @@ impl Shard {
         if let Some(reason) = d.expired(now_ms) {
             return Err(Some(reason));
         }
-        let last = r.last_ms.fetch_max(now_ms, Ordering::Relaxed).max(now_ms);
+        let prev = r.last_ms.fetch_max(now_ms, Ordering::Relaxed);
+        let last = prev.max(now_ms);
+        // Activity is journaled at most once per second per session (see `persist`): only
+        // when it crosses into a new second, so the journaled time is < 1 s behind.
+        if now_ms / 1_000 > prev / 1_000
+            && let Some((j, i)) = &self.journal
+        {
+            j.append(*i, |b| record::put_activity(b, r.id(), now_ms));
+        }
         let d = Deadlines::compute(eff, r.created_ms, last);
         Ok(self.view_with(idx, last, &d))
     }
@@ -427,6 +445,57 @@ impl Shard {
         metadata: Option<Arc<Metadata>>,
         now_ms: u64,
     ) -> SessionView {
+        if let Some((j, i)) = &self.journal {
+            j.append(*i, |b| {
+                record::put_create(b, id.0, now_ms, now_ms, user, org, metadata.as_deref())
+            });
+        }
+        self.insert_at(id, user, org, eff_for, metadata, now_ms, now_ms)
+    }
+
+    /// Puts a saved session back (start-up replay, not journaled): if `id` is already here only
+    /// its activity moves forward (replay is idempotent, see `persist::record`).
+    #[allow(clippy::too_many_arguments)]
+    pub fn restore(
+        &mut self,
+        id: SessionId,
+        user: &str,
+        org: Option<&str>,
+        eff_for: impl FnOnce() -> Effective,
+        metadata: Option<Arc<Metadata>>,
+        created_ms: u64,
+        last_ms: u64,
+    ) -> bool {
+        if let Some(idx) = self.find(id) {
+            self.slab.records[idx as usize]
+                .last_ms
+                .fetch_max(last_ms, Ordering::Relaxed);
+            return false;
+        }
+        self.insert_at(id, user, org, eff_for, metadata, created_ms, last_ms);
+        true
+    }
+
+    /// Replays saved activity: moves `id`'s last activity forward if it is here.
+    pub fn restore_activity(&mut self, id: SessionId, last_ms: u64) {
+        if let Some(idx) = self.find(id) {
+            self.slab.records[idx as usize]
+                .last_ms
+                .fetch_max(last_ms, Ordering::Relaxed);
+        }
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn insert_at(
+        &mut self,
+        id: SessionId,
+        user: &str,
+        org: Option<&str>,
+        eff_for: impl FnOnce() -> Effective,
+        metadata: Option<Arc<Metadata>>,
+        created_ms: u64,
+        last_ms: u64,
+    ) -> SessionView {
         debug_assert!(!self.contains(id), "duplicate session id");
         let org_slot = match org {
             None => NO_ORG,
@@ -438,8 +507,8 @@ impl Shard {
             let r = &mut self.slab.records[idx as usize];
             r.id_lo = id.table_hash();
             r.id_hi = id.shard_bits();
-            r.created_ms = now_ms;
-            r.last_ms = AtomicU64::new(now_ms);
+            r.created_ms = created_ms;
+            r.last_ms = AtomicU64::new(last_ms);
             let inline = InlineUser::new(user);
             r.user = inline.unwrap_or(InlineUser::EMPTY);
             r.org_flags = org_slot
@@ -464,7 +533,7 @@ impl Shard {
         self.wheel
             .insert(&mut self.slab, idx, self.scale.deadline_tick(d.expires));
         self.len += 1;
-        self.view_with(idx, now_ms, &d)
+        self.view_with(idx, last_ms, &d)
     }
 
     fn hash_str(&self, s: &str) -> u64 {
@@ -597,8 +666,12 @@ impl Shard {
     }
 
     /// Removes a live record from every index and frees it.
-    fn remove(&mut self, idx: u32) {
+    fn remove(&mut self, idx: u32, reason: RemoveReason) {
         debug_assert!(self.slab.records[idx as usize].live());
+        if let Some((j, i)) = &self.journal {
+            let id = self.slab.records[idx as usize].id();
+            j.append(*i, |b| record::put_remove(b, id, reason));
+        }
         let lo = self.slab.records[idx as usize].id_lo;
         match self.ids.find_entry(lo, |&i| i == idx) {
             Ok(e) => {
@@ -621,10 +694,10 @@ impl Shard {
     }
 
     /// Removes session `id`; false if it was not there.
-    pub fn remove_id(&mut self, id: SessionId) -> bool {
+    pub fn remove_id(&mut self, id: SessionId, reason: RemoveReason) -> bool {
         match self.find(id) {
             Some(idx) => {
-                self.remove(idx);
+                self.remove(idx, reason);
                 true
             }
             None => false,
@@ -678,7 +751,7 @@ impl Shard {
     pub fn revoke_user(&mut self, user: &str) -> usize {
         let idxs = self.user_indices(user);
         for &i in &idxs {
-            self.remove(i);
+            self.remove(i, RemoveReason::Revoked);
         }
         idxs.len()
     }
@@ -700,7 +773,7 @@ impl Shard {
         };
         let idxs = self.org_indices(slot);
         for &i in &idxs {
-            self.remove(i);
+            self.remove(i, RemoveReason::Revoked);
         }
         idxs.len()
     }
@@ -729,7 +802,7 @@ impl Shard {
                 let d = self.deadlines(idx);
                 match d.expired(now_ms) {
                     Some(reason) => {
-                        self.remove(idx);
+                        self.remove(idx, reason.into());
                         report.evicted.add(reason);
                     }
                     None => {
@@ -812,7 +885,7 @@ impl Shard {
             let d = self.deadlines(idx);
             match d.expired(now_ms) {
                 Some(reason) => {
-                    self.remove(idx);
+                    self.remove(idx, reason.into());
                     ev.add(reason);
                     on_evict(reason, now_ms - d.expires);
                 }
@@ -823,6 +896,44 @@ impl Shard {
             }
         }
         (ev, true)
+    }
+
+    /// Encodes up to `max` slab entries from index `from` on, the live ones as `CREATE` frames
+    /// into `out` (a snapshot walks a shard in such chunks, taking the read lock once per
+    /// chunk). Returns how many sessions it wrote and where to go on, `None` at the end.
+    pub fn snapshot_chunk(&self, from: u32, max: usize, out: &mut Vec<u8>) -> (u64, Option<u32>) {
+        let recs = &self.slab.records;
+        let end = (from as usize).saturating_add(max).min(recs.len());
+        let mut n = 0;
+        for idx in from as usize..end {
+            let r = &recs[idx];
+            if !r.live() {
+                continue;
+            }
+            let org = (r.org() != NO_ORG).then(|| {
+                self.orgs[r.org() as usize]
+                    .as_ref()
+                    .expect("live org slot")
+                    .name
+                    .as_str()
+            });
+            let metadata = if r.has_metadata() {
+                self.metadata.get(&(idx as u32)).map(|m| &**m)
+            } else {
+                None
+            };
+            record::put_create(
+                out,
+                r.id(),
+                r.created_ms,
+                r.last_ms.load(Ordering::Relaxed),
+                user_of(recs, &self.long_users, idx as u32),
+                org,
+                metadata,
+            );
+            n += 1;
+        }
+        (n, (end < recs.len()).then_some(end as u32))
     }
 
     /// Checks invariants 1 and 2 exhaustively (tests only; O(n)).

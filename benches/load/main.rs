@@ -883,22 +883,22 @@ fn smoke_problems(results: &[Value]) -> Vec<String> {
                 );
             }
         }
-        if let Some(s) = r.get("storm") {
-            if s["all_evicted_seconds_after_last_deadline"].is_null() {
-                p.push(format!("{t}: the storm sessions were not all evicted"));
-            }
+        if let Some(s) = r.get("storm")
+            && s["all_evicted_seconds_after_last_deadline"].is_null()
+        {
+            p.push(format!("{t}: the storm sessions were not all evicted"));
         }
-        if let Some(s) = r.get("policy_change") {
-            if s["all_evicted_seconds_after_put"].is_null() {
-                p.push(format!(
-                    "{t}: the tightened org's sessions were not all evicted"
-                ));
-            }
+        if let Some(s) = r.get("policy_change")
+            && s["all_evicted_seconds_after_put"].is_null()
+        {
+            p.push(format!(
+                "{t}: the tightened org's sessions were not all evicted"
+            ));
         }
-        if let Some(run) = r.get("run") {
-            if run["requests"].as_u64() == Some(0) {
-                p.push(format!("{t}: no request completed"));
-            }
+        if let Some(run) = r.get("run")
+            && run["requests"].as_u64() == Some(0)
+        {
+            p.push(format!("{t}: no request completed"));
         }
     }
     p

@@ -223,23 +223,33 @@ fn start_sessiond(extra_args: &[String]) -> Result<Target, String> {
     let deadline = Instant::now() + Duration::from_secs(20);
     let mut seen = Vec::new();
     while let Ok(line) = rx.recv_timeout(deadline.saturating_duration_since(Instant::now())) {
-        if line.contains("sessiond started") {
-            if let Some(addr) = line
+        if line.contains("sessiond started")
+            && let Some(addr) = line
                 .split("listen=")
                 .nth(1)
                 .and_then(|r| r.split_whitespace().next())
                 .and_then(|a| a.parse().ok())
-            {
-                let pid = child.id();
-                return Ok(Target {
-                    label: "sessiond".into(),
-                    kind: Kind::Sessiond,
-                    addr,
-                    child: Some(child),
-                    pid: Some(pid),
-                    scratch: Some(dir),
-                });
+        {
+            // With persistence (the default) the session routes answer 503 until the saved
+            // sessions are loaded: wait for that line.
+            if !extra_args.iter().any(|a| a == "--no-persist") {
+                while let Ok(line) =
+                    rx.recv_timeout(deadline.saturating_duration_since(Instant::now()))
+                {
+                    if line.contains("sessions loaded") {
+                        break;
+                    }
+                }
             }
+            let pid = child.id();
+            return Ok(Target {
+                label: "sessiond".into(),
+                kind: Kind::Sessiond,
+                addr,
+                child: Some(child),
+                pid: Some(pid),
+                scratch: Some(dir),
+            });
         }
         seen.push(line);
     }

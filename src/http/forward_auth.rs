@@ -23,10 +23,10 @@ pub fn token_and_origin(headers: &HeaderMap, cookie_name: &str) -> Option<(Strin
     for value in headers.get_all(header::COOKIE) {
         let Ok(s) = value.to_str() else { continue };
         for pair in s.split(';') {
-            if let Some((name, val)) = pair.trim().split_once('=') {
-                if name.trim() == cookie_name {
-                    return Some((val.trim().trim_matches('"').to_owned(), From::Cookie));
-                }
+            if let Some((name, val)) = pair.trim().split_once('=')
+                && name.trim() == cookie_name
+            {
+                return Some((val.trim().trim_matches('"').to_owned(), From::Cookie));
             }
         }
     }
@@ -52,6 +52,7 @@ pub async fn auth(State(st): State<AppState>, headers: HeaderMap) -> Result<Resp
         ));
     };
     let v = st.engine.touch(&token);
+    st.durable().await?;
     st.metrics.touch(&v);
     match v {
         Validation::Valid(s) => {
@@ -87,10 +88,10 @@ pub async fn auth(State(st): State<AppState>, headers: HeaderMap) -> Result<Resp
             )
             .into_response();
             // The browser holds a dead cookie: tell gateways that relay refusals to clear it.
-            if origin == From::Cookie {
-                if let Ok(v) = HeaderValue::from_str(&st.cookie.clear()) {
-                    resp.headers_mut().insert(header::SET_COOKIE, v);
-                }
+            if origin == From::Cookie
+                && let Ok(v) = HeaderValue::from_str(&st.cookie.clear())
+            {
+                resp.headers_mut().insert(header::SET_COOKIE, v);
             }
             Ok(resp)
         }

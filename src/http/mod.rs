@@ -38,11 +38,54 @@ pub struct AppState {
     pub cookie: Arc<crate::cookie::CookieSettings>,
     /// False until the daemon is ready to serve (answers `/readyz`).
     pub ready: Arc<AtomicBool>,
+    /// False while sessions are loaded from the state directory: session routes answer 503.
+    pub loaded: Arc<AtomicBool>,
+    /// The session journal, when sessions are persisted.
+    pub journal: Option<Arc<crate::persist::journal::Journal>>,
+}
+
+impl AppState {
+    /// Under `--fsync always`, waits until the change this request made is on disk.
+    pub async fn durable(&self) -> Result<(), ApiError> {
+        match &self.journal {
+            Some(j) => j.wait_durable().await.map_err(|e| {
+                ApiError::new(
+                    axum::http::StatusCode::SERVICE_UNAVAILABLE,
+                    "not_durable",
+                    e.to_string(),
+                )
+            }),
+            None => Ok(()),
+        }
+    }
+}
+
+/// Session routes answer 503 `loading` until the sessions are loaded: an answer of "unknown
+/// session" before then would sign people out.
+async fn loading_gate(
+    axum::extract::State(st): axum::extract::State<AppState>,
+    req: Request,
+    next: Next,
+) -> Response {
+    if st.loaded.load(std::sync::atomic::Ordering::Acquire) {
+        return next.run(req).await;
+    }
+    let mut resp = ApiError::new(
+        axum::http::StatusCode::SERVICE_UNAVAILABLE,
+        "loading",
+        "sessiond is loading its sessions from the state directory; retry shortly",
+    )
+    .into_response();
+    resp.headers_mut().insert(
+        axum::http::header::RETRY_AFTER,
+        axum::http::HeaderValue::from_static("1"),
+    );
+    resp
 }
 
 /// The full router.
 pub fn router(state: AppState) -> Router {
-    let api = Router::new()
+    let sessions = Router::new()
         .route("/v1/sessions", post(sessions::create))
         .route("/v1/sessions/validate", post(sessions::validate))
         .route("/v1/sessions/touch", post(sessions::touch))
@@ -63,6 +106,9 @@ pub fn router(state: AppState) -> Router {
         // Envoy's ext_authz HTTP service appends the original request path to its path_prefix.
         .route("/v1/auth/", get(forward_auth::auth))
         .route("/v1/auth/{*original_path}", get(forward_auth::auth))
+        .route_layer(middleware::from_fn_with_state(state.clone(), loading_gate));
+    let api = Router::new()
+        .merge(sessions)
         .route("/v1/policy", get(policy::get_app).put(policy::put_app))
         .route("/v1/policy/reload", post(policy::reload))
         .route(

@@ -117,6 +117,7 @@ pub async fn create(
             return Err(e.into());
         }
     };
+    st.durable().await?;
     st.metrics.created.increment(1);
     if created.displaced > 0 {
         st.metrics.revoked.increment(created.displaced as u64);
@@ -193,6 +194,7 @@ pub async fn touch(
     let bytes = read_body(body).await?;
     let req: TokenRequest = parse_json(&bytes)?;
     let v = st.engine.touch(&req.token);
+    st.durable().await?;
     st.metrics.touch(&v);
     Ok(validation_response(&v, st.engine.now_ms()))
 }
@@ -208,6 +210,7 @@ pub async fn revoke(
     if st.engine.revoke(&req.token) {
         st.metrics.revoked.increment(1);
     }
+    st.durable().await?;
     let mut resp = StatusCode::NO_CONTENT.into_response();
     if let Ok(v) = axum::http::HeaderValue::from_str(&st.cookie.clear()) {
         resp.headers_mut().insert(header::SET_COOKIE, v);
@@ -249,6 +252,7 @@ pub async fn delete_one(
     let id = parse_session_id(&id)?;
     if st.engine.revoke_id(id) {
         st.metrics.revoked.increment(1);
+        st.durable().await?;
         Ok(StatusCode::NO_CONTENT.into_response())
     } else {
         Err(ApiError::not_found("no session has this id"))
@@ -291,6 +295,7 @@ pub async fn revoke_user(
     authorize(&st, &headers, Role::Admin)?;
     path_id("user_id", &user)?;
     let n = st.engine.revoke_user(&user);
+    st.durable().await?;
     st.metrics.revoked.increment(n as u64);
     Ok(json_response(StatusCode::OK, &Revoked { revoked: n }))
 }
@@ -303,6 +308,7 @@ pub async fn revoke_org(
     authorize(&st, &headers, Role::Admin)?;
     path_id("org_id", &org)?;
     let n = st.engine.revoke_org(&org);
+    st.durable().await?;
     st.metrics.revoked.increment(n as u64);
     tracing::info!(org_id = %org, revoked = n, "revoked all sessions of an org");
     Ok(json_response(StatusCode::OK, &Revoked { revoked: n }))

@@ -45,6 +45,8 @@ fn app(keys: Option<ApiKeys>) -> (axum::Router, Arc<ManualClock>) {
         keys: keys.map(Arc::new),
         cookie: Arc::new(crate::cookie::CookieSettings::default()),
         ready: Arc::new(AtomicBool::new(true)),
+        loaded: Arc::new(AtomicBool::new(true)),
+        journal: None,
     };
     (router(state), clock)
 }

@@ -60,8 +60,29 @@ impl Daemon {
         Self::start_with_env(args, &[])
     }
 
-    /// As [`Daemon::start`], with extra environment variables.
+    /// As [`Daemon::start`], with extra environment variables; returns once `/readyz` says
+    /// ready (the saved sessions are loaded).
     pub fn start_with_env(args: &[&str], env: &[(&str, &str)]) -> Daemon {
+        let d = Self::spawn_with_env(args, env);
+        d.wait_ready();
+        d
+    }
+
+    /// Waits until `/readyz` answers 200.
+    pub fn wait_ready(&self) {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while self.call("GET", "/readyz", None).status != 200 {
+            assert!(
+                Instant::now() < deadline,
+                "sessiond never became ready; logs:\n{}",
+                self.drain_logs().join("\n")
+            );
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
+    /// Starts the daemon and returns at its start-up line, before it is ready.
+    pub fn spawn_with_env(args: &[&str], env: &[(&str, &str)]) -> Daemon {
         let dir = scratch("daemon");
         let mut child = Command::new(env!("CARGO_BIN_EXE_sessiond"))
             .args(["--listen", "127.0.0.1:0", "--log-level", "debug"])

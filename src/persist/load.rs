@@ -1,0 +1,253 @@
+//! Start-up: the newest snapshot, then every journal from its generation on, replayed into the
+//! engine.
+//!
+//! Invariants:
+//! 1. Replay is idempotent (see `record`), so a snapshot plus the journals from its generation
+//!    rebuild exactly the state at the crash (minus what was never written).
+//! 2. A torn last frame of a journal is dropped with a warning and the file cut there; any other
+//!    damage stops the start with the file and byte offset, unless `recover` is set: then
+//!    everything before the damage is kept, the damaged file is copied aside as
+//!    `<name>.damaged` and cut, and the report says how many bytes were dropped.
+//! 3. Sessions whose deadlines passed while the daemon was down are *not* dropped here: the
+//!    caller sweeps them once replay is complete (a later `ACTIVITY` frame may still save one)
+//!    and counts them.
+
+use super::record::{Damage, Entry, JOURNAL_MAGIC, Reader, SNAPSHOT_MAGIC};
+use super::{Kind, list};
+use crate::engine::Engine;
+use crate::token::SessionId;
+use std::fs::File;
+use std::io::{self, BufReader};
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+/// What a load found and did.
+#[derive(Debug, Default, Clone)]
+pub struct Report {
+    /// Sessions in the table after replay (before the sweep of expired ones).
+    pub sessions: usize,
+    /// Sessions read from the snapshot.
+    pub from_snapshot: u64,
+    /// The snapshot generation loaded, if any.
+    pub snapshot: Option<u64>,
+    /// Journal files and frames replayed.
+    pub journals: usize,
+    pub replayed: u64,
+    /// Torn tails ignored (invariant 2), one line each.
+    pub torn: Vec<String>,
+    /// Damage skipped under `--recover`, one line each.
+    pub recovered: Vec<String>,
+    /// The generation the journal should go on with.
+    pub next_generation: u64,
+    pub took: Duration,
+}
+
+/// A start-up that cannot go on.
+#[derive(Debug, thiserror::Error)]
+pub enum LoadError {
+    #[error(
+        "{file} is damaged at byte offset {offset}: {reason}. Nothing was loaded. Start with \
+         --recover to keep everything before the damage (the rest of that file is dropped and \
+         a copy kept as {file}.damaged)"
+    )]
+    Damaged {
+        file: PathBuf,
+        offset: u64,
+        reason: String,
+    },
+    #[error("cannot read {file}: {source}")]
+    Io {
+        file: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+}
+
+fn io_err(file: &Path) -> impl FnOnce(io::Error) -> LoadError + '_ {
+    move |source| LoadError::Io {
+        file: file.to_owned(),
+        source,
+    }
+}
+
+/// Loads `dir` into `engine` (see the module doc).
+pub fn load(engine: &Engine, dir: &Path, recover: bool) -> Result<Report, LoadError> {
+    let start = Instant::now();
+    let files = list(dir).map_err(io_err(dir))?;
+    let mut report = Report {
+        next_generation: files.iter().map(|f| f.1).max().unwrap_or(0) + 1,
+        ..Report::default()
+    };
+    for (kind, _, p) in &files {
+        if *kind == Kind::Temp {
+            tracing::info!(file = %p.display(), "deleting an unfinished snapshot left by a crash");
+            std::fs::remove_file(p).map_err(io_err(p))?;
+        }
+    }
+    let snapshot = files
+        .iter()
+        .filter(|f| f.0 == Kind::Snapshot)
+        .max_by_key(|f| f.1);
+    let mut from = 0;
+    if let Some((_, g, p)) = snapshot {
+        from = *g;
+        report.snapshot = Some(*g);
+        load_snapshot(engine, p, recover, &mut report)?;
+    }
+    let mut journals: Vec<_> = files
+        .iter()
+        .filter(|f| f.0 == Kind::Journal && f.1 >= from)
+        .collect();
+    journals.sort_by_key(|f| f.1);
+    for (_, _, p) in journals {
+        replay_journal(engine, p, recover, &mut report)?;
+        report.journals += 1;
+    }
+    report.sessions = engine.len();
+    report.took = start.elapsed();
+    Ok(report)
+}
+
+fn open(p: &Path, magic: &[u8; 16]) -> Result<Result<Reader<BufReader<File>>, Damage>, LoadError> {
+    let file = File::open(p).map_err(io_err(p))?;
+    let len = file.metadata().map_err(io_err(p))?.len();
+    Reader::open(BufReader::with_capacity(1 << 20, file), len, magic).map_err(io_err(p))
+}
+
+fn load_snapshot(
+    engine: &Engine,
+    p: &Path,
+    recover: bool,
+    report: &mut Report,
+) -> Result<(), LoadError> {
+    let damage = |offset: u64, reason: String| Damage::Corrupt { offset, reason };
+    let mut reader = match open(p, SNAPSHOT_MAGIC)? {
+        Ok(r) => r,
+        Err(d) => return damaged(p, d, recover, report, true),
+    };
+    let mut ended = false;
+    loop {
+        let at = reader.offset();
+        let next = reader.read_next().map_err(io_err(p))?;
+        let d = match next {
+            Ok(Some((_, Entry::Create(saved)))) if !ended => {
+                engine.restore(saved);
+                report.from_snapshot += 1;
+                continue;
+            }
+            Ok(Some((_, Entry::End { count }))) if !ended => {
+                if count == report.from_snapshot {
+                    ended = true;
+                    continue;
+                }
+                damage(
+                    at,
+                    format!(
+                        "the snapshot says it holds {count} sessions but {} precede its end",
+                        report.from_snapshot
+                    ),
+                )
+            }
+            Ok(Some(_)) => damage(at, "unexpected frame in a snapshot".into()),
+            Ok(None) if ended => return Ok(()),
+            Ok(None) => damage(at, "the snapshot ends before its END frame".into()),
+            // A snapshot is renamed into place only when complete: a torn one is damaged.
+            Err(Damage::Torn { offset }) => damage(offset, "the snapshot is cut short".into()),
+            Err(d) => d,
+        };
+        return damaged(p, d, recover, report, true);
+    }
+}
+
+fn replay_journal(
+    engine: &Engine,
+    p: &Path,
+    recover: bool,
+    report: &mut Report,
+) -> Result<(), LoadError> {
+    let mut reader = match open(p, JOURNAL_MAGIC)? {
+        Ok(r) => r,
+        Err(d) => return damaged(p, d, recover, report, false),
+    };
+    loop {
+        let at = reader.offset();
+        match reader.read_next().map_err(io_err(p))? {
+            Ok(None) => return Ok(()),
+            Ok(Some((_, entry))) => {
+                match entry {
+                    Entry::Create(saved) => {
+                        engine.restore(saved);
+                    }
+                    Entry::Activity { id, last_ms } => {
+                        engine.restore_activity(SessionId(id), last_ms)
+                    }
+                    Entry::Remove { id, .. } => engine.restore_remove(SessionId(id)),
+                    Entry::End { .. } => {
+                        let d = Damage::Corrupt {
+                            offset: at,
+                            reason: "a snapshot END frame inside a journal".into(),
+                        };
+                        return damaged(p, d, recover, report, false);
+                    }
+                }
+                report.replayed += 1;
+            }
+            Err(d) => return damaged(p, d, recover, report, false),
+        }
+    }
+}
+
+/// Handles damage in `p` (invariant 2).
+fn damaged(
+    p: &Path,
+    d: Damage,
+    recover: bool,
+    report: &mut Report,
+    snapshot: bool,
+) -> Result<(), LoadError> {
+    let len = std::fs::metadata(p).map_err(io_err(p))?.len();
+    let offset = d.offset();
+    let dropped = len - offset;
+    match d {
+        Damage::Torn { offset } if !snapshot => {
+            let line = format!(
+                "{}: ignored a torn last record at byte offset {offset} ({dropped} bytes, written when the daemon stopped mid-write)",
+                p.display()
+            );
+            tracing::warn!("{line}");
+            report.torn.push(line);
+            if offset == 0 {
+                // Not even the header made it: the file was created just before the crash.
+                return std::fs::remove_file(p).map_err(io_err(p));
+            }
+            cut(p, offset).map_err(io_err(p))
+        }
+        Damage::Torn { .. } => unreachable!("a torn snapshot is reported as corrupt"),
+        Damage::Corrupt { offset, reason } if !recover => Err(LoadError::Damaged {
+            file: p.to_owned(),
+            offset,
+            reason,
+        }),
+        Damage::Corrupt { offset, reason } => {
+            let aside = PathBuf::from(format!("{}.damaged", p.display()));
+            std::fs::copy(p, &aside).map_err(io_err(&aside))?;
+            cut(p, offset).map_err(io_err(p))?;
+            let line = format!(
+                "{}: {reason} at byte offset {offset}; --recover kept everything before it and dropped {dropped} bytes (copy kept as {})",
+                p.display(),
+                aside.display()
+            );
+            tracing::warn!("{line}");
+            report.recovered.push(line);
+            Ok(())
+        }
+    }
+}
+
+/// Cuts `p` to `len` bytes, durably. A snapshot cut this way has no `END` frame, so after a
+/// recovery the caller takes a fresh snapshot at once.
+fn cut(p: &Path, len: u64) -> io::Result<()> {
+    let f = std::fs::OpenOptions::new().write(true).open(p)?;
+    f.set_len(len)?;
+    f.sync_all()
+}

@@ -1,0 +1,494 @@
+//! The record format shared by the journal and the snapshot, and the reader that tells a torn
+//! tail from real damage.
+//!
+//! A file is a 16-byte magic header followed by frames:
+//!
+//! ```text
+//! [len: u32 LE][crc32: u32 LE][body: len bytes]      body = [kind: u8][payload]
+//! ```
+//!
+//! Payloads (integers little-endian, strings as `u16` length + UTF-8 bytes):
+//! - `CREATE`: id u128, created_ms u64, last_ms u64, user str, org (`u16::MAX` = none, else
+//!   str), metadata count u8 + that many (key str, value str).
+//! - `ACTIVITY`: id u128, last_ms u64.
+//! - `REMOVE`: id u128, reason u8 ([`RemoveReason`]).
+//! - `END`: count u64 (the snapshot's last frame: the number of `CREATE` frames before it).
+//!
+//! Invariants:
+//! 1. **No token is ever written**: a session is known by its id, a hash of its token.
+//! 2. Replay is idempotent: `CREATE` of a known id only moves its activity forward, `ACTIVITY`
+//!    and `REMOVE` of an unknown id do nothing. A snapshot taken while the journal keeps growing
+//!    plus the journal from the snapshot's start therefore rebuilds the exact state.
+//! 3. A frame that runs past the end of the file, or a bad frame followed only by zero bytes
+//!    (a crash between extending the file and writing it), is a **torn tail**; any other bad
+//!    frame is **damage** at its offset.
+
+use crate::session::Metadata;
+use std::io::{self, Read};
+
+/// Journal file header.
+pub const JOURNAL_MAGIC: &[u8; 16] = b"sessiond-jrnl-1\n";
+/// Snapshot file header.
+pub const SNAPSHOT_MAGIC: &[u8; 16] = b"sessiond-snap-1\n";
+
+/// Largest body a writer produces (ids are at most 256 bytes, metadata 1 KiB); anything larger
+/// is damage.
+pub const MAX_BODY: usize = 8 * 1024;
+
+const CREATE: u8 = 1;
+const ACTIVITY: u8 = 2;
+const REMOVE: u8 = 3;
+const END: u8 = 4;
+
+/// Why a session left the table (recorded for the reader of a journal; replay ignores it).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u8)]
+pub enum RemoveReason {
+    Revoked = 0,
+    Idle = 1,
+    Absolute = 2,
+    /// Made room under `max_sessions_per_user` with `evict_oldest`.
+    Displaced = 3,
+}
+
+impl From<crate::session::ExpiryReason> for RemoveReason {
+    fn from(r: crate::session::ExpiryReason) -> Self {
+        match r {
+            crate::session::ExpiryReason::Idle => RemoveReason::Idle,
+            crate::session::ExpiryReason::Absolute => RemoveReason::Absolute,
+        }
+    }
+}
+
+impl RemoveReason {
+    fn from_u8(b: u8) -> Option<RemoveReason> {
+        Some(match b {
+            0 => RemoveReason::Revoked,
+            1 => RemoveReason::Idle,
+            2 => RemoveReason::Absolute,
+            3 => RemoveReason::Displaced,
+            _ => return None,
+        })
+    }
+}
+
+/// A session as saved: everything but its deadlines, which follow from the policy at load.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Saved {
+    pub id: u128,
+    pub created_ms: u64,
+    pub last_ms: u64,
+    pub user: String,
+    pub org: Option<String>,
+    pub metadata: Option<Metadata>,
+}
+
+/// One decoded frame.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Entry {
+    Create(Saved),
+    Activity { id: u128, last_ms: u64 },
+    Remove { id: u128, reason: RemoveReason },
+    End { count: u64 },
+}
+
+fn frame(buf: &mut Vec<u8>, kind: u8, body: impl FnOnce(&mut Vec<u8>)) {
+    let start = buf.len();
+    buf.extend_from_slice(&[0; 8]);
+    buf.push(kind);
+    body(buf);
+    let len = (buf.len() - start - 8) as u32;
+    let crc = crc32fast::hash(&buf[start + 8..]);
+    buf[start..start + 4].copy_from_slice(&len.to_le_bytes());
+    buf[start + 4..start + 8].copy_from_slice(&crc.to_le_bytes());
+}
+
+fn put_str(buf: &mut Vec<u8>, s: &str) {
+    let len = u16::try_from(s.len()).expect("ids and metadata are bounded far below 64 KiB");
+    buf.extend_from_slice(&len.to_le_bytes());
+    buf.extend_from_slice(s.as_bytes());
+}
+
+/// Appends a `CREATE` frame.
+pub fn put_create(
+    buf: &mut Vec<u8>,
+    id: u128,
+    created_ms: u64,
+    last_ms: u64,
+    user: &str,
+    org: Option<&str>,
+    metadata: Option<&Metadata>,
+) {
+    frame(buf, CREATE, |b| {
+        b.extend_from_slice(&id.to_le_bytes());
+        b.extend_from_slice(&created_ms.to_le_bytes());
+        b.extend_from_slice(&last_ms.to_le_bytes());
+        put_str(b, user);
+        match org {
+            None => b.extend_from_slice(&u16::MAX.to_le_bytes()),
+            Some(o) => put_str(b, o),
+        }
+        let pairs = metadata.map_or(&[][..], |m| m.pairs());
+        b.push(pairs.len() as u8);
+        for (k, v) in pairs {
+            put_str(b, k);
+            put_str(b, v);
+        }
+    });
+}
+
+/// Appends an `ACTIVITY` frame.
+pub fn put_activity(buf: &mut Vec<u8>, id: u128, last_ms: u64) {
+    frame(buf, ACTIVITY, |b| {
+        b.extend_from_slice(&id.to_le_bytes());
+        b.extend_from_slice(&last_ms.to_le_bytes());
+    });
+}
+
+/// Appends a `REMOVE` frame.
+pub fn put_remove(buf: &mut Vec<u8>, id: u128, reason: RemoveReason) {
+    frame(buf, REMOVE, |b| {
+        b.extend_from_slice(&id.to_le_bytes());
+        b.push(reason as u8);
+    });
+}
+
+/// Appends an `END` frame.
+pub fn put_end(buf: &mut Vec<u8>, count: u64) {
+    frame(buf, END, |b| b.extend_from_slice(&count.to_le_bytes()));
+}
+
+struct Cursor<'a>(&'a [u8]);
+
+impl<'a> Cursor<'a> {
+    fn take(&mut self, n: usize) -> Option<&'a [u8]> {
+        if self.0.len() < n {
+            return None;
+        }
+        let (head, rest) = self.0.split_at(n);
+        self.0 = rest;
+        Some(head)
+    }
+    fn u8(&mut self) -> Option<u8> {
+        self.take(1).map(|b| b[0])
+    }
+    fn u16(&mut self) -> Option<u16> {
+        self.take(2).map(|b| u16::from_le_bytes([b[0], b[1]]))
+    }
+    fn u64(&mut self) -> Option<u64> {
+        self.take(8)
+            .map(|b| u64::from_le_bytes(b.try_into().expect("8 bytes")))
+    }
+    fn u128(&mut self) -> Option<u128> {
+        self.take(16)
+            .map(|b| u128::from_le_bytes(b.try_into().expect("16 bytes")))
+    }
+    fn str_of(&mut self, len: u16) -> Option<String> {
+        let b = self.take(len as usize)?;
+        std::str::from_utf8(b).ok().map(str::to_owned)
+    }
+    fn str(&mut self) -> Option<String> {
+        let len = self.u16()?;
+        self.str_of(len)
+    }
+}
+
+/// Decodes one body (its checksum already checked); `None` if it does not parse.
+pub fn decode(body: &[u8]) -> Option<Entry> {
+    let mut c = Cursor(body);
+    let entry = match c.u8()? {
+        CREATE => {
+            let id = c.u128()?;
+            let created_ms = c.u64()?;
+            let last_ms = c.u64()?;
+            let user = c.str()?;
+            let org = match c.u16()? {
+                u16::MAX => None,
+                len => Some(c.str_of(len)?),
+            };
+            let n = c.u8()?;
+            let mut pairs = Vec::with_capacity(n as usize);
+            for _ in 0..n {
+                pairs.push((c.str()?, c.str()?));
+            }
+            let metadata = if pairs.is_empty() {
+                None
+            } else {
+                Some(Metadata::new(pairs).ok()?)
+            };
+            Entry::Create(Saved {
+                id,
+                created_ms,
+                last_ms,
+                user,
+                org,
+                metadata,
+            })
+        }
+        ACTIVITY => Entry::Activity {
+            id: c.u128()?,
+            last_ms: c.u64()?,
+        },
+        REMOVE => Entry::Remove {
+            id: c.u128()?,
+            reason: RemoveReason::from_u8(c.u8()?)?,
+        },
+        END => Entry::End { count: c.u64()? },
+        _ => return None,
+    };
+    c.0.is_empty().then_some(entry)
+}
+
+/// What stopped a [`Reader`] before the end of its file.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Damage {
+    /// An incomplete last frame (invariant 3): everything before `offset` is good.
+    Torn { offset: u64 },
+    /// A bad frame with data after it.
+    Corrupt { offset: u64, reason: String },
+}
+
+impl Damage {
+    pub fn offset(&self) -> u64 {
+        match self {
+            Damage::Torn { offset } | Damage::Corrupt { offset, .. } => *offset,
+        }
+    }
+}
+
+/// Reads frames from a file of known length, streaming.
+pub struct Reader<R> {
+    inner: R,
+    pos: u64,
+    len: u64,
+    body: Vec<u8>,
+}
+
+impl<R: Read> Reader<R> {
+    /// Checks the magic header; `Ok(None)` if the file is shorter than it (a file created just
+    /// before a crash), `Err` with a reason if it is something else.
+    pub fn open(mut inner: R, len: u64, magic: &[u8; 16]) -> io::Result<Result<Self, Damage>> {
+        if len < magic.len() as u64 {
+            return Ok(Err(Damage::Torn { offset: 0 }));
+        }
+        let mut head = [0u8; 16];
+        inner.read_exact(&mut head)?;
+        if &head != magic {
+            return Ok(Err(Damage::Corrupt {
+                offset: 0,
+                reason: "not a sessiond file of this kind and version (bad header)".into(),
+            }));
+        }
+        Ok(Ok(Reader {
+            inner,
+            pos: magic.len() as u64,
+            len,
+            body: Vec::new(),
+        }))
+    }
+
+    /// Offset of the next frame.
+    pub fn offset(&self) -> u64 {
+        self.pos
+    }
+
+    /// The next entry with its offset, `Ok(None)` at a clean end, or the damage found.
+    pub fn read_next(&mut self) -> io::Result<Result<Option<(u64, Entry)>, Damage>> {
+        let at = self.pos;
+        let left = self.len - at;
+        if left == 0 {
+            return Ok(Ok(None));
+        }
+        if left < 8 {
+            return Ok(Err(Damage::Torn { offset: at }));
+        }
+        let mut head = [0u8; 8];
+        self.inner.read_exact(&mut head)?;
+        let len = u32::from_le_bytes(head[..4].try_into().expect("4")) as u64;
+        let crc = u32::from_le_bytes(head[4..].try_into().expect("4"));
+        if len == 0 || len > MAX_BODY as u64 {
+            let zeros = head == [0; 8];
+            return self.bad(at, 8, zeros, format!("frame length {len} is out of range"));
+        }
+        if 8 + len > left {
+            return Ok(Err(Damage::Torn { offset: at }));
+        }
+        self.body.resize(len as usize, 0);
+        self.inner.read_exact(&mut self.body)?;
+        if crc32fast::hash(&self.body) != crc {
+            let zeros = head == [0; 8] && self.body.iter().all(|&b| b == 0);
+            return self.bad(at, 8 + len, zeros, "checksum mismatch".into());
+        }
+        let Some(entry) = decode(&self.body) else {
+            return self.bad(at, 8 + len, false, "frame does not decode".into());
+        };
+        self.pos = at + 8 + len;
+        Ok(Ok(Some((at, entry))))
+    }
+
+    /// A bad frame at `at` of which `consumed` bytes were read: torn if nothing but zeros
+    /// follows (invariant 3), else corrupt.
+    fn bad(
+        &mut self,
+        at: u64,
+        consumed: u64,
+        frame_is_zeros: bool,
+        reason: String,
+    ) -> io::Result<Result<Option<(u64, Entry)>, Damage>> {
+        let rest_from = at + consumed;
+        let mut only_zeros = frame_is_zeros;
+        let mut chunk = [0u8; 64 * 1024];
+        let mut left = self.len - rest_from;
+        while only_zeros && left > 0 {
+            let n = (left as usize).min(chunk.len());
+            self.inner.read_exact(&mut chunk[..n])?;
+            only_zeros = chunk[..n].iter().all(|&b| b == 0);
+            left -= n as u64;
+        }
+        // A bad frame that ends exactly at the end of the file is the crash case too: its
+        // header was written and its body only partly reached the disk.
+        if only_zeros || rest_from == self.len {
+            Ok(Err(Damage::Torn { offset: at }))
+        } else {
+            Ok(Err(Damage::Corrupt { offset: at, reason }))
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sample() -> Vec<Entry> {
+        vec![
+            Entry::Create(Saved {
+                id: 0x0123_4567_89ab_cdef_0011_2233_4455_6677,
+                created_ms: 1_700_000_000_000,
+                last_ms: 1_700_000_000_500,
+                user: "alice".into(),
+                org: Some("acme".into()),
+                metadata: Some(
+                    Metadata::new(vec![
+                        ("ip".into(), "10.0.0.1".into()),
+                        ("a".into(), "".into()),
+                    ])
+                    .unwrap(),
+                ),
+            }),
+            Entry::Create(Saved {
+                id: 7,
+                created_ms: 1,
+                last_ms: 2,
+                user: "ü".repeat(100),
+                org: None,
+                metadata: None,
+            }),
+            Entry::Activity { id: 7, last_ms: 99 },
+            Entry::Remove {
+                id: 7,
+                reason: RemoveReason::Idle,
+            },
+            Entry::End { count: 2 },
+        ]
+    }
+
+    fn encode(entries: &[Entry]) -> Vec<u8> {
+        let mut buf = JOURNAL_MAGIC.to_vec();
+        for e in entries {
+            match e {
+                Entry::Create(s) => put_create(
+                    &mut buf,
+                    s.id,
+                    s.created_ms,
+                    s.last_ms,
+                    &s.user,
+                    s.org.as_deref(),
+                    s.metadata.as_ref(),
+                ),
+                Entry::Activity { id, last_ms } => put_activity(&mut buf, *id, *last_ms),
+                Entry::Remove { id, reason } => put_remove(&mut buf, *id, *reason),
+                Entry::End { count } => put_end(&mut buf, *count),
+            }
+        }
+        buf
+    }
+
+    fn read_all(bytes: &[u8]) -> (Vec<Entry>, Option<Damage>) {
+        let mut r = match Reader::open(bytes, bytes.len() as u64, JOURNAL_MAGIC).unwrap() {
+            Ok(r) => r,
+            Err(d) => return (vec![], Some(d)),
+        };
+        let mut out = vec![];
+        loop {
+            match r.read_next().unwrap() {
+                Ok(Some((_, e))) => out.push(e),
+                Ok(None) => return (out, None),
+                Err(d) => return (out, Some(d)),
+            }
+        }
+    }
+
+    #[test]
+    fn round_trips_every_kind() {
+        let entries = sample();
+        assert_eq!(read_all(&encode(&entries)), (entries, None));
+    }
+
+    #[test]
+    fn a_cut_anywhere_in_the_last_frame_is_a_torn_tail_that_keeps_the_rest() {
+        let entries = sample();
+        let full = encode(&entries);
+        let before_last = encode(&entries[..entries.len() - 1]).len();
+        for cut in before_last..full.len() {
+            let (got, damage) = read_all(&full[..cut]);
+            assert_eq!(got, entries[..entries.len() - 1], "cut at {cut}");
+            let expect = (cut > before_last).then_some(Damage::Torn {
+                offset: before_last as u64,
+            });
+            assert_eq!(damage, expect, "cut at {cut}");
+        }
+    }
+
+    #[test]
+    fn zeros_after_a_crash_are_a_torn_tail() {
+        let entries = sample();
+        let mut bytes = encode(&entries);
+        let end = bytes.len() as u64;
+        bytes.extend_from_slice(&[0; 4096]);
+        let (got, damage) = read_all(&bytes);
+        assert_eq!(got, entries);
+        assert_eq!(damage, Some(Damage::Torn { offset: end }));
+    }
+
+    #[test]
+    fn a_flipped_byte_in_the_middle_is_damage_at_that_frame() {
+        let entries = sample();
+        let bytes = encode(&entries);
+        let first = encode(&entries[..1]).len();
+        let mut bad = bytes.clone();
+        bad[first + 12] ^= 0x40; // inside the second frame's body
+        let (got, damage) = read_all(&bad);
+        assert_eq!(got, entries[..1]);
+        match damage {
+            Some(Damage::Corrupt { offset, reason }) => {
+                assert_eq!(offset, first as u64);
+                assert!(reason.contains("checksum"), "{reason}");
+            }
+            other => panic!("expected corruption, got {other:?}"),
+        }
+        // A length that runs off the end is torn, a silly one in the middle is corrupt.
+        let mut bad = bytes.clone();
+        bad[first..first + 4].copy_from_slice(&u32::MAX.to_le_bytes());
+        assert!(matches!(read_all(&bad).1, Some(Damage::Corrupt { .. })));
+    }
+
+    #[test]
+    fn a_foreign_file_is_refused_at_offset_zero() {
+        let mut bytes = encode(&sample());
+        bytes[0] = b'X';
+        assert!(matches!(
+            read_all(&bytes).1,
+            Some(Damage::Corrupt { offset: 0, .. })
+        ));
+    }
+}

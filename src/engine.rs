@@ -667,6 +667,18 @@ impl Engine {
         }
     }
 
+    /// Removes every session already expired at the clock's `now` by checking each one's
+    /// deadline (a full walk, not the wheel: restored sessions were filed in a wheel whose
+    /// clock has only just started). Start-up uses it once replay is done.
+    pub fn sweep_expired(&self) -> Evictions {
+        let now = self.clock.now_ms();
+        let mut total = Evictions::default();
+        for s in self.shards.iter() {
+            total.merge(s.write().sweep_expired(now));
+        }
+        total
+    }
+
     /// Evicts every session due at the clock's `now` (all shards, no batch limit); for tests and
     /// tools. The daemon's reaper uses [`Engine::advance_shard`].
     pub fn advance(&self) -> Evictions {

@@ -898,6 +898,21 @@ impl Shard {
         (ev, true)
     }
 
+    /// Removes every expired session in this shard (O(slab)); see [`crate::engine::Engine::sweep_expired`].
+    pub fn sweep_expired(&mut self, now_ms: u64) -> Evictions {
+        let mut ev = Evictions::default();
+        for idx in 0..self.slab.records.len() as u32 {
+            if !self.slab.records[idx as usize].live() {
+                continue;
+            }
+            if let Some(reason) = self.deadlines(idx).expired(now_ms) {
+                self.remove(idx, reason.into());
+                ev.add(reason);
+            }
+        }
+        ev
+    }
+
     /// Encodes up to `max` slab entries from index `from` on, the live ones as `CREATE` frames
     /// into `out` (a snapshot walks a shard in such chunks, taking the read lock once per
     /// chunk). Returns how many sessions it wrote and where to go on, `None` at the end.

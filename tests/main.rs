@@ -12,4 +12,5 @@ mod errors;
 mod expiry;
 mod lifecycle;
 mod nginx;
+mod persist;
 mod policy_source;

@@ -175,7 +175,7 @@ impl Persistence {
             .spawn_writer(self.stop.clone())
             .map_err(io_err)?;
         self.threads.lock().push(writer);
-        let expired = engine.advance().total();
+        let expired = engine.sweep_expired().total();
         if !report.recovered.is_empty() {
             // The damaged files were cut; a snapshot now supersedes them.
             self.snapshot(engine).map_err(io_err)?;

@@ -238,3 +238,6 @@ impl Persistence {
         }
     }
 }
+
+#[cfg(test)]
+mod tests;

@@ -304,6 +304,19 @@ impl Engine {
         new
     }
 
+    /// Makes room for about `n` more sessions across the shards (start-up).
+    pub fn reserve(&self, n: usize) {
+        let per = n / self.shards.len() + 1;
+        for s in self.shards.iter() {
+            s.write().reserve(per);
+        }
+    }
+
+    /// The shard index of session `id` (start-up routes each shard's records to one thread).
+    pub fn shard_of(&self, id: SessionId) -> usize {
+        (id.shard_bits() & self.mask) as usize
+    }
+
     /// Replays saved activity of session `id`.
     pub fn restore_activity(&self, id: SessionId, last_ms: u64) {
         self.shard(id).write().restore_activity(id, last_ms);

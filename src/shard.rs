@@ -450,7 +450,8 @@ impl Shard {
                 record::put_create(b, id.0, now_ms, now_ms, user, org, metadata.as_deref())
             });
         }
-        self.insert_at(id, user, org, eff_for, metadata, now_ms, now_ms)
+        let (idx, d) = self.insert_at(id, user, org, eff_for, metadata, now_ms, now_ms);
+        self.view_with(idx, now_ms, &d)
     }
 
     /// Puts a saved session back (start-up replay, not journaled): if `id` is already here only
@@ -476,6 +477,16 @@ impl Shard {
         true
     }
 
+    /// Makes room for `n` more sessions at once (start-up knows roughly how many it will load,
+    /// and growing tables one doubling at a time costs a rehash of everything each time).
+    pub fn reserve(&mut self, n: usize) {
+        self.slab.records.reserve(n);
+        let (recs, long, hasher) = (&self.slab.records, &self.long_users, &self.hasher);
+        self.ids.reserve(n, |&i| recs[i as usize].id_lo);
+        self.users
+            .reserve(n, |&i| hasher.hash_one(user_of(recs, long, i)));
+    }
+
     /// Replays saved activity: moves `id`'s last activity forward if it is here.
     pub fn restore_activity(&mut self, id: SessionId, last_ms: u64) {
         if let Some(idx) = self.find(id) {
@@ -495,7 +506,7 @@ impl Shard {
         metadata: Option<Arc<Metadata>>,
         created_ms: u64,
         last_ms: u64,
-    ) -> SessionView {
+    ) -> (u32, Deadlines) {
         debug_assert!(!self.contains(id), "duplicate session id");
         let org_slot = match org {
             None => NO_ORG,
@@ -533,7 +544,7 @@ impl Shard {
         self.wheel
             .insert(&mut self.slab, idx, self.scale.deadline_tick(d.expires));
         self.len += 1;
-        self.view_with(idx, last_ms, &d)
+        (idx, d)
     }
 
     fn hash_str(&self, s: &str) -> u64 {

@@ -24,6 +24,7 @@
 //!    frame is **damage** at its offset.
 
 use crate::session::Metadata;
+use compact_str::CompactString;
 use std::io::{self, Read};
 
 /// Journal file header.
@@ -78,8 +79,9 @@ pub struct Saved {
     pub id: u128,
     pub created_ms: u64,
     pub last_ms: u64,
-    pub user: String,
-    pub org: Option<String>,
+    /// Inline up to 24 bytes: a load of millions of sessions allocates nothing for ids.
+    pub user: CompactString,
+    pub org: Option<CompactString>,
     pub metadata: Option<Metadata>,
 }
 
@@ -183,11 +185,11 @@ impl<'a> Cursor<'a> {
         self.take(16)
             .map(|b| u128::from_le_bytes(b.try_into().expect("16 bytes")))
     }
-    fn str_of(&mut self, len: u16) -> Option<String> {
+    fn str_of(&mut self, len: u16) -> Option<CompactString> {
         let b = self.take(len as usize)?;
-        std::str::from_utf8(b).ok().map(str::to_owned)
+        std::str::from_utf8(b).ok().map(CompactString::from)
     }
-    fn str(&mut self) -> Option<String> {
+    fn str(&mut self) -> Option<CompactString> {
         let len = self.u16()?;
         self.str_of(len)
     }
@@ -209,7 +211,7 @@ pub fn decode(body: &[u8]) -> Option<Entry> {
             let n = c.u8()?;
             let mut pairs = Vec::with_capacity(n as usize);
             for _ in 0..n {
-                pairs.push((c.str()?, c.str()?));
+                pairs.push((c.str()?.into_string(), c.str()?.into_string()));
             }
             let metadata = if pairs.is_empty() {
                 None
@@ -379,7 +381,7 @@ mod tests {
                 id: 7,
                 created_ms: 1,
                 last_ms: 2,
-                user: "ü".repeat(100),
+                user: "ü".repeat(100).into(),
                 org: None,
                 metadata: None,
             }),

@@ -1,0 +1,175 @@
+//! Persistence figures (#6): snapshot of N sessions with validate latency measured beside it,
+//! then start-up (load + replay + sweep) from that snapshot plus M journal records.
+//!
+//! `cargo bench --bench persist -- [--sessions 10000000] [--journal 1000000] [--dir PATH]`
+//! (`--smoke` runs 20k/2k for CI-style checks). Runs on the library directly: the daemon's
+//! start-up is exactly `persist::load::load` + `Engine::sweep_expired` on a fresh engine, and
+//! validate's only contention with a snapshot is the shard lock measured here.
+
+use hdrhistogram::Histogram;
+use sessiond::clock::SystemClock;
+use sessiond::engine::{Engine, EngineConfig};
+use sessiond::persist::journal::{FsyncPolicy, Journal};
+use sessiond::persist::{load, snapshot};
+use sessiond::session::NewSession;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+struct Args {
+    sessions: usize,
+    journal: usize,
+    dir: std::path::PathBuf,
+}
+
+fn args() -> Args {
+    let mut a = Args {
+        sessions: 10_000_000,
+        journal: 1_000_000,
+        dir: std::env::temp_dir().join(format!("sessiond-persist-bench-{}", std::process::id())),
+    };
+    let mut it = std::env::args().skip(1);
+    while let Some(k) = it.next() {
+        match k.as_str() {
+            "--sessions" => a.sessions = it.next().and_then(|v| v.parse().ok()).expect("--sessions N"),
+            "--journal" => a.journal = it.next().and_then(|v| v.parse().ok()).expect("--journal N"),
+            "--dir" => a.dir = it.next().expect("--dir PATH").into(),
+            "--smoke" => {
+                a.sessions = 20_000;
+                a.journal = 2_000;
+            }
+            "--bench" => {}
+            other => panic!("unknown argument {other}"),
+        }
+    }
+    a
+}
+
+fn cfg(max: usize) -> EngineConfig {
+    EngineConfig {
+        max_sessions: max,
+        ..EngineConfig::default()
+    }
+}
+
+fn rss_bytes() -> u64 {
+    std::fs::read_to_string("/proc/self/statm")
+        .ok()
+        .and_then(|s| s.split_whitespace().nth(1)?.parse::<u64>().ok())
+        .map_or(0, |pages| pages * 4096)
+}
+
+fn main() {
+    let a = args();
+    let _ = std::fs::remove_dir_all(&a.dir);
+    std::fs::create_dir_all(&a.dir).unwrap();
+    let max = a.sessions + a.journal + 1;
+    let shards = Engine::shards_for(&cfg(max));
+    let journal = Arc::new(Journal::new(shards, FsyncPolicy::Everysec));
+    let engine = Arc::new(Engine::with_journal(
+        cfg(max),
+        Arc::new(SystemClock),
+        Some(journal.clone()),
+    ));
+    journal.start(&a.dir, 1).unwrap();
+    let stop = Arc::new(AtomicBool::new(false));
+    let writer = journal.clone().spawn_writer(stop.clone()).unwrap();
+
+    println!("creating {} sessions (16-byte user and org ids)...", a.sessions);
+    let t = Instant::now();
+    let keep = 400_000.min(a.sessions);
+    let mut tokens = Vec::with_capacity(keep);
+    for i in 0..a.sessions {
+        let c = engine
+            .create(NewSession {
+                user_id: format!("user-{:011}", i),
+                org_id: Some(format!("org-{:012}", i % 1_000)),
+                metadata: None,
+            })
+            .unwrap();
+        if tokens.len() < keep {
+            tokens.push(c.token.expose().to_owned());
+        }
+    }
+    println!("  {:.1} s", t.elapsed().as_secs_f64());
+
+    // Snapshot with validate running beside it on another thread.
+    let validating = Arc::new(AtomicBool::new(true));
+    let v = {
+        let (engine, validating, tokens) = (engine.clone(), validating.clone(), tokens.clone());
+        std::thread::spawn(move || {
+            let mut h = Histogram::<u64>::new_with_bounds(1, 10_000_000_000, 3).unwrap();
+            let mut i = 0usize;
+            while validating.load(Ordering::Relaxed) {
+                let t = Instant::now();
+                let ok = matches!(
+                    engine.validate(&tokens[i % tokens.len()]),
+                    sessiond::session::Validation::Valid(_)
+                );
+                h.record(t.elapsed().as_nanos() as u64).unwrap();
+                assert!(ok);
+                i += 1;
+            }
+            h
+        })
+    };
+    std::thread::sleep(Duration::from_millis(200));
+    let stats = snapshot::take(&engine, &journal, &a.dir).unwrap();
+    validating.store(false, Ordering::Relaxed);
+    let h = v.join().unwrap();
+    println!(
+        "snapshot: {} sessions, {:.0} MB in {:.2} s; validate beside it: {} ops, p50 {:.2} us, p99 {:.2} us, p99.9 {:.2} us, max {:.2} ms",
+        stats.sessions,
+        stats.bytes as f64 / 1e6,
+        stats.took.as_secs_f64(),
+        h.len(),
+        h.value_at_quantile(0.5) as f64 / 1e3,
+        h.value_at_quantile(0.99) as f64 / 1e3,
+        h.value_at_quantile(0.999) as f64 / 1e3,
+        h.max() as f64 / 1e6
+    );
+
+    println!("journaling {} records after it (2/3 creates, 1/3 revokes)...", a.journal);
+    let mut n = 0;
+    let mut i = 0usize;
+    while n < a.journal {
+        match i % 3 {
+            0 | 1 => {
+                engine
+                    .create(NewSession {
+                        user_id: format!("late-{:011}", i),
+                        org_id: Some(format!("org-{:012}", i % 1_000)),
+                        metadata: None,
+                    })
+                    .unwrap();
+            }
+            _ => {
+                assert!(engine.revoke(&tokens[(i / 3) % tokens.len()]));
+            }
+        }
+        n += 1;
+        i += 1;
+    }
+    stop.store(true, Ordering::Relaxed);
+    writer.join().unwrap();
+    let want = engine.len();
+    drop(engine);
+
+    let rss0 = rss_bytes();
+    let fresh = Engine::new(cfg(max), Arc::new(SystemClock));
+    let t = Instant::now();
+    let report = load::load(&fresh, &a.dir, false).unwrap();
+    let expired = fresh.sweep_expired().total();
+    let took = t.elapsed();
+    println!(
+        "start-up: {} sessions ({} from the snapshot, {} journal records) in {:.2} s ({} dropped as expired); RSS +{:.0} MB",
+        report.sessions,
+        report.from_snapshot,
+        report.replayed,
+        took.as_secs_f64(),
+        expired,
+        (rss_bytes() - rss0) as f64 / 1e6
+    );
+    assert_eq!(fresh.len(), want, "the load lost or invented sessions");
+    let _ = std::fs::remove_dir_all(&a.dir);
+}

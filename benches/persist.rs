@@ -31,7 +31,12 @@ fn args() -> Args {
     let mut it = std::env::args().skip(1);
     while let Some(k) = it.next() {
         match k.as_str() {
-            "--sessions" => a.sessions = it.next().and_then(|v| v.parse().ok()).expect("--sessions N"),
+            "--sessions" => {
+                a.sessions = it
+                    .next()
+                    .and_then(|v| v.parse().ok())
+                    .expect("--sessions N")
+            }
             "--journal" => a.journal = it.next().and_then(|v| v.parse().ok()).expect("--journal N"),
             "--dir" => a.dir = it.next().expect("--dir PATH").into(),
             "--smoke" => {
@@ -75,7 +80,10 @@ fn main() {
     let stop = Arc::new(AtomicBool::new(false));
     let writer = journal.clone().spawn_writer(stop.clone()).unwrap();
 
-    println!("creating {} sessions (16-byte user and org ids)...", a.sessions);
+    println!(
+        "creating {} sessions (16-byte user and org ids)...",
+        a.sessions
+    );
     let t = Instant::now();
     let keep = 400_000.min(a.sessions);
     let mut tokens = Vec::with_capacity(keep);
@@ -129,7 +137,10 @@ fn main() {
         h.max() as f64 / 1e6
     );
 
-    println!("journaling {} records after it (2/3 creates, 1/3 revokes)...", a.journal);
+    println!(
+        "journaling {} records after it (2/3 creates, 1/3 revokes)...",
+        a.journal
+    );
     let mut n = 0;
     let mut i = 0usize;
     while n < a.journal {

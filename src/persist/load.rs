@@ -91,7 +91,10 @@ pub fn load(engine: &Engine, dir: &Path, recover: bool) -> Result<Report, LoadEr
         .iter()
         .filter(|f| f.0 == Kind::Snapshot)
         .max_by_key(|f| f.1);
-    if let Some(len) = snapshot.and_then(|s| std::fs::metadata(&s.2).ok()).map(|m| m.len()) {
+    if let Some(len) = snapshot
+        .and_then(|s| std::fs::metadata(&s.2).ok())
+        .map(|m| m.len())
+    {
         // A session with 16-byte user and org ids takes 78 bytes in a snapshot.
         engine.reserve((len / 72) as usize);
     }
@@ -160,7 +163,9 @@ impl<'e> Sink<'e> {
         }
         Sink {
             engine,
-            batches: (0..senders.len()).map(|_| Vec::with_capacity(BATCH)).collect(),
+            batches: (0..senders.len())
+                .map(|_| Vec::with_capacity(BATCH))
+                .collect(),
             senders,
         }
     }

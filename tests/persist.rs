@@ -433,3 +433,49 @@ fn no_persist_keeps_nothing() {
     let d = start(&state, &[]);
     assert!(!valid(&d, &token));
 }
+
+#[test]
+fn session_routes_and_readyz_wait_until_the_sessions_are_loaded() {
+    use sessiond::persist::record::{SNAPSHOT_MAGIC, put_create, put_end};
+    let state = scratch("persist-loading").join("state");
+    std::fs::create_dir_all(&state).unwrap();
+    // A snapshot of 500k sessions written with the library's own encoder: big enough that the
+    // load is still running when the first requests arrive.
+    let n = 500_000u64;
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as u64;
+    let mut buf = SNAPSHOT_MAGIC.to_vec();
+    for i in 0..n {
+        let id = (u128::from(i) << 64) | u128::from(i.wrapping_mul(0x9E37_79B9_7F4A_7C15));
+        put_create(
+            &mut buf,
+            id,
+            now,
+            now,
+            &format!("user-{i}"),
+            Some("org"),
+            None,
+        );
+    }
+    put_end(&mut buf, n);
+    std::fs::write(state.join("snapshot-00000000000000000001"), &buf).unwrap();
+
+    let d = Daemon::spawn_with_env(&["--state-dir", state.to_str().unwrap()], &[]);
+    let ready = d.call("GET", "/readyz", None);
+    let validate = d.call(
+        "POST",
+        "/v1/sessions/validate",
+        Some(&format!(r#"{{"token": "{}"}}"#, "A".repeat(43))),
+    );
+    assert_eq!(ready.status, 503, "ready before the sessions were loaded");
+    assert_eq!(validate.status, 503, "{}", validate.body);
+    assert_eq!(validate.code(), "loading");
+    assert_eq!(validate.header("retry-after"), Some("1"));
+    // Health and metrics answer meanwhile.
+    assert_eq!(d.call("GET", "/healthz", None).status, 200);
+    d.wait_ready();
+    assert!(loaded_line(&d).contains(&format!("loaded={n}")));
+    assert_eq!(d.metric("sessiond_sessions_active"), n as f64);
+}

@@ -107,6 +107,8 @@ pub struct Journal {
     wake_cv: Condvar,
     out: Mutex<Option<Segment>>,
     policy: FsyncPolicy,
+    /// Bytes written to the current generation (a snapshot is due early when it grows large).
+    segment_bytes: AtomicU64,
 }
 
 impl Journal {
@@ -121,6 +123,7 @@ impl Journal {
             wake_cv: Condvar::new(),
             out: Mutex::new(None),
             policy,
+            segment_bytes: AtomicU64::new(0),
         }
     }
 
@@ -135,6 +138,11 @@ impl Journal {
         *self.out.lock() = Some(seg);
         self.enabled.store(true, Ordering::Release);
         Ok(())
+    }
+
+    /// Bytes written to the current generation so far.
+    pub fn segment_bytes(&self) -> u64 {
+        self.segment_bytes.load(Ordering::Relaxed)
     }
 
     /// The generation being written, if started.
@@ -204,6 +212,8 @@ impl Journal {
         if !seg.batch.is_empty() {
             seg.file.write_all(&seg.batch)?;
             seg.unsynced = true;
+            self.segment_bytes
+                .fetch_add(seg.batch.len() as u64, Ordering::Relaxed);
             metrics::counter!(crate::metrics::JOURNAL_BYTES).increment(seg.batch.len() as u64);
         }
         let sync = match self.policy {
@@ -241,6 +251,7 @@ impl Journal {
         self.drain_into(seg, true)?;
         let next = open_segment(&seg.dir, seg.generation + 1)?;
         *seg = next;
+        self.segment_bytes.store(0, Ordering::Relaxed);
         Ok(seg.generation)
     }
 

@@ -169,6 +169,9 @@ impl Persistence {
             dir: dir.clone(),
             source,
         };
+        // Exported from the start at 0, so that rate() and alerts see them before any error.
+        metrics::counter!(crate::metrics::JOURNAL_ERRORS).increment(0);
+        metrics::counter!(crate::metrics::SNAPSHOT_ERRORS).increment(0);
         let report = load::load(engine, dir, self.settings.recover)?;
         self.journal
             .start(dir, report.next_generation)

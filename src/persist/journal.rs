@@ -127,11 +127,6 @@ impl Journal {
         }
     }
 
-    /// The fsync policy.
-    pub fn policy(&self) -> FsyncPolicy {
-        self.policy
-    }
-
     /// Opens generation `generation` in `dir` and starts recording.
     pub fn start(&self, dir: &Path, generation: u64) -> io::Result<()> {
         let seg = open_segment(dir, generation)?;

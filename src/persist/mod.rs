@@ -155,11 +155,6 @@ impl Persistence {
         self.journal.clone()
     }
 
-    /// The settings.
-    pub fn settings(&self) -> &Settings {
-        &self.settings
-    }
-
     /// Loads the state into `engine`, starts the journal, drops the sessions that expired
     /// while the daemon was down (journaling their removal), and starts the journal and
     /// snapshot threads.

@@ -185,7 +185,7 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
         f.sync_all()?;
     }
     std::fs::rename(&tmp, path)?;
-    std::fs::File::open(dir)?.sync_all()
+    crate::persist::sync_dir(dir)
 }
 
 /// Owns the policy source and applies its changes to the engine.

@@ -75,6 +75,9 @@ pub struct Cli {
     /// Allow a non-loopback listen address without API keys (anyone who can connect is admin).
     #[arg(long, env = "SESSIOND_INSECURE_NO_AUTH")]
     pub insecure_no_auth: bool,
+    /// HTTP worker threads, each an event loop of its own [default: one per core].
+    #[arg(long, env = "SESSIOND_HTTP_WORKERS")]
+    pub http_workers: Option<usize>,
     /// Seconds to let in-flight requests finish after SIGTERM/SIGINT [default: 10].
     #[arg(long, env = "SESSIOND_SHUTDOWN_GRACE")]
     pub shutdown_grace: Option<u64>,
@@ -124,6 +127,7 @@ pub struct FileConfig {
     pub cookie_same_site: Option<String>,
     pub api_keys_file: Option<PathBuf>,
     pub insecure_no_auth: Option<bool>,
+    pub http_workers: Option<usize>,
     pub shutdown_grace: Option<u64>,
     pub log_level: Option<String>,
     pub state_dir: Option<PathBuf>,
@@ -144,6 +148,8 @@ pub struct Config {
     pub cookie: crate::cookie::CookieSettings,
     pub api_keys_file: Option<PathBuf>,
     pub insecure_no_auth: bool,
+    /// HTTP worker threads (see `server`).
+    pub http_workers: usize,
     pub shutdown_grace: Duration,
     pub log_level: tracing::Level,
     pub state_dir: PathBuf,
@@ -362,6 +368,15 @@ impl Config {
             }),
         };
 
+        let http_workers = cli
+            .http_workers
+            .or(file.http_workers)
+            .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
+        if !(1..=256).contains(&http_workers) {
+            errors.push(format!(
+                "http_workers {http_workers} is out of range: 1 to 256 (one per core is right for most machines)"
+            ));
+        }
         let shutdown_grace =
             Duration::from_secs(cli.shutdown_grace.or(file.shutdown_grace).unwrap_or(10));
         let log_level = match cli.log_level.or(file.log_level) {
@@ -424,6 +439,7 @@ impl Config {
             cookie,
             api_keys_file,
             insecure_no_auth,
+            http_workers,
             shutdown_grace,
             log_level,
             state_dir,
@@ -453,6 +469,9 @@ mod tests {
         assert_eq!(c.engine.application_policy, DEFAULT_POLICY);
         assert_eq!(c.cookie, crate::cookie::CookieSettings::default());
         assert!(c.engine.shards.is_power_of_two());
+        assert!(c.http_workers >= 1);
+        let c = Config::load(cli(&["--http-workers", "3"])).unwrap();
+        assert_eq!(c.http_workers, 3);
     }
 
     #[test]
@@ -470,9 +489,11 @@ mod tests {
             "a b",
             "--max-sessions",
             "0",
+            "--http-workers",
+            "0",
         ]))
         .unwrap_err();
-        assert_eq!(e.0.len(), 6, "{e}");
+        assert_eq!(e.0.len(), 7, "{e}");
         let text = e.to_string();
         for needle in [
             "nowhere",
@@ -481,6 +502,7 @@ mod tests {
             "loose",
             "\"a b\"",
             "max_sessions",
+            "http_workers 0",
         ] {
             assert!(text.contains(needle), "{needle} missing from {text}");
         }

@@ -15,10 +15,10 @@ use crate::persist::Persistence;
 use crate::persist::journal::Journal;
 use crate::policy_source::{PolicyManager, Source};
 use crate::reaper;
+use crate::server;
 use anyhow::Context;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use tokio::net::TcpListener;
 
 /// The policy source the configuration asks for.
 pub fn policy_source(config: &Config) -> Source {
@@ -45,7 +45,7 @@ pub fn state(config: &Config, keys: Option<ApiKeys>, journal: Option<Arc<Journal
         policy_source(config),
         config.engine.application_policy,
     ));
-    AppState {
+    AppState::new(crate::http::Shared {
         engine,
         policies,
         metrics,
@@ -54,7 +54,7 @@ pub fn state(config: &Config, keys: Option<ApiKeys>, journal: Option<Arc<Journal
         ready: Arc::new(AtomicBool::new(false)),
         loaded: Arc::new(AtomicBool::new(journal.is_none())),
         journal,
-    }
+    })
 }
 
 /// Serves until a shutdown signal, then drains.
@@ -90,14 +90,14 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         crate::policy_watch::spawn(path.clone(), st.policies.clone())?;
     }
     tokio::spawn(reload_on_sighup(st.policies.clone()));
-    let listener = TcpListener::bind(config.listen)
-        .await
+    let listener = server::bind(config.listen)
         .with_context(|| format!("cannot listen on {}", config.listen))?;
     let local = listener.local_addr()?;
 
     let stop = Arc::new(AtomicBool::new(false));
     tracing::info!(
         listen = %local,
+        http_workers = config.http_workers,
         shards = engine.shard_count(),
         tick_ms = engine.tick_ms(),
         org_policy_mode = %config.engine.mode,
@@ -112,18 +112,13 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         "sessiond started"
     );
 
-    let (drain_tx, drain_rx) = tokio::sync::oneshot::channel::<()>();
     let ready = st.ready.clone();
     let loaded = st.loaded.clone();
     let metrics = st.metrics.clone();
-    let app = router(st);
-    let server = tokio::spawn(async move {
-        axum::serve(listener, app)
-            .with_graceful_shutdown(async {
-                let _ = drain_rx.await;
-            })
-            .await
-    });
+    let apps = (0..config.http_workers)
+        .map(|_| router(st.for_worker()))
+        .collect();
+    let workers = server::start(listener, apps).context("cannot start the HTTP workers")?;
 
     if let Some(p) = &persist {
         let (p, e) = (p.clone(), engine.clone());
@@ -132,6 +127,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
             r = load => r.context("the load task failed")?,
             signal = shutdown_signal() => {
                 tracing::info!(signal, "stopping before the sessions finished loading");
+                workers.drain();
                 return Ok(());
             }
         };
@@ -162,8 +158,8 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         "shutting down: draining in-flight requests"
     );
     ready.store(false, Ordering::Release);
-    let _ = drain_tx.send(());
-    let drained = tokio::time::timeout(config.shutdown_grace, server).await;
+    workers.drain();
+    let drained = tokio::time::timeout(config.shutdown_grace, workers.wait()).await;
     stop.store(true, Ordering::Release);
     let _ = reaper.join();
     if let Some(p) = persist {
@@ -171,12 +167,11 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         let _ = tokio::task::spawn_blocking(move || p.shutdown(&e)).await;
     }
     match drained {
-        Ok(Ok(Ok(()))) => {
+        Ok(Ok(())) => {
             tracing::info!(sessions = engine.len(), "sessiond stopped");
             Ok(())
         }
-        Ok(Ok(Err(e))) => Err(e).context("server error"),
-        Ok(Err(e)) => Err(e).context("server task failed"),
+        Ok(Err(e)) => Err(e).context("server error"),
         Err(_) => {
             tracing::warn!("grace period over with requests still in flight; stopping anyway");
             Ok(())

@@ -26,3 +26,4 @@ pub mod policy_source;
 pub mod policy_watch;
 pub mod probe;
 pub mod reaper;
+pub mod server;

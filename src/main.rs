@@ -27,7 +27,9 @@ fn main() -> std::process::ExitCode {
         .with_target(false)
         .with_ansi(false)
         .init();
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
+    // The control plane (signals, start-up load, shutdown): requests are served by the
+    // `server` workers, each with a runtime of its own.
+    let runtime = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
     {

@@ -75,6 +75,44 @@ fn outcome_index(v: &Validation) -> usize {
     }
 }
 
+/// Per-route handles of one HTTP worker thread: the request counter by status and the duration
+/// histogram, resolved in the registry once per (route, status) instead of once per request
+/// (which costs three `String`s and a hash of every label). Routes and statuses are fixed sets
+/// (invariant 2), so the cache stays small.
+struct RouteHandles {
+    duration: Option<Histogram>,
+    by_status: Vec<(u16, Counter)>,
+}
+
+thread_local! {
+    static ROUTES: std::cell::RefCell<hashbrown::HashMap<Box<str>, RouteHandles>> =
+        std::cell::RefCell::new(hashbrown::HashMap::new());
+}
+
+/// Counts one HTTP request on `route` (the matched template, or `unmatched`) and, when given,
+/// its duration.
+pub fn http_request(route: &str, status: u16, seconds: Option<f64>) {
+    ROUTES.with_borrow_mut(|routes| {
+        let r = routes.entry_ref(route).or_insert_with(|| RouteHandles {
+            duration: None,
+            by_status: Vec::new(),
+        });
+        if let Some(secs) = seconds {
+            r.duration
+                .get_or_insert_with(|| histogram!(HTTP_DURATION, "route" => route.to_owned()))
+                .record(secs);
+        }
+        match r.by_status.iter().find(|(s, _)| *s == status) {
+            Some((_, c)) => c.increment(1),
+            None => {
+                let c = counter!(HTTP_REQUESTS, "route" => route.to_owned(), "status" => status.to_string());
+                c.increment(1);
+                r.by_status.push((status, c));
+            }
+        }
+    });
+}
+
 /// Handles to every metric the daemon records.
 pub struct Metrics {
     handle: PrometheusHandle,

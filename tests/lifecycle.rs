@@ -107,3 +107,56 @@ fn environment_variables_configure_and_flags_win() {
     create(&d, &[], r#"{"user_id": "u"}"#);
     create(&d, &[], r#"{"user_id": "v"}"#);
 }
+
+/// Requests in flight on any HTTP worker when SIGTERM arrives are answered before the exit.
+#[test]
+fn sigterm_drains_requests_in_flight_on_every_worker() {
+    use std::io::{Read, Write};
+    let d = Daemon::start(&["--http-workers", "3"]);
+    let (token, _) = create(&d, &[], r#"{"user_id": "u"}"#);
+    let body = format!(r#"{{"token": "{token}"}}"#);
+    // Six connections, each with a request whose body has not fully arrived: the handlers are
+    // waiting for it, spread over the workers by whichever accepted each connection.
+    let mut conns: Vec<std::net::TcpStream> = (0..6)
+        .map(|_| {
+            let mut s = std::net::TcpStream::connect(d.addr).unwrap();
+            s.set_read_timeout(Some(std::time::Duration::from_secs(10)))
+                .unwrap();
+            write!(
+                s,
+                "POST /v1/sessions/validate HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{}",
+                body.len(),
+                &body[..5]
+            )
+            .unwrap();
+            s
+        })
+        .collect();
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    crate::common::unsafe_free_kill(d.child.id(), "TERM");
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    for s in &mut conns {
+        s.write_all(&body.as_bytes()[5..]).unwrap();
+        let mut answer = String::new();
+        let _ = s.read_to_string(&mut answer);
+        assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+        assert!(answer.contains(r#""valid":true"#), "{answer}");
+    }
+    assert_eq!(d.terminate().code(), Some(0));
+}
+
+/// A second daemon on a port in use fails to start instead of sharing the port.
+#[test]
+fn a_port_in_use_fails_start_up() {
+    let d = Daemon::start(&[]);
+    let dir = scratch("port-in-use");
+    let (code, err) = run_expecting_failure(&[
+        "--listen",
+        &d.addr.to_string(),
+        "--state-dir",
+        dir.to_str().unwrap(),
+    ]);
+    assert_eq!(code, 1, "{err}");
+    assert!(err.contains("cannot listen"), "{err}");
+    std::fs::remove_dir_all(dir).ok();
+}

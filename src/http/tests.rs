@@ -38,7 +38,7 @@ fn app(keys: Option<ApiKeys>) -> (axum::Router, Arc<ManualClock>) {
         crate::policy_source::Source::Api { state_dir: dir },
         crate::policy::DEFAULT_POLICY,
     ));
-    let state = AppState {
+    let state = AppState::new(crate::http::Shared {
         policies,
         engine,
         metrics: Metrics::global(),
@@ -47,7 +47,7 @@ fn app(keys: Option<ApiKeys>) -> (axum::Router, Arc<ManualClock>) {
         ready: Arc::new(AtomicBool::new(true)),
         loaded: Arc::new(AtomicBool::new(true)),
         journal: None,
-    };
+    });
     (router(state), clock)
 }
 

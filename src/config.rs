@@ -140,6 +140,11 @@ pub struct FileConfig {
     pub application: Option<PolicyPatch>,
 }
 
+/// Sessions one shard may be asked to hold: its id index addresses 2^24 - 2 records, and ids
+/// spread over shards evenly enough (they are hashes) that a cap of 15M per shard on average
+/// leaves every shard far below that.
+pub const SHARD_SESSIONS: usize = 15_000_000;
+
 /// Validated configuration.
 #[derive(Debug, Clone)]
 pub struct Config {
@@ -300,6 +305,13 @@ impl Config {
         let max_sessions = cli.max_sessions.or(file.max_sessions).unwrap_or(10_000_000);
         if max_sessions == 0 {
             errors.push("max_sessions must be at least 1".into());
+        }
+        if max_sessions > shards.saturating_mul(SHARD_SESSIONS) {
+            errors.push(format!(
+                "max_sessions {max_sessions} is more than {shards} shard(s) can hold ({SHARD_SESSIONS} each): \
+                 raise --shards to at least {}",
+                max_sessions.div_ceil(SHARD_SESSIONS).next_power_of_two()
+            ));
         }
         let max_sessions_per_user = cli.max_sessions_per_user.or(file.max_sessions_per_user);
         if max_sessions_per_user == Some(0) {
@@ -470,6 +482,12 @@ mod tests {
         assert_eq!(c.cookie, crate::cookie::CookieSettings::default());
         assert!(c.engine.shards.is_power_of_two());
         assert!(c.http_workers >= 1);
+        let e = Config::load(cli(&["--shards", "2", "--max-sessions", "40000000"])).unwrap_err();
+        assert!(
+            e.to_string().contains("raise --shards to at least 4"),
+            "{e}"
+        );
+        assert!(Config::load(cli(&["--shards", "4", "--max-sessions", "40000000"])).is_ok());
         let c = Config::load(cli(&["--http-workers", "3"])).unwrap();
         assert_eq!(c.http_workers, 3);
     }

@@ -4,6 +4,7 @@
 pub mod clock;
 pub mod duration;
 pub mod engine;
+pub mod id_index;
 pub mod policy;
 pub mod session;
 pub mod shard;

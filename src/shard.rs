@@ -14,9 +14,11 @@
 //!    validates even before the wheel sweeps it.
 //! 4. `orgs[s].eff` is the org's effective policy; the engine rewrites it (and re-applies it to
 //!    the org's list) under the write lock whenever the policy changes.
-//! 5. Ids are cryptographic hashes, so `ids` hashes by the id's low 64 bits with no keyed hasher
-//!    (see `token`), and nobody can choose a colliding id.
+//! 5. Ids are cryptographic hashes, so `ids` files by the id's low 64 bits with no keyed hasher
+//!    (see `token`), and nobody can choose a colliding id. `ids` is an [`IdIndex`]: one cache
+//!    line of slots, then the record (see its module doc).
 
+use crate::id_index::{self, IdIndex};
 use crate::persist::journal::Journal;
 use crate::persist::record::{self, RemoveReason};
 use crate::policy::Effective;
@@ -117,6 +119,14 @@ fn user_of<'a>(
         r.user.as_str()
     }
 }
+/// The (hash, index) of every live record but `except`, in slab order, for an id index rebuild.
+fn live_ids(recs: &[Record], except: u32) -> impl Iterator<Item = (u64, u32)> + '_ {
+    recs.iter()
+        .enumerate()
+        .filter(move |&(i, r)| r.live() && i as u32 != except)
+        .map(|(i, r)| (r.id_lo, i as u32))
+}
+
 /// `org_flags` of a free record.
 const VACANT: u32 = ORG_MASK;
 
@@ -178,8 +188,12 @@ impl Slab {
             self.free = self.records[idx as usize].user_next;
             idx
         } else {
-            let idx = u32::try_from(self.records.len()).expect("a shard holds < 2^32 sessions");
-            assert!(idx != NIL, "shard full");
+            // Unreachable in practice: the configuration caps max_sessions at
+            // `config::SHARD_SESSIONS` per shard, and ids spread evenly over shards.
+            let idx = u32::try_from(self.records.len())
+                .ok()
+                .filter(|&i| i < id_index::MAX_RECORDS)
+                .expect("a shard holds fewer than 16,777,214 sessions");
             self.records.push(Record::vacant(NIL));
             idx
         }
@@ -252,7 +266,7 @@ pub struct DryRunCounts {
 /// One shard (see the module doc).
 pub struct Shard {
     slab: Slab,
-    ids: HashTable<u32>,
+    ids: IdIndex,
     users: HashTable<u32>,
     orgs: Vec<Option<OrgSlot>>,
     org_index: HashTable<u32>,
@@ -285,7 +299,7 @@ impl Shard {
                 records: Vec::new(),
                 free: NIL,
             },
-            ids: HashTable::new(),
+            ids: IdIndex::new(),
             users: HashTable::new(),
             orgs: Vec::new(),
             org_index: HashTable::new(),
@@ -323,12 +337,10 @@ impl Shard {
         let lo = id.table_hash();
         let hi = id.shard_bits();
         let recs = &self.slab.records;
-        self.ids
-            .find(lo, |&i| {
-                let r = &recs[i as usize];
-                r.id_lo == lo && r.id_hi == hi
-            })
-            .copied()
+        self.ids.find(lo, |i| {
+            let r = &recs[i as usize];
+            r.id_lo == lo && r.id_hi == hi
+        })
     }
 
     #[inline]
@@ -482,7 +494,7 @@ impl Shard {
     pub fn reserve(&mut self, n: usize) {
         self.slab.records.reserve(n);
         let (recs, long, hasher) = (&self.slab.records, &self.long_users, &self.hasher);
-        self.ids.reserve(n, |&i| recs[i as usize].id_lo);
+        self.ids.reserve(n, || live_ids(recs, NIL));
         self.users
             .reserve(n, |&i| hasher.hash_one(user_of(recs, long, i)));
     }
@@ -537,7 +549,7 @@ impl Shard {
         }
         let recs = &self.slab.records;
         self.ids
-            .insert_unique(id.table_hash(), idx, |&i| recs[i as usize].id_lo);
+            .insert(id.table_hash(), idx, || live_ids(recs, idx));
         self.link_user(idx);
         self.link_org(idx, org_slot);
         let d = self.deadlines(idx);
@@ -684,12 +696,8 @@ impl Shard {
             j.append(*i, |b| record::put_remove(b, id, reason));
         }
         let lo = self.slab.records[idx as usize].id_lo;
-        match self.ids.find_entry(lo, |&i| i == idx) {
-            Ok(e) => {
-                e.remove();
-            }
-            Err(_) => unreachable!("live record {idx} missing from the id index"),
-        }
+        let removed = self.ids.remove(lo, idx);
+        assert!(removed, "live record {idx} missing from the id index");
         self.unlink_user(idx);
         self.unlink_org(idx);
         self.wheel.remove(&mut self.slab, idx);
@@ -968,6 +976,7 @@ impl Shard {
         let live = self.slab.records.iter().filter(|r| r.live()).count();
         assert_eq!(live, self.len);
         assert_eq!(self.ids.len(), self.len);
+        self.ids.check(|i| self.slab.records[i as usize].id_lo);
         assert_eq!(self.wheel.len(), self.len);
         let with_metadata = self
             .slab

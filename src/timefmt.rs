@@ -1,22 +1,46 @@
 //! RFC 3339 UTC timestamps with milliseconds (`2026-11-23T19:45:51.123Z`) from Unix milliseconds.
 //!
 //! Invariant: the output is always 24 bytes, `YYYY-MM-DDTHH:MM:SS.mmmZ`, for any time from 1970
-//! to 9999; it is computed without allocation beyond the returned string and without a time zone
-//! database (UTC only).
+//! to 9999; [`Rfc3339`] computes it on the stack, without a time zone database (UTC only).
 
-/// Formats Unix milliseconds as RFC 3339 UTC with millisecond precision.
-pub fn rfc3339_ms(unix_ms: u64) -> String {
-    let secs = unix_ms / 1_000;
-    let ms = unix_ms % 1_000;
-    let days = (secs / 86_400) as i64;
-    let sod = secs % 86_400;
-    let (y, m, d) = civil_from_days(days);
-    format!(
-        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}.{ms:03}Z",
-        sod / 3_600,
-        sod % 3_600 / 60,
-        sod % 60
-    )
+/// A timestamp formatted on the stack, for answers built on the request path (a validate
+/// answer carries five of them; `format!` cost an allocation and the formatting machinery each).
+/// Years past 9999 (beyond any deadline sessiond computes) are written as 9999.
+#[derive(Clone, Copy)]
+pub struct Rfc3339([u8; 24]);
+
+impl Rfc3339 {
+    pub fn new(unix_ms: u64) -> Rfc3339 {
+        let secs = unix_ms / 1_000;
+        let days = (secs / 86_400) as i64;
+        let sod = secs % 86_400;
+        let (y, m, d) = civil_from_days(days);
+        let mut b = *b"0000-00-00T00:00:00.000Z";
+        let mut put = |at: usize, width: usize, mut v: u64| {
+            for i in (at..at + width).rev() {
+                b[i] = b'0' + (v % 10) as u8;
+                v /= 10;
+            }
+        };
+        put(0, 4, y.clamp(0, 9_999) as u64);
+        put(5, 2, u64::from(m));
+        put(8, 2, u64::from(d));
+        put(11, 2, sod / 3_600);
+        put(14, 2, sod % 3_600 / 60);
+        put(17, 2, sod % 60);
+        put(20, 3, unix_ms % 1_000);
+        Rfc3339(b)
+    }
+
+    pub fn as_str(&self) -> &str {
+        std::str::from_utf8(&self.0).expect("ASCII digits and separators")
+    }
+}
+
+impl serde::Serialize for Rfc3339 {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(self.as_str())
+    }
 }
 
 /// Howard Hinnant's `civil_from_days`: days since 1970-01-01 to (year, month, day).
@@ -37,11 +61,34 @@ fn civil_from_days(z: i64) -> (i64, u32, u32) {
 mod tests {
     use super::*;
 
+    fn rfc3339_ms(ms: u64) -> String {
+        Rfc3339::new(ms).as_str().to_owned()
+    }
+
     #[test]
     fn known_instants() {
         assert_eq!(rfc3339_ms(0), "1970-01-01T00:00:00.000Z");
         assert_eq!(rfc3339_ms(951_782_400_000), "2000-02-29T00:00:00.000Z");
         assert_eq!(rfc3339_ms(1_795_463_151_123), "2026-11-23T19:45:51.123Z");
         assert_eq!(rfc3339_ms(4_102_444_799_999), "2099-12-31T23:59:59.999Z");
+        assert_eq!(rfc3339_ms(253_402_300_799_999), "9999-12-31T23:59:59.999Z");
+    }
+
+    proptest::proptest! {
+        /// The same text as the obvious `format!`, for any instant up to the year 9999.
+        #[test]
+        fn matches_format(ms in 0u64..253_402_300_800_000) {
+            let secs = ms / 1_000;
+            let sod = secs % 86_400;
+            let (y, m, d) = civil_from_days((secs / 86_400) as i64);
+            let want = format!(
+                "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}.{:03}Z",
+                sod / 3_600,
+                sod % 3_600 / 60,
+                sod % 60,
+                ms % 1_000
+            );
+            proptest::prop_assert_eq!(rfc3339_ms(ms), want);
+        }
     }
 }

@@ -90,9 +90,38 @@ impl SessionId {
     }
 }
 
+impl SessionId {
+    /// The 32 lowercase hex digits, formatted on the stack (the request path's form).
+    pub fn hex(self) -> HexId {
+        const DIGITS: &[u8; 16] = b"0123456789abcdef";
+        let mut b = [0u8; 32];
+        for (i, byte) in self.0.to_be_bytes().iter().enumerate() {
+            b[2 * i] = DIGITS[usize::from(byte >> 4)];
+            b[2 * i + 1] = DIGITS[usize::from(byte & 0xF)];
+        }
+        HexId(b)
+    }
+}
+
+/// A session id in hex, on the stack (see [`SessionId::hex`]).
+#[derive(Clone, Copy)]
+pub struct HexId([u8; 32]);
+
+impl HexId {
+    pub fn as_str(&self) -> &str {
+        std::str::from_utf8(&self.0).expect("hex digits")
+    }
+}
+
+impl serde::Serialize for HexId {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(self.as_str())
+    }
+}
+
 impl fmt::Display for SessionId {
     fn fmt(&self, f: &mut fmt::Formatter) -> fmt::Result {
-        write!(f, "{:032x}", self.0)
+        f.write_str(self.hex().as_str())
     }
 }
 
@@ -127,6 +156,8 @@ mod tests {
         let id = SessionId::from_token(&token).unwrap();
         // SHA-256 of 32 zero bytes = 66687aadf862bd776c8fc18b8e9f8e20...
         assert_eq!(id.to_string(), "66687aadf862bd776c8fc18b8e9f8e20");
+        assert_eq!(SessionId(0xAB).to_string(), format!("{:032x}", 0xABu128));
+        assert_eq!(SessionId(u128::MAX).hex().as_str(), "f".repeat(32));
         assert_eq!(SessionId::parse_hex(&id.to_string()), Some(id));
         assert_eq!(
             SessionId::parse_hex("66687AADF862BD776C8FC18B8E9F8E20"),

@@ -19,14 +19,14 @@ pub enum From {
 }
 
 /// The token and where it came from (the cookie wins over `Authorization`).
-pub fn token_and_origin(headers: &HeaderMap, cookie_name: &str) -> Option<(String, From)> {
+pub fn token_and_origin<'h>(headers: &'h HeaderMap, cookie_name: &str) -> Option<(&'h str, From)> {
     for value in headers.get_all(header::COOKIE) {
         let Ok(s) = value.to_str() else { continue };
         for pair in s.split(';') {
             if let Some((name, val)) = pair.trim().split_once('=')
                 && name.trim() == cookie_name
             {
-                return Some((val.trim().trim_matches('"').to_owned(), From::Cookie));
+                return Some((val.trim().trim_matches('"'), From::Cookie));
             }
         }
     }
@@ -34,7 +34,7 @@ pub fn token_and_origin(headers: &HeaderMap, cookie_name: &str) -> Option<(Strin
     let (scheme, token) = auth.split_once(' ')?;
     scheme
         .eq_ignore_ascii_case("bearer")
-        .then(|| (token.trim().to_owned(), From::Bearer))
+        .then(|| (token.trim(), From::Bearer))
 }
 
 static X_SESSION_ID: HeaderName = HeaderName::from_static("x-session-id");
@@ -51,7 +51,7 @@ pub async fn auth(State(st): State<AppState>, headers: HeaderMap) -> Result<Resp
             "no session cookie or bearer token",
         ));
     };
-    let v = st.engine.touch(&token);
+    let v = st.engine.touch(token);
     st.durable().await?;
     st.metrics.touch(&v);
     match v {
@@ -61,7 +61,7 @@ pub async fn auth(State(st): State<AppState>, headers: HeaderMap) -> Result<Resp
             let h = resp.headers_mut();
             h.insert(
                 X_SESSION_ID.clone(),
-                HeaderValue::from_str(&s.id.to_string()).expect("hex"),
+                HeaderValue::from_str(s.id.hex().as_str()).expect("hex"),
             );
             // Ids have no control characters (session::check_id), so they are valid header values.
             if let Ok(u) = HeaderValue::from_bytes(s.user_id.as_bytes()) {
@@ -104,20 +104,22 @@ mod tests {
 
     #[test]
     fn cookie_then_bearer() {
-        let get = |h: &HeaderMap, name: &str| token_and_origin(h, name);
+        fn get<'h>(h: &'h HeaderMap, name: &str) -> Option<(&'h str, From)> {
+            token_and_origin(h, name)
+        }
         let mut h = HeaderMap::new();
         h.insert(
             header::COOKIE,
             HeaderValue::from_static("a=1; session=tok; b=2"),
         );
-        assert_eq!(get(&h, "session"), Some(("tok".to_owned(), From::Cookie)));
+        assert_eq!(get(&h, "session"), Some(("tok", From::Cookie)));
         assert_eq!(get(&h, "other"), None);
         h.insert(
             header::AUTHORIZATION,
             HeaderValue::from_static("Bearer xyz"),
         );
-        assert_eq!(get(&h, "other"), Some(("xyz".to_owned(), From::Bearer)));
-        assert_eq!(get(&h, "session"), Some(("tok".to_owned(), From::Cookie)));
+        assert_eq!(get(&h, "other"), Some(("xyz", From::Bearer)));
+        assert_eq!(get(&h, "session"), Some(("tok", From::Cookie)));
         let mut h = HeaderMap::new();
         h.insert(header::AUTHORIZATION, HeaderValue::from_static("Basic xyz"));
         assert_eq!(get(&h, "session"), None);

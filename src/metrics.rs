@@ -27,6 +27,7 @@ pub const EXPIRY_LAG: &str = "sessiond_expiry_lag_seconds";
 pub const POLICY_CHANGES: &str = "sessiond_policy_changes_total";
 pub const HTTP_REQUESTS: &str = "sessiond_http_requests_total";
 pub const HTTP_DURATION: &str = "sessiond_http_request_duration_seconds";
+pub const HTTP_CONNECTIONS: &str = "sessiond_http_connections";
 pub const CREATE_REFUSED: &str = "sessiond_sessions_refused_total";
 pub const POLICY_RELOAD_ERRORS: &str = "sessiond_policy_reload_errors_total";
 pub const POLICY_REAPPLY_DURATION: &str = "sessiond_policy_reapply_duration_seconds";
@@ -312,6 +313,7 @@ fn describe() {
     );
     describe_counter!(SNAPSHOT_ERRORS, "Snapshots that failed.");
     describe_counter!(HTTP_REQUESTS, "HTTP requests by route template and status.");
+    describe_gauge!(HTTP_CONNECTIONS, "Open HTTP connections.");
     describe_histogram!(
         HTTP_DURATION,
         Unit::Seconds,

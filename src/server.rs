@@ -139,6 +139,7 @@ fn hand_over(
         }
     };
     open[i].fetch_add(1, Ordering::Relaxed);
+    metrics::gauge!(crate::metrics::HTTP_CONNECTIONS).increment(1.0);
     let guard = OpenGuard {
         open: open.clone(),
         worker: i,
@@ -170,6 +171,7 @@ struct OpenGuard {
 impl Drop for OpenGuard {
     fn drop(&mut self) {
         self.open[self.worker].fetch_sub(1, Ordering::Relaxed);
+        metrics::gauge!(crate::metrics::HTTP_CONNECTIONS).decrement(1.0);
     }
 }
 

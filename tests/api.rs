@@ -279,6 +279,14 @@ fn ops_endpoints_and_metrics() {
         )
     );
     assert!(text.contains("sessiond_http_request_duration_seconds_bucket{route=\"/v1/sessions\""));
+    assert_eq!(
+        d.metric("sessiond_http_requests_total{route=\"/v1/sessions/validate\",status=\"200\"}"),
+        2.0
+    );
+    // Every earlier connection was closed: only the one asking is open.
+    crate::common::eventually(5, "closed connections leave the gauge", || {
+        d.metric("sessiond_http_connections") == 1.0
+    });
     assert!(!text.contains(&token), "token leaked into metrics");
     // Raw paths (with ids) never become labels.
     d.call("GET", "/v1/users/secret-user/sessions", None);

@@ -67,7 +67,8 @@ impl IdIndex {
     }
 
     /// Slots allocated (4 bytes each).
-    pub fn capacity(&self) -> usize {
+    #[cfg(test)]
+    fn capacity(&self) -> usize {
         self.slots.len()
     }
 

@@ -7,7 +7,7 @@ use super::error::ApiError;
 use super::extract::authorize;
 use crate::api_keys::Role;
 use crate::session::Validation;
-use axum::extract::State;
+use axum::extract::{Request, State};
 use axum::http::{HeaderMap, HeaderName, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 
@@ -42,9 +42,11 @@ static X_USER_ID: HeaderName = HeaderName::from_static("x-user-id");
 static X_ORG_ID: HeaderName = HeaderName::from_static("x-org-id");
 static X_EXPIRES_IN: HeaderName = HeaderName::from_static("x-session-expires-in");
 
-pub async fn auth(State(st): State<AppState>, headers: HeaderMap) -> Result<Response, ApiError> {
-    authorize(&st, &headers, Role::Gateway)?;
-    let Some((token, origin)) = token_and_origin(&headers, &st.cookie.name) else {
+/// Takes the whole request rather than a `HeaderMap` extractor, which would copy every header.
+pub async fn auth(State(st): State<AppState>, req: Request) -> Result<Response, ApiError> {
+    let headers = req.headers();
+    authorize(&st, headers, Role::Gateway)?;
+    let Some((token, origin)) = token_and_origin(headers, &st.cookie.name) else {
         return Err(ApiError::new(
             StatusCode::UNAUTHORIZED,
             "unauthenticated",
@@ -59,6 +61,7 @@ pub async fn auth(State(st): State<AppState>, headers: HeaderMap) -> Result<Resp
             let now = st.engine.now_ms();
             let mut resp = StatusCode::OK.into_response();
             let h = resp.headers_mut();
+            h.reserve(4);
             h.insert(
                 X_SESSION_ID.clone(),
                 HeaderValue::from_str(s.id.hex().as_str()).expect("hex"),

@@ -1,4 +1,4 @@
-//! The HTTP surface: axum router, shared state, and the one metrics middleware.
+//! The HTTP surface: axum router and shared state; every route is wrapped in [`track`].
 //!
 //! Invariants:
 //! 1. Every route's role is checked first thing in its handler ([`extract::authorize`]).
@@ -12,19 +12,18 @@ mod forward_auth;
 mod ops;
 mod policy;
 mod sessions;
+mod track;
 
 use crate::api_keys::ApiKeys;
 use crate::engine::Engine;
 use crate::metrics::Metrics;
 use axum::Router;
-use axum::extract::{MatchedPath, Request};
-use axum::middleware::{self, Next};
+use axum::extract::Request;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use error::ApiError;
 use std::sync::Arc;
 use std::sync::atomic::AtomicBool;
-use std::time::Instant;
 
 /// What every handler can reach: one pointer, so that the per-request clone axum makes is one
 /// reference-count increment. Each HTTP worker gets its own copy ([`AppState::for_worker`]), so
@@ -84,29 +83,6 @@ impl Shared {
     }
 }
 
-/// Session routes answer 503 `loading` until the sessions are loaded: an answer of "unknown
-/// session" before then would sign people out.
-async fn loading_gate(
-    axum::extract::State(st): axum::extract::State<AppState>,
-    req: Request,
-    next: Next,
-) -> Response {
-    if st.loaded.load(std::sync::atomic::Ordering::Acquire) {
-        return next.run(req).await;
-    }
-    let mut resp = ApiError::new(
-        axum::http::StatusCode::SERVICE_UNAVAILABLE,
-        "loading",
-        "sessiond is loading its sessions from the state directory; retry shortly",
-    )
-    .into_response();
-    resp.headers_mut().insert(
-        axum::http::header::RETRY_AFTER,
-        axum::http::HeaderValue::from_static("1"),
-    );
-    resp
-}
-
 /// The full router.
 pub fn router(state: AppState) -> Router {
     let sessions = Router::new()
@@ -130,9 +106,8 @@ pub fn router(state: AppState) -> Router {
         // Envoy's ext_authz HTTP service appends the original request path to its path_prefix.
         .route("/v1/auth/", get(forward_auth::auth))
         .route("/v1/auth/{*original_path}", get(forward_auth::auth))
-        .route_layer(middleware::from_fn_with_state(state.clone(), loading_gate));
+        .route_layer(track::TrackLayer::gated(state.loaded.clone()));
     let api = Router::new()
-        .merge(sessions)
         .route("/v1/policy", get(policy::get_app).put(policy::put_app))
         .route("/v1/policy/reload", post(policy::reload))
         .route(
@@ -145,22 +120,11 @@ pub fn router(state: AppState) -> Router {
         .route("/metrics", get(ops::metrics))
         .route("/healthz", get(ops::healthz))
         .route("/readyz", get(ops::readyz))
-        .route_layer(middleware::from_fn(track));
+        .route_layer(track::TrackLayer::metrics())
+        .merge(sessions);
     api.fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .with_state(state)
-}
-
-async fn track(req: Request, next: Next) -> Response {
-    let route = req.extensions().get::<MatchedPath>().cloned();
-    let start = Instant::now();
-    let resp = next.run(req).await;
-    crate::metrics::http_request(
-        route.as_ref().map_or("unmatched", |m| m.as_str()),
-        resp.status().as_u16(),
-        Some(start.elapsed().as_secs_f64()),
-    );
-    resp
 }
 
 async fn not_found(req: Request) -> Response {

@@ -8,8 +8,7 @@ use crate::session::{Metadata, NewSession, SessionView, Validation};
 use crate::timefmt::Rfc3339;
 use crate::token::HexId;
 use crate::token::SessionId;
-use axum::body::Body;
-use axum::extract::State;
+use axum::extract::{Request, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use serde::ser::SerializeMap;
@@ -92,12 +91,9 @@ struct CreateResponse<'a> {
     cookie: String,
 }
 
-pub async fn create(
-    State(st): State<AppState>,
-    headers: HeaderMap,
-    body: Body,
-) -> Result<Response, ApiError> {
-    authorize(&st, &headers, Role::Gateway)?;
+pub async fn create(State(st): State<AppState>, req: Request) -> Result<Response, ApiError> {
+    let (parts, body) = req.into_parts();
+    authorize(&st, &parts.headers, Role::Gateway)?;
     let bytes = read_body(body).await?;
     let req: CreateRequest = parse_json(&bytes)?;
     let metadata = req
@@ -175,12 +171,9 @@ fn validation_response(v: &Validation, now_ms: u64) -> Response {
     json_response(StatusCode::OK, &body)
 }
 
-pub async fn validate(
-    State(st): State<AppState>,
-    headers: HeaderMap,
-    body: Body,
-) -> Result<Response, ApiError> {
-    authorize(&st, &headers, Role::Gateway)?;
+pub async fn validate(State(st): State<AppState>, req: Request) -> Result<Response, ApiError> {
+    let (parts, body) = req.into_parts();
+    authorize(&st, &parts.headers, Role::Gateway)?;
     let bytes = read_body(body).await?;
     let req: TokenRequest = parse_json(&bytes)?;
     let v = st.engine.validate(&req.token);
@@ -188,12 +181,9 @@ pub async fn validate(
     Ok(validation_response(&v, st.engine.now_ms()))
 }
 
-pub async fn touch(
-    State(st): State<AppState>,
-    headers: HeaderMap,
-    body: Body,
-) -> Result<Response, ApiError> {
-    authorize(&st, &headers, Role::Gateway)?;
+pub async fn touch(State(st): State<AppState>, req: Request) -> Result<Response, ApiError> {
+    let (parts, body) = req.into_parts();
+    authorize(&st, &parts.headers, Role::Gateway)?;
     let bytes = read_body(body).await?;
     let req: TokenRequest = parse_json(&bytes)?;
     let v = st.engine.touch(&req.token);
@@ -202,12 +192,9 @@ pub async fn touch(
     Ok(validation_response(&v, st.engine.now_ms()))
 }
 
-pub async fn revoke(
-    State(st): State<AppState>,
-    headers: HeaderMap,
-    body: Body,
-) -> Result<Response, ApiError> {
-    authorize(&st, &headers, Role::Gateway)?;
+pub async fn revoke(State(st): State<AppState>, req: Request) -> Result<Response, ApiError> {
+    let (parts, body) = req.into_parts();
+    authorize(&st, &parts.headers, Role::Gateway)?;
     let bytes = read_body(body).await?;
     let req: TokenRequest = parse_json(&bytes)?;
     if st.engine.revoke(&req.token) {

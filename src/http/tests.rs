@@ -23,6 +23,15 @@ fn unique_dir() -> std::path::PathBuf {
 }
 
 fn app(keys: Option<ApiKeys>) -> (axum::Router, Arc<ManualClock>) {
+    let (router, clock, _) = app_loading(keys, true);
+    (router, clock)
+}
+
+/// A router whose sessions are loaded when `loaded` is (the flag is returned to flip it).
+fn app_loading(
+    keys: Option<ApiKeys>,
+    loaded: bool,
+) -> (axum::Router, Arc<ManualClock>, Arc<AtomicBool>) {
     let clock = ManualClock::new(T0);
     let engine = Arc::new(Engine::new(
         EngineConfig {
@@ -45,10 +54,48 @@ fn app(keys: Option<ApiKeys>) -> (axum::Router, Arc<ManualClock>) {
         keys: keys.map(Arc::new),
         cookie: Arc::new(crate::cookie::CookieSettings::default()),
         ready: Arc::new(AtomicBool::new(true)),
-        loaded: Arc::new(AtomicBool::new(true)),
+        loaded: Arc::new(AtomicBool::new(loaded)),
         journal: None,
     });
-    (router(state), clock)
+    let loaded = state.loaded.clone();
+    (router(state), clock, loaded)
+}
+
+/// The value of one sample in the process's metrics (0 when absent).
+fn metric(line_prefix: &str) -> f64 {
+    Metrics::global()
+        .render(0)
+        .lines()
+        .find_map(|l| l.strip_prefix(line_prefix)?.trim().parse().ok())
+        .unwrap_or(0.0)
+}
+
+#[tokio::test]
+async fn session_routes_answer_loading_until_loaded_and_every_answer_is_counted_once() {
+    let (app, _, loaded) = app_loading(None, false);
+    // A label no other test produces: the process's metrics are shared between tests.
+    let refused =
+        r#"sessiond_http_requests_total{route="/v1/orgs/{org_id}/sessions",status="503"}"#;
+    let done = r#"sessiond_http_requests_total{route="/v1/orgs/{org_id}/sessions",status="200"}"#;
+    let (r0, d0) = (metric(refused), metric(done));
+    let (s, j, h) = call(&app, "DELETE", "/v1/orgs/acme/sessions", &[], "").await;
+    assert_eq!(s, StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(j["error"]["code"], "loading");
+    assert_eq!(h["retry-after"], "1");
+    let (s, _, _) = call(&app, "GET", "/v1/auth", &[("cookie", "session=x")], "").await;
+    assert_eq!(s, StatusCode::SERVICE_UNAVAILABLE);
+    // Routes that do not read sessions answer meanwhile.
+    let (s, _, _) = call(&app, "GET", "/healthz", &[], "").await;
+    assert_eq!(s, StatusCode::OK);
+    let (s, _, _) = call(&app, "GET", "/v1/policy", &[], "").await;
+    assert_eq!(s, StatusCode::OK);
+    assert_eq!(metric(refused), r0 + 1.0);
+
+    loaded.store(true, std::sync::atomic::Ordering::Release);
+    let (s, j, _) = call(&app, "DELETE", "/v1/orgs/acme/sessions", &[], "").await;
+    assert_eq!(s, StatusCode::OK, "{j}");
+    assert_eq!(metric(refused), r0 + 1.0);
+    assert_eq!(metric(done), d0 + 1.0);
 }
 
 async fn call(

@@ -599,6 +599,13 @@ async fn ceiling(args: &Args, t: &Target) -> Result<Value, String> {
     // peaks[op] = the op's req/s in each round; the tables keep the median round of each op.
     let mut peaks: BTreeMap<Op, Vec<(f64, Value)>> = BTreeMap::new();
     let rounds = args.rounds.max(1);
+    // Errors of every run, not only of the median rounds the tables keep.
+    let mut errors: BTreeMap<String, u64> = BTreeMap::new();
+    let mut count_errors = |stats: &Stats| {
+        for (k, n) in &stats.errors {
+            *errors.entry(k.clone()).or_default() += n;
+        }
+    };
     for round in 0..rounds {
         for op in ops {
             let sh = shared();
@@ -609,6 +616,7 @@ async fn ceiling(args: &Args, t: &Target) -> Result<Value, String> {
             sh.stop.store(true, Ordering::Relaxed);
             let _ = bar.await;
             ws = back;
+            count_errors(&stats);
             let n = stats.hist.get(&op).map_or(0, |h| h.len());
             peaks
                 .entry(op)
@@ -645,12 +653,48 @@ async fn ceiling(args: &Args, t: &Target) -> Result<Value, String> {
                 .collect::<serde_json::Map<_, _>>()
         ),
     );
+    // Auth at half its peak, in rounds too: one stall of this VM (a few ms, now and then) decides
+    // the p99 of the run it falls in. The table keeps the median round by p99; every round's
+    // p99 and the p99 of all rounds pooled are reported beside it.
     let half = peak[&Op::Auth] / 2.0;
-    let sh = shared();
-    let (stats, _, elapsed) = drive(t, ws, &Mix(vec![(Op::Auth, 1)]), d, Some(half), sh).await;
-    let mut half_run = run_json(&stats, elapsed);
-    half_run["rate"] = half.round().into();
-    out.insert("auth_at_half_peak".into(), half_run);
+    let mut halves: Vec<(f64, Value)> = Vec::new();
+    let mut pooled: Option<Histogram<u64>> = None;
+    for round in 0..rounds {
+        let sh = shared();
+        let label = format!("{} auth at {half:.0}/s ({}/{rounds})", t.label, round + 1);
+        let bar = progress(label, None, d, sh.clone());
+        let (stats, back, elapsed) =
+            drive(t, ws, &Mix(vec![(Op::Auth, 1)]), d, Some(half), sh.clone()).await;
+        sh.stop.store(true, Ordering::Relaxed);
+        let _ = bar.await;
+        ws = back;
+        count_errors(&stats);
+        let Some(h) = stats.hist.get(&Op::Auth).filter(|h| !h.is_empty()) else {
+            continue;
+        };
+        match &mut pooled {
+            Some(p) => p.add(h).expect("histograms of the same bounds"),
+            None => pooled = Some(h.clone()),
+        }
+        let mut run = run_json(&stats, elapsed);
+        run["rate"] = half.round().into();
+        halves.push((pct(h, 0.99), run));
+    }
+    let by_round: Vec<f64> = halves.iter().map(|h| h.0).collect();
+    halves.sort_by(|a, b| a.0.total_cmp(&b.0));
+    if !halves.is_empty() {
+        let (_, run) = halves.swap_remove(halves.len() / 2);
+        out.insert("auth_at_half_peak".into(), run);
+    }
+    out.insert("errors_all_runs".into(), json!(errors));
+    out.insert(
+        "auth_at_half_peak_p99_ms".into(),
+        json!({
+            "median_round": median(by_round.clone()),
+            "by_round": by_round,
+            "all_rounds_pooled": pooled.as_ref().map(|h| pct(h, 0.99)),
+        }),
+    );
     out.insert(
         "ratios".into(),
         json!({
@@ -884,7 +928,7 @@ fn print_summary(r: &Value) {
             println!(
                 "  -- {k}{}",
                 if k == "auth_at_half_peak" {
-                    ""
+                    " (median round by p99)"
                 } else {
                     " (median round)"
                 }
@@ -893,6 +937,11 @@ fn print_summary(r: &Value) {
         }
         println!("  req/s by round: {}", c["rounds"]);
         println!("  ratios (median of the rounds): {}", c["ratios"]);
+        println!(
+            "  auth p99 at half peak, ms: {}",
+            c["auth_at_half_peak_p99_ms"]
+        );
+        println!("  errors over every run: {}", c["errors_all_runs"]);
     }
     for key in ["storm", "policy_change"] {
         if let Some(s) = r.get(key) {
@@ -922,9 +971,7 @@ fn smoke_problems(results: &[Value]) -> Vec<String> {
         walk_errors(&r["preload"]["errors"], &format!("{t} preload"), &mut p);
         walk_errors(&r["run"]["errors"], &format!("{t} run"), &mut p);
         if let Some(c) = r.get("ceiling") {
-            for k in ["healthz", "auth", "validate", "auth_at_half_peak"] {
-                walk_errors(&c[k]["errors"], &format!("{t} ceiling {k}"), &mut p);
-            }
+            walk_errors(&c["errors_all_runs"], &format!("{t} ceiling"), &mut p);
         }
         for key in ["storm", "policy_change"] {
             if let Some(s) = r.get(key) {

@@ -140,8 +140,16 @@ fn kill_under_load(fsync: &str) -> (PathBuf, Vec<Seen>, Instant) {
                 while !stop.load(Ordering::Relaxed) {
                     n += 1;
                     if n.is_multiple_of(3) {
-                        // Revoke the oldest still-live session of this worker.
-                        let Some(s) = seen.iter_mut().find(|s| s.revoked.is_none()) else {
+                        // Revoke the oldest still-live session of this worker among every other
+                        // one: the rest stay live from their creation on, so sessions both live
+                        // and old enough to check exist however unevenly the load ran (revoking
+                        // strictly oldest-first left live only the newest, sometimes all under
+                        // a second old at the kill).
+                        let Some((_, s)) = seen
+                            .iter_mut()
+                            .enumerate()
+                            .find(|(i, s)| i % 2 == 0 && s.revoked.is_none())
+                        else {
                             continue;
                         };
                         let body = format!(r#"{{"token": "{}"}}"#, s.token);

@@ -16,15 +16,18 @@
 //! only) that is when it was sent; in open loop (`--rate`) it is the request's slot in the fixed
 //! schedule when the worker is behind, so a stall of the server shows up in the latency of every
 //! request that should have been sent during it (no coordinated omission). When the worker is
-//! ahead it sleeps until the slot; the timer's own overshoot (tokio's timer has 1 ms
-//! granularity) is the generator's artefact, not the server's, and is not counted.
+//! ahead it waits for the slot, released by a pacer thread (`pace.rs`: tokio's 1 ms timer would
+//! send each millisecond's requests in one burst); the pacer's own overshoot (50-100 us) is the
+//! generator's artefact, not the server's, and is not counted.
 
 mod conn;
+mod pace;
 mod target;
 
 use clap::Parser;
 use conn::{Conn, Failure, OPS, Op};
 use hdrhistogram::Histogram;
+use pace::Pacer;
 use serde_json::{Value, json};
 use std::collections::BTreeMap;
 use std::io::{IsTerminal, Write};
@@ -32,6 +35,9 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 use target::{Kind, Target};
+
+/// How long past its slot a worker waits for the pacer before it counts a missed wake-up.
+const PACER_GRACE: Duration = Duration::from_millis(250);
 
 #[derive(Parser, Debug, Clone)]
 #[command(
@@ -265,16 +271,19 @@ async fn drive(
     let start = Instant::now();
     let until = start + duration;
     let interval = rate.map(|r| Duration::from_secs_f64(n as f64 / r.max(0.001)));
+    // Open loop: the workers' slots, staggered across workers, released by the pacer.
+    let first = move |iv: Duration, i: usize| start + iv.mul_f64(i as f64 / n as f64);
+    let pacer = interval.map(|iv| Pacer::start((0..n).map(|i| first(iv, i)).collect(), iv, until));
     let mut handles = Vec::new();
     for (i, mut w) in workers.into_iter().enumerate() {
         let mix = mix.clone();
         let shared = shared.clone();
+        let gate = pacer.as_ref().map(|p| p.gate(i));
         let target_addr = target.addr;
         let kind = target.kind;
         handles.push(tokio::spawn(async move {
             let mut stats = Stats::new();
-            // Open loop: the worker's slots, staggered across workers.
-            let mut next = interval.map(|iv| start + iv.mul_f64(i as f64 / n as f64));
+            let mut next = interval.map(|iv| first(iv, i));
             loop {
                 let now = Instant::now();
                 if now >= until || shared.stop.load(Ordering::Relaxed) {
@@ -284,9 +293,21 @@ async fn drive(
                     (Some(slot), Some(iv)) => {
                         let due = *slot;
                         *slot += iv;
+                        if due >= until {
+                            break;
+                        }
                         if due > now {
-                            tokio::time::sleep_until(due.into()).await;
-                            // Ahead of schedule: the timer's overshoot is ours, not the server's.
+                            let gate = gate.as_deref().expect("an open loop has a pacer");
+                            // A lost wake-up must not hang the run: it is counted as an error
+                            // (the smoke run fails on any) and the worker goes on.
+                            let wait = pace::until(gate, due);
+                            if tokio::time::timeout(due - now + PACER_GRACE, wait)
+                                .await
+                                .is_err()
+                            {
+                                *stats.errors.entry("pacer:missed_slot".into()).or_default() += 1;
+                            }
+                            // Ahead of schedule: the pacer's overshoot is ours, not the server's.
                             Instant::now()
                         } else {
                             // Behind: count from the slot (no coordinated omission).
@@ -967,12 +988,22 @@ fn smoke_problems(results: &[Value]) -> Vec<String> {
             p.push(format!("{at}: errors {}", Value::Object(e.clone())));
         }
     };
+    // An open loop far short of its rate means the pacer (pace.rs) lost its workers.
+    let short_of_rate = |run: &Value, at: &str, p: &mut Vec<String>| {
+        if let (Some(rate), Some(got)) = (run["rate"].as_f64(), run["throughput"].as_f64())
+            && got < 0.75 * rate
+        {
+            p.push(format!("{at}: the open loop reached {got} of {rate} req/s"));
+        }
+    };
     for r in results {
         let t = r["target"].as_str().unwrap_or("?");
         walk_errors(&r["preload"]["errors"], &format!("{t} preload"), &mut p);
         walk_errors(&r["run"]["errors"], &format!("{t} run"), &mut p);
+        short_of_rate(&r["run"], &format!("{t} run"), &mut p);
         if let Some(c) = r.get("ceiling") {
             walk_errors(&c["errors_all_runs"], &format!("{t} ceiling"), &mut p);
+            short_of_rate(&c["auth_at_half_peak"], &format!("{t} ceiling"), &mut p);
         }
         for key in ["storm", "policy_change"] {
             if let Some(s) = r.get(key) {

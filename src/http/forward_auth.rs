@@ -6,7 +6,8 @@ use super::AppState;
 use super::error::ApiError;
 use super::extract::authorize;
 use crate::api_keys::Role;
-use crate::session::Validation;
+use crate::session::{SessionView, Validation};
+use axum::body::Bytes;
 use axum::extract::{Request, State};
 use axum::http::{HeaderMap, HeaderName, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
@@ -19,14 +20,27 @@ pub enum From {
 }
 
 /// The token and where it came from (the cookie wins over `Authorization`).
+///
+/// Works on the header's bytes: this runs on every request through the gateway, and a
+/// `to_str` of the whole `Cookie` header (every other cookie of the site included) only to
+/// find one pair would cost more than the rest of the parse.
 pub fn token_and_origin<'h>(headers: &'h HeaderMap, cookie_name: &str) -> Option<(&'h str, From)> {
+    let name = cookie_name.as_bytes();
     for value in headers.get_all(header::COOKIE) {
-        let Ok(s) = value.to_str() else { continue };
-        for pair in s.split(';') {
-            if let Some((name, val)) = pair.trim().split_once('=')
-                && name.trim() == cookie_name
-            {
-                return Some((val.trim().trim_matches('"'), From::Cookie));
+        for pair in value.as_bytes().split(|&b| b == b';') {
+            let Some(rest) = pair.trim_ascii_start().strip_prefix(name) else {
+                continue;
+            };
+            let Some(val) = rest.trim_ascii_start().strip_prefix(b"=") else {
+                continue;
+            };
+            let val = val.trim_ascii();
+            let val = val
+                .strip_prefix(b"\"")
+                .and_then(|v| v.strip_suffix(b"\""))
+                .unwrap_or(val);
+            if let Ok(token) = std::str::from_utf8(val) {
+                return Some((token, From::Cookie));
             }
         }
     }
@@ -60,27 +74,7 @@ pub async fn auth(State(st): State<AppState>, req: Request) -> Result<Response, 
         Validation::Valid(s) => {
             let now = st.engine.now_ms();
             let mut resp = StatusCode::OK.into_response();
-            let h = resp.headers_mut();
-            h.reserve(4);
-            h.insert(
-                X_SESSION_ID.clone(),
-                HeaderValue::from_str(s.id.hex().as_str()).expect("hex"),
-            );
-            // Ids have no control characters (session::check_id), so they are valid header values.
-            if let Ok(u) = HeaderValue::from_bytes(s.user_id.as_bytes()) {
-                h.insert(X_USER_ID.clone(), u);
-            }
-            if let Some(o) = s
-                .org_id
-                .as_deref()
-                .and_then(|o| HeaderValue::from_bytes(o.as_bytes()).ok())
-            {
-                h.insert(X_ORG_ID.clone(), o);
-            }
-            h.insert(
-                X_EXPIRES_IN.clone(),
-                HeaderValue::from(s.expires_in_secs(now)),
-            );
+            identity_headers(resp.headers_mut(), &s, s.expires_in_secs(now));
             Ok(resp)
         }
         Validation::Invalid(r) => {
@@ -97,6 +91,55 @@ pub async fn auth(State(st): State<AppState>, req: Request) -> Result<Response, 
                 resp.headers_mut().insert(header::SET_COOKIE, v);
             }
             Ok(resp)
+        }
+    }
+}
+
+/// The headers of a 200: `X-Session-Id`, `X-User-Id`, `X-Org-Id` (when there is an org) and
+/// `X-Session-Expires-In`. Their values are slices of one buffer: one allocation where a value
+/// each would take four. Ids have no control characters (`session::check_id`), so they are
+/// valid header values; one that were not would be left out rather than fail the request.
+fn identity_headers(h: &mut HeaderMap, s: &SessionView, expires_in: u64) {
+    let hex = s.id.hex();
+    let user = s.user_id.as_bytes();
+    let org = s.org_id.as_deref().map_or(&b""[..], str::as_bytes);
+    let mut digits = [0u8; 20];
+    let secs = decimal(expires_in, &mut digits);
+    let mut buf = Vec::with_capacity(32 + user.len() + org.len() + secs.len());
+    let mut ends = [0usize; 4];
+    for (end, part) in ends
+        .iter_mut()
+        .zip([hex.as_str().as_bytes(), user, org, secs])
+    {
+        buf.extend_from_slice(part);
+        *end = buf.len();
+    }
+    let all = Bytes::from(buf);
+    let value = |i: usize| {
+        let start = if i == 0 { 0 } else { ends[i - 1] };
+        HeaderValue::from_maybe_shared(all.slice(start..ends[i])).ok()
+    };
+    h.reserve(4);
+    let names = [&X_SESSION_ID, &X_USER_ID, &X_ORG_ID, &X_EXPIRES_IN];
+    for (i, name) in names.into_iter().enumerate() {
+        if i == 2 && s.org_id.is_none() {
+            continue;
+        }
+        if let Some(v) = value(i) {
+            h.insert(name.clone(), v);
+        }
+    }
+}
+
+/// `n` in decimal, written at the end of `buf`.
+fn decimal(mut n: u64, buf: &mut [u8; 20]) -> &[u8] {
+    let mut i = buf.len();
+    loop {
+        i -= 1;
+        buf[i] = b'0' + (n % 10) as u8;
+        n /= 10;
+        if n == 0 {
+            return &buf[i..];
         }
     }
 }
@@ -126,5 +169,68 @@ mod tests {
         let mut h = HeaderMap::new();
         h.insert(header::AUTHORIZATION, HeaderValue::from_static("Basic xyz"));
         assert_eq!(get(&h, "session"), None);
+    }
+
+    #[test]
+    fn cookie_pairs_are_matched_by_whole_name() {
+        let mut h = HeaderMap::new();
+        h.append(
+            header::COOKIE,
+            HeaderValue::from_static("sessionx=no;xsession=no; session_id=no"),
+        );
+        assert_eq!(token_and_origin(&h, "session"), None);
+        h.append(
+            header::COOKIE,
+            HeaderValue::from_static("a=1;  session = \"tok\" ;b=2"),
+        );
+        assert_eq!(token_and_origin(&h, "session"), Some(("tok", From::Cookie)));
+        assert_eq!(token_and_origin(&h, "b"), Some(("2", From::Cookie)));
+        assert_eq!(
+            token_and_origin(&h, "session_id"),
+            Some(("no", From::Cookie))
+        );
+    }
+
+    fn view(org: Option<&str>) -> SessionView {
+        SessionView {
+            id: crate::token::SessionId(0x0123_4567_89ab_cdef_0011_2233_4455_6677),
+            user_id: "josé".into(),
+            org_id: org.map(Into::into),
+            created_at_ms: 0,
+            last_activity_at_ms: 0,
+            idle_expires_at_ms: None,
+            absolute_expires_at_ms: 0,
+            expires_at_ms: 0,
+            persistent: false,
+            metadata: None,
+        }
+    }
+
+    #[test]
+    fn identity_headers_slice_one_buffer() {
+        let get = |h: &HeaderMap, n: &str| h.get(n).map(|v| v.as_bytes().to_vec());
+        let mut h = HeaderMap::new();
+        identity_headers(&mut h, &view(Some("acme")), 1_800);
+        assert_eq!(
+            get(&h, "x-session-id").unwrap(),
+            b"0123456789abcdef0011223344556677"
+        );
+        assert_eq!(get(&h, "x-user-id").unwrap(), "josé".as_bytes());
+        assert_eq!(get(&h, "x-org-id").unwrap(), b"acme");
+        assert_eq!(get(&h, "x-session-expires-in").unwrap(), b"1800");
+        assert_eq!(h.len(), 4);
+        let mut h = HeaderMap::new();
+        identity_headers(&mut h, &view(None), 0);
+        assert_eq!(get(&h, "x-org-id"), None);
+        assert_eq!(get(&h, "x-session-expires-in").unwrap(), b"0");
+        assert_eq!(h.len(), 3);
+    }
+
+    #[test]
+    fn decimal_digits() {
+        let mut b = [0u8; 20];
+        for n in [0, 7, 10, 99, 1_800, 86_400, u64::MAX] {
+            assert_eq!(decimal(n, &mut b), n.to_string().as_bytes());
+        }
     }
 }

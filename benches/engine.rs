@@ -208,9 +208,34 @@ fn reapply(c: &mut Criterion) {
     g.finish();
 }
 
+/// The floor under random lookups: one dependent read at a random place in an array as large as
+/// the table's records (80 bytes per session), i.e. a DRAM miss with its TLB walk. A validate at
+/// 10M sessions makes two such dependent reads (the id index slot, then the record), so it
+/// cannot take less than twice this figure; the 5M/s target allows 200 ns for the whole call.
+fn memory_latency(c: &mut Criterion) {
+    let words = sessions() * 10;
+    let table: Vec<u64> = (0..words as u64).collect();
+    let mut g = c.benchmark_group(format!("memory_{}_sessions", sessions()));
+    g.throughput(Throughput::Elements(1));
+    let (mut x, mut at) = (0x9E37_79B9_7F4A_7C15u64, 0usize);
+    g.bench_function("dependent_random_read", |b| {
+        b.iter(|| {
+            // The next place depends on the word just read, so no two reads overlap; the
+            // xorshift and the multiply-shift onto the table cost a few ns of the figure.
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            let r = x ^ table[at];
+            at = ((u128::from(r) * words as u128) >> 64) as usize;
+            black_box(at)
+        })
+    });
+    g.finish();
+}
+
 criterion_group! {
     name = benches;
     config = Criterion::default().sample_size(20).warm_up_time(std::time::Duration::from_secs(1));
-    targets = lookups, eviction, reapply
+    targets = lookups, memory_latency, eviction, reapply
 }
 criterion_main!(benches);

@@ -101,31 +101,26 @@ pub async fn auth(State(st): State<AppState>, req: Request) -> Result<Response, 
 /// valid header values; one that were not would be left out rather than fail the request.
 fn identity_headers(h: &mut HeaderMap, s: &SessionView, expires_in: u64) {
     let hex = s.id.hex();
-    let user = s.user_id.as_bytes();
-    let org = s.org_id.as_deref().map_or(&b""[..], str::as_bytes);
+    let org = s.org_id.as_deref().map(str::as_bytes);
     let mut digits = [0u8; 20];
     let secs = decimal(expires_in, &mut digits);
-    let mut buf = Vec::with_capacity(32 + user.len() + org.len() + secs.len());
-    let mut ends = [0usize; 4];
-    for (end, part) in ends
-        .iter_mut()
-        .zip([hex.as_str().as_bytes(), user, org, secs])
-    {
+    let len = 32 + s.user_id.len() + org.map_or(0, <[u8]>::len) + secs.len();
+    let mut buf = Vec::with_capacity(len);
+    let mut push = |part: &[u8]| {
+        let start = buf.len();
         buf.extend_from_slice(part);
-        *end = buf.len();
-    }
-    let all = Bytes::from(buf);
-    let value = |i: usize| {
-        let start = if i == 0 { 0 } else { ends[i - 1] };
-        HeaderValue::from_maybe_shared(all.slice(start..ends[i])).ok()
+        start..buf.len()
     };
-    h.reserve(4);
-    let names = [&X_SESSION_ID, &X_USER_ID, &X_ORG_ID, &X_EXPIRES_IN];
-    for (i, name) in names.into_iter().enumerate() {
-        if i == 2 && s.org_id.is_none() {
-            continue;
-        }
-        if let Some(v) = value(i) {
+    let values = [
+        (&X_SESSION_ID, Some(push(hex.as_str().as_bytes()))),
+        (&X_USER_ID, Some(push(s.user_id.as_bytes()))),
+        (&X_ORG_ID, org.map(&mut push)),
+        (&X_EXPIRES_IN, Some(push(secs))),
+    ];
+    let all = Bytes::from(buf);
+    h.reserve(values.len());
+    for (name, range) in values {
+        if let Some(v) = range.and_then(|r| HeaderValue::from_maybe_shared(all.slice(r)).ok()) {
             h.insert(name.clone(), v);
         }
     }

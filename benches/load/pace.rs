@@ -16,8 +16,9 @@
 //!    waiting worker may be waiting for.
 //! 2. A wake-up is only a hint: the worker re-checks the clock and waits again if its slot has
 //!    not come (a stored permit from a slot it did not wait for may wake it early).
-//! 3. The pacer runs until `until` plus one interval, so that no worker waits on a slot the
-//!    pacer will not serve; dropping it stops the thread at its next wake-up (not joined: a
+//! 3. The pacer runs until `until` plus one interval, and its last pass comes after that time
+//!    (however late the thread wakes), so that no worker waits on a slot the pacer will not
+//!    serve; dropping it stops the thread at its next wake-up (not joined: a
 //!    run stopped early must not block its runtime for up to an interval).
 //!
 //! The load generator has no test harness (`harness = false`): the smoke run checks the pacer,
@@ -52,9 +53,9 @@ impl Pacer {
                     let mut next = first;
                     while !stop.load(Ordering::Relaxed) {
                         let now = Instant::now();
-                        if now > end {
-                            break;
-                        }
+                        // The pass below runs even when this wake-up came after `end` (the
+                        // thread was descheduled past it): slots before `end` still get their
+                        // wake-up, and only then does the pacer stop (invariant 3).
                         let mut earliest = end;
                         for (slot, gate) in next.iter_mut().zip(&gates) {
                             if *slot <= now {
@@ -67,6 +68,9 @@ impl Pacer {
                                 }
                             }
                             earliest = earliest.min(*slot);
+                        }
+                        if now > end {
+                            break;
                         }
                         if let Some(wait) = earliest.checked_duration_since(Instant::now()) {
                             std::thread::sleep(wait);

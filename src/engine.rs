@@ -450,7 +450,7 @@ impl Engine {
 
     /// Whether `token` names a live, unexpired session. No side effect.
     #[inline]
-    pub fn validate(&self, token: &str) -> Validation {
+    pub fn validate(&self, token: impl AsRef<[u8]>) -> Validation {
         let Some(id) = SessionId::from_token(token) else {
             return Validation::Invalid(Invalid::Malformed);
         };
@@ -461,7 +461,7 @@ impl Engine {
     /// Records activity on `token`'s session and returns its deadlines after it; an expired
     /// session is refused, never revived.
     #[inline]
-    pub fn touch(&self, token: &str) -> Validation {
+    pub fn touch(&self, token: impl AsRef<[u8]>) -> Validation {
         let Some(id) = SessionId::from_token(token) else {
             return Validation::Invalid(Invalid::Malformed);
         };
@@ -470,7 +470,7 @@ impl Engine {
     }
 
     /// Ends `token`'s session; false if there was none.
-    pub fn revoke(&self, token: &str) -> bool {
+    pub fn revoke(&self, token: impl AsRef<[u8]>) -> bool {
         SessionId::from_token(token).is_some_and(|id| self.revoke_id(id))
     }
 

@@ -18,6 +18,45 @@ use std::fmt;
 /// Length of a token in its text form.
 pub const TOKEN_LEN: usize = 43;
 
+/// The base64url alphabet (RFC 4648, section 5).
+const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
+
+/// Each byte's value as a base64url digit; `0xFF` for bytes outside the alphabet.
+const DIGITS: [u8; 256] = {
+    let mut t = [0xFF; 256];
+    let mut i = 0;
+    while i < 64 {
+        t[ALPHABET[i] as usize] = i as u8;
+        i += 1;
+    }
+    t
+};
+
+/// The 32 bytes of a token: exactly [`TOKEN_LEN`] base64url characters, unpadded, with the
+/// two bits past the 256th zero (so one secret has one spelling). This runs on every request
+/// that carries a token; the general-purpose decoder of the `base64` crate spent ~500
+/// instructions on it (callgrind), this one a third of that. The unit tests hold it to the
+/// same answers as `base64`'s `URL_SAFE_NO_PAD`, which still mints the tokens.
+fn decode_token(t: &[u8]) -> Option<[u8; 32]> {
+    let t: &[u8; TOKEN_LEN] = t.try_into().ok()?;
+    let mut bad = 0u8;
+    let mut digit = |c: u8| {
+        let v = DIGITS[c as usize];
+        bad |= v;
+        u32::from(v)
+    };
+    let mut out = [0u8; 32];
+    for (quad, three) in t.chunks_exact(4).zip(out.chunks_exact_mut(3)) {
+        let n = digit(quad[0]) << 18 | digit(quad[1]) << 12 | digit(quad[2]) << 6 | digit(quad[3]);
+        three.copy_from_slice(&n.to_be_bytes()[1..]);
+    }
+    // The last 3 characters carry 18 bits: the last 2 bytes and 2 bits that must be zero.
+    let n = digit(t[40]) << 12 | digit(t[41]) << 6 | digit(t[42]);
+    out[30] = (n >> 10) as u8;
+    out[31] = (n >> 2) as u8;
+    (bad & 0x80 == 0 && n & 3 == 0).then_some(out)
+}
+
 /// A freshly minted bearer token. Deliberately not `Display`.
 pub struct Token(String);
 
@@ -52,18 +91,12 @@ pub struct SessionId(pub u128);
 
 impl SessionId {
     /// Derives the id from a token's text form; `None` if it is not a well-formed token, so
-    /// garbage is refused without touching the table.
+    /// garbage is refused without touching the table. Takes bytes, so that a token found in a
+    /// header needs no UTF-8 check first (anything not base64url is refused here anyway).
     #[inline]
-    pub fn from_token(token: &str) -> Option<SessionId> {
-        if token.len() != TOKEN_LEN {
-            return None;
-        }
-        let mut raw = [0u8; 33];
-        let n = URL_SAFE_NO_PAD.decode_slice(token, &mut raw).ok()?;
-        if n != 32 {
-            return None;
-        }
-        let digest = Sha256::digest(&raw[..32]);
+    pub fn from_token(token: impl AsRef<[u8]>) -> Option<SessionId> {
+        let raw = decode_token(token.as_ref())?;
+        let digest = Sha256::digest(raw);
         let mut id = [0u8; 16];
         id.copy_from_slice(&digest[..16]);
         Some(SessionId(u128::from_be_bytes(id)))
@@ -168,14 +201,59 @@ mod tests {
     #[test]
     fn malformed_tokens_are_refused() {
         assert!(SessionId::from_token("").is_none());
-        assert!(SessionId::from_token(&"A".repeat(42)).is_none());
-        assert!(SessionId::from_token(&"A".repeat(44)).is_none());
-        assert!(SessionId::from_token(&format!("{}=", "A".repeat(42))).is_none());
-        assert!(SessionId::from_token(&format!("{}+", "A".repeat(42))).is_none());
+        assert!(SessionId::from_token("A".repeat(42)).is_none());
+        assert!(SessionId::from_token("A".repeat(44)).is_none());
+        assert!(SessionId::from_token(format!("{}=", "A".repeat(42))).is_none());
+        assert!(SessionId::from_token(format!("{}+", "A".repeat(42))).is_none());
         // Non-canonical trailing bits are refused, so one secret has one spelling.
-        assert!(SessionId::from_token(&format!("{}B", "A".repeat(42))).is_none());
+        assert!(SessionId::from_token(format!("{}B", "A".repeat(42))).is_none());
         assert!(SessionId::parse_hex("xyz").is_none());
         assert!(SessionId::parse_hex(&"g".repeat(32)).is_none());
+    }
+
+    #[test]
+    fn decode_agrees_with_the_base64_crate_on_tokens() {
+        for _ in 0..200 {
+            let t = Token::generate().unwrap();
+            let mut want = [0u8; 33];
+            assert_eq!(
+                URL_SAFE_NO_PAD.decode_slice(t.expose(), &mut want).unwrap(),
+                32
+            );
+            assert_eq!(decode_token(t.expose().as_bytes()).unwrap(), want[..32]);
+        }
+    }
+
+    proptest::proptest! {
+        /// Any 43 bytes, drawn mostly from the alphabet: refused or accepted, and decoded to
+        /// the same bytes, exactly as `base64` would.
+        #[test]
+        fn decode_matches_base64_on_any_input(
+            picks in proptest::collection::vec(0usize..640, TOKEN_LEN),
+        ) {
+            let odd = [b'=', b'+', b'/', b' ', 0xC3, b'.'];
+            let t: Vec<u8> = picks
+                .iter()
+                .map(|&i| if (64..70).contains(&i) { odd[i - 64] } else { ALPHABET[i % 64] })
+                .collect();
+            let mut want = [0u8; 33];
+            let want = match URL_SAFE_NO_PAD.decode_slice(&t, &mut want) {
+                Ok(32) => Some(want[..32].to_vec()),
+                _ => None,
+            };
+            proptest::prop_assert_eq!(decode_token(&t).map(|b| b.to_vec()), want);
+        }
+
+        /// Only the trailing bits of the last character are constrained: flipping them on a
+        /// valid token makes it invalid, as `base64` says.
+        #[test]
+        fn trailing_bits_decide(bytes in proptest::array::uniform32(proptest::prelude::any::<u8>()), low in 1u8..4) {
+            let t = URL_SAFE_NO_PAD.encode(bytes).into_bytes();
+            proptest::prop_assert_eq!(decode_token(&t), Some(bytes));
+            let mut bad = t.clone();
+            bad[42] = ALPHABET[(DIGITS[t[42] as usize] | low) as usize];
+            proptest::prop_assert_eq!(decode_token(&bad), None);
+        }
     }
 
     #[test]

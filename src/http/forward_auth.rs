@@ -7,10 +7,10 @@ use super::error::ApiError;
 use super::extract::authorize;
 use crate::api_keys::Role;
 use crate::session::{SessionView, Validation};
-use axum::body::Bytes;
 use axum::extract::{Request, State};
 use axum::http::{HeaderMap, HeaderName, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
+use bytes::BytesMut;
 
 /// Where a token came from: a cookie that the browser holds, or a bearer header.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -19,12 +19,14 @@ pub enum From {
     Bearer,
 }
 
-/// The token and where it came from (the cookie wins over `Authorization`).
+/// The token and where it came from (the cookie wins over `Authorization`), as bytes:
+/// [`SessionId::from_token`](crate::token::SessionId::from_token) refuses anything that is not
+/// base64url, so a UTF-8 check here would only be paid twice.
 ///
 /// Works on the header's bytes: this runs on every request through the gateway, and a
 /// `to_str` of the whole `Cookie` header (every other cookie of the site included) only to
 /// find one pair would cost more than the rest of the parse.
-pub fn token_and_origin<'h>(headers: &'h HeaderMap, cookie_name: &str) -> Option<(&'h str, From)> {
+pub fn token_and_origin<'h>(headers: &'h HeaderMap, cookie_name: &str) -> Option<(&'h [u8], From)> {
     let name = cookie_name.as_bytes();
     for value in headers.get_all(header::COOKIE) {
         for pair in value.as_bytes().split(|&b| b == b';') {
@@ -39,16 +41,15 @@ pub fn token_and_origin<'h>(headers: &'h HeaderMap, cookie_name: &str) -> Option
                 .strip_prefix(b"\"")
                 .and_then(|v| v.strip_suffix(b"\""))
                 .unwrap_or(val);
-            if let Ok(token) = std::str::from_utf8(val) {
-                return Some((token, From::Cookie));
-            }
+            return Some((val, From::Cookie));
         }
     }
-    let auth = headers.get(header::AUTHORIZATION)?.to_str().ok()?;
-    let (scheme, token) = auth.split_once(' ')?;
+    let auth = headers.get(header::AUTHORIZATION)?.as_bytes();
+    let space = auth.iter().position(|&b| b == b' ')?;
+    let (scheme, token) = (&auth[..space], &auth[space + 1..]);
     scheme
-        .eq_ignore_ascii_case("bearer")
-        .then(|| (token.trim(), From::Bearer))
+        .eq_ignore_ascii_case(b"bearer")
+        .then(|| (token.trim_ascii(), From::Bearer))
 }
 
 static X_SESSION_ID: HeaderName = HeaderName::from_static("x-session-id");
@@ -95,30 +96,45 @@ pub async fn auth(State(st): State<AppState>, req: Request) -> Result<Response, 
     }
 }
 
+/// Bytes of identity header values a worker thread writes before it takes a fresh arena.
+const ARENA_BYTES: usize = 16 * 1024;
+
+thread_local! {
+    /// Where this worker writes the values of the identity headers: each answer's values are
+    /// slices of it (a reference count each), so an answer allocates nothing for them; a new
+    /// arena is taken when this one is full (one allocation per ~150 answers), and an old one
+    /// is freed when the last answer that points into it has been written out (hyper copies
+    /// the head into its write buffer at once, so that is right away).
+    static ARENA: std::cell::RefCell<BytesMut> = std::cell::RefCell::new(BytesMut::new());
+}
+
 /// The headers of a 200: `X-Session-Id`, `X-User-Id`, `X-Org-Id` (when there is an org) and
-/// `X-Session-Expires-In`. Their values are slices of one buffer: one allocation where a value
-/// each would take four. Ids have no control characters (`session::check_id`), so they are
-/// valid header values; one that were not would be left out rather than fail the request.
+/// `X-Session-Expires-In`. Their values are slices of the worker's arena (above). Ids have no
+/// control characters (`session::check_id`), so they are valid header values; one that were
+/// not would be left out rather than fail the request.
 fn identity_headers(h: &mut HeaderMap, s: &SessionView, expires_in: u64) {
     let hex = s.id.hex();
     let org = s.org_id.as_deref().map(str::as_bytes);
     let mut digits = [0u8; 20];
     let secs = decimal(expires_in, &mut digits);
     let len = 32 + s.user_id.len() + org.map_or(0, <[u8]>::len) + secs.len();
-    let mut buf = Vec::with_capacity(len);
-    let mut push = |part: &[u8]| {
-        let start = buf.len();
-        buf.extend_from_slice(part);
-        start..buf.len()
-    };
-    let values = [
-        (&X_SESSION_ID, Some(push(hex.as_str().as_bytes()))),
-        (&X_USER_ID, Some(push(s.user_id.as_bytes()))),
-        (&X_ORG_ID, org.map(&mut push)),
-        (&X_EXPIRES_IN, Some(push(secs))),
-    ];
-    let all = Bytes::from(buf);
-    h.reserve(values.len());
+    let (all, values) = ARENA.with_borrow_mut(|arena| {
+        if arena.capacity() - arena.len() < len {
+            *arena = BytesMut::with_capacity(ARENA_BYTES.max(len));
+        }
+        let mut push = |part: &[u8]| {
+            let start = arena.len();
+            arena.extend_from_slice(part);
+            start..arena.len()
+        };
+        let values = [
+            (&X_SESSION_ID, Some(push(hex.as_str().as_bytes()))),
+            (&X_USER_ID, Some(push(s.user_id.as_bytes()))),
+            (&X_ORG_ID, org.map(&mut push)),
+            (&X_EXPIRES_IN, Some(push(secs))),
+        ];
+        (arena.split().freeze(), values)
+    });
     for (name, range) in values {
         if let Some(v) = range.and_then(|r| HeaderValue::from_maybe_shared(all.slice(r)).ok()) {
             h.insert(name.clone(), v);
@@ -143,11 +159,12 @@ fn decimal(mut n: u64, buf: &mut [u8; 20]) -> &[u8] {
 mod tests {
     use super::*;
 
+    fn get<'h>(h: &'h HeaderMap, name: &str) -> Option<(&'h str, From)> {
+        token_and_origin(h, name).map(|(t, f)| (std::str::from_utf8(t).unwrap(), f))
+    }
+
     #[test]
     fn cookie_then_bearer() {
-        fn get<'h>(h: &'h HeaderMap, name: &str) -> Option<(&'h str, From)> {
-            token_and_origin(h, name)
-        }
         let mut h = HeaderMap::new();
         h.insert(
             header::COOKIE,
@@ -173,17 +190,14 @@ mod tests {
             header::COOKIE,
             HeaderValue::from_static("sessionx=no;xsession=no; session_id=no"),
         );
-        assert_eq!(token_and_origin(&h, "session"), None);
+        assert_eq!(get(&h, "session"), None);
         h.append(
             header::COOKIE,
             HeaderValue::from_static("a=1;  session = \"tok\" ;b=2"),
         );
-        assert_eq!(token_and_origin(&h, "session"), Some(("tok", From::Cookie)));
-        assert_eq!(token_and_origin(&h, "b"), Some(("2", From::Cookie)));
-        assert_eq!(
-            token_and_origin(&h, "session_id"),
-            Some(("no", From::Cookie))
-        );
+        assert_eq!(get(&h, "session"), Some(("tok", From::Cookie)));
+        assert_eq!(get(&h, "b"), Some(("2", From::Cookie)));
+        assert_eq!(get(&h, "session_id"), Some(("no", From::Cookie)));
     }
 
     fn view(org: Option<&str>) -> SessionView {
@@ -219,6 +233,29 @@ mod tests {
         assert_eq!(get(&h, "x-org-id"), None);
         assert_eq!(get(&h, "x-session-expires-in").unwrap(), b"0");
         assert_eq!(h.len(), 3);
+    }
+
+    #[test]
+    fn answers_keep_their_values_across_arenas() {
+        // Enough answers to fill several arenas, all alive at once: each keeps its own values.
+        let users: Vec<String> = (0..1_000).map(|i| format!("user-{i:0>40}")).collect();
+        let maps: Vec<HeaderMap> = users
+            .iter()
+            .enumerate()
+            .map(|(i, u)| {
+                let mut v = view(Some("acme"));
+                v.user_id = u.as_str().into();
+                let mut h = HeaderMap::new();
+                identity_headers(&mut h, &v, i as u64);
+                h
+            })
+            .collect();
+        assert!(users.len() * 80 > 3 * ARENA_BYTES);
+        for (i, (u, h)) in users.iter().zip(&maps).enumerate() {
+            assert_eq!(h["x-user-id"], u.as_str());
+            assert_eq!(h["x-org-id"], "acme");
+            assert_eq!(h["x-session-expires-in"], i.to_string().as_str());
+        }
     }
 
     #[test]

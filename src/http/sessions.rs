@@ -176,7 +176,7 @@ pub async fn validate(State(st): State<AppState>, req: Request) -> Result<Respon
     authorize(&st, &parts.headers, Role::Gateway)?;
     let bytes = read_body(body).await?;
     let req: TokenRequest = parse_json(&bytes)?;
-    let v = st.engine.validate(&req.token);
+    let v = st.engine.validate(req.token.as_bytes());
     st.metrics.validation(&v);
     Ok(validation_response(&v, st.engine.now_ms()))
 }
@@ -186,7 +186,7 @@ pub async fn touch(State(st): State<AppState>, req: Request) -> Result<Response,
     authorize(&st, &parts.headers, Role::Gateway)?;
     let bytes = read_body(body).await?;
     let req: TokenRequest = parse_json(&bytes)?;
-    let v = st.engine.touch(&req.token);
+    let v = st.engine.touch(req.token.as_bytes());
     st.durable().await?;
     st.metrics.touch(&v);
     Ok(validation_response(&v, st.engine.now_ms()))
@@ -197,7 +197,7 @@ pub async fn revoke(State(st): State<AppState>, req: Request) -> Result<Response
     authorize(&st, &parts.headers, Role::Gateway)?;
     let bytes = read_body(body).await?;
     let req: TokenRequest = parse_json(&bytes)?;
-    if st.engine.revoke(&req.token) {
+    if st.engine.revoke(req.token.as_bytes()) {
         st.metrics.revoked.increment(1);
     }
     st.durable().await?;

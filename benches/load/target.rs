@@ -140,7 +140,7 @@ impl Target {
             .await
             .map_err(|e| format!("{e:?}"))?;
         let (s, b) = c
-            .send(method, path, &[], Some(body.to_owned()))
+            .send(method, path, &[], Some(&[body]))
             .await
             .map_err(|e| format!("{e:?}"))?;
         let text = String::from_utf8_lossy(&b).into_owned();

@@ -4,6 +4,7 @@
 //! expressed for each.
 
 use axum::body::Bytes;
+use std::io::Write as _;
 use std::net::SocketAddr;
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::TcpStream;
@@ -169,7 +170,7 @@ impl HttpConn {
             Some(parts) => {
                 let len = parts.iter().map(|p| p.len()).sum::<usize>();
                 o.extend_from_slice(b"content-type: application/json\r\ncontent-length: ");
-                o.extend_from_slice(len.to_string().as_bytes());
+                write!(o, "{len}").map_err(io)?;
                 o.extend_from_slice(b"\r\n\r\n");
                 for p in parts {
                     o.extend_from_slice(p.as_bytes());

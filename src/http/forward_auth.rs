@@ -122,25 +122,24 @@ fn identity_headers(h: &mut HeaderMap, s: &SessionView, expires_in: u64) {
     let mut digits = [0u8; 20];
     let secs = decimal(expires_in, &mut digits);
     let len = 32 + s.user_id.len() + org.map_or(0, <[u8]>::len) + secs.len();
-    let (all, values) = ARENA.with_borrow_mut(|arena| {
-        if arena.capacity() - arena.len() < len {
+    let values = ARENA.with_borrow_mut(|arena| {
+        // The arena is empty between answers (each value is split off it as it is written).
+        if arena.capacity() < len {
             *arena = BytesMut::with_capacity(ARENA_BYTES.max(len));
         }
-        let mut push = |part: &[u8]| {
-            let start = arena.len();
+        let mut take = |part: &[u8]| {
             arena.extend_from_slice(part);
-            start..arena.len()
+            arena.split().freeze()
         };
-        let values = [
-            (&X_SESSION_ID, Some(push(hex.as_str().as_bytes()))),
-            (&X_USER_ID, Some(push(s.user_id.as_bytes()))),
-            (&X_ORG_ID, org.map(&mut push)),
-            (&X_EXPIRES_IN, Some(push(secs))),
-        ];
-        (arena.split().freeze(), values)
+        [
+            (&X_SESSION_ID, Some(take(hex.as_str().as_bytes()))),
+            (&X_USER_ID, Some(take(s.user_id.as_bytes()))),
+            (&X_ORG_ID, org.map(&mut take)),
+            (&X_EXPIRES_IN, Some(take(secs))),
+        ]
     });
-    for (name, range) in values {
-        if let Some(v) = range.and_then(|r| HeaderValue::from_maybe_shared(all.slice(r)).ok()) {
+    for (name, value) in values {
+        if let Some(v) = value.and_then(|b| HeaderValue::from_maybe_shared(b).ok()) {
             h.insert(name.clone(), v);
         }
     }

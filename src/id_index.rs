@@ -1,11 +1,13 @@
 //! The id index of one shard: session id hash -> record index, built for the validate path.
 //!
-//! Open addressing with linear probing over 4-byte slots; a slot holds the record index in its
-//! low 24 bits and an 8-bit tag (the top byte of the id's hash) in the high 8. A lookup reads
-//! the home slot's cache line (16 slots) and then only records whose tag matches (a false match
+//! Open addressing with linear probing over 8-byte slots; a slot's key holds the record index in
+//! its low 24 bits and an 8-bit tag (the top byte of the id's hash) in the high 8, and beside it
+//! a 32-bit `aux` value the shard files with the entry (the record's org slot). A lookup reads
+//! the home slot's cache line (8 slots) and then only records whose tag matches (a false match
 //! costs 1/256 per occupied slot probed). hashbrown reads a control group, then a bucket in
 //! another array, then the record: one dependent cache miss more on every validate and touch
-//! of a table that does not fit in cache (issue #2).
+//! of a table that does not fit in cache (issue #2). `aux` removes another: the shard reads
+//! the org's policy in parallel with the record instead of after it.
 //!
 //! Invariants:
 //! 1. Every entry sits in the probe run that starts at its home slot (`hash & mask`): no
@@ -28,9 +30,18 @@ const EMPTY: u32 = u32::MAX;
 const TOMBSTONE: u32 = u32::MAX - 1;
 const MIN_CAPACITY: usize = 16;
 
+/// One entry: `key` is `EMPTY`, `TOMBSTONE` or tag | record index; `aux` is the caller's.
+#[derive(Debug, Clone, Copy)]
+struct Slot {
+    key: u32,
+    aux: u32,
+}
+
+const EMPTY_SLOT: Slot = Slot { key: EMPTY, aux: 0 };
+
 /// See the module doc.
 pub struct IdIndex {
-    slots: Box<[u32]>,
+    slots: Box<[Slot]>,
     len: usize,
     tombstones: usize,
 }
@@ -66,15 +77,16 @@ impl IdIndex {
         self.len == 0
     }
 
-    /// Slots allocated (4 bytes each).
+    /// Slots allocated (8 bytes each).
     #[cfg(test)]
     fn capacity(&self) -> usize {
         self.slots.len()
     }
 
-    /// The record index whose entry has `hash` and for which `is(record)` holds.
+    /// The record index whose entry has `hash` and for which `is(record)` holds, and the `aux`
+    /// filed with it.
     #[inline]
-    pub fn find(&self, hash: u64, is: impl Fn(u32) -> bool) -> Option<u32> {
+    pub fn find(&self, hash: u64, is: impl Fn(u32) -> bool) -> Option<(u32, u32)> {
         if self.slots.is_empty() {
             return None;
         }
@@ -82,23 +94,23 @@ impl IdIndex {
         let want = tag(hash);
         let mut i = hash as usize & mask;
         loop {
-            let s = self.slots[i];
+            let Slot { key: s, aux } = self.slots[i];
             if s == EMPTY {
                 return None;
             }
             if s & !INDEX_MASK == want && s != TOMBSTONE && is(s & INDEX_MASK) {
-                return Some(s & INDEX_MASK);
+                return Some((s & INDEX_MASK, aux));
             }
             i = (i + 1) & mask;
         }
     }
 
-    /// Adds `idx` under `hash`; the caller guarantees no entry for the same id exists.
-    /// `live()` lists every entry the index must hold *besides* this one, as (hash, index): it
-    /// is called only when the table is rebuilt (invariant 2).
-    pub fn insert<I>(&mut self, hash: u64, idx: u32, live: impl FnOnce() -> I)
+    /// Adds `idx` (with `aux`) under `hash`; the caller guarantees no entry for the same id
+    /// exists. `live()` lists every entry the index must hold *besides* this one, as
+    /// (hash, index, aux): it is called only when the table is rebuilt (invariant 2).
+    pub fn insert<I>(&mut self, hash: u64, idx: u32, aux: u32, live: impl FnOnce() -> I)
     where
-        I: Iterator<Item = (u64, u32)>,
+        I: Iterator<Item = (u64, u32, u32)>,
     {
         assert!(
             idx < MAX_RECORDS,
@@ -108,7 +120,7 @@ impl IdIndex {
             let cap = Self::capacity_for(self.len + 1).max(self.slots.len());
             self.rebuild(cap, live());
         }
-        self.put(hash, idx);
+        self.put(hash, idx, aux);
         self.len += 1;
     }
 
@@ -121,12 +133,12 @@ impl IdIndex {
         let want = tag(hash) | idx;
         let mut i = hash as usize & mask;
         loop {
-            let s = self.slots[i];
+            let s = self.slots[i].key;
             if s == EMPTY {
                 return false;
             }
             if s == want {
-                self.slots[i] = TOMBSTONE;
+                self.slots[i].key = TOMBSTONE;
                 self.len -= 1;
                 self.tombstones += 1;
                 return true;
@@ -138,7 +150,7 @@ impl IdIndex {
     /// Makes room for `additional` more entries without a rebuild on the way.
     pub fn reserve<I>(&mut self, additional: usize, live: impl FnOnce() -> I)
     where
-        I: Iterator<Item = (u64, u32)>,
+        I: Iterator<Item = (u64, u32, u32)>,
     {
         let cap = Self::capacity_for(self.len + additional);
         if cap > self.slots.len() {
@@ -152,49 +164,56 @@ impl IdIndex {
         (n * 8 / 3 + 1).next_power_of_two().max(MIN_CAPACITY)
     }
 
-    fn rebuild(&mut self, cap: usize, live: impl Iterator<Item = (u64, u32)>) {
-        self.slots = vec![EMPTY; cap].into_boxed_slice();
+    fn rebuild(&mut self, cap: usize, live: impl Iterator<Item = (u64, u32, u32)>) {
+        self.slots = vec![EMPTY_SLOT; cap].into_boxed_slice();
         self.len = 0;
         self.tombstones = 0;
-        for (hash, idx) in live {
-            self.put(hash, idx);
+        for (hash, idx, aux) in live {
+            self.put(hash, idx, aux);
             self.len += 1;
         }
     }
 
     /// Files an entry in the first free slot (empty or tombstone) of its probe run.
-    fn put(&mut self, hash: u64, idx: u32) {
+    fn put(&mut self, hash: u64, idx: u32, aux: u32) {
         let mask = self.slots.len() - 1;
         let mut i = hash as usize & mask;
         loop {
-            let s = self.slots[i];
+            let s = self.slots[i].key;
             if s == EMPTY || s == TOMBSTONE {
                 if s == TOMBSTONE {
                     self.tombstones -= 1;
                 }
-                self.slots[i] = tag(hash) | idx;
+                self.slots[i] = Slot {
+                    key: tag(hash) | idx,
+                    aux,
+                };
                 return;
             }
             i = (i + 1) & mask;
         }
     }
 
-    /// Checks invariants 1-3 against `hash_of(idx)` (tests only; O(capacity)).
-    pub fn check(&self, hash_of: impl Fn(u32) -> u64) {
+    /// Checks invariants 1-3 against `entry_of(idx)` = (hash, aux) (tests only; O(capacity)).
+    pub fn check(&self, entry_of: impl Fn(u32) -> (u64, u32)) {
         let mask = self.slots.len().wrapping_sub(1);
         let (mut len, mut tombs) = (0, 0);
-        for (pos, &s) in self.slots.iter().enumerate() {
+        for (pos, &Slot { key: s, aux }) in self.slots.iter().enumerate() {
             match s {
                 EMPTY => {}
                 TOMBSTONE => tombs += 1,
                 _ => {
                     len += 1;
                     let idx = s & INDEX_MASK;
-                    let h = hash_of(idx);
+                    let (h, want_aux) = entry_of(idx);
                     assert_eq!(s & !INDEX_MASK, tag(h), "tag of record {idx}");
+                    assert_eq!(aux, want_aux, "aux of record {idx}");
                     let mut i = h as usize & mask;
                     while i != pos {
-                        assert_ne!(self.slots[i], EMPTY, "empty slot inside record {idx}'s run");
+                        assert_ne!(
+                            self.slots[i].key, EMPTY,
+                            "empty slot inside record {idx}'s run"
+                        );
                         i = (i + 1) & mask;
                     }
                 }
@@ -218,6 +237,11 @@ mod tests {
         x ^ (x >> 31)
     }
 
+    /// The aux the model files with an entry: derived from the hash so that a lookup can check it.
+    fn aux_of(hash: u64) -> u32 {
+        (hash >> 17) as u32
+    }
+
     /// Records as the shard keeps them: slot `i` holds a hash when live.
     struct Model {
         recs: Vec<Option<u64>>,
@@ -235,18 +259,28 @@ mod tests {
                 self.recs.resize(i + 1, None);
             }
             let recs = &self.recs;
-            self.index.insert(hash, idx, || {
+            self.index.insert(hash, idx, aux_of(hash), || {
                 recs.iter()
                     .enumerate()
-                    .filter_map(|(i, h)| h.map(|h| (h, i as u32)))
+                    .filter_map(|(i, h)| h.map(|h| (h, i as u32, aux_of(h))))
             });
             self.recs[i] = Some(hash);
         }
 
+        /// The record index found for `hash`, after checking the aux filed with it.
         fn find(&self, hash: u64) -> Option<u32> {
-            self.index.find(hash, |i| {
+            let found = self.index.find(hash, |i| {
                 self.recs.get(i as usize).copied().flatten() == Some(hash)
+            });
+            found.map(|(idx, aux)| {
+                assert_eq!(aux, aux_of(hash), "aux of record {idx}");
+                idx
             })
+        }
+
+        fn check(&self) {
+            self.index
+                .check(|i| self.recs[i as usize].map(|h| (h, aux_of(h))).unwrap());
         }
     }
 
@@ -273,7 +307,7 @@ mod tests {
         assert_eq!(m.find(hs[1]), None);
         assert_eq!(m.find(hs[2]), Some(2), "a tombstone must not cut the run");
         assert!(!m.index.remove(hs[1], 1));
-        m.index.check(|i| m.recs[i as usize].unwrap());
+        m.check();
     }
 
     #[test]
@@ -295,7 +329,7 @@ mod tests {
             m.insert(victim, splitmix(u64::from(round) + 1_000_000));
         }
         assert_eq!(m.index.capacity(), cap);
-        m.index.check(|i| m.recs[i as usize].unwrap());
+        m.check();
         for (i, h) in m.recs.iter().enumerate() {
             assert_eq!(m.find(h.unwrap()), Some(i as u32));
         }
@@ -356,10 +390,10 @@ mod tests {
                     Op::Reserve(n) => {
                         let recs = &m.recs;
                         m.index.reserve(n as usize, || recs.iter().enumerate()
-                            .filter_map(|(i, h)| h.map(|h| (h, i as u32))));
+                            .filter_map(|(i, h)| h.map(|h| (h, i as u32, aux_of(h)))));
                     }
                 }
-                m.index.check(|i| m.recs[i as usize].unwrap());
+                m.check();
             }
             for (i, h) in m.recs.iter().enumerate() {
                 if let Some(h) = *h {

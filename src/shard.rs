@@ -17,6 +17,10 @@
 //! 5. Ids are cryptographic hashes, so `ids` files by the id's low 64 bits with no keyed hasher
 //!    (see `token`), and nobody can choose a colliding id. `ids` is an [`IdIndex`]: one cache
 //!    line of slots, then the record (see its module doc).
+//! 6. `ids` files each record with its org slot (the entry's `aux`), always equal to the
+//!    record's own: a record's org never changes while it is live, and an org slot is only
+//!    freed (and reused) once no live record names it. Validate and touch read the org's
+//!    policy from that slot while the record is still on its way from memory.
 
 use crate::id_index::{self, IdIndex};
 use crate::persist::journal::Journal;
@@ -119,12 +123,13 @@ fn user_of<'a>(
         r.user.as_str()
     }
 }
-/// The (hash, index) of every live record but `except`, in slab order, for an id index rebuild.
-fn live_ids(recs: &[Record], except: u32) -> impl Iterator<Item = (u64, u32)> + '_ {
+/// The (hash, index, org slot) of every live record but `except`, in slab order, for an id
+/// index rebuild (invariant 6).
+fn live_ids(recs: &[Record], except: u32) -> impl Iterator<Item = (u64, u32, u32)> + '_ {
     recs.iter()
         .enumerate()
         .filter(move |&(i, r)| r.live() && i as u32 != except)
-        .map(|(i, r)| (r.id_lo, i as u32))
+        .map(|(i, r)| (r.id_lo, i as u32, r.org()))
 }
 
 /// `org_flags` of a free record.
@@ -334,6 +339,12 @@ impl Shard {
 
     #[inline]
     fn find(&self, id: SessionId) -> Option<u32> {
+        self.find_with_org(id).map(|(idx, _)| idx)
+    }
+
+    /// The record of `id` and its org slot, as filed in the id index (invariant 6).
+    #[inline]
+    fn find_with_org(&self, id: SessionId) -> Option<(u32, u32)> {
         let lo = id.table_hash();
         let hi = id.shard_bits();
         let recs = &self.slab.records;
@@ -344,11 +355,15 @@ impl Shard {
     }
 
     #[inline]
-    fn org_eff(&self, rec: &Record) -> &Effective {
-        &self.orgs[rec.org() as usize]
+    fn org_slot(&self, slot: u32) -> &OrgSlot {
+        self.orgs[slot as usize]
             .as_ref()
             .expect("a live record's org slot is live")
-            .eff
+    }
+
+    #[inline]
+    fn org_eff(&self, rec: &Record) -> &Effective {
+        &self.org_slot(rec.org()).eff
     }
 
     #[inline]
@@ -361,18 +376,13 @@ impl Shard {
         )
     }
 
-    fn view_with(&self, idx: u32, last_ms: u64, d: &Deadlines) -> SessionView {
+    /// The view of record `idx`, whose org slot is `org`.
+    fn view_with(&self, idx: u32, org: u32, last_ms: u64, d: &Deadlines) -> SessionView {
         let r = &self.slab.records[idx as usize];
         SessionView {
             id: SessionId(r.id()),
             user_id: CompactString::from(user_of(&self.slab.records, &self.long_users, idx)),
-            org_id: (r.org() != NO_ORG).then(|| {
-                self.orgs[r.org() as usize]
-                    .as_ref()
-                    .expect("live org slot")
-                    .name
-                    .clone()
-            }),
+            org_id: (org != NO_ORG).then(|| self.org_slot(org).name.clone()),
             created_at_ms: r.created_ms,
             last_activity_at_ms: last_ms,
             idle_expires_at_ms: d.idle,
@@ -388,10 +398,9 @@ impl Shard {
     }
 
     fn view(&self, idx: u32) -> SessionView {
-        let last = self.slab.records[idx as usize]
-            .last_ms
-            .load(Ordering::Relaxed);
-        self.view_with(idx, last, &self.deadlines(idx))
+        let r = &self.slab.records[idx as usize];
+        let last = r.last_ms.load(Ordering::Relaxed);
+        self.view_with(idx, r.org(), last, &self.deadlines(idx))
     }
 
     /// The session `id`, expired or not, if it is still in the table.
@@ -406,23 +415,22 @@ impl Shard {
         id: SessionId,
         now_ms: u64,
     ) -> Result<SessionView, Option<ExpiryReason>> {
-        let idx = self.find(id).ok_or(None)?;
-        let d = self.deadlines(idx);
+        let (idx, org) = self.find_with_org(id).ok_or(None)?;
+        let r = &self.slab.records[idx as usize];
+        let last = r.last_ms.load(Ordering::Relaxed);
+        let d = Deadlines::compute(&self.org_slot(org).eff, r.created_ms, last);
         if let Some(reason) = d.expired(now_ms) {
             return Err(Some(reason));
         }
-        let last = self.slab.records[idx as usize]
-            .last_ms
-            .load(Ordering::Relaxed);
-        Ok(self.view_with(idx, last, &d))
+        Ok(self.view_with(idx, org, last, &d))
     }
 
     /// Records activity at `now_ms` unless the session is already expired (invariants 2, 3).
     #[inline]
     pub fn touch(&self, id: SessionId, now_ms: u64) -> Result<SessionView, Option<ExpiryReason>> {
-        let idx = self.find(id).ok_or(None)?;
+        let (idx, org) = self.find_with_org(id).ok_or(None)?;
         let r = &self.slab.records[idx as usize];
-        let eff = self.org_eff(r);
+        let eff = &self.org_slot(org).eff;
         let d = Deadlines::compute(eff, r.created_ms, r.last_ms.load(Ordering::Relaxed));
         if let Some(reason) = d.expired(now_ms) {
             return Err(Some(reason));
@@ -437,7 +445,7 @@ impl Shard {
             j.append(*i, |b| record::put_activity(b, r.id(), now_ms));
         }
         let d = Deadlines::compute(eff, r.created_ms, last);
-        Ok(self.view_with(idx, last, &d))
+        Ok(self.view_with(idx, org, last, &d))
     }
 
     /// Whether `id` is present.
@@ -463,7 +471,7 @@ impl Shard {
             });
         }
         let (idx, d) = self.insert_at(id, user, org, eff_for, metadata, now_ms, now_ms);
-        self.view_with(idx, now_ms, &d)
+        self.view_with(idx, self.slab.records[idx as usize].org(), now_ms, &d)
     }
 
     /// Puts a saved session back (start-up replay, not journaled): if `id` is already here only
@@ -549,7 +557,7 @@ impl Shard {
         }
         let recs = &self.slab.records;
         self.ids
-            .insert(id.table_hash(), idx, || live_ids(recs, idx));
+            .insert(id.table_hash(), idx, org_slot, || live_ids(recs, idx));
         self.link_user(idx);
         self.link_org(idx, org_slot);
         let d = self.deadlines(idx);
@@ -976,7 +984,10 @@ impl Shard {
         let live = self.slab.records.iter().filter(|r| r.live()).count();
         assert_eq!(live, self.len);
         assert_eq!(self.ids.len(), self.len);
-        self.ids.check(|i| self.slab.records[i as usize].id_lo);
+        self.ids.check(|i| {
+            let r = &self.slab.records[i as usize];
+            (r.id_lo, r.org())
+        });
         assert_eq!(self.wheel.len(), self.len);
         let with_metadata = self
             .slab

@@ -12,10 +12,12 @@
 //!    run beside it), and buffers are drained in order, so a session's frames reach the file in
 //!    the order they happened. Frames of different sessions may interleave freely (replay is
 //!    per session, see `record`).
-//! 2. `appended` is bumped after the frame is in its buffer; the thread reads it *before*
-//!    draining, so after a sync everything up to that reading is durable. Under `always` a
+//! 2. Under `always`, `appended` is bumped after the frame is in its buffer; the thread reads it
+//!    *before* draining, so after a sync everything up to that reading is durable, and a
 //!    mutating request waits ([`Journal::wait_durable`]) until `durable` reaches the count it
-//!    saw: group commit, one fsync for every request that arrived meanwhile.
+//!    saw: group commit, one fsync for every request that arrived meanwhile. The other policies
+//!    wait for nothing and do not count: one counter bumped by every touch on every worker
+//!    would only move its cache line from core to core.
 //! 3. `everysec` syncs at least once a second while there is anything unsynced, and the batch
 //!    reaches the OS within [`BATCH_INTERVAL`]: a crash of the process loses nothing it wrote; a
 //!    crash of the machine loses at most the last second.
@@ -96,11 +98,17 @@ struct Segment {
     batch: Vec<u8>,
 }
 
+/// One shard's buffer, alone on its cache line: the buffers beside it are written by other
+/// workers at the same moment, and sharing a line would move it between their cores.
+#[repr(align(64))]
+struct ShardBuf(Mutex<Vec<u8>>);
+
 /// The journal (see the module doc).
 pub struct Journal {
-    bufs: Box<[Mutex<Vec<u8>>]>,
+    bufs: Box<[ShardBuf]>,
     /// Off while the state is being loaded (replay must not journal itself).
     enabled: AtomicBool,
+    /// Frames appended, counted under `always` only (invariant 2).
     appended: AtomicU64,
     durable: tokio::sync::watch::Sender<u64>,
     wake: Mutex<bool>,
@@ -115,7 +123,9 @@ impl Journal {
     /// A journal for `shards` shards; it records nothing until [`Journal::start`].
     pub fn new(shards: usize, policy: FsyncPolicy) -> Journal {
         Journal {
-            bufs: (0..shards).map(|_| Mutex::new(Vec::new())).collect(),
+            bufs: (0..shards)
+                .map(|_| ShardBuf(Mutex::new(Vec::new())))
+                .collect(),
             enabled: AtomicBool::new(false),
             appended: AtomicU64::new(0),
             durable: tokio::sync::watch::Sender::new(0),
@@ -151,11 +161,11 @@ impl Journal {
         if !self.enabled.load(Ordering::Relaxed) {
             return;
         }
-        let mut b = self.bufs[shard].lock();
+        let mut b = self.bufs[shard].0.lock();
         f(&mut b);
-        self.appended.fetch_add(1, Ordering::Release);
-        drop(b);
         if self.policy == FsyncPolicy::Always {
+            self.appended.fetch_add(1, Ordering::Release);
+            drop(b);
             self.kick();
         }
     }
@@ -197,7 +207,7 @@ impl Journal {
         let target = self.appended.load(Ordering::Acquire);
         seg.batch.clear();
         for b in self.bufs.iter() {
-            let mut b = b.lock();
+            let mut b = b.0.lock();
             seg.batch.extend_from_slice(&b);
             b.clear();
             if b.capacity() > 1 << 20 {

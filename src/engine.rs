@@ -16,7 +16,7 @@ use crate::persist::journal::Journal;
 use crate::persist::record::RemoveReason;
 use crate::policy::{DEFAULT_POLICY, Effective, Mode, OrgPolicy, Policy, resolve};
 use crate::session::{
-    ExpiryReason, InputError, Invalid, NewSession, SessionView, Validation, check_id,
+    ExpiryReason, Identity, InputError, Invalid, NewSession, SessionView, Validation, check_id,
 };
 use crate::shard::{DryRunCounts, Evictions, Reapplied, Shard, TickScale};
 use crate::token::{SessionId, Token};
@@ -469,6 +469,25 @@ impl Engine {
         outcome(self.shard(id).read().touch(id, now))
     }
 
+    /// [`Engine::touch`] for forward-auth, which needs only who the session is: `f` sees it
+    /// borrowed from the table, under the shard's read lock (so keep `f` short: writers of that
+    /// shard wait for it), instead of a [`SessionView`] copied out and dropped again.
+    #[inline]
+    pub fn touch_identity<R>(
+        &self,
+        token: impl AsRef<[u8]>,
+        f: impl FnOnce(&Identity<'_>) -> R,
+    ) -> Result<R, Invalid> {
+        let Some(id) = SessionId::from_token(token) else {
+            return Err(Invalid::Malformed);
+        };
+        let now = self.clock.now_ms();
+        self.shard(id)
+            .read()
+            .touch_identity(id, now, f)
+            .map_err(invalid)
+    }
+
     /// Ends `token`'s session; false if there was none.
     pub fn revoke(&self, token: impl AsRef<[u8]>) -> bool {
         SessionId::from_token(token).is_some_and(|id| self.revoke_id(id))
@@ -737,8 +756,16 @@ impl Engine {
 fn outcome(r: Result<SessionView, Option<ExpiryReason>>) -> Validation {
     match r {
         Ok(v) => Validation::Valid(v),
-        Err(None) => Validation::Invalid(Invalid::NotFound),
-        Err(Some(ExpiryReason::Idle)) => Validation::Invalid(Invalid::ExpiredIdle),
-        Err(Some(ExpiryReason::Absolute)) => Validation::Invalid(Invalid::ExpiredAbsolute),
+        Err(why) => Validation::Invalid(invalid(why)),
+    }
+}
+
+/// Why a lookup failed: not in the table, or past one of its deadlines.
+#[inline]
+fn invalid(why: Option<ExpiryReason>) -> Invalid {
+    match why {
+        None => Invalid::NotFound,
+        Some(ExpiryReason::Idle) => Invalid::ExpiredIdle,
+        Some(ExpiryReason::Absolute) => Invalid::ExpiredAbsolute,
     }
 }

@@ -103,6 +103,58 @@ fn expired_never_validates_even_before_the_sweep() {
 }
 
 #[test]
+fn touch_identity_touches_like_touch_and_lends_who_it_is() {
+    let (e, clock) = engine(policy(3_600, Some(600), false));
+    let c = e.create(new("alice", Some("acme"))).unwrap();
+    let tok = c.token.expose();
+    let lone = e.create(new("bob", None)).unwrap();
+    clock.advance(300_000);
+    let who = e.touch_identity(tok, |w| {
+        (
+            w.id,
+            w.user_id.to_owned(),
+            w.org_id.map(str::to_owned),
+            w.last_activity_at_ms,
+            w.expires_at_ms,
+            w.expires_in_secs(),
+        )
+    });
+    assert_eq!(
+        who,
+        Ok((
+            c.session.id,
+            "alice".into(),
+            Some("acme".into()),
+            T0 + 300_000,
+            T0 + 900_000,
+            600
+        ))
+    );
+    assert_eq!(
+        e.get(c.session.id).unwrap().last_activity_at_ms,
+        T0 + 300_000,
+        "the activity is recorded"
+    );
+    assert_eq!(
+        e.touch_identity(lone.token.expose(), |w| w.org_id.is_none()),
+        Ok(true)
+    );
+    assert_eq!(e.touch_identity("garbage", |_| ()), Err(Invalid::Malformed));
+    clock.advance(900_000);
+    assert_eq!(
+        e.touch_identity(tok, |_| ()),
+        Err(Invalid::ExpiredIdle),
+        "cannot revive"
+    );
+    assert!(e.revoke(lone.token.expose()));
+    assert_eq!(
+        e.touch_identity(lone.token.expose(), |_| ()),
+        Err(Invalid::NotFound)
+    );
+    e.check();
+}
+
+#[test]
 fn touch_never_moves_past_the_absolute_deadline() {
     let (e, clock) = engine(policy(100, Some(60), false));
     let c = e.create(new("u", None)).unwrap();

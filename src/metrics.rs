@@ -69,10 +69,16 @@ const OUTCOMES: [&str; 5] = [
 fn outcome_index(v: &Validation) -> usize {
     match v {
         Validation::Valid(_) => 0,
-        Validation::Invalid(Invalid::Malformed) => 1,
-        Validation::Invalid(Invalid::NotFound) => 2,
-        Validation::Invalid(Invalid::ExpiredIdle) => 3,
-        Validation::Invalid(Invalid::ExpiredAbsolute) => 4,
+        Validation::Invalid(why) => invalid_index(*why),
+    }
+}
+
+fn invalid_index(why: Invalid) -> usize {
+    match why {
+        Invalid::Malformed => 1,
+        Invalid::NotFound => 2,
+        Invalid::ExpiredIdle => 3,
+        Invalid::ExpiredAbsolute => 4,
     }
 }
 
@@ -180,6 +186,11 @@ impl Metrics {
     #[inline]
     pub fn touch(&self, v: &Validation) {
         self.touches[outcome_index(v)].increment(1);
+    }
+
+    /// Counts one touch by outcome: `None` when it succeeded, else why not.
+    pub fn touch_outcome(&self, invalid: Option<Invalid>) {
+        self.touches[invalid.map_or(0, invalid_index)].increment(1);
     }
 
     /// Counts evictions by reason.

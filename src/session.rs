@@ -114,6 +114,27 @@ pub struct NewSession {
     pub metadata: Option<Metadata>,
 }
 
+/// What forward-auth tells the gateway about a session it has just touched, borrowed from the
+/// table while the shard's read lock is held (see `Engine::touch_identity`). Times are Unix
+/// milliseconds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Identity<'a> {
+    pub id: SessionId,
+    pub user_id: &'a str,
+    pub org_id: Option<&'a str>,
+    /// The activity the touch recorded.
+    pub last_activity_at_ms: u64,
+    /// The earlier of the idle and absolute deadlines after the touch.
+    pub expires_at_ms: u64,
+}
+
+impl Identity<'_> {
+    /// Whole seconds from the touch to the deadline.
+    pub fn expires_in_secs(&self) -> u64 {
+        self.expires_at_ms.saturating_sub(self.last_activity_at_ms) / 1_000
+    }
+}
+
 /// A read-only copy of a session's state at one instant. Times are Unix milliseconds.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SessionView {

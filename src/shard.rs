@@ -26,7 +26,7 @@ use crate::id_index::{self, IdIndex};
 use crate::persist::journal::Journal;
 use crate::persist::record::{self, RemoveReason};
 use crate::policy::Effective;
-use crate::session::{Deadlines, ExpiryReason, Metadata, SessionView};
+use crate::session::{Deadlines, ExpiryReason, Identity, Metadata, SessionView};
 use crate::token::SessionId;
 use crate::wheel::{LinkStore, NIL, Wheel, WheelLinks};
 use compact_str::CompactString;
@@ -428,6 +428,36 @@ impl Shard {
     /// Records activity at `now_ms` unless the session is already expired (invariants 2, 3).
     #[inline]
     pub fn touch(&self, id: SessionId, now_ms: u64) -> Result<SessionView, Option<ExpiryReason>> {
+        let (idx, org, last, d) = self.touch_at(id, now_ms)?;
+        Ok(self.view_with(idx, org, last, &d))
+    }
+
+    /// [`Shard::touch`], handing `f` the session's identity borrowed from the table instead of
+    /// a copy of all of it.
+    #[inline]
+    pub fn touch_identity<R>(
+        &self,
+        id: SessionId,
+        now_ms: u64,
+        f: impl FnOnce(&Identity<'_>) -> R,
+    ) -> Result<R, Option<ExpiryReason>> {
+        let (idx, org, last, d) = self.touch_at(id, now_ms)?;
+        Ok(f(&Identity {
+            id,
+            user_id: user_of(&self.slab.records, &self.long_users, idx),
+            org_id: (org != NO_ORG).then(|| self.org_slot(org).name.as_str()),
+            last_activity_at_ms: last,
+            expires_at_ms: d.expires,
+        }))
+    }
+
+    /// The touch itself: the record, its org slot, its last activity and deadlines after it.
+    #[inline]
+    fn touch_at(
+        &self,
+        id: SessionId,
+        now_ms: u64,
+    ) -> Result<(u32, u32, u64, Deadlines), Option<ExpiryReason>> {
         let (idx, org) = self.find_with_org(id).ok_or(None)?;
         let r = &self.slab.records[idx as usize];
         let eff = &self.org_slot(org).eff;
@@ -444,8 +474,7 @@ impl Shard {
         {
             j.append(*i, |b| record::put_activity(b, r.id(), now_ms));
         }
-        let d = Deadlines::compute(eff, r.created_ms, last);
-        Ok(self.view_with(idx, org, last, &d))
+        Ok((idx, org, last, Deadlines::compute(eff, r.created_ms, last)))
     }
 
     /// Whether `id` is present.

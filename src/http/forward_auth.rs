@@ -6,7 +6,7 @@ use super::AppState;
 use super::error::ApiError;
 use super::extract::authorize;
 use crate::api_keys::Role;
-use crate::session::{SessionView, Validation};
+use crate::session::Identity;
 use axum::extract::{Request, State};
 use axum::http::{HeaderMap, HeaderName, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
@@ -51,11 +51,6 @@ pub fn token_and_origin<'h>(headers: &'h HeaderMap, cookie_name: &str) -> Option
         .then(|| (token.trim_ascii(), From::Bearer))
 }
 
-static X_SESSION_ID: HeaderName = HeaderName::from_static("x-session-id");
-static X_USER_ID: HeaderName = HeaderName::from_static("x-user-id");
-static X_ORG_ID: HeaderName = HeaderName::from_static("x-org-id");
-static X_EXPIRES_IN: HeaderName = HeaderName::from_static("x-session-expires-in");
-
 /// Takes the whole request rather than a `HeaderMap` extractor, which would copy every header.
 pub async fn auth(State(st): State<AppState>, req: Request) -> Result<Response, ApiError> {
     let headers = req.headers();
@@ -67,21 +62,23 @@ pub async fn auth(State(st): State<AppState>, req: Request) -> Result<Response, 
             "no session cookie or bearer token",
         ));
     };
-    let v = st.engine.touch(token);
+    // The values are made while the shard's read lock is held (a few short copies); the
+    // answer around them after it is released.
+    let values = st.engine.touch_identity(token, identity_values);
     st.durable().await?;
-    st.metrics.touch(&v);
-    match v {
-        Validation::Valid(s) => {
-            // The touch just moved the last activity to now: no second read of the clock.
+    st.metrics.touch_outcome(values.as_ref().err().copied());
+    match values {
+        Ok(values) => {
             let mut resp = StatusCode::OK.into_response();
-            identity_headers(
-                resp.headers_mut(),
-                &s,
-                s.expires_in_secs(s.last_activity_at_ms),
-            );
+            let h = resp.headers_mut();
+            for (name, value) in IDENTITY_HEADERS.iter().zip(values) {
+                if let Some(v) = value {
+                    h.insert(name.clone(), v);
+                }
+            }
             Ok(resp)
         }
-        Validation::Invalid(r) => {
+        Err(r) => {
             let mut resp = ApiError::new(
                 StatusCode::UNAUTHORIZED,
                 "unauthenticated",
@@ -99,9 +96,18 @@ pub async fn auth(State(st): State<AppState>, req: Request) -> Result<Response, 
     }
 }
 
-/// The headers of a 200: `X-Session-Id`, `X-User-Id`, `X-Org-Id` (when there is an org) and
-/// `X-Session-Expires-In`. Ids have no control characters (`session::check_id`), so they are
-/// valid header values; one that were not would be left out rather than fail the request.
+/// The headers of a 200, in the order of [`identity_values`]: `X-Session-Id`, `X-User-Id`,
+/// `X-Org-Id` (when there is an org) and `X-Session-Expires-In`.
+static IDENTITY_HEADERS: [HeaderName; 4] = [
+    HeaderName::from_static("x-session-id"),
+    HeaderName::from_static("x-user-id"),
+    HeaderName::from_static("x-org-id"),
+    HeaderName::from_static("x-session-expires-in"),
+];
+
+/// The values of [`IDENTITY_HEADERS`] for `who`; `None` for a header left out. Ids have no
+/// control characters (`session::check_id`), so they are valid header values; one that were
+/// not would be left out rather than fail the request.
 ///
 /// Each value is its own exact-size copy (`HeaderValue::from_bytes`): hyper copies the head
 /// into its write buffer and drops the values on the same thread, so a value costs one
@@ -109,20 +115,16 @@ pub async fn auth(State(st): State<AppState>, req: Request) -> Result<Response, 
 /// shared buffer cost a reference-count increment and decrement each, and those locked
 /// instructions cost more than the allocations (perf: `split_to`'s `lock inc` alone took
 /// 1.5% of the daemon's samples when the values were slices of a per-worker arena).
-fn identity_headers(h: &mut HeaderMap, s: &SessionView, expires_in: u64) {
-    let hex = s.id.hex();
+fn identity_values(who: &Identity<'_>) -> [Option<HeaderValue>; 4] {
+    let hex = who.id.hex();
     let mut digits = [0u8; 20];
-    let values = [
-        (&X_SESSION_ID, Some(hex.as_str().as_bytes())),
-        (&X_USER_ID, Some(s.user_id.as_bytes())),
-        (&X_ORG_ID, s.org_id.as_deref().map(str::as_bytes)),
-        (&X_EXPIRES_IN, Some(decimal(expires_in, &mut digits))),
-    ];
-    for (name, value) in values {
-        if let Some(v) = value.and_then(|b| HeaderValue::from_bytes(b).ok()) {
-            h.insert(name.clone(), v);
-        }
-    }
+    [
+        Some(hex.as_str().as_bytes()),
+        Some(who.user_id.as_bytes()),
+        who.org_id.map(str::as_bytes),
+        Some(decimal(who.expires_in_secs(), &mut digits)),
+    ]
+    .map(|b| b.and_then(|b| HeaderValue::from_bytes(b).ok()))
 }
 
 /// `n` in decimal, written at the end of `buf`.
@@ -183,39 +185,38 @@ mod tests {
         assert_eq!(get(&h, "session_id"), Some(("no", From::Cookie)));
     }
 
-    fn view(org: Option<&str>) -> SessionView {
-        SessionView {
+    fn who(org: Option<&str>, expires_in_ms: u64) -> Identity<'_> {
+        Identity {
             id: crate::token::SessionId(0x0123_4567_89ab_cdef_0011_2233_4455_6677),
-            user_id: "josé".into(),
-            org_id: org.map(Into::into),
-            created_at_ms: 0,
-            last_activity_at_ms: 0,
-            idle_expires_at_ms: None,
-            absolute_expires_at_ms: 0,
-            expires_at_ms: 0,
-            persistent: false,
-            metadata: None,
+            user_id: "josé",
+            org_id: org,
+            last_activity_at_ms: 1_000_000,
+            expires_at_ms: 1_000_000 + expires_in_ms,
         }
     }
 
     #[test]
-    fn identity_headers_carry_the_session() {
-        let get = |h: &HeaderMap, n: &str| h.get(n).map(|v| v.as_bytes().to_vec());
-        let mut h = HeaderMap::new();
-        identity_headers(&mut h, &view(Some("acme")), 1_800);
+    fn identity_values_carry_the_session() {
+        let get =
+            |v: &[Option<HeaderValue>; 4], i: usize| v[i].as_ref().map(|v| v.as_bytes().to_vec());
+        let v = identity_values(&who(Some("acme"), 1_800_999));
+        assert_eq!(get(&v, 0).unwrap(), b"0123456789abcdef0011223344556677");
+        assert_eq!(get(&v, 1).unwrap(), "josé".as_bytes());
+        assert_eq!(get(&v, 2).unwrap(), b"acme");
+        assert_eq!(get(&v, 3).unwrap(), b"1800", "whole seconds, rounded down");
+        let v = identity_values(&who(None, 0));
+        assert_eq!(get(&v, 2), None);
+        assert_eq!(get(&v, 3).unwrap(), b"0");
+        let names: Vec<&str> = IDENTITY_HEADERS.iter().map(HeaderName::as_str).collect();
         assert_eq!(
-            get(&h, "x-session-id").unwrap(),
-            b"0123456789abcdef0011223344556677"
+            names,
+            [
+                "x-session-id",
+                "x-user-id",
+                "x-org-id",
+                "x-session-expires-in"
+            ]
         );
-        assert_eq!(get(&h, "x-user-id").unwrap(), "josé".as_bytes());
-        assert_eq!(get(&h, "x-org-id").unwrap(), b"acme");
-        assert_eq!(get(&h, "x-session-expires-in").unwrap(), b"1800");
-        assert_eq!(h.len(), 4);
-        let mut h = HeaderMap::new();
-        identity_headers(&mut h, &view(None), 0);
-        assert_eq!(get(&h, "x-org-id"), None);
-        assert_eq!(get(&h, "x-session-expires-in").unwrap(), b"0");
-        assert_eq!(h.len(), 3);
     }
 
     #[test]

@@ -1,10 +1,10 @@
 //! The id index of one shard: session id hash -> record index, built for the validate path.
 //!
-//! Open addressing with linear probing over 8-byte slots; a slot's key holds the record index in
+//! Open addressing with linear probing over 6-byte slots; a slot's key holds the record index in
 //! its low 24 bits and an 8-bit tag (the top byte of the id's hash) in the high 8, and beside it
-//! a 32-bit `aux` value the shard files with the entry (the record's org slot). A lookup reads
-//! the home slot's cache line (8 slots) and then only records whose tag matches (a false match
-//! costs 1/256 per occupied slot probed). hashbrown reads a control group, then a bucket in
+//! a 16-bit `aux` value the shard files with the entry (the record's org slot, when it is below
+//! [`NO_AUX`]). A lookup reads the home slot's cache line (10-11 slots) and then only records
+//! whose tag matches (a false match costs 1/256 per occupied slot probed). hashbrown reads a control group, then a bucket in
 //! another array, then the record: one dependent cache miss more on every validate and touch
 //! of a table that does not fit in cache (issue #2). `aux` removes another: the shard reads
 //! the org's policy in parallel with the record instead of after it.
@@ -30,14 +30,39 @@ const EMPTY: u32 = u32::MAX;
 const TOMBSTONE: u32 = u32::MAX - 1;
 const MIN_CAPACITY: usize = 16;
 
-/// One entry: `key` is `EMPTY`, `TOMBSTONE` or tag | record index; `aux` is the caller's.
+/// The `aux` of an entry whose value did not fit in 16 bits: the caller keeps it elsewhere.
+/// Six-byte slots keep the index at ~10 bytes per session at 10M (eight-byte ones took the
+/// table over its 100-byte budget: 102.2), and a shard with 65,535 orgs is rare.
+pub const NO_AUX: u16 = u16::MAX;
+
+/// One entry: the key (`EMPTY`, `TOMBSTONE` or tag | record index) in two halves, then `aux`.
+/// Three `u16`s, so that a slot takes 6 bytes with no padding.
 #[derive(Debug, Clone, Copy)]
-struct Slot {
-    key: u32,
-    aux: u32,
+struct Slot([u16; 3]);
+
+impl Slot {
+    const fn new(key: u32, aux: u16) -> Slot {
+        Slot([key as u16, (key >> 16) as u16, aux])
+    }
+
+    #[inline]
+    fn key(self) -> u32 {
+        u32::from(self.0[0]) | (u32::from(self.0[1]) << 16)
+    }
+
+    /// The aux filed with the entry, `None` if it did not fit.
+    #[inline]
+    fn aux(self) -> Option<u32> {
+        (self.0[2] != NO_AUX).then_some(u32::from(self.0[2]))
+    }
 }
 
-const EMPTY_SLOT: Slot = Slot { key: EMPTY, aux: 0 };
+const EMPTY_SLOT: Slot = Slot::new(EMPTY, NO_AUX);
+
+/// `aux` as stored: itself if it fits below [`NO_AUX`], else `NO_AUX`.
+fn stored_aux(aux: u32) -> u16 {
+    u16::try_from(aux).map_or(NO_AUX, |a| a)
+}
 
 /// See the module doc.
 pub struct IdIndex {
@@ -77,16 +102,16 @@ impl IdIndex {
         self.len == 0
     }
 
-    /// Slots allocated (8 bytes each).
+    /// Slots allocated (6 bytes each).
     #[cfg(test)]
     fn capacity(&self) -> usize {
         self.slots.len()
     }
 
     /// The record index whose entry has `hash` and for which `is(record)` holds, and the `aux`
-    /// filed with it.
+    /// filed with it (`None` if it did not fit in 16 bits).
     #[inline]
-    pub fn find(&self, hash: u64, is: impl Fn(u32) -> bool) -> Option<(u32, u32)> {
+    pub fn find(&self, hash: u64, is: impl Fn(u32) -> bool) -> Option<(u32, Option<u32>)> {
         if self.slots.is_empty() {
             return None;
         }
@@ -94,12 +119,13 @@ impl IdIndex {
         let want = tag(hash);
         let mut i = hash as usize & mask;
         loop {
-            let Slot { key: s, aux } = self.slots[i];
+            let slot = self.slots[i];
+            let s = slot.key();
             if s == EMPTY {
                 return None;
             }
             if s & !INDEX_MASK == want && s != TOMBSTONE && is(s & INDEX_MASK) {
-                return Some((s & INDEX_MASK, aux));
+                return Some((s & INDEX_MASK, slot.aux()));
             }
             i = (i + 1) & mask;
         }
@@ -133,12 +159,12 @@ impl IdIndex {
         let want = tag(hash) | idx;
         let mut i = hash as usize & mask;
         loop {
-            let s = self.slots[i].key;
+            let s = self.slots[i].key();
             if s == EMPTY {
                 return false;
             }
             if s == want {
-                self.slots[i].key = TOMBSTONE;
+                self.slots[i] = Slot::new(TOMBSTONE, NO_AUX);
                 self.len -= 1;
                 self.tombstones += 1;
                 return true;
@@ -179,15 +205,12 @@ impl IdIndex {
         let mask = self.slots.len() - 1;
         let mut i = hash as usize & mask;
         loop {
-            let s = self.slots[i].key;
+            let s = self.slots[i].key();
             if s == EMPTY || s == TOMBSTONE {
                 if s == TOMBSTONE {
                     self.tombstones -= 1;
                 }
-                self.slots[i] = Slot {
-                    key: tag(hash) | idx,
-                    aux,
-                };
+                self.slots[i] = Slot::new(tag(hash) | idx, stored_aux(aux));
                 return;
             }
             i = (i + 1) & mask;
@@ -198,7 +221,8 @@ impl IdIndex {
     pub fn check(&self, entry_of: impl Fn(u32) -> (u64, u32)) {
         let mask = self.slots.len().wrapping_sub(1);
         let (mut len, mut tombs) = (0, 0);
-        for (pos, &Slot { key: s, aux }) in self.slots.iter().enumerate() {
+        for (pos, &slot) in self.slots.iter().enumerate() {
+            let s = slot.key();
             match s {
                 EMPTY => {}
                 TOMBSTONE => tombs += 1,
@@ -207,11 +231,12 @@ impl IdIndex {
                     let idx = s & INDEX_MASK;
                     let (h, want_aux) = entry_of(idx);
                     assert_eq!(s & !INDEX_MASK, tag(h), "tag of record {idx}");
-                    assert_eq!(aux, want_aux, "aux of record {idx}");
+                    assert_eq!(slot.0[2], stored_aux(want_aux), "aux of record {idx}");
                     let mut i = h as usize & mask;
                     while i != pos {
                         assert_ne!(
-                            self.slots[i].key, EMPTY,
+                            self.slots[i].key(),
+                            EMPTY,
                             "empty slot inside record {idx}'s run"
                         );
                         i = (i + 1) & mask;
@@ -237,9 +262,10 @@ mod tests {
         x ^ (x >> 31)
     }
 
-    /// The aux the model files with an entry: derived from the hash so that a lookup can check it.
+    /// The aux the model files with an entry: derived from the hash so that a lookup can check
+    /// it; half of them do not fit in 16 bits.
     fn aux_of(hash: u64) -> u32 {
-        (hash >> 17) as u32
+        (hash >> 17) as u32 & 0x1_FFFF
     }
 
     /// Records as the shard keeps them: slot `i` holds a hash when live.
@@ -273,7 +299,12 @@ mod tests {
                 self.recs.get(i as usize).copied().flatten() == Some(hash)
             });
             found.map(|(idx, aux)| {
-                assert_eq!(aux, aux_of(hash), "aux of record {idx}");
+                let want = aux_of(hash);
+                assert_eq!(
+                    aux,
+                    (want < u32::from(NO_AUX)).then_some(want),
+                    "aux of {idx}"
+                );
                 idx
             })
         }
@@ -308,6 +339,36 @@ mod tests {
         assert_eq!(m.find(hs[2]), Some(2), "a tombstone must not cut the run");
         assert!(!m.index.remove(hs[1], 1));
         m.check();
+    }
+
+    #[test]
+    fn aux_past_16_bits_is_not_filed() {
+        let mut index = IdIndex::new();
+        let cases = [
+            (1u64, 0u32),
+            (2, 65_534),
+            (3, 65_535),
+            (4, 70_000),
+            (5, u32::MAX),
+        ];
+        for (i, &(h, aux)) in cases.iter().enumerate() {
+            index.insert(h, i as u32, aux, std::iter::empty);
+        }
+        let found: Vec<_> = cases
+            .iter()
+            .enumerate()
+            .map(|(i, &(h, _))| index.find(h, |r| r == i as u32).map(|(_, a)| a))
+            .collect();
+        assert_eq!(
+            found,
+            [
+                Some(Some(0)),
+                Some(Some(65_534)),
+                Some(None),
+                Some(None),
+                Some(None)
+            ]
+        );
     }
 
     #[test]

@@ -17,8 +17,8 @@
 //! 5. Ids are cryptographic hashes, so `ids` files by the id's low 64 bits with no keyed hasher
 //!    (see `token`), and nobody can choose a colliding id. `ids` is an [`IdIndex`]: one cache
 //!    line of slots, then the record (see its module doc).
-//! 6. `ids` files each record with its org slot (the entry's `aux`), always equal to the
-//!    record's own: a record's org never changes while it is live, and an org slot is only
+//! 6. `ids` files each record with its org slot (the entry's `aux`, when it fits in 16 bits),
+//!    always equal to the record's own: a record's org never changes while it is live, and an org slot is only
 //!    freed (and reused) once no live record names it. Validate and touch read the org's
 //!    policy from that slot while the record is still on its way from memory.
 
@@ -348,10 +348,12 @@ impl Shard {
         let lo = id.table_hash();
         let hi = id.shard_bits();
         let recs = &self.slab.records;
-        self.ids.find(lo, |i| {
+        let (idx, org) = self.ids.find(lo, |i| {
             let r = &recs[i as usize];
             r.id_lo == lo && r.id_hi == hi
-        })
+        })?;
+        // An org slot past 16 bits is not in the index: read it from the record.
+        Some((idx, org.unwrap_or_else(|| recs[idx as usize].org())))
     }
 
     #[inline]

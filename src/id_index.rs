@@ -1,13 +1,11 @@
 //! The id index of one shard: session id hash -> record index, built for the validate path.
 //!
-//! Open addressing with linear probing over 6-byte slots; a slot's key holds the record index in
-//! its low 24 bits and an 8-bit tag (the top byte of the id's hash) in the high 8, and beside it
-//! a 16-bit `aux` value the shard files with the entry (the record's org slot, when it is below
-//! [`NO_AUX`]). A lookup reads the home slot's cache line (10-11 slots) and then only records
-//! whose tag matches (a false match costs 1/256 per occupied slot probed). hashbrown reads a control group, then a bucket in
+//! Open addressing with linear probing over 4-byte slots; a slot holds the record index in its
+//! low 24 bits and an 8-bit tag (the top byte of the id's hash) in the high 8. A lookup reads
+//! the home slot's cache line (16 slots) and then only records whose tag matches (a false match
+//! costs 1/256 per occupied slot probed). hashbrown reads a control group, then a bucket in
 //! another array, then the record: one dependent cache miss more on every validate and touch
-//! of a table that does not fit in cache (issue #2). `aux` removes another: the shard reads
-//! the org's policy in parallel with the record instead of after it.
+//! of a table that does not fit in cache (issue #2).
 //!
 //! Invariants:
 //! 1. Every entry sits in the probe run that starts at its home slot (`hash & mask`): no
@@ -30,43 +28,9 @@ const EMPTY: u32 = u32::MAX;
 const TOMBSTONE: u32 = u32::MAX - 1;
 const MIN_CAPACITY: usize = 16;
 
-/// The `aux` of an entry whose value did not fit in 16 bits: the caller keeps it elsewhere.
-/// Six-byte slots keep the index at ~10 bytes per session at 10M (eight-byte ones took the
-/// table over its 100-byte budget: 102.2), and a shard with 65,535 orgs is rare.
-pub const NO_AUX: u16 = u16::MAX;
-
-/// One entry: the key (`EMPTY`, `TOMBSTONE` or tag | record index) in two halves, then `aux`.
-/// Three `u16`s, so that a slot takes 6 bytes with no padding.
-#[derive(Debug, Clone, Copy)]
-struct Slot([u16; 3]);
-
-impl Slot {
-    const fn new(key: u32, aux: u16) -> Slot {
-        Slot([key as u16, (key >> 16) as u16, aux])
-    }
-
-    #[inline]
-    fn key(self) -> u32 {
-        u32::from(self.0[0]) | (u32::from(self.0[1]) << 16)
-    }
-
-    /// The aux filed with the entry, `None` if it did not fit.
-    #[inline]
-    fn aux(self) -> Option<u32> {
-        (self.0[2] != NO_AUX).then_some(u32::from(self.0[2]))
-    }
-}
-
-const EMPTY_SLOT: Slot = Slot::new(EMPTY, NO_AUX);
-
-/// `aux` as stored: itself if it fits below [`NO_AUX`], else `NO_AUX`.
-fn stored_aux(aux: u32) -> u16 {
-    u16::try_from(aux).map_or(NO_AUX, |a| a)
-}
-
 /// See the module doc.
 pub struct IdIndex {
-    slots: Box<[Slot]>,
+    slots: Box<[u32]>,
     len: usize,
     tombstones: usize,
 }
@@ -102,16 +66,15 @@ impl IdIndex {
         self.len == 0
     }
 
-    /// Slots allocated (6 bytes each).
+    /// Slots allocated (4 bytes each).
     #[cfg(test)]
     fn capacity(&self) -> usize {
         self.slots.len()
     }
 
-    /// The record index whose entry has `hash` and for which `is(record)` holds, and the `aux`
-    /// filed with it (`None` if it did not fit in 16 bits).
+    /// The record index whose entry has `hash` and for which `is(record)` holds.
     #[inline]
-    pub fn find(&self, hash: u64, is: impl Fn(u32) -> bool) -> Option<(u32, Option<u32>)> {
+    pub fn find(&self, hash: u64, is: impl Fn(u32) -> bool) -> Option<u32> {
         if self.slots.is_empty() {
             return None;
         }
@@ -119,24 +82,23 @@ impl IdIndex {
         let want = tag(hash);
         let mut i = hash as usize & mask;
         loop {
-            let slot = self.slots[i];
-            let s = slot.key();
+            let s = self.slots[i];
             if s == EMPTY {
                 return None;
             }
             if s & !INDEX_MASK == want && s != TOMBSTONE && is(s & INDEX_MASK) {
-                return Some((s & INDEX_MASK, slot.aux()));
+                return Some(s & INDEX_MASK);
             }
             i = (i + 1) & mask;
         }
     }
 
-    /// Adds `idx` (with `aux`) under `hash`; the caller guarantees no entry for the same id
-    /// exists. `live()` lists every entry the index must hold *besides* this one, as
-    /// (hash, index, aux): it is called only when the table is rebuilt (invariant 2).
-    pub fn insert<I>(&mut self, hash: u64, idx: u32, aux: u32, live: impl FnOnce() -> I)
+    /// Adds `idx` under `hash`; the caller guarantees no entry for the same id exists.
+    /// `live()` lists every entry the index must hold *besides* this one, as (hash, index): it
+    /// is called only when the table is rebuilt (invariant 2).
+    pub fn insert<I>(&mut self, hash: u64, idx: u32, live: impl FnOnce() -> I)
     where
-        I: Iterator<Item = (u64, u32, u32)>,
+        I: Iterator<Item = (u64, u32)>,
     {
         assert!(
             idx < MAX_RECORDS,
@@ -146,7 +108,7 @@ impl IdIndex {
             let cap = Self::capacity_for(self.len + 1).max(self.slots.len());
             self.rebuild(cap, live());
         }
-        self.put(hash, idx, aux);
+        self.put(hash, idx);
         self.len += 1;
     }
 
@@ -159,12 +121,12 @@ impl IdIndex {
         let want = tag(hash) | idx;
         let mut i = hash as usize & mask;
         loop {
-            let s = self.slots[i].key();
+            let s = self.slots[i];
             if s == EMPTY {
                 return false;
             }
             if s == want {
-                self.slots[i] = Slot::new(TOMBSTONE, NO_AUX);
+                self.slots[i] = TOMBSTONE;
                 self.len -= 1;
                 self.tombstones += 1;
                 return true;
@@ -176,7 +138,7 @@ impl IdIndex {
     /// Makes room for `additional` more entries without a rebuild on the way.
     pub fn reserve<I>(&mut self, additional: usize, live: impl FnOnce() -> I)
     where
-        I: Iterator<Item = (u64, u32, u32)>,
+        I: Iterator<Item = (u64, u32)>,
     {
         let cap = Self::capacity_for(self.len + additional);
         if cap > self.slots.len() {
@@ -190,55 +152,49 @@ impl IdIndex {
         (n * 8 / 3 + 1).next_power_of_two().max(MIN_CAPACITY)
     }
 
-    fn rebuild(&mut self, cap: usize, live: impl Iterator<Item = (u64, u32, u32)>) {
-        self.slots = vec![EMPTY_SLOT; cap].into_boxed_slice();
+    fn rebuild(&mut self, cap: usize, live: impl Iterator<Item = (u64, u32)>) {
+        self.slots = vec![EMPTY; cap].into_boxed_slice();
         self.len = 0;
         self.tombstones = 0;
-        for (hash, idx, aux) in live {
-            self.put(hash, idx, aux);
+        for (hash, idx) in live {
+            self.put(hash, idx);
             self.len += 1;
         }
     }
 
     /// Files an entry in the first free slot (empty or tombstone) of its probe run.
-    fn put(&mut self, hash: u64, idx: u32, aux: u32) {
+    fn put(&mut self, hash: u64, idx: u32) {
         let mask = self.slots.len() - 1;
         let mut i = hash as usize & mask;
         loop {
-            let s = self.slots[i].key();
+            let s = self.slots[i];
             if s == EMPTY || s == TOMBSTONE {
                 if s == TOMBSTONE {
                     self.tombstones -= 1;
                 }
-                self.slots[i] = Slot::new(tag(hash) | idx, stored_aux(aux));
+                self.slots[i] = tag(hash) | idx;
                 return;
             }
             i = (i + 1) & mask;
         }
     }
 
-    /// Checks invariants 1-3 against `entry_of(idx)` = (hash, aux) (tests only; O(capacity)).
-    pub fn check(&self, entry_of: impl Fn(u32) -> (u64, u32)) {
+    /// Checks invariants 1-3 against `hash_of(idx)` (tests only; O(capacity)).
+    pub fn check(&self, hash_of: impl Fn(u32) -> u64) {
         let mask = self.slots.len().wrapping_sub(1);
         let (mut len, mut tombs) = (0, 0);
-        for (pos, &slot) in self.slots.iter().enumerate() {
-            let s = slot.key();
+        for (pos, &s) in self.slots.iter().enumerate() {
             match s {
                 EMPTY => {}
                 TOMBSTONE => tombs += 1,
                 _ => {
                     len += 1;
                     let idx = s & INDEX_MASK;
-                    let (h, want_aux) = entry_of(idx);
+                    let h = hash_of(idx);
                     assert_eq!(s & !INDEX_MASK, tag(h), "tag of record {idx}");
-                    assert_eq!(slot.0[2], stored_aux(want_aux), "aux of record {idx}");
                     let mut i = h as usize & mask;
                     while i != pos {
-                        assert_ne!(
-                            self.slots[i].key(),
-                            EMPTY,
-                            "empty slot inside record {idx}'s run"
-                        );
+                        assert_ne!(self.slots[i], EMPTY, "empty slot inside record {idx}'s run");
                         i = (i + 1) & mask;
                     }
                 }
@@ -262,12 +218,6 @@ mod tests {
         x ^ (x >> 31)
     }
 
-    /// The aux the model files with an entry: derived from the hash so that a lookup can check
-    /// it; half of them do not fit in 16 bits.
-    fn aux_of(hash: u64) -> u32 {
-        (hash >> 17) as u32 & 0x1_FFFF
-    }
-
     /// Records as the shard keeps them: slot `i` holds a hash when live.
     struct Model {
         recs: Vec<Option<u64>>,
@@ -285,33 +235,18 @@ mod tests {
                 self.recs.resize(i + 1, None);
             }
             let recs = &self.recs;
-            self.index.insert(hash, idx, aux_of(hash), || {
+            self.index.insert(hash, idx, || {
                 recs.iter()
                     .enumerate()
-                    .filter_map(|(i, h)| h.map(|h| (h, i as u32, aux_of(h))))
+                    .filter_map(|(i, h)| h.map(|h| (h, i as u32)))
             });
             self.recs[i] = Some(hash);
         }
 
-        /// The record index found for `hash`, after checking the aux filed with it.
         fn find(&self, hash: u64) -> Option<u32> {
-            let found = self.index.find(hash, |i| {
+            self.index.find(hash, |i| {
                 self.recs.get(i as usize).copied().flatten() == Some(hash)
-            });
-            found.map(|(idx, aux)| {
-                let want = aux_of(hash);
-                assert_eq!(
-                    aux,
-                    (want < u32::from(NO_AUX)).then_some(want),
-                    "aux of {idx}"
-                );
-                idx
             })
-        }
-
-        fn check(&self) {
-            self.index
-                .check(|i| self.recs[i as usize].map(|h| (h, aux_of(h))).unwrap());
         }
     }
 
@@ -338,37 +273,7 @@ mod tests {
         assert_eq!(m.find(hs[1]), None);
         assert_eq!(m.find(hs[2]), Some(2), "a tombstone must not cut the run");
         assert!(!m.index.remove(hs[1], 1));
-        m.check();
-    }
-
-    #[test]
-    fn aux_past_16_bits_is_not_filed() {
-        let mut index = IdIndex::new();
-        let cases = [
-            (1u64, 0u32),
-            (2, 65_534),
-            (3, 65_535),
-            (4, 70_000),
-            (5, u32::MAX),
-        ];
-        for (i, &(h, aux)) in cases.iter().enumerate() {
-            index.insert(h, i as u32, aux, std::iter::empty);
-        }
-        let found: Vec<_> = cases
-            .iter()
-            .enumerate()
-            .map(|(i, &(h, _))| index.find(h, |r| r == i as u32).map(|(_, a)| a))
-            .collect();
-        assert_eq!(
-            found,
-            [
-                Some(Some(0)),
-                Some(Some(65_534)),
-                Some(None),
-                Some(None),
-                Some(None)
-            ]
-        );
+        m.index.check(|i| m.recs[i as usize].unwrap());
     }
 
     #[test]
@@ -390,7 +295,7 @@ mod tests {
             m.insert(victim, splitmix(u64::from(round) + 1_000_000));
         }
         assert_eq!(m.index.capacity(), cap);
-        m.check();
+        m.index.check(|i| m.recs[i as usize].unwrap());
         for (i, h) in m.recs.iter().enumerate() {
             assert_eq!(m.find(h.unwrap()), Some(i as u32));
         }
@@ -451,10 +356,10 @@ mod tests {
                     Op::Reserve(n) => {
                         let recs = &m.recs;
                         m.index.reserve(n as usize, || recs.iter().enumerate()
-                            .filter_map(|(i, h)| h.map(|h| (h, i as u32, aux_of(h)))));
+                            .filter_map(|(i, h)| h.map(|h| (h, i as u32))));
                     }
                 }
-                m.check();
+                m.index.check(|i| m.recs[i as usize].unwrap());
             }
             for (i, h) in m.recs.iter().enumerate() {
                 if let Some(h) = *h {

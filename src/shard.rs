@@ -17,10 +17,6 @@
 //! 5. Ids are cryptographic hashes, so `ids` files by the id's low 64 bits with no keyed hasher
 //!    (see `token`), and nobody can choose a colliding id. `ids` is an [`IdIndex`]: one cache
 //!    line of slots, then the record (see its module doc).
-//! 6. `ids` files each record with its org slot (the entry's `aux`, when it fits in 16 bits),
-//!    always equal to the record's own: a record's org never changes while it is live, and an org slot is only
-//!    freed (and reused) once no live record names it. Validate and touch read the org's
-//!    policy from that slot while the record is still on its way from memory.
 
 use crate::id_index::{self, IdIndex};
 use crate::persist::journal::Journal;
@@ -123,13 +119,12 @@ fn user_of<'a>(
         r.user.as_str()
     }
 }
-/// The (hash, index, org slot) of every live record but `except`, in slab order, for an id
-/// index rebuild (invariant 6).
-fn live_ids(recs: &[Record], except: u32) -> impl Iterator<Item = (u64, u32, u32)> + '_ {
+/// The (hash, index) of every live record but `except`, in slab order, for an id index rebuild.
+fn live_ids(recs: &[Record], except: u32) -> impl Iterator<Item = (u64, u32)> + '_ {
     recs.iter()
         .enumerate()
         .filter(move |&(i, r)| r.live() && i as u32 != except)
-        .map(|(i, r)| (r.id_lo, i as u32, r.org()))
+        .map(|(i, r)| (r.id_lo, i as u32))
 }
 
 /// `org_flags` of a free record.
@@ -339,21 +334,20 @@ impl Shard {
 
     #[inline]
     fn find(&self, id: SessionId) -> Option<u32> {
-        self.find_with_org(id).map(|(idx, _)| idx)
-    }
-
-    /// The record of `id` and its org slot, as filed in the id index (invariant 6).
-    #[inline]
-    fn find_with_org(&self, id: SessionId) -> Option<(u32, u32)> {
         let lo = id.table_hash();
         let hi = id.shard_bits();
         let recs = &self.slab.records;
-        let (idx, org) = self.ids.find(lo, |i| {
+        self.ids.find(lo, |i| {
             let r = &recs[i as usize];
             r.id_lo == lo && r.id_hi == hi
-        })?;
-        // An org slot past 16 bits is not in the index: read it from the record.
-        Some((idx, org.unwrap_or_else(|| recs[idx as usize].org())))
+        })
+    }
+
+    /// The record of `id` and its org slot.
+    #[inline]
+    fn find_with_org(&self, id: SessionId) -> Option<(u32, u32)> {
+        self.find(id)
+            .map(|idx| (idx, self.slab.records[idx as usize].org()))
     }
 
     #[inline]
@@ -588,7 +582,7 @@ impl Shard {
         }
         let recs = &self.slab.records;
         self.ids
-            .insert(id.table_hash(), idx, org_slot, || live_ids(recs, idx));
+            .insert(id.table_hash(), idx, || live_ids(recs, idx));
         self.link_user(idx);
         self.link_org(idx, org_slot);
         let d = self.deadlines(idx);
@@ -1015,10 +1009,7 @@ impl Shard {
         let live = self.slab.records.iter().filter(|r| r.live()).count();
         assert_eq!(live, self.len);
         assert_eq!(self.ids.len(), self.len);
-        self.ids.check(|i| {
-            let r = &self.slab.records[i as usize];
-            (r.id_lo, r.org())
-        });
+        self.ids.check(|i| self.slab.records[i as usize].id_lo);
         assert_eq!(self.wheel.len(), self.len);
         let with_metadata = self
             .slab

@@ -343,13 +343,6 @@ impl Shard {
         })
     }
 
-    /// The record of `id` and its org slot.
-    #[inline]
-    fn find_with_org(&self, id: SessionId) -> Option<(u32, u32)> {
-        self.find(id)
-            .map(|idx| (idx, self.slab.records[idx as usize].org()))
-    }
-
     #[inline]
     fn org_slot(&self, slot: u32) -> &OrgSlot {
         self.orgs[slot as usize]
@@ -372,9 +365,9 @@ impl Shard {
         )
     }
 
-    /// The view of record `idx`, whose org slot is `org`.
-    fn view_with(&self, idx: u32, org: u32, last_ms: u64, d: &Deadlines) -> SessionView {
+    fn view_with(&self, idx: u32, last_ms: u64, d: &Deadlines) -> SessionView {
         let r = &self.slab.records[idx as usize];
+        let org = r.org();
         SessionView {
             id: SessionId(r.id()),
             user_id: CompactString::from(user_of(&self.slab.records, &self.long_users, idx)),
@@ -396,7 +389,7 @@ impl Shard {
     fn view(&self, idx: u32) -> SessionView {
         let r = &self.slab.records[idx as usize];
         let last = r.last_ms.load(Ordering::Relaxed);
-        self.view_with(idx, r.org(), last, &self.deadlines(idx))
+        self.view_with(idx, last, &self.deadlines(idx))
     }
 
     /// The session `id`, expired or not, if it is still in the table.
@@ -411,21 +404,21 @@ impl Shard {
         id: SessionId,
         now_ms: u64,
     ) -> Result<SessionView, Option<ExpiryReason>> {
-        let (idx, org) = self.find_with_org(id).ok_or(None)?;
+        let idx = self.find(id).ok_or(None)?;
         let r = &self.slab.records[idx as usize];
         let last = r.last_ms.load(Ordering::Relaxed);
-        let d = Deadlines::compute(&self.org_slot(org).eff, r.created_ms, last);
+        let d = Deadlines::compute(self.org_eff(r), r.created_ms, last);
         if let Some(reason) = d.expired(now_ms) {
             return Err(Some(reason));
         }
-        Ok(self.view_with(idx, org, last, &d))
+        Ok(self.view_with(idx, last, &d))
     }
 
     /// Records activity at `now_ms` unless the session is already expired (invariants 2, 3).
     #[inline]
     pub fn touch(&self, id: SessionId, now_ms: u64) -> Result<SessionView, Option<ExpiryReason>> {
-        let (idx, org, last, d) = self.touch_at(id, now_ms)?;
-        Ok(self.view_with(idx, org, last, &d))
+        let (idx, last, d) = self.touch_at(id, now_ms)?;
+        Ok(self.view_with(idx, last, &d))
     }
 
     /// [`Shard::touch`], handing `f` the session's identity borrowed from the table instead of
@@ -437,7 +430,8 @@ impl Shard {
         now_ms: u64,
         f: impl FnOnce(&Identity<'_>) -> R,
     ) -> Result<R, Option<ExpiryReason>> {
-        let (idx, org, last, d) = self.touch_at(id, now_ms)?;
+        let (idx, last, d) = self.touch_at(id, now_ms)?;
+        let org = self.slab.records[idx as usize].org();
         Ok(f(&Identity {
             id,
             user_id: user_of(&self.slab.records, &self.long_users, idx),
@@ -447,16 +441,16 @@ impl Shard {
         }))
     }
 
-    /// The touch itself: the record, its org slot, its last activity and deadlines after it.
+    /// The touch itself: the record, its last activity and its deadlines after it.
     #[inline]
     fn touch_at(
         &self,
         id: SessionId,
         now_ms: u64,
-    ) -> Result<(u32, u32, u64, Deadlines), Option<ExpiryReason>> {
-        let (idx, org) = self.find_with_org(id).ok_or(None)?;
+    ) -> Result<(u32, u64, Deadlines), Option<ExpiryReason>> {
+        let idx = self.find(id).ok_or(None)?;
         let r = &self.slab.records[idx as usize];
-        let eff = &self.org_slot(org).eff;
+        let eff = self.org_eff(r);
         let d = Deadlines::compute(eff, r.created_ms, r.last_ms.load(Ordering::Relaxed));
         if let Some(reason) = d.expired(now_ms) {
             return Err(Some(reason));
@@ -470,7 +464,7 @@ impl Shard {
         {
             j.append(*i, |b| record::put_activity(b, r.id(), now_ms));
         }
-        Ok((idx, org, last, Deadlines::compute(eff, r.created_ms, last)))
+        Ok((idx, last, Deadlines::compute(eff, r.created_ms, last)))
     }
 
     /// Whether `id` is present.
@@ -496,7 +490,7 @@ impl Shard {
             });
         }
         let (idx, d) = self.insert_at(id, user, org, eff_for, metadata, now_ms, now_ms);
-        self.view_with(idx, self.slab.records[idx as usize].org(), now_ms, &d)
+        self.view_with(idx, now_ms, &d)
     }
 
     /// Puts a saved session back (start-up replay, not journaled): if `id` is already here only

@@ -185,7 +185,10 @@ impl Metrics {
     /// Counts a touch by outcome.
     #[inline]
     pub fn touch(&self, v: &Validation) {
-        self.touches[outcome_index(v)].increment(1);
+        self.touch_outcome(match v {
+            Validation::Valid(_) => None,
+            Validation::Invalid(why) => Some(*why),
+        });
     }
 
     /// Counts one touch by outcome: `None` when it succeeded, else why not.

@@ -387,8 +387,9 @@ impl Shard {
     }
 
     fn view(&self, idx: u32) -> SessionView {
-        let r = &self.slab.records[idx as usize];
-        let last = r.last_ms.load(Ordering::Relaxed);
+        let last = self.slab.records[idx as usize]
+            .last_ms
+            .load(Ordering::Relaxed);
         self.view_with(idx, last, &self.deadlines(idx))
     }
 
@@ -405,12 +406,13 @@ impl Shard {
         now_ms: u64,
     ) -> Result<SessionView, Option<ExpiryReason>> {
         let idx = self.find(id).ok_or(None)?;
-        let r = &self.slab.records[idx as usize];
-        let last = r.last_ms.load(Ordering::Relaxed);
-        let d = Deadlines::compute(self.org_eff(r), r.created_ms, last);
+        let d = self.deadlines(idx);
         if let Some(reason) = d.expired(now_ms) {
             return Err(Some(reason));
         }
+        let last = self.slab.records[idx as usize]
+            .last_ms
+            .load(Ordering::Relaxed);
         Ok(self.view_with(idx, last, &d))
     }
 

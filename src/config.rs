@@ -107,6 +107,11 @@ pub struct Cli {
     /// damage (and saying how much was dropped).
     #[arg(long, env = "SESSIOND_RECOVER")]
     pub recover: bool,
+    /// MiB of journal kept in memory while the disk refuses writes (1 to 65536); past it the
+    /// kept changes are dropped and a full snapshot replaces them when the disk takes one
+    /// [default: 64].
+    #[arg(long, env = "SESSIOND_JOURNAL_BACKLOG_MIB")]
+    pub journal_backlog_mib: Option<usize>,
 }
 
 /// The TOML file: the same settings with `snake_case` keys, plus `[application]` policy.
@@ -136,6 +141,7 @@ pub struct FileConfig {
     pub fsync: Option<String>,
     pub snapshot_interval: Option<String>,
     pub recover: Option<bool>,
+    pub journal_backlog_mib: Option<usize>,
     /// The application policy (defaults to the built-in one, field by field).
     pub application: Option<PolicyPatch>,
 }
@@ -426,12 +432,22 @@ impl Config {
                 Duration::from_secs(600)
             }),
         };
+        let journal_backlog_mib = cli
+            .journal_backlog_mib
+            .or(file.journal_backlog_mib)
+            .unwrap_or(crate::persist::journal::DEFAULT_BACKLOG >> 20);
+        if !(1..=65_536).contains(&journal_backlog_mib) {
+            errors.push(format!(
+                "journal_backlog_mib {journal_backlog_mib} is out of range; it must be between 1 and 65536"
+            ));
+        }
         let persist =
             (!cli.no_persist && file.persist.unwrap_or(true)).then(|| crate::persist::Settings {
                 dir: state_dir.clone(),
                 fsync,
                 snapshot_interval,
                 recover: cli.recover || file.recover.unwrap_or(false),
+                journal_backlog: journal_backlog_mib << 20,
             });
 
         if !errors.is_empty() {

@@ -3,7 +3,10 @@
 //! the reaper, and on SIGTERM/SIGINT stop accepting, drain in-flight requests within the grace
 //! period, write a last snapshot, and exit.
 //!
-//! Invariant: every start, load and stop is one structured log line; no line holds a token.
+//! Invariants:
+//! 1. Every start, load and stop is one structured log line; no line holds a token.
+//! 2. The exit status is honest: non-zero when the shutdown could not put everything on disk
+//!    (see `persist::ShutdownError`), with the log line saying how much and since when.
 
 use crate::api_keys::ApiKeys;
 use crate::clock::SystemClock;
@@ -164,7 +167,13 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     let _ = reaper.join();
     if let Some(p) = persist {
         let e = engine.clone();
-        let _ = tokio::task::spawn_blocking(move || p.shutdown(&e)).await;
+        let saved = tokio::task::spawn_blocking(move || p.shutdown(&e))
+            .await
+            .context("the shutdown task failed")?;
+        if let Err(e) = saved {
+            tracing::error!(error = %e, "sessiond stopped without saving everything");
+            return Err(e).context("stopping");
+        }
     }
     match drained {
         Ok(Ok(())) => {
@@ -179,20 +188,34 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     }
 }
 
-/// Fails early if durable writes to the state directory would fail later.
+/// Fails early if writes to the state directory would fail for a reason that waiting does
+/// not cure (permissions, a file in its place); a full or read-only disk is a bad day instead:
+/// the daemon starts, serves, reports persistence failing and retries.
 fn check_state_dir(dir: &std::path::Path) -> anyhow::Result<()> {
-    std::fs::create_dir_all(dir)
-        .and_then(|_| {
-            let probe = dir.join(".sessiond-write-test");
-            std::fs::write(&probe, b"ok")?;
-            std::fs::remove_file(probe)
-        })
-        .with_context(|| {
+    let probe = dir.join(".sessiond-write-test");
+    let r = crate::persist::state_dir::create_dir(dir).and_then(|_| {
+        crate::persist::state_dir::create_file(&probe, false)?;
+        std::fs::remove_file(&probe)
+    });
+    match r {
+        Ok(()) => Ok(()),
+        Err(e) if crate::persist::state_dir::transient(&e) && dir.is_dir() => {
+            let _ = std::fs::remove_file(&probe);
+            tracing::warn!(
+                dir = %dir.display(),
+                error = %e,
+                "the state directory takes no writes now; starting anyway: changes are kept in \
+                 memory and written when it does (see sessiond_persistence_healthy)"
+            );
+            Ok(())
+        }
+        Err(e) => Err(e).with_context(|| {
             format!(
                 "state directory {} is not writable (set --state-dir)",
                 dir.display()
             )
-        })
+        }),
+    }
 }
 
 async fn reload_on_sighup(policies: Arc<PolicyManager>) {

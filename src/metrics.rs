@@ -41,6 +41,9 @@ pub const SNAPSHOT_SESSIONS: &str = "sessiond_snapshot_sessions";
 pub const SNAPSHOT_BYTES: &str = "sessiond_snapshot_bytes";
 pub const SNAPSHOT_LAST_SUCCESS: &str = "sessiond_snapshot_last_success_timestamp_seconds";
 pub const SNAPSHOT_ERRORS: &str = "sessiond_snapshot_errors_total";
+pub const PERSIST_HEALTHY: &str = "sessiond_persistence_healthy";
+pub const PERSIST_UNSAVED: &str = "sessiond_persistence_unsaved_changes";
+pub const PERSIST_UNSAVED_AGE: &str = "sessiond_persistence_unsaved_age_seconds";
 
 const LAG_BUCKETS: &[f64] = &[
     0.005, 0.01, 0.025, 0.05, 0.1, 0.15, 0.2, 0.3, 0.5, 1.0, 2.0, 5.0, 10.0,
@@ -326,6 +329,20 @@ fn describe() {
         "Unix time of the last successful snapshot."
     );
     describe_counter!(SNAPSHOT_ERRORS, "Snapshots that failed.");
+    describe_gauge!(
+        PERSIST_HEALTHY,
+        "1 while every change reaches the state directory; 0 while writes fail, changes wait \
+         for a snapshot, or another sessiond holds the directory."
+    );
+    describe_gauge!(
+        PERSIST_UNSAVED,
+        "Changes applied in memory but not on disk (kept for writing, or waiting for a snapshot)."
+    );
+    describe_gauge!(
+        PERSIST_UNSAVED_AGE,
+        Unit::Seconds,
+        "Age of the oldest change not on disk (0 when there is none)."
+    );
     describe_counter!(HTTP_REQUESTS, "HTTP requests by route template and status.");
     describe_gauge!(HTTP_CONNECTIONS, "Open HTTP connections.");
     describe_histogram!(

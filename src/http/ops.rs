@@ -24,7 +24,9 @@ pub async fn healthz() -> &'static str {
 }
 
 pub async fn readyz(State(st): State<AppState>) -> Response {
-    if st.ready.load(Ordering::Acquire) {
+    // Another daemon holds the state directory: this one refuses writes (see `persist`).
+    let fenced = st.journal.as_ref().is_some_and(|j| j.fenced());
+    if st.ready.load(Ordering::Acquire) && !fenced {
         (StatusCode::OK, "ready\n").into_response()
     } else {
         (StatusCode::SERVICE_UNAVAILABLE, "not ready\n").into_response()

@@ -14,6 +14,8 @@
 //! 4. Sessions whose deadlines passed while the daemon was down are *not* dropped here: the
 //!    caller sweeps them once replay is complete (a later `ACTIVITY` frame may still save one)
 //!    and counts them.
+//! 5. Loading needs no free space: tidying that a full or read-only disk refuses (deleting an
+//!    unfinished snapshot, cutting a torn tail) is left as it is, with a warning.
 
 use super::record::{Damage, Entry, JOURNAL_MAGIC, Reader, SNAPSHOT_MAGIC};
 use super::{Kind, list};
@@ -84,7 +86,7 @@ pub fn load(engine: &Engine, dir: &Path, recover: bool) -> Result<Report, LoadEr
     for (kind, _, p) in &files {
         if *kind == Kind::Temp {
             tracing::info!(file = %p.display(), "deleting an unfinished snapshot left by a crash");
-            std::fs::remove_file(p).map_err(io_err(p))?;
+            tolerate(std::fs::remove_file(p), p).map_err(io_err(p))?;
         }
     }
     let snapshot = files
@@ -301,9 +303,9 @@ fn damaged(
             report.torn.push(line);
             if offset == 0 {
                 // Not even the header made it: the file was created just before the crash.
-                return std::fs::remove_file(p).map_err(io_err(p));
+                return tolerate(std::fs::remove_file(p), p).map_err(io_err(p));
             }
-            cut(p, offset).map_err(io_err(p))
+            tolerate(cut(p, offset), p).map_err(io_err(p))
         }
         Damage::Torn { .. } => unreachable!("a torn snapshot is reported as corrupt"),
         Damage::Corrupt { offset, reason } if !recover => Err(LoadError::Damaged {
@@ -324,6 +326,18 @@ fn damaged(
             report.recovered.push(line);
             Ok(())
         }
+    }
+}
+
+/// Tidying that a full or read-only disk refuses is left for a later start (invariant 5): the
+/// file is never written again, and reads the same way next time.
+fn tolerate(r: io::Result<()>, p: &Path) -> io::Result<()> {
+    match r {
+        Err(e) if super::state_dir::transient(&e) => {
+            tracing::warn!(file = %p.display(), error = %e, "cannot tidy a state file now; loading it as it is");
+            Ok(())
+        }
+        r => r,
     }
 }
 

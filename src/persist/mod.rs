@@ -13,15 +13,21 @@
 //!    journal goes on in a generation higher than any on disk, so no file is appended to by
 //!    two runs.
 //! 3. At most one snapshot runs at a time (`snapshotting`).
+//! 4. A disk's bad day never stops the daemon: start-up needs no free space (the journal's
+//!    first file is opened when the disk takes it), failed writes are kept and retried, and a
+//!    snapshot is retried every [`SNAPSHOT_RETRY`] while changes wait for one (see `journal`).
+//!    The shutdown says what did not reach the disk and fails ([`ShutdownError`]).
 
 pub mod journal;
 pub mod load;
 pub mod record;
 pub mod snapshot;
+pub mod state_dir;
 
 use crate::engine::Engine;
 use journal::{FsyncPolicy, Journal};
 use parking_lot::Mutex;
+use state_dir::StateDir;
 use std::fs::File;
 use std::io;
 use std::path::{Path, PathBuf};
@@ -33,6 +39,10 @@ use std::time::Duration;
 /// A journal generation this large triggers a snapshot before the interval is over
 /// (replaying 1 GiB, ~13M frames, takes a few seconds).
 pub const JOURNAL_SNAPSHOT_BYTES: u64 = 1 << 30;
+/// How often a failed snapshot is tried again while changes wait for one.
+pub const SNAPSHOT_RETRY: Duration = Duration::from_secs(1);
+/// Failed snapshots in a row between two log lines (about a minute at [`SNAPSHOT_RETRY`]).
+const SNAPSHOT_LOG_EVERY: u32 = 60;
 
 /// Persistence settings, from the configuration.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -43,6 +53,8 @@ pub struct Settings {
     pub snapshot_interval: Duration,
     /// Keep what precedes damage instead of refusing to start.
     pub recover: bool,
+    /// Journal bytes kept in memory while the disk refuses them (see `journal`).
+    pub journal_backlog: usize,
 }
 
 /// The kinds of file this module owns in the state directory.
@@ -108,43 +120,57 @@ pub struct Loaded {
     pub expired: u64,
 }
 
+/// What a shutdown could not write (the process then exits non-zero).
+#[derive(Debug, thiserror::Error)]
+pub enum ShutdownError {
+    #[error(
+        "{} changes are not on disk (the oldest from {} s ago){}: they are lost with this \
+         process",
+        .0.changes,
+        .0.since.map_or(0, |s| s.at.elapsed().as_secs()),
+        if .0.needs_snapshot { ", and the state directory needs a full snapshot" } else { "" }
+    )]
+    Unsaved(journal::Unsaved),
+    #[error(
+        "the last snapshot failed ({0}); nothing is lost: the journal holds every change, and \
+         the next start replays it"
+    )]
+    Snapshot(io::Error),
+}
+
 /// The running persistence layer (see the module doc).
 pub struct Persistence {
     settings: Settings,
     journal: Arc<Journal>,
-    _lock: File,
+    /// The locked directory, until [`Persistence::start`] hands it to the journal.
+    dir: Mutex<Option<StateDir>>,
     snapshotting: Mutex<()>,
+    /// Consecutive failed snapshots, for one log line per streak.
+    snapshot_failures: Mutex<u32>,
     stop: Arc<AtomicBool>,
     threads: Mutex<Vec<JoinHandle<()>>>,
 }
 
 impl Persistence {
-    /// Creates and locks the state directory; sessions are not loaded yet.
+    /// Creates and locks the state directory; sessions are not loaded yet. A full or read-only
+    /// disk does not stop this (see `state_dir`); only a directory that cannot be made, read
+    /// or locked does.
     pub fn open(settings: Settings, shards: usize) -> Result<Persistence, PersistError> {
-        let dir = &settings.dir;
-        let io_err = |source| PersistError::Io {
-            dir: dir.clone(),
-            source,
-        };
-        std::fs::create_dir_all(dir).map_err(io_err)?;
-        let lock = std::fs::OpenOptions::new()
-            .create(true)
-            .truncate(false)
-            .write(true)
-            .open(dir.join("lock"))
-            .map_err(io_err)?;
-        match lock.try_lock() {
-            Ok(()) => {}
-            Err(std::fs::TryLockError::WouldBlock) => {
-                return Err(PersistError::Locked(dir.clone()));
-            }
-            Err(std::fs::TryLockError::Error(e)) => return Err(io_err(e)),
-        }
+        let dir = StateDir::lock(&settings.dir).map_err(|e| match e {
+            state_dir::LockError::Held => PersistError::Locked(settings.dir.clone()),
+            state_dir::LockError::Io(source) => PersistError::Io {
+                dir: settings.dir.clone(),
+                source,
+            },
+        })?;
         Ok(Persistence {
-            journal: Arc::new(Journal::new(shards, settings.fsync)),
+            journal: Arc::new(
+                Journal::new(shards, settings.fsync).with_backlog(settings.journal_backlog),
+            ),
             settings,
-            _lock: lock,
+            dir: Mutex::new(Some(dir)),
             snapshotting: Mutex::new(()),
+            snapshot_failures: Mutex::new(0),
             stop: Arc::new(AtomicBool::new(false)),
             threads: Mutex::new(Vec::new()),
         })
@@ -157,20 +183,27 @@ impl Persistence {
 
     /// Loads the state into `engine`, starts the journal, drops the sessions that expired
     /// while the daemon was down (journaling their removal), and starts the journal and
-    /// snapshot threads.
+    /// snapshot threads. A disk that takes no writes does not stop it: the journal keeps the
+    /// changes and retries.
     pub fn start(self: &Arc<Self>, engine: &Arc<Engine>) -> Result<Loaded, PersistError> {
         let dir = &self.settings.dir;
         let io_err = |source| PersistError::Io {
             dir: dir.clone(),
             source,
         };
-        // Exported from the start at 0, so that rate() and alerts see them before any error.
+        // Exported from the start, so that rate() and alerts see them before any error.
         metrics::counter!(crate::metrics::JOURNAL_ERRORS).increment(0);
         metrics::counter!(crate::metrics::SNAPSHOT_ERRORS).increment(0);
+        metrics::gauge!(crate::metrics::PERSIST_HEALTHY).set(1.0);
+        metrics::gauge!(crate::metrics::PERSIST_UNSAVED).set(0.0);
+        metrics::gauge!(crate::metrics::PERSIST_UNSAVED_AGE).set(0.0);
         let report = load::load(engine, dir, self.settings.recover)?;
-        self.journal
-            .start(dir, report.next_generation)
-            .map_err(io_err)?;
+        let locked = self
+            .dir
+            .lock()
+            .take()
+            .ok_or_else(|| io_err(io::Error::other("persistence started twice")))?;
+        self.journal.start_in(locked, report.next_generation);
         let writer = self
             .journal
             .clone()
@@ -179,8 +212,9 @@ impl Persistence {
         self.threads.lock().push(writer);
         let expired = engine.sweep_expired().total();
         if !report.recovered.is_empty() {
-            // The damaged files were cut; a snapshot now supersedes them.
-            self.snapshot(engine).map_err(io_err)?;
+            // The damaged files were cut; a snapshot now supersedes them (or, if the disk
+            // refuses it, the periodic one does: the cut files load the same meanwhile).
+            let _ = self.snapshot(engine);
         }
         let me = self.clone();
         let engine = engine.clone();
@@ -195,15 +229,21 @@ impl Persistence {
     fn periodic(&self, engine: &Engine) {
         let step = Duration::from_millis(100);
         let mut waited = Duration::ZERO;
+        let mut since_try = SNAPSHOT_RETRY;
         while !self.stop.load(Ordering::Acquire) {
             std::thread::sleep(step);
             waited += step;
-            // Early when the journal grows large, so that start-up never replays much of it.
-            if waited >= self.settings.snapshot_interval
+            since_try += step;
+            // Early when the journal grows large, so that start-up never replays much of it,
+            // and as soon as the disk takes one when changes wait for it.
+            let due = waited >= self.settings.snapshot_interval
                 || self.journal.segment_bytes() >= JOURNAL_SNAPSHOT_BYTES
-            {
-                waited = Duration::ZERO;
-                let _ = self.snapshot(engine);
+                || (self.journal.needs_snapshot() && !self.journal.fenced());
+            if due && since_try >= SNAPSHOT_RETRY {
+                since_try = Duration::ZERO;
+                if self.snapshot(engine).is_ok() {
+                    waited = Duration::ZERO;
+                }
             }
         }
     }
@@ -211,35 +251,66 @@ impl Persistence {
     /// Takes a snapshot now (waiting for one in progress), logging and counting the outcome.
     pub fn snapshot(&self, engine: &Engine) -> io::Result<snapshot::Stats> {
         let _one = self.snapshotting.lock();
-        match snapshot::take(engine, &self.journal, &self.settings.dir) {
+        let r = snapshot::take(engine, &self.journal, &self.settings.dir);
+        let mut failures = self.snapshot_failures.lock();
+        match r {
             Ok(stats) => {
                 tracing::info!(
                     generation = stats.generation,
                     sessions = stats.sessions,
                     bytes = stats.bytes,
                     took_ms = stats.took.as_millis() as u64,
+                    after_failures = *failures,
                     "snapshot written"
                 );
+                *failures = 0;
                 crate::metrics::snapshot_written(&stats);
                 Ok(stats)
             }
             Err(e) => {
-                tracing::error!(error = %e, "snapshot failed; the journal keeps every change meanwhile");
                 metrics::counter!(crate::metrics::SNAPSHOT_ERRORS).increment(1);
+                // One line per streak, and one a minute while it lasts.
+                if (*failures).is_multiple_of(SNAPSHOT_LOG_EVERY) {
+                    let u = self.journal.unsaved();
+                    if u.is_empty() && !self.journal.failing() {
+                        tracing::error!(error = %e, failures = *failures + 1, "snapshot failed; nothing is lost: the journal holds every change since the last snapshot");
+                    } else {
+                        tracing::error!(
+                            error = %e,
+                            failures = *failures + 1,
+                            unsaved_changes = u.changes,
+                            unsaved_since_unix = u.since.map(|s| s.unix_secs()),
+                            needs_snapshot = u.needs_snapshot,
+                            "snapshot failed, and changes are not on disk; retrying"
+                        );
+                    }
+                }
+                *failures += 1;
                 Err(e)
             }
         }
     }
 
     /// At shutdown: a last snapshot (so the next start replays no journal), then the journal
-    /// thread is stopped after writing and syncing what is left.
-    pub fn shutdown(&self, engine: &Engine) {
-        if self.journal.generation().is_some() {
-            let _ = self.snapshot(engine);
-        }
+    /// thread is stopped after writing and syncing what is left. Says what did not reach the
+    /// disk.
+    pub fn shutdown(&self, engine: &Engine) -> Result<(), ShutdownError> {
+        let snap = if self.journal.generation().is_some() && !self.journal.fenced() {
+            self.snapshot(engine).err()
+        } else {
+            None
+        };
         self.stop.store(true, Ordering::Release);
         for t in self.threads.lock().drain(..) {
             let _ = t.join();
+        }
+        let unsaved = self.journal.unsaved();
+        if !unsaved.is_empty() {
+            return Err(ShutdownError::Unsaved(unsaved));
+        }
+        match snap {
+            Some(e) => Err(ShutdownError::Snapshot(e)),
+            None => Ok(()),
         }
     }
 }

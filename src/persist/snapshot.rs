@@ -9,12 +9,14 @@
 //!    the walk, so every change the walk may miss is in journal `gen` or later; replaying those
 //!    over the snapshot is idempotent (see `record`), so the state they rebuild is exact.
 //! 3. A snapshot counts only once its `END` frame, with the number of sessions before it, is
-//!    on disk under its final name; a `.tmp` left by a crash is deleted at start-up.
+//!    on disk under its final name; a `.tmp` left by a crash is deleted at start-up, and one
+//!    left by a failed write is cut and deleted at once (a full disk gets its space back).
+//! 4. Once it counts, the journal is told ([`Journal::snapshot_written`]): changes that had
+//!    not reached the disk before its generation are in it.
 
 use super::journal::Journal;
 use super::record::{SNAPSHOT_MAGIC, put_end};
 use crate::engine::Engine;
-use std::fs::File;
 use std::io::{self, BufWriter, Write};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -42,7 +44,42 @@ pub fn take(engine: &Engine, journal: &Journal, dir: &Path) -> io::Result<Stats>
     let generation = journal.rotate()?;
     let final_path = path(dir, generation);
     let tmp = final_path.with_extension("tmp");
-    let file = File::create(&tmp).map_err(|e| with_path(&tmp, e))?;
+    let written = write(engine, &tmp);
+    let (sessions, bytes) = match written {
+        Ok(w) => w,
+        Err(e) => {
+            // Invariant 3: a half-written snapshot must not hold the space a full disk needs.
+            let _ = std::fs::remove_file(&tmp);
+            return Err(e);
+        }
+    };
+    if let Err(e) = std::fs::rename(&tmp, &final_path) {
+        let _ = std::fs::remove_file(&tmp);
+        return Err(with_path(&final_path, e));
+    }
+    super::sync_dir(dir)?;
+    // Everything before this generation is now covered by the snapshot (invariant 2).
+    for (kind, g, p) in super::list(dir)? {
+        let old = match kind {
+            super::Kind::Snapshot | super::Kind::Journal => g < generation,
+            super::Kind::Temp => false,
+        };
+        if old && let Err(e) = std::fs::remove_file(&p) {
+            tracing::warn!(file = %p.display(), error = %e, "cannot delete a superseded state file");
+        }
+    }
+    journal.snapshot_written(generation);
+    Ok(Stats {
+        generation,
+        sessions,
+        bytes,
+        took: start.elapsed(),
+    })
+}
+
+/// Writes every session to `tmp` and syncs it: (sessions, bytes).
+fn write(engine: &Engine, tmp: &Path) -> io::Result<(u64, u64)> {
+    let file = super::state_dir::create_file(tmp, false)?;
     let mut w = BufWriter::with_capacity(1 << 20, file);
     w.write_all(SNAPSHOT_MAGIC)?;
     let mut buf = Vec::with_capacity(1 << 20);
@@ -64,26 +101,8 @@ pub fn take(engine: &Engine, journal: &Journal, dir: &Path) -> io::Result<Stats>
     w.write_all(&buf)?;
     bytes += buf.len() as u64;
     let file = w.into_inner().map_err(|e| e.into_error())?;
-    file.sync_all().map_err(|e| with_path(&tmp, e))?;
-    drop(file);
-    std::fs::rename(&tmp, &final_path).map_err(|e| with_path(&final_path, e))?;
-    super::sync_dir(dir)?;
-    // Everything before this generation is now covered by the snapshot (invariant 2).
-    for (kind, g, p) in super::list(dir)? {
-        let old = match kind {
-            super::Kind::Snapshot | super::Kind::Journal => g < generation,
-            super::Kind::Temp => false,
-        };
-        if old && let Err(e) = std::fs::remove_file(&p) {
-            tracing::warn!(file = %p.display(), error = %e, "cannot delete a superseded state file");
-        }
-    }
-    Ok(Stats {
-        generation,
-        sessions,
-        bytes,
-        took: start.elapsed(),
-    })
+    file.sync_all().map_err(|e| with_path(tmp, e))?;
+    Ok((sessions, bytes))
 }
 
 fn with_path(p: &Path, e: io::Error) -> io::Error {

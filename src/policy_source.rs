@@ -180,7 +180,7 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
     let dir = path.parent().unwrap_or(Path::new("."));
     let tmp = path.with_extension("tmp");
     {
-        let mut f = std::fs::File::create(&tmp)?;
+        let mut f = crate::persist::state_dir::create_file(&tmp, false)?;
         f.write_all(bytes)?;
         f.sync_all()?;
     }

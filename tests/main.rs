@@ -7,6 +7,7 @@ mod access;
 mod api;
 mod cookies;
 mod deploy;
+mod disk_faults;
 mod dry_run;
 mod errors;
 mod expiry;

@@ -68,13 +68,18 @@ pub struct Shared {
 }
 
 impl Shared {
-    /// Under `--fsync always`, waits until the change this request made is on disk.
+    /// Under `--fsync always`, waits until the change this request made is on disk; refuses
+    /// while another daemon holds the state directory (see `persist::journal`).
     pub async fn durable(&self) -> Result<(), ApiError> {
         match &self.journal {
             Some(j) => j.wait_durable().await.map_err(|e| {
+                let code = match e {
+                    crate::persist::journal::JournalError::Fenced(_) => "state_dir_taken",
+                    _ => "not_durable",
+                };
                 ApiError::new(
                     axum::http::StatusCode::SERVICE_UNAVAILABLE,
-                    "not_durable",
+                    code,
                     e.to_string(),
                 )
             }),

@@ -47,7 +47,9 @@
 //!    rotation (see `state_dir`). A lost directory is made again and locked again, and the whole
 //!    state counts as lost, so a full snapshot follows at once. While another daemon holds the
 //!    new directory's lock, this one is **fenced**: it writes nothing there, drops what it
-//!    drains (the snapshot after it gets the lock back holds it) and refuses writes.
+//!    drains (the snapshot after it gets the lock back holds it) and refuses writes. Once it
+//!    has the lock, it goes on above every generation in the directory, so its snapshot is the
+//!    one the next start loads (what another daemon left there is superseded).
 
 use super::record::JOURNAL_MAGIC;
 use super::state_dir::{self, LockError, StateDir};
@@ -379,8 +381,10 @@ impl Journal {
             return Ok(());
         }
         self.kick();
-        match tokio::time::timeout(DURABLE_TIMEOUT, rx.wait_for(|d| *d >= seen)).await {
-            Ok(Ok(_)) => Ok(()),
+        // A failed write wakes the waiters too (`settle`): they are refused at once.
+        let durable_or_failing = rx.wait_for(|d| *d >= seen || self.failing());
+        match tokio::time::timeout(DURABLE_TIMEOUT, durable_or_failing).await {
+            Ok(Ok(d)) if *d >= seen => Ok(()),
             _ if self.failing() => Err(JournalError::Failing(self.last_error.lock().clone())),
             _ => Err(JournalError::Timeout(DURABLE_TIMEOUT)),
         }
@@ -518,6 +522,12 @@ impl Journal {
                     dir = %dir.path().display(),
                     "the state directory is back and locked; a full snapshot follows"
                 );
+                // Another daemon may have written there meanwhile: go on above its files, so
+                // that the snapshot that follows is the newest (invariant 8).
+                let newest = super::list(dir.path())
+                    .map(|files| files.iter().map(|f| f.1).max().unwrap_or(0))
+                    .unwrap_or(0);
+                w.generation = w.generation.max(newest + 1);
                 w.dir_lost = false;
                 w.fenced = false;
                 self.fenced.store(false, Ordering::Relaxed);
@@ -619,6 +629,13 @@ impl Journal {
                 metrics::counter!(crate::metrics::JOURNAL_ERRORS).increment(1);
                 let u = w.unsaved();
                 match &mut w.failure {
+                    // The fenced line said it all.
+                    None if w.fenced => {
+                        w.failure = Some(Failure {
+                            since: Instant::now(),
+                            reminded: Instant::now(),
+                        });
+                    }
                     None => {
                         tracing::error!(
                             error = %e,
@@ -650,6 +667,9 @@ impl Journal {
             }
         }
         self.failing.store(w.failure.is_some(), Ordering::Relaxed);
+        if r.is_err() && self.policy == FsyncPolicy::Always {
+            self.durable.send_modify(|_| ());
+        }
         self.needs_snapshot
             .store(w.lost.is_some(), Ordering::Relaxed);
         w.publish();

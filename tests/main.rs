@@ -10,6 +10,7 @@ mod deploy;
 mod dry_run;
 mod errors;
 mod expiry;
+mod hardening;
 mod lifecycle;
 mod nginx;
 mod persist;

@@ -3,8 +3,11 @@
 //!
 //! Invariants:
 //! 1. A [`SessionView`] never contains the token (only the id derived from it).
-//! 2. Ids (`user_id`, `org_id`) are 1..=256 bytes without control characters, so they can be
-//!    echoed in HTTP headers (`X-User-Id`) and log fields safely.
+//! 2. Ids (`user_id`, `org_id`) are 1..=256 bytes without control characters and without
+//!    whitespace at either end (so never only whitespace), so they can be echoed in HTTP headers
+//!    (`X-User-Id`) and log fields safely, and reach the application byte for byte: a proxy
+//!    trims a header value's outer whitespace, which would turn `" alice"` into `alice` and
+//!    `"   "` into no header at all.
 //! 3. Metadata holds at most [`MAX_METADATA_KEYS`] keys and [`MAX_METADATA_BYTES`] bytes of keys
 //!    plus values; it is immutable once created and shared by `Arc`, so a view clones it for
 //!    the price of a reference count.
@@ -101,6 +104,20 @@ pub fn check_id(field: &'static str, id: &str) -> Result<(), InputError> {
         return Err(InputError::new(
             field,
             "must not contain control characters".into(),
+        ));
+    }
+    if id.chars().all(char::is_whitespace) {
+        return Err(InputError::new(
+            field,
+            "is only whitespace; it must contain a visible character".into(),
+        ));
+    }
+    if id.starts_with(char::is_whitespace) || id.ends_with(char::is_whitespace) {
+        return Err(InputError::new(
+            field,
+            "must not start or end with whitespace (a proxy would trim it and pass on a \
+             different id); send the id without the surrounding spaces"
+                .into(),
         ));
     }
     Ok(())
@@ -249,6 +266,29 @@ mod tests {
         );
         assert!(check_id("user_id", "a\nb").is_err());
         assert!(check_id("user_id", &"x".repeat(256)).is_ok());
+        assert!(
+            check_id("user_id", "alice smith").is_ok(),
+            "inner spaces are fine"
+        );
+        for bad in [" alice", "alice ", "\u{a0}alice", "alice\u{3000}"] {
+            let e = check_id("user_id", bad).unwrap_err().to_string();
+            assert!(e.contains("start or end with whitespace"), "{bad:?}: {e}");
+        }
+        for bad in [" ", "   ", "\u{2003}"] {
+            let e = check_id("org_id", bad).unwrap_err().to_string();
+            assert_eq!(
+                e,
+                "org_id is only whitespace; it must contain a visible character"
+            );
+        }
+        assert!(
+            check_id("user_id", "\talice")
+                .unwrap_err()
+                .to_string()
+                .contains("control")
+        );
+        assert!(check_id("user_id", "a\u{7f}b").is_err());
+        assert!(check_id("user_id", "a\u{85}b").is_err());
     }
 }
 

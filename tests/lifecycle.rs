@@ -124,7 +124,7 @@ fn sigterm_drains_requests_in_flight_on_every_worker() {
                 .unwrap();
             write!(
                 s,
-                "POST /v1/sessions/validate HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{}",
+                "POST /v1/sessions/validate HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{}",
                 body.len(),
                 &body[..5]
             )

@@ -11,6 +11,7 @@ mod disk_faults;
 mod dry_run;
 mod errors;
 mod expiry;
+mod hardening;
 mod lifecycle;
 mod nginx;
 mod persist;

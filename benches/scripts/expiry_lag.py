@@ -5,7 +5,8 @@ import http.client, json, time, sys
 port = int(sys.argv[1]); n = int(sys.argv[2])
 c = http.client.HTTPConnection("127.0.0.1", port)
 def call(m, p, body=None):
-    c.request(m, p, body=json.dumps(body) if body is not None else None)
+    c.request(m, p, body=json.dumps(body) if body is not None else None,
+              headers={"Content-Type": "application/json"})
     r = c.getresponse(); return r.status, r.read()
 print(call("PUT", "/v1/policy", {"absolute_timeout": 3, "idle_timeout_enabled": False})[0])
 t = time.time()

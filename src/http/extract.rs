@@ -1,22 +1,80 @@
-//! Request parsing with our error body: bounded JSON bodies, path ids, and API-key checks.
+//! Request parsing with our error body: bounded JSON bodies, path ids, API-key checks, and
+//! what keeps a browser page from driving a daemon that runs without keys.
 //!
 //! Invariants:
 //! 1. A body is read only up to [`MAX_BODY_BYTES`]; anything longer is a 413, never buffered.
 //! 2. JSON errors (syntax, wrong types, unknown fields) are 400 `invalid_json` with serde's
 //!    message, which names the field and position.
+//! 3. A JSON body is read only under `Content-Type: application/json` (parameters such as
+//!    `; charset=utf-8` allowed); anything else, or none, is a 415 before the body is read. A
+//!    browser can send `text/plain`, form and multipart bodies across origins without asking
+//!    (no CORS preflight), never `application/json`.
+//! 4. Without keys, [`authorize`] also refuses what only a browser would send (invariant 5):
+//!    a `Host` that is a DNS name other than `localhost` (421: DNS rebinding points such a name
+//!    at 127.0.0.1), and an `Origin` other than the daemon's own (403: a page of another
+//!    site). With keys, a page cannot present one, so neither is checked. `/v1/auth` skips
+//!    both ([`authorize_forward_auth`]): gateways pass the browser's own `Host` and `Origin`
+//!    on, and it changes nothing a page could not already do with the token it holds.
+//! 5. The `Host` rule: absent (HTTP/1.0, non-browser clients), `localhost`, or an IP literal
+//!    (`127.0.0.1`, `[::1]`, the listen address...), any port. A browser puts in `Host` the
+//!    name it resolved, so an IP literal or `localhost` means the page itself was loaded from
+//!    that address, not from a name an attacker controls. The port is not compared: port
+//!    forwarding (`kubectl port-forward`, ssh -L) changes it, and it adds nothing against
+//!    rebinding.
 
 use super::AppState;
 use super::error::ApiError;
 use crate::api_keys::Role;
 use axum::body::{Body, Bytes};
-use axum::http::{HeaderMap, StatusCode};
+use axum::http::{HeaderMap, StatusCode, header};
 use serde::Deserialize;
 
 /// Largest request body accepted.
 pub const MAX_BODY_BYTES: usize = 16 * 1024;
 
+/// Reads a JSON request body: `Content-Type: application/json` (invariant 3), then at most
+/// [`MAX_BODY_BYTES`] (invariant 1).
+pub async fn read_json_body(headers: &HeaderMap, body: Body) -> Result<Bytes, ApiError> {
+    json_content_type(headers)?;
+    read_body(body).await
+}
+
+/// Checks invariant 3.
+pub fn json_content_type(headers: &HeaderMap) -> Result<(), ApiError> {
+    let Some(value) = headers.get(header::CONTENT_TYPE) else {
+        return Err(unsupported(
+            "request has no Content-Type; send the JSON body with Content-Type: application/json"
+                .into(),
+        ));
+    };
+    let essence = value
+        .as_bytes()
+        .split(|&b| b == b';')
+        .next()
+        .unwrap_or_default()
+        .trim_ascii();
+    if essence.eq_ignore_ascii_case(b"application/json") {
+        return Ok(());
+    }
+    let shown = match value.to_str() {
+        Ok(v) if v.len() <= 100 => format!("{v:?}"),
+        _ => "that".into(),
+    };
+    Err(unsupported(format!(
+        "Content-Type {shown} is not accepted; send the JSON body with Content-Type: application/json"
+    )))
+}
+
+fn unsupported(message: String) -> ApiError {
+    ApiError::new(
+        StatusCode::UNSUPPORTED_MEDIA_TYPE,
+        "unsupported_media_type",
+        message,
+    )
+}
+
 /// Reads a whole body, refusing oversized ones (invariant 1).
-pub async fn read_body(body: Body) -> Result<Bytes, ApiError> {
+async fn read_body(body: Body) -> Result<Bytes, ApiError> {
     axum::body::to_bytes(body, MAX_BODY_BYTES)
         .await
         .map_err(|_| {
@@ -47,8 +105,22 @@ pub fn parse_json<'a, T: Deserialize<'a>>(bytes: &'a [u8]) -> Result<T, ApiError
         .map_err(|e| ApiError::bad_request("invalid_json", format!("invalid JSON body: {e}")))
 }
 
-/// Checks the `X-API-Key` header against the configured keys (no keys: everything allowed).
+/// Checks the `X-API-Key` header against the configured keys; without keys, everything is
+/// allowed to a caller that is not a browser page (invariant 4).
 pub fn authorize(state: &AppState, headers: &HeaderMap, needed: Role) -> Result<(), ApiError> {
+    if state.keys.is_none() {
+        keyless_host(headers)?;
+        keyless_origin(headers)?;
+    }
+    authorize_forward_auth(state, headers, needed)
+}
+
+/// [`authorize`] without the browser checks, for `/v1/auth` only (invariant 4).
+pub fn authorize_forward_auth(
+    state: &AppState,
+    headers: &HeaderMap,
+    needed: Role,
+) -> Result<(), ApiError> {
     let Some(keys) = &state.keys else {
         return Ok(());
     };
@@ -74,6 +146,76 @@ pub fn authorize(state: &AppState, headers: &HeaderMap, needed: Role) -> Result<
         ));
     }
     Ok(())
+}
+
+/// The host part of a `Host` value (`name`, `name:port`, `[v6]`, `[v6]:port`), if well formed.
+fn host_name(value: &str) -> Option<&str> {
+    if let Some(rest) = value.strip_prefix('[') {
+        let (inside, after) = rest.split_once(']')?;
+        return (after.is_empty() || after.strip_prefix(':').is_some_and(is_port))
+            .then_some(inside);
+    }
+    match value.rsplit_once(':') {
+        Some((name, port)) => is_port(port).then_some(name),
+        None => Some(value),
+    }
+}
+
+fn is_port(p: &str) -> bool {
+    !p.is_empty() && p.len() <= 5 && p.bytes().all(|b| b.is_ascii_digit())
+}
+
+/// Whether `host` is one that DNS cannot point elsewhere: `localhost` or an IP literal.
+fn host_allowed(value: &str) -> bool {
+    host_name(value).is_some_and(|h| {
+        h.eq_ignore_ascii_case("localhost") || h.parse::<std::net::IpAddr>().is_ok()
+    })
+}
+
+/// Invariant 5.
+fn keyless_host(headers: &HeaderMap) -> Result<(), ApiError> {
+    let Some(value) = headers.get(header::HOST) else {
+        return Ok(());
+    };
+    if value.to_str().is_ok_and(host_allowed) {
+        return Ok(());
+    }
+    let shown = match value.to_str() {
+        Ok(v) if v.len() <= 100 => format!("{v:?}"),
+        _ => "this".into(),
+    };
+    Err(ApiError::new(
+        StatusCode::MISDIRECTED_REQUEST,
+        "host_not_allowed",
+        format!(
+            "Host {shown} is not served: without API keys sessiond answers only requests addressed \
+             to localhost or an IP address (e.g. 127.0.0.1:PORT), so that a web page cannot reach \
+             it through a DNS name; use that address, or configure --api-keys-file"
+        ),
+    ))
+}
+
+/// Invariant 4: an `Origin` is accepted only when it is the daemon's own (`http://` + `Host`).
+fn keyless_origin(headers: &HeaderMap) -> Result<(), ApiError> {
+    let Some(origin) = headers.get(header::ORIGIN) else {
+        return Ok(());
+    };
+    let same = headers.get(header::HOST).is_some_and(|host| {
+        origin
+            .as_bytes()
+            .strip_prefix(b"http://")
+            .is_some_and(|o| o.eq_ignore_ascii_case(host.as_bytes()))
+    });
+    if same {
+        return Ok(());
+    }
+    Err(ApiError::new(
+        StatusCode::FORBIDDEN,
+        "cross_origin_refused",
+        "request comes from a web page of another origin (it has an Origin header); without API \
+         keys sessiond refuses those, since any local page could otherwise create and revoke \
+         sessions; call it from a server, or configure --api-keys-file",
+    ))
 }
 
 /// Checks a user or org id taken from the path.
@@ -133,7 +275,86 @@ pub fn dry_run_param(uri: &axum::http::Uri) -> Result<bool, ApiError> {
 
 #[cfg(test)]
 mod tests {
-    use super::dry_run_param;
+    use super::*;
+
+    #[test]
+    fn content_type_must_be_json() {
+        let check = |v: Option<&str>| {
+            let mut h = HeaderMap::new();
+            if let Some(v) = v {
+                h.insert(header::CONTENT_TYPE, v.parse().unwrap());
+            }
+            json_content_type(&h).map_err(|e| (e.status, e.message))
+        };
+        assert!(check(Some("application/json")).is_ok());
+        assert!(check(Some("Application/JSON; charset=utf-8")).is_ok());
+        assert!(check(Some(" application/json ;charset=UTF-8")).is_ok());
+        for bad in [
+            None,
+            Some("text/plain"),
+            Some("application/x-www-form-urlencoded"),
+            Some("multipart/form-data; boundary=x"),
+            Some("application/jsonx"),
+            Some("text/plain; application/json"),
+        ] {
+            let (status, msg) = check(bad).unwrap_err();
+            assert_eq!(status, StatusCode::UNSUPPORTED_MEDIA_TYPE, "{bad:?}");
+            assert!(msg.contains("Content-Type: application/json"), "{msg}");
+        }
+    }
+
+    #[test]
+    fn keyless_hosts() {
+        for ok in [
+            "127.0.0.1:8080",
+            "127.0.0.1",
+            "localhost:8080",
+            "LocalHost",
+            "[::1]:8080",
+            "[::1]",
+            "10.1.2.3:7400",
+        ] {
+            assert!(host_allowed(ok), "{ok}");
+        }
+        for bad in [
+            "evil.example",
+            "evil.example:8080",
+            "localhost.evil.example:8080",
+            "127.0.0.1.nip.io:8080",
+            "localhost:80x",
+            "[::1]x",
+            "",
+            "::1",
+        ] {
+            assert!(!host_allowed(bad), "{bad}");
+        }
+    }
+
+    #[test]
+    fn keyless_origins() {
+        let check = |host: Option<&str>, origin: Option<&str>| {
+            let mut h = HeaderMap::new();
+            for (k, v) in [(header::HOST, host), (header::ORIGIN, origin)] {
+                if let Some(v) = v {
+                    h.insert(k, v.parse().unwrap());
+                }
+            }
+            keyless_origin(&h).map_err(|e| e.status)
+        };
+        assert!(check(Some("127.0.0.1:8080"), None).is_ok());
+        assert!(check(Some("127.0.0.1:8080"), Some("http://127.0.0.1:8080")).is_ok());
+        let forbidden = Err(StatusCode::FORBIDDEN);
+        assert_eq!(
+            check(Some("127.0.0.1:8080"), Some("https://evil.example")),
+            forbidden
+        );
+        assert_eq!(
+            check(Some("127.0.0.1:8080"), Some("http://localhost:3000")),
+            forbidden
+        );
+        assert_eq!(check(Some("127.0.0.1:8080"), Some("null")), forbidden);
+        assert_eq!(check(None, Some("http://127.0.0.1:8080")), forbidden);
+    }
 
     #[test]
     fn dry_run_query() {

@@ -4,7 +4,7 @@
 
 use super::AppState;
 use super::error::ApiError;
-use super::extract::authorize;
+use super::extract::authorize_forward_auth;
 use crate::api_keys::Role;
 use crate::session::Identity;
 use axum::extract::{Request, State};
@@ -54,7 +54,7 @@ pub fn token_and_origin<'h>(headers: &'h HeaderMap, cookie_name: &str) -> Option
 /// Takes the whole request rather than a `HeaderMap` extractor, which would copy every header.
 pub async fn auth(State(st): State<AppState>, req: Request) -> Result<Response, ApiError> {
     let headers = req.headers();
-    authorize(&st, headers, Role::Gateway)?;
+    authorize_forward_auth(&st, headers, Role::Gateway)?;
     let Some((token, origin)) = token_and_origin(headers, &st.cookie.name) else {
         return Err(ApiError::new(
             StatusCode::UNAUTHORIZED,

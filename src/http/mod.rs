@@ -1,7 +1,12 @@
 //! The HTTP surface: axum router and shared state; every route is wrapped in [`track`].
 //!
 //! Invariants:
-//! 1. Every route's role is checked first thing in its handler ([`extract::authorize`]).
+//! 1. Every route's role is checked first thing in its handler ([`extract::authorize`], which
+//!    without keys also refuses browser pages; `/v1/auth` uses
+//!    [`extract::authorize_forward_auth`], which does not, since gateways pass the browser's
+//!    `Host` and `Origin` on). The operational routes (`/healthz`, `/readyz`, `/metrics`) take
+//!    no key and no `Host` rule: probes and scrapers name the daemon as they like, and the
+//!    answers hold no session data.
 //! 2. Metrics label requests by the matched route template, never the raw path (which holds
 //!    user and org ids); unmatched requests are labelled `unmatched`.
 //! 3. No handler logs or returns a token except `POST /v1/sessions`, which hands it out once.

@@ -2,7 +2,7 @@
 
 use super::AppState;
 use super::error::ApiError;
-use super::extract::{PathParam, authorize, dry_run_param, parse_json, path_id, read_body};
+use super::extract::{PathParam, authorize, dry_run_param, parse_json, path_id, read_json_body};
 use super::sessions::json_response;
 use crate::api_keys::Role;
 use crate::engine::PolicyWrite;
@@ -118,7 +118,7 @@ pub async fn put_app(
 ) -> Result<Response, ApiError> {
     authorize(&st, &headers, Role::Admin)?;
     let dry = dry_run_param(&uri)?;
-    let bytes = read_body(body).await?;
+    let bytes = read_json_body(&headers, body).await?;
     let patch: PolicyPatch = parse_json(&bytes)?;
     let policy = Policy::from_patch(None, &patch)?;
     if dry {
@@ -218,7 +218,7 @@ pub async fn put_org(
     authorize(&st, &headers, Role::Admin)?;
     path_id("org_id", &org)?;
     let dry = dry_run_param(&uri)?;
-    let bytes = read_body(body).await?;
+    let bytes = read_json_body(&headers, body).await?;
     let (source, patch, has_fields) = split_source(&bytes)?;
     let policy = match source.as_deref() {
         Some("CUSTOM") => OrgPolicy::Custom(Policy::from_patch(None, &patch)?),
@@ -255,7 +255,7 @@ pub async fn patch_org(
     authorize(&st, &headers, Role::Admin)?;
     path_id("org_id", &org)?;
     let dry = dry_run_param(&uri)?;
-    let bytes = read_body(body).await?;
+    let bytes = read_json_body(&headers, body).await?;
     let (source, patch, _) = split_source(&bytes)?;
     if let Some(s) = source.filter(|s| s != "CUSTOM") {
         return Err(ApiError::bad_request(

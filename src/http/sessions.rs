@@ -2,7 +2,7 @@
 
 use super::AppState;
 use super::error::ApiError;
-use super::extract::{PathParam, authorize, parse_json, path_id, read_body};
+use super::extract::{PathParam, authorize, parse_json, path_id, read_json_body};
 use crate::api_keys::Role;
 use crate::session::{Metadata, NewSession, SessionView, Validation};
 use crate::timefmt::Rfc3339;
@@ -94,7 +94,7 @@ struct CreateResponse<'a> {
 pub async fn create(State(st): State<AppState>, req: Request) -> Result<Response, ApiError> {
     let (parts, body) = req.into_parts();
     authorize(&st, &parts.headers, Role::Gateway)?;
-    let bytes = read_body(body).await?;
+    let bytes = read_json_body(&parts.headers, body).await?;
     let req: CreateRequest = parse_json(&bytes)?;
     let metadata = req
         .metadata
@@ -174,7 +174,7 @@ fn validation_response(v: &Validation, now_ms: u64) -> Response {
 pub async fn validate(State(st): State<AppState>, req: Request) -> Result<Response, ApiError> {
     let (parts, body) = req.into_parts();
     authorize(&st, &parts.headers, Role::Gateway)?;
-    let bytes = read_body(body).await?;
+    let bytes = read_json_body(&parts.headers, body).await?;
     let req: TokenRequest = parse_json(&bytes)?;
     let v = st.engine.validate(req.token.as_bytes());
     st.metrics.validation(&v);
@@ -184,7 +184,7 @@ pub async fn validate(State(st): State<AppState>, req: Request) -> Result<Respon
 pub async fn touch(State(st): State<AppState>, req: Request) -> Result<Response, ApiError> {
     let (parts, body) = req.into_parts();
     authorize(&st, &parts.headers, Role::Gateway)?;
-    let bytes = read_body(body).await?;
+    let bytes = read_json_body(&parts.headers, body).await?;
     let req: TokenRequest = parse_json(&bytes)?;
     let v = st.engine.touch(req.token.as_bytes());
     st.durable().await?;
@@ -195,7 +195,7 @@ pub async fn touch(State(st): State<AppState>, req: Request) -> Result<Response,
 pub async fn revoke(State(st): State<AppState>, req: Request) -> Result<Response, ApiError> {
     let (parts, body) = req.into_parts();
     authorize(&st, &parts.headers, Role::Gateway)?;
-    let bytes = read_body(body).await?;
+    let bytes = read_json_body(&parts.headers, body).await?;
     let req: TokenRequest = parse_json(&bytes)?;
     if st.engine.revoke(req.token.as_bytes()) {
         st.metrics.revoked.increment(1);

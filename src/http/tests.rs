@@ -109,6 +109,13 @@ async fn call(
     for (k, v) in headers {
         req = req.header(*k, *v);
     }
+    if !body.is_empty()
+        && !headers
+            .iter()
+            .any(|(k, _)| k.eq_ignore_ascii_case("content-type"))
+    {
+        req = req.header("content-type", "application/json");
+    }
     let resp = app
         .clone()
         .oneshot(req.body(Body::from(body.to_owned())).unwrap())

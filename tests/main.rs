@@ -14,3 +14,4 @@ mod lifecycle;
 mod nginx;
 mod persist;
 mod policy_source;
+mod slow_clients;

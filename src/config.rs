@@ -81,6 +81,18 @@ pub struct Cli {
     /// Seconds to let in-flight requests finish after SIGTERM/SIGINT [default: 10].
     #[arg(long, env = "SESSIOND_SHUTDOWN_GRACE")]
     pub shutdown_grace: Option<u64>,
+    /// Seconds a client has to send a request's whole head, from its first byte (or from
+    /// connecting); slower connections are closed [default: 10].
+    #[arg(long, env = "SESSIOND_HEADER_READ_TIMEOUT")]
+    pub header_read_timeout: Option<u64>,
+    /// Seconds an idle keep-alive connection (no request in flight) stays open; keep it above
+    /// the gateway's own idle timeout for its upstream pool [default: 180].
+    #[arg(long, env = "SESSIOND_KEEPALIVE_TIMEOUT")]
+    pub keepalive_timeout: Option<u64>,
+    /// Most open HTTP connections; past it new ones get a 503 and are closed [default: the
+    /// open-file limit less a reserve for files].
+    #[arg(long, env = "SESSIOND_MAX_CONNECTIONS")]
+    pub max_connections: Option<usize>,
     /// Log level: error|warn|info|debug|trace [default: info].
     #[arg(long, env = "SESSIOND_LOG_LEVEL")]
     pub log_level: Option<String>,
@@ -134,6 +146,9 @@ pub struct FileConfig {
     pub insecure_no_auth: Option<bool>,
     pub http_workers: Option<usize>,
     pub shutdown_grace: Option<u64>,
+    pub header_read_timeout: Option<u64>,
+    pub keepalive_timeout: Option<u64>,
+    pub max_connections: Option<usize>,
     pub log_level: Option<String>,
     pub state_dir: Option<PathBuf>,
     pub policy_file: Option<PathBuf>,
@@ -162,6 +177,12 @@ pub struct Config {
     /// HTTP worker threads (see `server`).
     pub http_workers: usize,
     pub shutdown_grace: Duration,
+    /// A request's head must arrive within this of its first byte (see `server`).
+    pub header_read_timeout: Duration,
+    /// An idle keep-alive connection is closed after this.
+    pub keepalive_timeout: Duration,
+    /// The connection cap; `None`: derived from the open-file limit at start (`fdlimit`).
+    pub max_connections: Option<usize>,
     pub log_level: tracing::Level,
     pub state_dir: PathBuf,
     pub policy_file: Option<PathBuf>,
@@ -397,6 +418,31 @@ impl Config {
         }
         let shutdown_grace =
             Duration::from_secs(cli.shutdown_grace.or(file.shutdown_grace).unwrap_or(10));
+        let header_read_timeout = cli
+            .header_read_timeout
+            .or(file.header_read_timeout)
+            .unwrap_or(10);
+        if !(1..=3_600).contains(&header_read_timeout) {
+            errors.push(format!(
+                "header_read_timeout {header_read_timeout} is out of range: 1 to 3600 seconds"
+            ));
+        }
+        let keepalive_timeout = cli
+            .keepalive_timeout
+            .or(file.keepalive_timeout)
+            .unwrap_or(180);
+        if !(1..=86_400).contains(&keepalive_timeout) {
+            errors.push(format!(
+                "keepalive_timeout {keepalive_timeout} is out of range: 1 to 86400 seconds"
+            ));
+        }
+        let max_connections = cli.max_connections.or(file.max_connections);
+        if max_connections == Some(0) {
+            errors.push(
+                "max_connections must be at least 1 (omit it to derive it from the open-file limit)"
+                    .into(),
+            );
+        }
         let log_level = match cli.log_level.or(file.log_level) {
             None => tracing::Level::INFO,
             Some(l) => l.parse().unwrap_or_else(|_| {
@@ -469,6 +515,9 @@ impl Config {
             insecure_no_auth,
             http_workers,
             shutdown_grace,
+            header_read_timeout: Duration::from_secs(header_read_timeout),
+            keepalive_timeout: Duration::from_secs(keepalive_timeout),
+            max_connections,
             log_level,
             state_dir,
             policy_file,
@@ -602,6 +651,54 @@ mod tests {
         assert!(e.to_string().contains("requires cookie_secure"), "{e}");
         let e = Config::load(cli(&["--cookie-secure", "maybe"])).unwrap_err();
         assert!(e.to_string().contains("maybe"), "{e}");
+    }
+
+    #[test]
+    fn connection_limits() {
+        let c = Config::load(cli(&[])).unwrap();
+        assert_eq!(c.header_read_timeout, Duration::from_secs(10));
+        assert_eq!(c.keepalive_timeout, Duration::from_secs(180));
+        assert_eq!(c.max_connections, None);
+        let c = Config::load(cli(&[
+            "--header-read-timeout",
+            "2",
+            "--keepalive-timeout",
+            "75",
+            "--max-connections",
+            "500",
+        ]))
+        .unwrap();
+        assert_eq!(c.header_read_timeout, Duration::from_secs(2));
+        assert_eq!(c.keepalive_timeout, Duration::from_secs(75));
+        assert_eq!(c.max_connections, Some(500));
+        let e = Config::load(cli(&[
+            "--header-read-timeout",
+            "0",
+            "--keepalive-timeout",
+            "90000",
+            "--max-connections",
+            "0",
+        ]))
+        .unwrap_err();
+        assert_eq!(e.0.len(), 3, "{e}");
+        let dir = std::env::temp_dir().join(format!("sessiond-cfg-conn-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("c.toml");
+        std::fs::write(
+            &path,
+            "header_read_timeout = 5\nkeepalive_timeout = 100\nmax_connections = 64\n",
+        )
+        .unwrap();
+        let c = Config::load(cli(&["--config", path.to_str().unwrap()])).unwrap();
+        assert_eq!(
+            (
+                c.header_read_timeout.as_secs(),
+                c.keepalive_timeout.as_secs()
+            ),
+            (5, 100)
+        );
+        assert_eq!(c.max_connections, Some(64));
+        std::fs::remove_dir_all(&dir).ok();
     }
 
     #[test]

@@ -97,10 +97,14 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         .with_context(|| format!("cannot listen on {}", config.listen))?;
     let local = listener.local_addr()?;
 
+    let limits = connection_limits(&config);
     let stop = Arc::new(AtomicBool::new(false));
     tracing::info!(
         listen = %local,
         http_workers = config.http_workers,
+        header_read_timeout_secs = limits.header_read_timeout.as_secs(),
+        keepalive_timeout_secs = limits.keepalive_timeout.as_secs(),
+        max_connections = limits.max_connections,
         shards = engine.shard_count(),
         tick_ms = engine.tick_ms(),
         org_policy_mode = %config.engine.mode,
@@ -121,7 +125,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     let apps = (0..config.http_workers)
         .map(|_| router(st.for_worker()))
         .collect();
-    let workers = server::start(listener, apps).context("cannot start the HTTP workers")?;
+    let workers = server::start(listener, apps, limits).context("cannot start the HTTP workers")?;
 
     if let Some(p) = &persist {
         let (p, e) = (p.clone(), engine.clone());
@@ -185,6 +189,34 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
             tracing::warn!("grace period over with requests still in flight; stopping anyway");
             Ok(())
         }
+    }
+}
+
+/// The connection limits: the configured cap, else one derived from the open-file limit; a
+/// configured cap the open-file limit cannot hold is said at start, not found out at `EMFILE`.
+fn connection_limits(config: &Config) -> server::Limits {
+    let soft = crate::fdlimit::soft();
+    let derived = crate::fdlimit::default_max_connections(soft, config.http_workers);
+    let max_connections = match config.max_connections {
+        None => derived,
+        Some(m) => {
+            if m > derived {
+                tracing::warn!(
+                    max_connections = m,
+                    open_file_limit = ?soft,
+                    fits = derived,
+                    "max_connections is more than the open-file limit leaves room for: accept will fail with \
+                     'Too many open files' first; raise the limit (LimitNOFILE=) or lower max_connections"
+                );
+            }
+            m
+        }
+    };
+    metrics::gauge!(crate::metrics::HTTP_CONNECTIONS_MAX).set(max_connections as f64);
+    server::Limits {
+        header_read_timeout: config.header_read_timeout,
+        keepalive_timeout: config.keepalive_timeout,
+        max_connections,
     }
 }
 

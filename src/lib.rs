@@ -20,6 +20,7 @@ pub mod daemon;
 mod engine_model;
 #[cfg(test)]
 mod engine_tests;
+pub mod fdlimit;
 pub mod http;
 pub mod metrics;
 pub mod persist;

@@ -27,6 +27,22 @@ fn main() -> std::process::ExitCode {
         .with_target(false)
         .with_ansi(false)
         .init();
+    // Every connection is a file descriptor: use what the operator allows (the hard limit),
+    // not the distribution's default soft one.
+    match sessiond::fdlimit::raise() {
+        Ok(r) => tracing::info!(
+            soft_before = ?r.soft_before,
+            soft = ?r.soft,
+            hard = ?r.hard,
+            "open-file limit"
+        ),
+        Err((r, e)) => tracing::warn!(
+            error = %e,
+            soft = ?r.soft,
+            hard = ?r.hard,
+            "cannot raise the open-file limit to the hard one; connections are capped below the soft one"
+        ),
+    }
     // The control plane (signals, start-up load, shutdown): requests are served by the
     // `server` workers, each with a runtime of its own.
     let runtime = match tokio::runtime::Builder::new_current_thread()

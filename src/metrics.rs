@@ -3,7 +3,7 @@
 //! Invariants:
 //! 1. Every metric is `sessiond_`-prefixed, in base units (seconds), `_total` on counters.
 //! 2. Label values come from fixed sets (`reason`, `outcome`, `route` = the matched route
-//!    template, `status`, `source`, `target`): never an id, a user, or a token.
+//!    template, `status`, `source`, `target`, `phase`): never an id, a user, or a token.
 //! 3. Histograms have explicit buckets (otherwise the exporter renders a summary).
 //! 4. The recorder is installed once per process ([`Metrics::global`]); handles created before it
 //!    would be no-ops, so everything goes through that function.
@@ -28,6 +28,9 @@ pub const POLICY_CHANGES: &str = "sessiond_policy_changes_total";
 pub const HTTP_REQUESTS: &str = "sessiond_http_requests_total";
 pub const HTTP_DURATION: &str = "sessiond_http_request_duration_seconds";
 pub const HTTP_CONNECTIONS: &str = "sessiond_http_connections";
+pub const HTTP_CONNECTIONS_MAX: &str = "sessiond_http_connections_max";
+pub const HTTP_CONNECTIONS_REFUSED: &str = "sessiond_http_connections_refused_total";
+pub const HTTP_CONNECTIONS_TIMED_OUT: &str = "sessiond_http_connections_timed_out_total";
 pub const CREATE_REFUSED: &str = "sessiond_sessions_refused_total";
 pub const POLICY_RELOAD_ERRORS: &str = "sessiond_policy_reload_errors_total";
 pub const POLICY_REAPPLY_DURATION: &str = "sessiond_policy_reapply_duration_seconds";
@@ -345,6 +348,18 @@ fn describe() {
     );
     describe_counter!(HTTP_REQUESTS, "HTTP requests by route template and status.");
     describe_gauge!(HTTP_CONNECTIONS, "Open HTTP connections.");
+    describe_gauge!(
+        HTTP_CONNECTIONS_MAX,
+        "The connection cap (max_connections): past it new connections are refused."
+    );
+    describe_counter!(
+        HTTP_CONNECTIONS_REFUSED,
+        "Connections refused (503 and closed) because max_connections were open."
+    );
+    describe_counter!(
+        HTTP_CONNECTIONS_TIMED_OUT,
+        "Connections closed by a timeout, by phase (header: a request head too slow; idle: keep-alive)."
+    );
     describe_histogram!(
         HTTP_DURATION,
         Unit::Seconds,

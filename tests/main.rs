@@ -16,3 +16,4 @@ mod lifecycle;
 mod nginx;
 mod persist;
 mod policy_source;
+mod slow_clients;

@@ -243,6 +243,75 @@ fn under_fsync_always_a_failing_disk_refuses_but_keeps_the_logout() {
     assert!(!valid(&d, &token), "the logout survived the crash");
 }
 
+/// A read-only bind mount of a directory, unmounted on drop.
+struct ReadOnly(PathBuf);
+
+impl ReadOnly {
+    fn bind(dir: &Path, at: &Path) -> Option<ReadOnly> {
+        std::fs::create_dir_all(at).unwrap();
+        let run = |args: &[&str]| {
+            Command::new("mount")
+                .args(args)
+                .status()
+                .is_ok_and(|s| s.success())
+        };
+        let (d, a) = (dir.to_str().unwrap(), at.to_str().unwrap());
+        if !run(&["--bind", d, a]) {
+            eprintln!("skipped: bind mounts need root");
+            return None;
+        }
+        let me = ReadOnly(at.to_owned());
+        assert!(run(&["-o", "remount,bind,ro", a]), "remount read-only");
+        Some(me)
+    }
+
+    fn writable(&self) {
+        let ok = Command::new("mount")
+            .args(["-o", "remount,bind,rw"])
+            .arg(&self.0)
+            .status()
+            .is_ok_and(|s| s.success());
+        assert!(ok, "remount read-write");
+    }
+}
+
+impl Drop for ReadOnly {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg("-l").arg(&self.0).status();
+    }
+}
+
+/// Scene 1: start-up on a read-only state directory loads and serves, reports persistence
+/// failing, and catches up once the directory takes writes again.
+#[test]
+fn start_up_on_a_read_only_state_directory_serves_and_catches_up() {
+    let root = scratch("read-only");
+    let state = root.join("state");
+    let d = start(&state, &[]);
+    let before = new_sessions(&d, "before", 50);
+    assert!(d.terminate().success());
+    let Some(ro) = ReadOnly::bind(&state, &root.join("ro")) else {
+        return;
+    };
+    let d = start(&ro.0, &[]);
+    assert!(!healthy(&d), "a read-only directory is reported at start");
+    assert!(
+        before.iter().all(|t| valid(&d, t)),
+        "the saved sessions load"
+    );
+    let fresh = new_sessions(&d, "read-only", 20);
+    let (out, kept) = before.split_at(10);
+    for t in out {
+        assert_eq!(revoke(&d, t).status, 204);
+    }
+    ro.writable();
+    eventually(10, "persistence caught up", || healthy(&d));
+    kill9(d);
+    let d = start(&ro.0, &[]);
+    assert_eq!(out.iter().filter(|t| valid(&d, t)).count(), 0);
+    assert!(fresh.iter().chain(kept).all(|t| valid(&d, t)));
+}
+
 fn mode(p: &Path) -> u32 {
     std::fs::metadata(p).unwrap().permissions().mode() & 0o777
 }

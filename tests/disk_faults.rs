@@ -320,8 +320,18 @@ fn mode(p: &Path) -> u32 {
 /// again (owner-only) and a full snapshot written, so a crash after it loses nobody.
 #[test]
 fn a_deleted_state_directory_is_noticed_remade_and_snapshotted() {
+    deleted_directory("everysec");
+}
+
+/// The same under `--fsync always`, where the check runs after every write.
+#[test]
+fn a_deleted_state_directory_under_fsync_always_loses_nothing_acknowledged() {
+    deleted_directory("always");
+}
+
+fn deleted_directory(fsync: &str) {
     let state = scratch("dir-deleted").join("state");
-    let d = start(&state, &[]);
+    let d = start(&state, &["--fsync", fsync]);
     assert_eq!(mode(&state), 0o700);
     for f in std::fs::read_dir(&state).unwrap() {
         let p = f.unwrap().path();

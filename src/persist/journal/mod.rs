@@ -43,8 +43,8 @@
 //!    one when they work again (how many changes, after how long), one when a snapshot ends a
 //!    loss; gauges for health, unsaved changes and the age of the oldest; the error counter at
 //!    each failed try. [`Journal::unsaved`] gives the same figures to the shutdown.
-//! 8. The state directory's identity is checked every [`CHECK_INTERVAL`] and before a
-//!    rotation (see `state_dir`). A lost directory is made again and locked again, and the whole
+//! 8. The state directory's identity is checked every [`CHECK_INTERVAL`], before a rotation,
+//!    and under `always` after every write, before it counts as durable (see `state_dir`). A lost directory is made again and locked again, and the whole
 //!    state counts as lost, so a full snapshot follows at once. While another daemon holds the
 //!    new directory's lock, this one is **fenced**: it writes nothing there, drops what it
 //!    drains (the snapshot after it gets the lock back holds it) and refuses writes. Once it

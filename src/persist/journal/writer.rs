@@ -110,7 +110,8 @@ impl Journal {
         if w.seg.is_none() {
             self.open_segment_in(w)?;
         }
-        if !w.pending.is_empty() {
+        let wrote = !w.pending.is_empty();
+        if wrote {
             let seg = w.seg.as_mut().expect("opened above");
             if let Err(e) = seg.file.write_all(&w.pending) {
                 if seg.file.set_len(seg.len).is_err() {
@@ -161,6 +162,11 @@ impl Journal {
         }
         if sync {
             w.last_sync = Instant::now();
+        }
+        // Under `always` an answer means "on disk": a directory deleted since the last check
+        // must not let a write to its unlinked journal count (invariant 8).
+        if self.policy == FsyncPolicy::Always && wrote {
+            self.check_dir(w, true)?;
         }
         Ok(())
     }

@@ -103,6 +103,10 @@ pub struct Cli {
     /// Take every policy from this TOML file (watched for changes) instead of the admin API.
     #[arg(long, env = "SESSIOND_POLICY_FILE")]
     pub policy_file: Option<PathBuf>,
+    /// How long the policy file must stay unchanged before it is read, e.g. `1s`, `500ms`
+    /// (100ms to 60s) [default: 1s].
+    #[arg(long, env = "SESSIOND_POLICY_FILE_SETTLE")]
+    pub policy_file_settle: Option<String>,
     /// Keep sessions in memory only: no journal or snapshot in the state directory (a restart
     /// signs everyone out).
     #[arg(long, env = "SESSIOND_NO_PERSIST")]
@@ -152,6 +156,7 @@ pub struct FileConfig {
     pub log_level: Option<String>,
     pub state_dir: Option<PathBuf>,
     pub policy_file: Option<PathBuf>,
+    pub policy_file_settle: Option<String>,
     pub persist: Option<bool>,
     pub fsync: Option<String>,
     pub snapshot_interval: Option<String>,
@@ -186,6 +191,8 @@ pub struct Config {
     pub log_level: tracing::Level,
     pub state_dir: PathBuf,
     pub policy_file: Option<PathBuf>,
+    /// How long the policy file must stay unchanged before it is read (`policy_watch`).
+    pub policy_file_settle: Duration,
     /// Session persistence in `state_dir`; `None` with `--no-persist`.
     pub persist: Option<crate::persist::Settings>,
     /// Where the configuration came from, for the start-up log line.
@@ -261,6 +268,32 @@ pub fn parse_interval(s: &str) -> Result<Duration, String> {
         ));
     }
     Ok(Duration::from_secs(secs))
+}
+
+/// Parses the policy file's settle window: `500ms`, `1s` or a bare number of milliseconds,
+/// 100 ms to 60 s.
+pub fn parse_settle(s: &str) -> Result<Duration, String> {
+    let t = s.trim();
+    let (num, mult) = if let Some(n) = t.strip_suffix("ms") {
+        (n, 1)
+    } else if let Some(n) = t.strip_suffix('s') {
+        (n, 1_000)
+    } else {
+        (t, 1)
+    };
+    let ms = num
+        .trim()
+        .parse::<u64>()
+        .map_err(|_| {
+            format!("policy_file_settle {s:?} is not a duration like \"1s\" or \"500ms\"")
+        })?
+        .saturating_mul(mult);
+    if !(100..=60_000).contains(&ms) {
+        return Err(format!(
+            "policy_file_settle {s:?} is out of range; it must be between 100ms and 60s"
+        ));
+    }
+    Ok(Duration::from_millis(ms))
 }
 
 /// Whether `name` is a valid cookie name (an RFC 6265 token).
@@ -463,6 +496,13 @@ impl Config {
         {
             errors.push(format!("policy_file {} does not exist", p.display()));
         }
+        let policy_file_settle = match cli.policy_file_settle.or(file.policy_file_settle) {
+            None => crate::policy_watch::DEFAULT_SETTLE,
+            Some(s) => parse_settle(&s).unwrap_or_else(|e| {
+                errors.push(e);
+                crate::policy_watch::DEFAULT_SETTLE
+            }),
+        };
 
         let fsync = match cli.fsync.or(file.fsync) {
             None => crate::persist::journal::FsyncPolicy::default(),
@@ -521,6 +561,7 @@ impl Config {
             log_level,
             state_dir,
             policy_file,
+            policy_file_settle,
             persist,
             config_file: cli.config,
         })
@@ -709,5 +750,20 @@ mod tests {
         assert!(parse_tick("0ms").is_err());
         assert!(parse_tick("2s").is_err());
         assert!(parse_tick("fast").is_err());
+    }
+
+    #[test]
+    fn policy_file_settle_is_a_bounded_duration() {
+        assert_eq!(parse_settle("1s"), Ok(Duration::from_secs(1)));
+        assert_eq!(parse_settle("250ms"), Ok(Duration::from_millis(250)));
+        assert_eq!(parse_settle("2000"), Ok(Duration::from_secs(2)));
+        assert!(
+            parse_settle("50ms")
+                .unwrap_err()
+                .contains("between 100ms and 60s")
+        );
+        assert!(parse_settle("2m").is_err());
+        let c = Config::load(cli(&["--policy-file-settle", "3s"])).unwrap();
+        assert_eq!(c.policy_file_settle, Duration::from_secs(3));
     }
 }

@@ -26,7 +26,10 @@ use std::sync::atomic::{AtomicBool, Ordering};
 /// The policy source the configuration asks for.
 pub fn policy_source(config: &Config) -> Source {
     match &config.policy_file {
-        Some(path) => Source::File { path: path.clone() },
+        Some(path) => Source::File {
+            path: path.clone(),
+            settle: config.policy_file_settle,
+        },
         None => Source::Api {
             state_dir: config.state_dir.clone(),
         },
@@ -86,11 +89,12 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     };
     let st = state(&config, keys, persist.as_ref().map(|p| p.journal()));
     let engine = st.engine.clone();
+    let policies = st.policies.clone();
     st.policies
         .load_initial()
         .map_err(|e| anyhow::anyhow!("cannot load policies: {e}"))?;
     if let Some(path) = &config.policy_file {
-        crate::policy_watch::spawn(path.clone(), st.policies.clone())?;
+        crate::policy_watch::spawn(path.clone(), config.policy_file_settle, st.policies.clone())?;
     }
     tokio::spawn(reload_on_sighup(st.policies.clone()));
     let listener = server::bind(config.listen)
@@ -165,6 +169,11 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         "shutting down: draining in-flight requests"
     );
     ready.store(false, Ordering::Release);
+    if policies.busy() {
+        tracing::warn!(
+            "a policy reload is still running; it is abandoned (the policy source is read again at the next start)"
+        );
+    }
     workers.drain();
     let drained = tokio::time::timeout(config.shutdown_grace, workers.wait()).await;
     stop.store(true, Ordering::Release);
@@ -257,8 +266,7 @@ async fn reload_on_sighup(policies: Arc<PolicyManager>) {
         return;
     };
     while hup.recv().await.is_some() {
-        let p = policies.clone();
-        let _ = tokio::task::spawn_blocking(move || p.reload("sighup")).await;
+        let _ = policies.clone().reload_detached("sighup").await;
     }
 }
 

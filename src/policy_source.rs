@@ -11,6 +11,17 @@
 //! 3. A source that fails to parse or validate changes nothing: the last good policies stay in
 //!    force and the error (file, line, field) is returned to the caller, logged and counted.
 //! 4. Changes are serialized by one mutex, so two reloads or writes never interleave.
+//! 5. The policy file is parsed only once it has settled (see `policy_watch`), whatever the
+//!    trigger, and a file with nothing but whitespace is refused (invariant 3), never read as
+//!    "no org policies": it is what a truncation in progress looks like. A file that means "no
+//!    org policies" says so with a comment or an `[application]` table.
+//! 6. Parsing is linear in the file's size: lines of spans are looked up in one index of line
+//!    starts built per parse (50k orgs in tens of milliseconds, not minutes).
+//! 7. Reloads on SIGHUP and from the file watch run on threads of their own
+//!    ([`PolicyManager::reload_detached`], `policy_watch`), never on the control runtime's
+//!    blocking pool, which the runtime waits for at exit: a reload stuck in a slow read or parse
+//!    never holds up shutdown or the state directory's lock. (A reload through the endpoint is a
+//!    request like any other: shutdown waits for it at most the grace period.)
 
 use crate::duration::DurationSecs;
 use crate::engine::{Engine, PolicyChange};
@@ -22,6 +33,7 @@ use std::collections::BTreeMap;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 /// Name of the persisted policy set inside the state directory.
 pub const POLICIES_FILE: &str = "policies.json";
@@ -31,8 +43,8 @@ pub const POLICIES_FILE: &str = "policies.json";
 pub enum Source {
     /// The admin API; writes persisted in `state_dir/policies.json`.
     Api { state_dir: PathBuf },
-    /// A TOML file controlled by an operator or a ConfigMap.
-    File { path: PathBuf },
+    /// A TOML file controlled by an operator or a ConfigMap, read once unchanged for `settle`.
+    File { path: PathBuf, settle: Duration },
 }
 
 /// Why a policy source could not be read.
@@ -82,32 +94,53 @@ struct FilePolicies {
     orgs: BTreeMap<String, toml::Spanned<FileOrg>>,
 }
 
-fn line_of(text: &str, offset: usize) -> usize {
-    text[..offset.min(text.len())]
-        .bytes()
-        .filter(|&b| b == b'\n')
-        .count()
-        + 1
+/// Line numbers of byte offsets: the start of every line, found in one pass (invariant 6).
+struct Lines(Vec<usize>);
+
+impl Lines {
+    fn new(text: &str) -> Lines {
+        let starts = std::iter::once(0)
+            .chain(
+                text.bytes()
+                    .enumerate()
+                    .filter(|&(_, b)| b == b'\n')
+                    .map(|(i, _)| i + 1),
+            )
+            .collect();
+        Lines(starts)
+    }
+
+    /// The 1-based line holding byte `offset`.
+    fn of(&self, offset: usize) -> usize {
+        self.0.partition_point(|&start| start <= offset)
+    }
 }
 
 /// The line of `field = ...` inside a table spanning `span`, else the table's first line.
-fn field_line(text: &str, span: std::ops::Range<usize>, err: &crate::policy::PolicyError) -> usize {
+fn field_line(
+    text: &str,
+    lines: &Lines,
+    span: std::ops::Range<usize>,
+    err: &crate::policy::PolicyError,
+) -> usize {
     use crate::policy::PolicyError;
     let field = match err {
         PolicyError::OutOfRange { field, .. } | PolicyError::Missing { field, .. } => *field,
     };
-    let body = &text[span.start.min(text.len())..span.end.min(text.len())];
+    let body = text
+        .get(span.start.min(text.len())..span.end.min(text.len()))
+        .unwrap_or_default();
     let mut offset = span.start;
     for line in body.split_inclusive('\n') {
         let t = line.trim_start();
         if t.strip_prefix(field)
             .is_some_and(|rest| rest.trim_start().starts_with('='))
         {
-            return line_of(text, offset);
+            return lines.of(offset);
         }
         offset += line.len();
     }
-    line_of(text, span.start)
+    lines.of(span.start)
 }
 
 /// Parses and validates a policy file's text; `base` is the application policy when the file has
@@ -116,23 +149,33 @@ pub fn parse_policy_file(
     text: &str,
     base: &Policy,
 ) -> Result<(Policy, BTreeMap<String, Policy>), Vec<String>> {
+    if text.trim().is_empty() {
+        return Err(vec![
+            "the file is empty, which is what a truncation in progress looks like, so nothing \
+             was applied; a file meant to hold no org policies says so with a comment (e.g. \
+             `# no org policies`) or an [application] table"
+                .to_owned(),
+        ]);
+    }
     let file: FilePolicies =
         toml::from_str(text).map_err(|e| vec![e.to_string().trim().replace('\n', " ")])?;
+    let lines = Lines::new(text);
     let mut errors = Vec::new();
     let app = match &file.application {
         None => *base,
         Some(sp) => Policy::from_patch(None, sp.get_ref()).unwrap_or_else(|e| {
             errors.push(format!(
                 "line {}: [application] {e}",
-                line_of(text, sp.span().start)
+                lines.of(sp.span().start)
             ));
             *base
         }),
     };
     let mut orgs = BTreeMap::new();
     for (name, sp) in &file.orgs {
-        let line = line_of(text, sp.span().start);
+        let line = || lines.of(sp.span().start);
         if let Err(e) = crate::session::check_id("org_id", name) {
+            let line = line();
             errors.push(format!("line {line}: [orgs.{name}] {e}"));
             continue;
         }
@@ -143,7 +186,8 @@ pub fn parse_policy_file(
             || o.persistent.is_some();
         match o.source.as_str() {
             "APPLICATION" if has_fields => errors.push(format!(
-                "line {line}: [orgs.{name}] source APPLICATION takes no policy fields"
+                "line {}: [orgs.{name}] source APPLICATION takes no policy fields",
+                line()
             )),
             "APPLICATION" => {}
             "CUSTOM" => {
@@ -159,12 +203,13 @@ pub fn parse_policy_file(
                     }
                     Err(e) => errors.push(format!(
                         "line {}: [orgs.{name}] {e}",
-                        field_line(text, sp.span(), &e)
+                        field_line(text, &lines, sp.span(), &e)
                     )),
                 }
             }
             other => errors.push(format!(
-                "line {line}: [orgs.{name}] source {other:?} is not \"CUSTOM\" or \"APPLICATION\""
+                "line {}: [orgs.{name}] source {other:?} is not \"CUSTOM\" or \"APPLICATION\"",
+                line()
             )),
         }
     }
@@ -229,35 +274,107 @@ impl PolicyManager {
         Ok(change)
     }
 
-    /// Re-reads the source (file watch, SIGHUP, reload endpoint). On failure the last good
-    /// policies stay (invariant 3).
+    /// Re-reads the source (SIGHUP, reload endpoint). On failure the last good policies stay
+    /// (invariant 3).
     pub fn reload(&self, trigger: &'static str) -> Result<PolicyChange, SourceError> {
-        match self.read_and_apply(trigger) {
-            Ok(change) => Ok(change),
-            Err(e) => {
-                self.metrics.policy_reload_error();
-                tracing::error!(trigger, source = ?self.source, error = %e, "policy reload failed; the last good policies stay in force");
-                Err(e)
-            }
+        tracing::debug!(trigger, source = ?self.source, "re-reading the policy source");
+        let r = self.read_and_apply(trigger);
+        self.reloaded(trigger, r)
+    }
+
+    /// Applies the policy file's bytes as the watcher read them once settled (or why it could
+    /// not read them), like [`PolicyManager::reload`] otherwise.
+    pub fn reload_watched(
+        &self,
+        bytes: std::io::Result<Vec<u8>>,
+    ) -> Result<PolicyChange, SourceError> {
+        const TRIGGER: &str = "file_watch";
+        let Source::File { path, .. } = &self.source else {
+            return Err(SourceError::Invalid(vec![
+                "the policy source is the API, not a file".into(),
+            ]));
+        };
+        let r = {
+            let _guard = self.lock.lock();
+            Self::parse_file(path, bytes, &self.base_app).map(|(app, orgs)| {
+                let change = self.engine.replace_policies(app, orgs);
+                self.record(TRIGGER, &change);
+                change
+            })
+        };
+        self.reloaded(TRIGGER, r)
+    }
+
+    /// Runs [`PolicyManager::reload`] on a thread of its own and waits for it (invariant 7).
+    pub async fn reload_detached(
+        self: Arc<Self>,
+        trigger: &'static str,
+    ) -> Result<PolicyChange, SourceError> {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        std::thread::Builder::new()
+            .name("sessiond-policy-reload".into())
+            .spawn(move || {
+                let _ = tx.send(self.reload(trigger));
+            })
+            .map_err(|e| {
+                SourceError::Invalid(vec![format!("cannot start a thread for the reload: {e}")])
+            })?;
+        rx.await.unwrap_or_else(|_| {
+            Err(SourceError::Invalid(vec![
+                "the reload thread ended without an answer".into(),
+            ]))
+        })
+    }
+
+    /// Whether a reload or write is running now (shutdown says it abandons it).
+    pub fn busy(&self) -> bool {
+        self.lock.is_locked()
+    }
+
+    fn reloaded(
+        &self,
+        trigger: &'static str,
+        r: Result<PolicyChange, SourceError>,
+    ) -> Result<PolicyChange, SourceError> {
+        if let Err(e) = &r {
+            self.metrics.policy_reload_error();
+            tracing::error!(trigger, source = ?self.source, error = %e, "policy reload failed; the last good policies stay in force");
         }
+        r
+    }
+
+    fn parse_file(
+        path: &Path,
+        bytes: std::io::Result<Vec<u8>>,
+        base_app: &Policy,
+    ) -> Result<(Policy, BTreeMap<String, Policy>), SourceError> {
+        let text = bytes
+            .and_then(|b| {
+                String::from_utf8(b)
+                    .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, e))
+            })
+            .map_err(|e| {
+                SourceError::Invalid(vec![format!(
+                    "cannot read policy file {}: {e}",
+                    path.display()
+                )])
+            })?;
+        parse_policy_file(&text, base_app).map_err(|errs| {
+            SourceError::Invalid(
+                errs.into_iter()
+                    .map(|e| format!("policy file {}: {e}", path.display()))
+                    .collect(),
+            )
+        })
     }
 
     fn read(&self) -> Result<(Policy, BTreeMap<String, Policy>), SourceError> {
         match &self.source {
-            Source::File { path } => {
-                let text = std::fs::read_to_string(path).map_err(|e| {
-                    SourceError::Invalid(vec![format!(
-                        "cannot read policy file {}: {e}",
-                        path.display()
-                    )])
-                })?;
-                parse_policy_file(&text, &self.base_app).map_err(|errs| {
-                    SourceError::Invalid(
-                        errs.into_iter()
-                            .map(|e| format!("policy file {}: {e}", path.display()))
-                            .collect(),
-                    )
-                })
+            Source::File { path, settle } => {
+                // An explicit read waits for a file being written, but not forever.
+                let deadline = Instant::now() + (*settle * 10).max(Duration::from_secs(5));
+                let bytes = crate::policy_watch::read_settled(path, *settle, true, Some(deadline));
+                Self::parse_file(path, bytes, &self.base_app)
             }
             Source::Api { state_dir } => {
                 let path = state_dir.join(POLICIES_FILE);
@@ -300,7 +417,7 @@ impl PolicyManager {
     /// The state directory, or the refusal every API write gets in file mode (invariant 1).
     fn state_dir(&self) -> Result<&Path, SourceError> {
         match &self.source {
-            Source::File { path } => Err(SourceError::FileMode(path.clone())),
+            Source::File { path, .. } => Err(SourceError::FileMode(path.clone())),
             Source::Api { state_dir } => Ok(state_dir),
         }
     }
@@ -444,6 +561,42 @@ source = "APPLICATION"
         assert!(e[0].contains("MINE"));
         let e = parse_policy_file("[application\n", &DEFAULT_POLICY).unwrap_err();
         assert!(e[0].contains("line 1"), "{e:?}");
+    }
+
+    #[test]
+    fn an_empty_file_is_refused_and_a_comment_means_no_orgs() {
+        for empty in ["", "\n", "  \n\t\n"] {
+            let e = parse_policy_file(empty, &DEFAULT_POLICY).unwrap_err();
+            assert!(e[0].contains("the file is empty"), "{e:?}");
+        }
+        let (app, orgs) = parse_policy_file("# no org policies\n", &DEFAULT_POLICY).unwrap();
+        assert_eq!((app, orgs.len()), (DEFAULT_POLICY, 0));
+    }
+
+    #[test]
+    fn lines_are_counted_right_far_into_a_large_file() {
+        let mut text = String::from("[application]\nabsolute_timeout = 3600\n");
+        for i in 0..20_000 {
+            text.push_str(&format!("\n[orgs.o{i}]\nsource = \"APPLICATION\"\n"));
+        }
+        text.push_str("\n[orgs.last]\nsource = \"CUSTOM\"\nabsolute_timeout = 0\n");
+        text.push_str("\n[orgs.bad]\nsource = \"MINE\"\n");
+        let e = parse_policy_file(&text, &DEFAULT_POLICY).unwrap_err();
+        // 2 lines, 3 per org (to line 60_002), a blank line, then [orgs.last] on line 60_004.
+        assert!(
+            e.iter()
+                .any(|m| m.starts_with("line 60006: [orgs.last] absolute_timeout is 0")),
+            "{e:?}"
+        );
+        assert!(
+            e.iter().any(|m| m.starts_with("line 60008: [orgs.bad]")),
+            "{e:?}"
+        );
+        let lines = Lines::new("a\nb\n\nc");
+        assert_eq!(
+            [0, 1, 2, 3, 4, 5, 6].map(|o| lines.of(o)),
+            [1, 1, 2, 2, 3, 4, 4]
+        );
     }
 
     #[test]

@@ -1,8 +1,11 @@
 //! Policy sources under a running daemon: file edits (in place, by rename, by symlink swap),
-//! broken files, SIGHUP, the reload endpoint, and API policies surviving a restart.
+//! broken files, SIGHUP, the reload endpoint, and API policies surviving a restart; a policy
+//! file caught half-written (a slow in-place writer, a truncation, an empty file left behind),
+//! a large file, and SIGTERM while a reload is stuck.
 
 use crate::common::{Daemon, create, eventually, scratch, unsafe_free_kill, valid};
-use std::path::Path;
+use std::io::Write;
+use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 const LOOSE: &str = "[application]\nabsolute_timeout = { value = 24, unit = \"HOURS\" }\nidle_timeout = 1800\n\n[orgs.acme]\nsource = \"CUSTOM\"\nabsolute_timeout = { value = 8, unit = \"HOURS\" }\nidle_timeout_enabled = false\npersistent = true\n";
@@ -23,10 +26,11 @@ fn tighten_and_observe(d: &Daemon, change: impl FnOnce()) {
     assert!(valid(d, &token));
     let start = Instant::now();
     change();
-    eventually(3, "the tightened policy", || acme_absolute(d) == 1);
-    eventually(3, "eviction of the too-old session", || !valid(d, &token));
+    // The file is read once unchanged for the settle window (1 s by default).
+    eventually(4, "the tightened policy", || acme_absolute(d) == 1);
+    eventually(4, "eviction of the too-old session", || !valid(d, &token));
     assert!(
-        start.elapsed() < Duration::from_millis(1_500),
+        start.elapsed() < Duration::from_millis(2_500),
         "took {:?}",
         start.elapsed()
     );
@@ -226,5 +230,243 @@ fn unreadable_state_dir_fails_start_with_a_message() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
+    std::fs::remove_dir_all(dir).ok();
+}
+
+/// The application policy is 1 s (in the file and in the configuration, which applies when the
+/// file has no `[application]`); `org_target` keeps its sessions a day (`--org-policy-mode
+/// override`). Any state of the file without `org_target`'s section evicts its sessions.
+const APP_PART: &str = "[application]\nabsolute_timeout = 1\n";
+const ORG_PART: &str =
+    "\n[orgs.org_target]\nsource = \"CUSTOM\"\nabsolute_timeout = { value = 1, unit = \"DAYS\" }\n";
+
+struct OrgScene {
+    dir: PathBuf,
+    file: PathBuf,
+    d: Daemon,
+    tokens: Vec<String>,
+}
+
+impl OrgScene {
+    /// A daemon on the full file with 50 `org_target` sessions, older than the application
+    /// policy allows.
+    fn start(name: &str) -> OrgScene {
+        let dir = scratch(name);
+        let file = dir.join("policy.toml");
+        write(&file, &format!("{APP_PART}{ORG_PART}"));
+        let config = dir.join("sessiond.toml");
+        write(&config, "[application]\nabsolute_timeout = 1\n");
+        let d = Daemon::start(&[
+            "--config",
+            config.to_str().unwrap(),
+            "--policy-file",
+            file.to_str().unwrap(),
+            "--org-policy-mode",
+            "override",
+        ]);
+        let tokens = (0..50)
+            .map(|i| {
+                let body = format!(r#"{{"user_id": "u{i}", "org_id": "org_target"}}"#);
+                create(&d, &[], &body).0
+            })
+            .collect();
+        std::thread::sleep(Duration::from_millis(1_100));
+        let scene = OrgScene {
+            dir,
+            file,
+            d,
+            tokens,
+        };
+        scene.assert_untouched();
+        scene
+    }
+
+    /// Every session still valid, `org_target` still CUSTOM for a day, nothing evicted.
+    fn assert_untouched(&self) {
+        let invalid = self.tokens.iter().filter(|t| !valid(&self.d, t)).count();
+        assert_eq!(invalid, 0, "org_target sessions were evicted");
+        let org = self
+            .d
+            .call("GET", "/v1/orgs/org_target/policy", None)
+            .json();
+        assert_eq!(org["source"], "CUSTOM", "{org}");
+        assert_eq!(org["effective"]["absolute_timeout"], 86_400, "{org}");
+        assert_eq!(
+            self.d
+                .metric("sessiond_sessions_expired_total{reason=\"absolute\"}"),
+            0.0
+        );
+    }
+
+    /// Waits for the watcher to have read the settled file (a debug log line).
+    fn wait_settled(&self, changed: bool) {
+        let want = format!("the policy file settled changed={changed}");
+        wait_log(&self.d, 6, &want);
+    }
+}
+
+impl Drop for OrgScene {
+    fn drop(&mut self) {
+        std::fs::remove_dir_all(&self.dir).ok();
+    }
+}
+
+/// Waits for a log line containing `want` (lines before it are consumed).
+fn wait_log(d: &Daemon, secs: u64, want: &str) {
+    let deadline = Instant::now() + Duration::from_secs(secs);
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        match d.logs.recv_timeout(left) {
+            Ok(line) if line.contains(want) => return,
+            Ok(_) => {}
+            Err(_) => panic!("no log line with {want:?} within {secs} s"),
+        }
+    }
+}
+
+#[test]
+fn a_slow_in_place_writer_is_applied_only_once_complete() {
+    let s = OrgScene::start("pf-slow");
+    // One save by a slow writer: truncate, the [application] section, and half a second later
+    // the orgs (the prefix alone is valid TOML that would evict every org_target session).
+    let other = "\n[orgs.other]\nsource = \"CUSTOM\"\nabsolute_timeout = 7200\n";
+    {
+        let mut f = std::fs::File::create(&s.file).unwrap();
+        f.write_all(APP_PART.as_bytes()).unwrap();
+        std::thread::sleep(Duration::from_millis(500));
+        f.write_all(format!("{ORG_PART}{other}").as_bytes())
+            .unwrap();
+    }
+    s.assert_untouched();
+    s.wait_settled(true);
+    eventually(3, "the complete file to be applied", || {
+        s.d.call("GET", "/v1/orgs/other/policy", None).json()["effective"]["absolute_timeout"]
+            == 7_200
+    });
+    s.assert_untouched();
+    assert_eq!(
+        s.d.metric("sessiond_policy_changes_total{source=\"file_watch\"}"),
+        1.0,
+        "only the complete file may be applied"
+    );
+    assert_eq!(s.d.metric("sessiond_policy_reload_errors_total"), 0.0);
+}
+
+#[test]
+fn a_truncation_followed_by_the_content_changes_nothing() {
+    let s = OrgScene::start("pf-trunc");
+    {
+        let mut f = std::fs::File::create(&s.file).unwrap();
+        std::thread::sleep(Duration::from_millis(500));
+        f.write_all(format!("{APP_PART}{ORG_PART}").as_bytes())
+            .unwrap();
+    }
+    s.assert_untouched();
+    s.wait_settled(false);
+    s.assert_untouched();
+    assert_eq!(s.d.metric("sessiond_policy_reload_errors_total"), 0.0);
+}
+
+#[test]
+fn an_empty_file_is_refused_and_orgs_keep_their_policies() {
+    let s = OrgScene::start("pf-empty");
+    let emptied = Instant::now();
+    std::fs::File::create(&s.file).unwrap();
+    std::thread::sleep(Duration::from_millis(500));
+    s.assert_untouched();
+    eventually(5, "the empty file to be refused", || {
+        s.d.metric("sessiond_policy_reload_errors_total") == 1.0
+    });
+    s.assert_untouched();
+    // An explicit reload refuses it too, and says why.
+    let r = s.d.call("POST", "/v1/policy/reload", None);
+    assert_eq!(
+        (r.status, r.code().as_str()),
+        (422, "policy_source_invalid")
+    );
+    assert!(r.body.contains("the file is empty"), "{}", r.body);
+    unsafe_free_kill(s.d.child.id(), "HUP");
+    eventually(5, "the SIGHUP reload to be refused", || {
+        s.d.metric("sessiond_policy_reload_errors_total") == 3.0
+    });
+    std::thread::sleep(Duration::from_millis(1_500).saturating_sub(emptied.elapsed()));
+    s.assert_untouched();
+    // The content comes back: nothing changed, nothing more counted.
+    s.d.drain_logs();
+    write(&s.file, &format!("{APP_PART}{ORG_PART}"));
+    s.wait_settled(true);
+    s.assert_untouched();
+    assert_eq!(s.d.metric("sessiond_policy_reload_errors_total"), 3.0);
+}
+
+/// 10k orgs, not 50k: this is the debug build, and the point is that it loads at all (the
+/// quadratic parse took minutes here); the release figures are in the commit that made it
+/// linear.
+#[test]
+fn a_policy_file_with_10k_orgs_loads() {
+    let dir = scratch("pf-10k");
+    let file = dir.join("policy.toml");
+    let mut text =
+        String::from("[application]\nabsolute_timeout = { value = 24, unit = \"HOURS\" }\n");
+    for i in 0..10_000 {
+        text.push_str(&format!(
+            "\n[orgs.org_{i:05}]\nsource = \"CUSTOM\"\nabsolute_timeout = {}\nidle_timeout = 900\n",
+            3_600 + i
+        ));
+    }
+    write(&file, &text);
+    let d = Daemon::start(&["--policy-file", file.to_str().unwrap()]);
+    let org = d.call("GET", "/v1/orgs/org_09999/policy", None).json();
+    assert_eq!(org["effective"]["absolute_timeout"], 13_599, "{org}");
+    // A mistake near the end is reported at its line.
+    write(
+        &file,
+        &text.replace("absolute_timeout = 13599", "absolute_timeout = 0"),
+    );
+    let r = d.call("POST", "/v1/policy/reload", None);
+    assert_eq!(r.status, 422, "{}", r.body);
+    assert!(
+        r.body.contains("line 50001: [orgs.org_09999]"),
+        "{}",
+        r.body
+    );
+    std::fs::remove_dir_all(dir).ok();
+}
+
+#[test]
+fn sigterm_does_not_wait_for_a_stuck_reload() {
+    // A reload whose read never ends (here a FIFO nobody writes, as a hung network mount would
+    // behave) must not keep the process, and the state directory's lock, alive after SIGTERM.
+    let dir = scratch("pf-stuck");
+    let file = dir.join("policy.toml");
+    let state = dir.join("state");
+    write(&file, LOOSE);
+    let args = [
+        "--policy-file",
+        file.to_str().unwrap(),
+        "--state-dir",
+        state.to_str().unwrap(),
+    ];
+    let d = Daemon::start(&args);
+    let fifo = dir.join("fifo");
+    let ok = std::process::Command::new("mkfifo")
+        .arg(&fifo)
+        .status()
+        .unwrap()
+        .success();
+    assert!(ok, "mkfifo failed");
+    std::fs::rename(&fifo, &file).unwrap();
+    unsafe_free_kill(d.child.id(), "HUP");
+    wait_log(&d, 5, "re-reading the policy source");
+    std::thread::sleep(Duration::from_millis(200));
+    unsafe_free_kill(d.child.id(), "TERM");
+    wait_log(&d, 15, "a policy reload is still running; it is abandoned");
+    assert_eq!(d.terminate().code(), Some(0));
+    // The lock went with the process: a new daemon starts on the same state directory.
+    write(&dir.join("policy.toml.new"), LOOSE);
+    std::fs::rename(dir.join("policy.toml.new"), &file).unwrap();
+    let d = Daemon::start(&args);
+    assert_eq!(acme_absolute(&d), 28_800);
+    drop(d);
     std::fs::remove_dir_all(dir).ok();
 }

@@ -474,6 +474,18 @@ impl PolicyManager {
             .expired(crate::session::ExpiryReason::Idle, ev.idle);
         self.metrics
             .expired(crate::session::ExpiryReason::Absolute, ev.absolute);
+        if trigger == "startup" {
+            // Every org is new at start-up; the `policies loaded` line says how many there
+            // are. One line per org would be 50k lines for a big file.
+            tracing::info!(
+                trigger,
+                orgs = change.orgs.len(),
+                evicted_idle = ev.idle,
+                evicted_absolute = ev.absolute,
+                "effective policies set"
+            );
+            return;
+        }
         for o in &change.orgs {
             let secs = |e: &crate::policy::Effective| {
                 format!(

@@ -116,7 +116,8 @@ impl Lines {
     }
 }
 
-/// The line of `field = ...` inside a table spanning `span`, else the table's first line.
+/// The line of `field = ...` inside the table that starts at `span` (up to the next table
+/// header: toml's span may cover only the header), else the table's first line.
 fn field_line(
     text: &str,
     lines: &Lines,
@@ -127,12 +128,13 @@ fn field_line(
     let field = match err {
         PolicyError::OutOfRange { field, .. } | PolicyError::Missing { field, .. } => *field,
     };
-    let body = text
-        .get(span.start.min(text.len())..span.end.min(text.len()))
-        .unwrap_or_default();
+    let body = text.get(span.start.min(text.len())..).unwrap_or_default();
     let mut offset = span.start;
-    for line in body.split_inclusive('\n') {
+    for (i, line) in body.split_inclusive('\n').enumerate() {
         let t = line.trim_start();
+        if i > 0 && t.starts_with('[') {
+            break;
+        }
         if t.strip_prefix(field)
             .is_some_and(|rest| rest.trim_start().starts_with('='))
         {
@@ -166,7 +168,7 @@ pub fn parse_policy_file(
         Some(sp) => Policy::from_patch(None, sp.get_ref()).unwrap_or_else(|e| {
             errors.push(format!(
                 "line {}: [application] {e}",
-                lines.of(sp.span().start)
+                field_line(text, &lines, sp.span(), &e)
             ));
             *base
         }),

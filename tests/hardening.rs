@@ -54,7 +54,7 @@ fn a_malformed_keys_file_names_file_line_and_field_never_the_key() {
         (
             format!("{head}key = \"{SECRET}\"\nkey = \"{SECRET}\"\n"),
             "line 5",
-            "duplicate key `key`",
+            "duplicate key",
         ),
         (format!("key = \"{SECRET}\"\n"), "line 1", "[[key]]"),
     ] {

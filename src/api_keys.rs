@@ -337,10 +337,7 @@ mod tests {
         let e = refusal(&format!("{head}key = \"{SECRET}\n"));
         assert!(e.contains("line 4, column"), "{e}");
         let e = refusal(&format!("{head}key = \"{SECRET}\"\nkey = \"{SECRET}x\"\n"));
-        assert!(
-            e.contains("line 5") && e.contains("duplicate key"),
-            "{e}"
-        );
+        assert!(e.contains("line 5") && e.contains("duplicate key"), "{e}");
         let e = refusal(&format!("{head}key = '''{SECRET}\n"));
         assert!(
             e.contains("line 5, column 1"),

@@ -222,6 +222,12 @@ fn connection_limits(config: &Config) -> server::Limits {
         }
     };
     metrics::gauge!(crate::metrics::HTTP_CONNECTIONS_MAX).set(max_connections as f64);
+    // Exported from the start at 0, so that rate() and dashboards see them before any event.
+    metrics::counter!(crate::metrics::HTTP_CONNECTIONS_REFUSED).increment(0);
+    for phase in ["header", "idle"] {
+        metrics::counter!(crate::metrics::HTTP_CONNECTIONS_TIMED_OUT, "phase" => phase)
+            .increment(0);
+    }
     server::Limits {
         header_read_timeout: config.header_read_timeout,
         keepalive_timeout: config.keepalive_timeout,

@@ -4,10 +4,9 @@
 //! open-file limit, raised to the hard one at start) new clients are refused at once with a
 //! log line, and served again as soon as the slow ones are cut.
 
-use crate::common::{Daemon, eventually, request, scratch};
-use std::io::{BufRead, BufReader, Read, Write};
+use crate::common::{Daemon, eventually, request};
+use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
-use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 const GET: &[u8] = b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n";
@@ -101,58 +100,10 @@ fn slow_and_silent_clients_are_cut_while_others_are_served() {
 
 /// Starts `prlimit --nofile=<limits> -- sessiond <args>` and waits until it is ready.
 fn start_under_prlimit(limits: &str, args: &[&str]) -> Daemon {
-    let dir = scratch("prlimit");
-    let mut child = Command::new("prlimit")
-        .arg(format!("--nofile={limits}"))
-        .arg("--")
-        .arg(env!("CARGO_BIN_EXE_sessiond"))
-        .args([
-            "--listen",
-            "127.0.0.1:0",
-            "--log-level",
-            "debug",
-            "--no-persist",
-        ])
-        .args(["--state-dir", &dir.join("state").display().to_string()])
-        .args(args)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("run prlimit (util-linux)");
-    let (tx, logs) = std::sync::mpsc::channel();
-    for stream in [
-        Box::new(child.stdout.take().unwrap()) as Box<dyn Read + Send>,
-        Box::new(child.stderr.take().unwrap()),
-    ] {
-        let tx = tx.clone();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stream).lines().map_while(Result::ok) {
-                if tx.send(line).is_err() {
-                    break;
-                }
-            }
-        });
-    }
-    let mut seen = Vec::new();
-    let addr = loop {
-        let line = logs
-            .recv_timeout(Duration::from_secs(20))
-            .unwrap_or_else(|_| panic!("sessiond did not start:\n{}", seen.join("\n")));
-        seen.push(line.clone());
-        if line.contains("sessiond started") {
-            let rest = line.split("listen=").nth(1).unwrap();
-            break rest.split_whitespace().next().unwrap().parse().unwrap();
-        }
-    };
-    let d = Daemon {
-        child,
-        addr,
-        logs,
-        dir,
-        startup_logs: seen,
-    };
-    d.wait_ready();
-    d
+    let nofile = format!("--nofile={limits}");
+    let mut all = vec!["--no-persist"];
+    all.extend_from_slice(args);
+    Daemon::start_wrapped(&["prlimit", &nofile, "--"], &all)
 }
 
 /// Under a soft open-file limit of 64 (hard 128) the daemon raises the soft limit to 128 and

@@ -83,8 +83,28 @@ impl Daemon {
 
     /// Starts the daemon and returns at its start-up line, before it is ready.
     pub fn spawn_with_env(args: &[&str], env: &[(&str, &str)]) -> Daemon {
+        Self::spawn_wrapped(&[], args, env)
+    }
+
+    /// As [`Daemon::start`], run through `wrapper` (e.g. `["prlimit", "--nofile=64:128", "--"]`).
+    pub fn start_wrapped(wrapper: &[&str], args: &[&str]) -> Daemon {
+        let d = Self::spawn_wrapped(wrapper, args, &[]);
+        d.wait_ready();
+        d
+    }
+
+    fn spawn_wrapped(wrapper: &[&str], args: &[&str], env: &[(&str, &str)]) -> Daemon {
         let dir = scratch("daemon");
-        let mut child = Command::new(env!("CARGO_BIN_EXE_sessiond"))
+        let bin = env!("CARGO_BIN_EXE_sessiond");
+        let mut command = match wrapper.split_first() {
+            None => Command::new(bin),
+            Some((program, rest)) => {
+                let mut c = Command::new(program);
+                c.args(rest).arg(bin);
+                c
+            }
+        };
+        let mut child = command
             .args(["--listen", "127.0.0.1:0", "--log-level", "debug"])
             .args(args)
             // Each daemon gets its own state directory unless the test names one (a later

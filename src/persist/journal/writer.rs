@@ -282,7 +282,7 @@ impl Journal {
                 bytes = w.pending.len(),
                 limit_bytes = self.backlog,
                 "the journal backlog is full: dropping the changes kept in memory; a full \
-                 snapshot replaces them as soon as the disk takes one (raise --journal-backlog \
+                 snapshot replaces them as soon as the disk takes one (raise --journal-backlog-mib \
                  to keep more)"
             );
             let since = w.pending_since.unwrap_or_else(Since::now);

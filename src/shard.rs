@@ -17,12 +17,15 @@
 //! 5. Ids are cryptographic hashes, so `ids` files by the id's low 64 bits with no keyed hasher
 //!    (see `token`), and nobody can choose a colliding id. `ids` is an [`IdIndex`]: one cache
 //!    line of slots, then the record (see its module doc).
+//! 6. Every create, coalesced activity and removal is reported to `changes` with this shard's
+//!    index while the shard's lock is held (see `changes`); start-up replay is not.
 
+use crate::changes::{Change, Changes};
 use crate::id_index::{self, IdIndex};
-use crate::persist::journal::Journal;
-use crate::persist::record::{self, RemoveReason};
 use crate::policy::Effective;
-use crate::session::{Deadlines, ExpiryReason, Identity, Metadata, SessionView};
+use crate::session::{
+    Deadlines, ExpiryReason, Identity, Metadata, RemoveReason, SavedRef, SessionView,
+};
 use crate::token::SessionId;
 use crate::wheel::{LinkStore, NIL, Wheel, WheelLinks};
 use compact_str::CompactString;
@@ -282,8 +285,9 @@ pub struct Shard {
     /// The engine-wide count of live sessions; decremented here on every removal.
     active: Arc<AtomicUsize>,
     len: usize,
-    /// Where creates, activity and removals are recorded, and this shard's index there.
-    journal: Option<(Arc<Journal>, usize)>,
+    /// Where creates, activity and removals are reported (see `changes`), and this shard's
+    /// index.
+    changes: Option<(Arc<dyn Changes>, usize)>,
 }
 
 impl Shard {
@@ -292,7 +296,7 @@ impl Shard {
         scale: TickScale,
         app: Effective,
         active: Arc<AtomicUsize>,
-        journal: Option<(Arc<Journal>, usize)>,
+        changes: Option<(Arc<dyn Changes>, usize)>,
     ) -> Shard {
         let mut shard = Shard {
             slab: Slab {
@@ -311,7 +315,7 @@ impl Shard {
             scale,
             active,
             len: 0,
-            journal,
+            changes,
         };
         shard.orgs.push(Some(OrgSlot {
             name: CompactString::default(),
@@ -459,12 +463,18 @@ impl Shard {
         }
         let prev = r.last_ms.fetch_max(now_ms, Ordering::Relaxed);
         let last = prev.max(now_ms);
-        // Activity is journaled at most once per second per session (see `persist`): only
-        // when it crosses into a new second, so the journaled time is < 1 s behind.
+        // Activity is reported at most once per second per session (`changes`, invariant 2):
+        // only when it crosses into a new second, so the reported time is < 1 s behind.
         if now_ms / 1_000 > prev / 1_000
-            && let Some((j, i)) = &self.journal
+            && let Some((c, i)) = &self.changes
         {
-            j.append(*i, |b| record::put_activity(b, r.id(), now_ms));
+            c.record(
+                *i,
+                Change::Activity {
+                    id: r.id(),
+                    last_ms: now_ms,
+                },
+            );
         }
         Ok((idx, last, Deadlines::compute(eff, r.created_ms, last)))
     }
@@ -486,17 +496,25 @@ impl Shard {
         metadata: Option<Arc<Metadata>>,
         now_ms: u64,
     ) -> SessionView {
-        if let Some((j, i)) = &self.journal {
-            j.append(*i, |b| {
-                record::put_create(b, id.0, now_ms, now_ms, user, org, metadata.as_deref())
-            });
+        if let Some((c, i)) = &self.changes {
+            c.record(
+                *i,
+                Change::Created(SavedRef {
+                    id: id.0,
+                    created_ms: now_ms,
+                    last_ms: now_ms,
+                    user,
+                    org,
+                    metadata: metadata.as_deref(),
+                }),
+            );
         }
         let (idx, d) = self.insert_at(id, user, org, eff_for, metadata, now_ms, now_ms);
         self.view_with(idx, now_ms, &d)
     }
 
-    /// Puts a saved session back (start-up replay, not journaled): if `id` is already here only
-    /// its activity moves forward (replay is idempotent, see `persist::record`).
+    /// Puts a saved session back (start-up replay, not reported): if `id` is already here only
+    /// its activity moves forward (replay is idempotent).
     #[allow(clippy::too_many_arguments)]
     pub fn restore(
         &mut self,
@@ -717,13 +735,18 @@ impl Shard {
         }
     }
 
-    /// Removes a live record from every index and frees it.
+    /// Reports the removal of a live record, then removes it.
     fn remove(&mut self, idx: u32, reason: RemoveReason) {
-        debug_assert!(self.slab.records[idx as usize].live());
-        if let Some((j, i)) = &self.journal {
+        if let Some((c, i)) = &self.changes {
             let id = self.slab.records[idx as usize].id();
-            j.append(*i, |b| record::put_remove(b, id, reason));
+            c.record(*i, Change::Removed { id, reason });
         }
+        self.unlink_and_free(idx);
+    }
+
+    /// Removes a live record from every index and frees it.
+    fn unlink_and_free(&mut self, idx: u32) {
+        debug_assert!(self.slab.records[idx as usize].live());
         let lo = self.slab.records[idx as usize].id_lo;
         let removed = self.ids.remove(lo, idx);
         assert!(removed, "live record {idx} missing from the id index");
@@ -739,6 +762,13 @@ impl Shard {
         self.slab.release(idx);
         self.len -= 1;
         self.active.fetch_sub(1, Ordering::Relaxed);
+    }
+
+    /// Replays a saved removal (start-up, not reported): removes `id` if it is here.
+    pub fn restore_remove(&mut self, id: SessionId) {
+        if let Some(idx) = self.find(id) {
+            self.unlink_and_free(idx);
+        }
     }
 
     /// Removes session `id`; false if it was not there.
@@ -946,7 +976,7 @@ impl Shard {
         (ev, true)
     }
 
-    /// Removes every expired session in this shard (O(slab)); see [`crate::engine::Engine::sweep_expired`].
+    /// Removes every expired session in this shard (O(slab)); see `Engine::sweep_expired`.
     pub fn sweep_expired(&mut self, now_ms: u64) -> Evictions {
         let mut ev = Evictions::default();
         for idx in 0..self.slab.records.len() as u32 {
@@ -961,42 +991,38 @@ impl Shard {
         ev
     }
 
-    /// Encodes up to `max` slab entries from index `from` on, the live ones as `CREATE` frames
-    /// into `out` (a snapshot walks a shard in such chunks, taking the read lock once per
-    /// chunk). Returns how many sessions it wrote and where to go on, `None` at the end.
-    pub fn snapshot_chunk(&self, from: u32, max: usize, out: &mut Vec<u8>) -> (u64, Option<u32>) {
+    /// Hands `f` what is saved of each live session among up to `max` slab entries from index
+    /// `from` on (a snapshot walks a shard in such chunks, taking the read lock once per
+    /// chunk). Returns where to go on, `None` at the end.
+    pub fn visit_chunk(
+        &self,
+        from: u32,
+        max: usize,
+        f: &mut impl FnMut(SavedRef<'_>),
+    ) -> Option<u32> {
         let recs = &self.slab.records;
         let end = (from as usize).saturating_add(max).min(recs.len());
-        let mut n = 0;
         for idx in from as usize..end {
             let r = &recs[idx];
             if !r.live() {
                 continue;
             }
-            let org = (r.org() != NO_ORG).then(|| {
-                self.orgs[r.org() as usize]
-                    .as_ref()
-                    .expect("live org slot")
-                    .name
-                    .as_str()
-            });
+            let org = (r.org() != NO_ORG).then(|| self.org_slot(r.org()).name.as_str());
             let metadata = if r.has_metadata() {
                 self.metadata.get(&(idx as u32)).map(|m| &**m)
             } else {
                 None
             };
-            record::put_create(
-                out,
-                r.id(),
-                r.created_ms,
-                r.last_ms.load(Ordering::Relaxed),
-                user_of(recs, &self.long_users, idx as u32),
+            f(SavedRef {
+                id: r.id(),
+                created_ms: r.created_ms,
+                last_ms: r.last_ms.load(Ordering::Relaxed),
+                user: user_of(recs, &self.long_users, idx as u32),
                 org,
                 metadata,
-            );
-            n += 1;
+            });
         }
-        (n, (end < recs.len()).then_some(end as u32))
+        (end < recs.len()).then_some(end as u32)
     }
 
     /// Checks invariants 1 and 2 exhaustively (tests only; O(n)).

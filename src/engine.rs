@@ -20,7 +20,7 @@ use crate::session::{
     ExpiryReason, Identity, InputError, Invalid, NewSession, RemoveReason, Saved, SavedRef,
     SessionView, Validation, check_id,
 };
-use crate::shard::{DryRunCounts, Evictions, Reapplied, Shard, TickScale};
+use crate::shard::{DryRunCounts, Evictions, NewRecord, Reapplied, Shard, TickScale};
 use crate::token::{SessionId, Token};
 use hashbrown::DefaultHashBuilder;
 use hashbrown::HashMap;
@@ -292,13 +292,15 @@ impl Engine {
         let policies = self.policies.read();
         let org = saved.org.as_deref();
         let new = self.shard(id).write().restore(
-            id,
-            &saved.user,
-            org,
+            NewRecord {
+                id,
+                user: &saved.user,
+                org,
+                metadata: saved.metadata.map(Arc::new),
+                created_ms: saved.created_ms,
+                last_ms: saved.last_ms,
+            },
             || policies.effective(org).effective(),
-            saved.metadata.map(Arc::new),
-            saved.created_ms,
-            saved.last_ms,
         );
         if new {
             self.active.fetch_add(1, Ordering::Relaxed);
@@ -435,12 +437,15 @@ impl Engine {
         let metadata = new.metadata.filter(|m| !m.is_empty()).map(Arc::new);
         let policies = self.policies.read();
         let session = self.shard(id).write().insert(
-            id,
-            &new.user_id,
-            new.org_id.as_deref(),
+            NewRecord {
+                id,
+                user: &new.user_id,
+                org: new.org_id.as_deref(),
+                metadata,
+                created_ms: now,
+                last_ms: now,
+            },
             || policies.effective(new.org_id.as_deref()).effective(),
-            metadata,
-            now,
         );
         drop(policies);
         drop(stripe);

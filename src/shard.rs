@@ -81,6 +81,10 @@ struct Record {
     wheel: WheelLinks,
 }
 
+// The record's size is the table's memory per session: a field that grows it must be a choice.
+#[cfg(target_pointer_width = "64")]
+const _: () = assert!(std::mem::size_of::<Record>() == 80);
+
 const PERSISTENT_BIT: u32 = 1 << 31;
 /// The record has an entry in the shard's `metadata` side table.
 const METADATA_BIT: u32 = 1 << 30;
@@ -264,6 +268,17 @@ pub struct DryRunCounts {
     /// Of the survivors, those whose deadline would move earlier / later.
     pub deadline_earlier: u64,
     pub deadline_later: u64,
+}
+
+/// A session to put in a shard: a new one (created = last activity = now) or a saved one.
+#[derive(Debug)]
+pub struct NewRecord<'a> {
+    pub id: SessionId,
+    pub user: &'a str,
+    pub org: Option<&'a str>,
+    pub metadata: Option<Arc<Metadata>>,
+    pub created_ms: u64,
+    pub last_ms: u64,
 }
 
 /// One shard (see the module doc).
@@ -484,55 +499,41 @@ impl Shard {
         self.find(id).is_some()
     }
 
-    /// Inserts a new session; `eff_for(org)` gives the effective policy if the org is new to this
-    /// shard. The caller has already reserved room in the engine-wide count.
-    #[allow(clippy::too_many_arguments)]
+    /// Inserts a new session and reports it; `eff_for()` gives the effective policy if its org
+    /// is new to this shard. The caller has already reserved room in the engine-wide count.
     pub fn insert(
         &mut self,
-        id: SessionId,
-        user: &str,
-        org: Option<&str>,
+        new: NewRecord<'_>,
         eff_for: impl FnOnce() -> Effective,
-        metadata: Option<Arc<Metadata>>,
-        now_ms: u64,
     ) -> SessionView {
         if let Some((c, i)) = &self.changes {
             c.record(
                 *i,
                 Change::Created(SavedRef {
-                    id: id.0,
-                    created_ms: now_ms,
-                    last_ms: now_ms,
-                    user,
-                    org,
-                    metadata: metadata.as_deref(),
+                    id: new.id.0,
+                    created_ms: new.created_ms,
+                    last_ms: new.last_ms,
+                    user: new.user,
+                    org: new.org,
+                    metadata: new.metadata.as_deref(),
                 }),
             );
         }
-        let (idx, d) = self.insert_at(id, user, org, eff_for, metadata, now_ms, now_ms);
-        self.view_with(idx, now_ms, &d)
+        let last_ms = new.last_ms;
+        let (idx, d) = self.insert_at(new, eff_for);
+        self.view_with(idx, last_ms, &d)
     }
 
-    /// Puts a saved session back (start-up replay, not reported): if `id` is already here only
-    /// its activity moves forward (replay is idempotent).
-    #[allow(clippy::too_many_arguments)]
-    pub fn restore(
-        &mut self,
-        id: SessionId,
-        user: &str,
-        org: Option<&str>,
-        eff_for: impl FnOnce() -> Effective,
-        metadata: Option<Arc<Metadata>>,
-        created_ms: u64,
-        last_ms: u64,
-    ) -> bool {
-        if let Some(idx) = self.find(id) {
+    /// Puts a saved session back (start-up replay, not reported): if its id is already here
+    /// only its activity moves forward (replay is idempotent). Returns whether it was new.
+    pub fn restore(&mut self, new: NewRecord<'_>, eff_for: impl FnOnce() -> Effective) -> bool {
+        if let Some(idx) = self.find(new.id) {
             self.slab.records[idx as usize]
                 .last_ms
-                .fetch_max(last_ms, Ordering::Relaxed);
+                .fetch_max(new.last_ms, Ordering::Relaxed);
             return false;
         }
-        self.insert_at(id, user, org, eff_for, metadata, created_ms, last_ms);
+        self.insert_at(new, eff_for);
         true
     }
 
@@ -555,17 +556,19 @@ impl Shard {
         }
     }
 
-    #[allow(clippy::too_many_arguments)]
     fn insert_at(
         &mut self,
-        id: SessionId,
-        user: &str,
-        org: Option<&str>,
+        new: NewRecord<'_>,
         eff_for: impl FnOnce() -> Effective,
-        metadata: Option<Arc<Metadata>>,
-        created_ms: u64,
-        last_ms: u64,
     ) -> (u32, Deadlines) {
+        let NewRecord {
+            id,
+            user,
+            org,
+            metadata,
+            created_ms,
+            last_ms,
+        } = new;
         debug_assert!(!self.contains(id), "duplicate session id");
         let org_slot = match org {
             None => NO_ORG,

@@ -1,6 +1,9 @@
 //! One shard of the session table: a slab of records, an id index, per-user and per-org lists,
 //! the effective policy of every org it holds sessions for, and its own timer wheel, all behind
-//! one `parking_lot::RwLock` owned by the engine.
+//! one `parking_lot::RwLock` owned by the engine. This file holds the shard and its operations
+//! (insert, validate, touch, remove, the wheel's advance, the snapshot's visit); `record` the
+//! record layout and slab, `lists` the user and org lists, `policy` policy re-application and
+//! its dry run.
 //!
 //! Invariants:
 //! 1. A record is live iff it is in `ids`; every live record is in exactly one user list, one org
@@ -20,17 +23,27 @@
 //! 6. Every create, coalesced activity and removal is reported to `changes` with this shard's
 //!    index while the shard's lock is held (see `changes`); start-up replay is not.
 
+mod lists;
+mod policy;
+mod record;
+
+pub use policy::{DryRunCounts, Reapplied};
+
 use crate::changes::{Change, Changes};
-use crate::id_index::{self, IdIndex};
+use crate::id_index::IdIndex;
 use crate::policy::Effective;
 use crate::session::{
     Deadlines, ExpiryReason, Identity, Metadata, RemoveReason, SavedRef, SessionView,
 };
 use crate::token::SessionId;
-use crate::wheel::{LinkStore, NIL, Wheel, WheelLinks};
+use crate::wheel::{NIL, Wheel};
 use compact_str::CompactString;
 use hashbrown::DefaultHashBuilder;
 use hashbrown::HashTable;
+use lists::OrgSlot;
+use record::{
+    InlineUser, LONG_USER_BIT, METADATA_BIT, PERSISTENT_BIT, Record, Slab, live_ids, user_of,
+};
 use std::hash::BuildHasher;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
@@ -61,164 +74,6 @@ impl TickScale {
     }
 }
 
-/// One session as stored (80 bytes on 64-bit targets).
-#[derive(Debug)]
-struct Record {
-    id_lo: u64,
-    id_hi: u64,
-    created_ms: u64,
-    /// Moved forward only (`fetch_max`), possibly under the read lock.
-    last_ms: AtomicU64,
-    /// The user id if it fits in 16 bytes; else in the shard's `long_users` ([`LONG_USER_BIT`]).
-    user: InlineUser,
-    /// Org slot in the low 30 bits, then [`METADATA_BIT`] and [`PERSISTENT_BIT`]; [`VACANT`]
-    /// when free.
-    org_flags: u32,
-    user_next: u32,
-    user_prev: u32,
-    org_next: u32,
-    org_prev: u32,
-    wheel: WheelLinks,
-}
-
-// The record's size is the table's memory per session: a field that grows it must be a choice.
-#[cfg(target_pointer_width = "64")]
-const _: () = assert!(std::mem::size_of::<Record>() == 80);
-
-const PERSISTENT_BIT: u32 = 1 << 31;
-/// The record has an entry in the shard's `metadata` side table.
-const METADATA_BIT: u32 = 1 << 30;
-/// The record's user id is longer than 16 bytes and lives in the shard's `long_users`.
-const LONG_USER_BIT: u32 = 1 << 29;
-const ORG_MASK: u32 = LONG_USER_BIT - 1;
-
-/// A user id of at most 16 bytes kept in the record itself; `0xFF`, a byte that never occurs in
-/// UTF-8, pads the rest. Typical ids (16-byte opaque ids, short names) need no allocation.
-#[derive(Debug, Clone, Copy)]
-struct InlineUser([u8; 16]);
-
-impl InlineUser {
-    const EMPTY: InlineUser = InlineUser([0xFF; 16]);
-
-    fn new(s: &str) -> Option<InlineUser> {
-        let mut b = [0xFF; 16];
-        b.get_mut(..s.len())?.copy_from_slice(s.as_bytes());
-        Some(InlineUser(b))
-    }
-
-    fn as_str(&self) -> &str {
-        let len = self.0.iter().position(|&b| b == 0xFF).unwrap_or(16);
-        std::str::from_utf8(&self.0[..len]).expect("built from a str, cut at a char boundary")
-    }
-}
-
-/// The user id of record `idx` (inline, or in the long-id side table).
-#[inline]
-fn user_of<'a>(
-    recs: &'a [Record],
-    long: &'a hashbrown::HashMap<u32, Box<str>>,
-    idx: u32,
-) -> &'a str {
-    let r = &recs[idx as usize];
-    if r.org_flags & LONG_USER_BIT != 0 {
-        long.get(&idx).map_or("", |u| u)
-    } else {
-        r.user.as_str()
-    }
-}
-/// The (hash, index) of every live record but `except`, in slab order, for an id index rebuild.
-fn live_ids(recs: &[Record], except: u32) -> impl Iterator<Item = (u64, u32)> + '_ {
-    recs.iter()
-        .enumerate()
-        .filter(move |&(i, r)| r.live() && i as u32 != except)
-        .map(|(i, r)| (r.id_lo, i as u32))
-}
-
-/// `org_flags` of a free record.
-const VACANT: u32 = ORG_MASK;
-
-impl Record {
-    fn vacant(next_free: u32) -> Record {
-        Record {
-            id_lo: 0,
-            id_hi: 0,
-            created_ms: 0,
-            last_ms: AtomicU64::new(0),
-            user: InlineUser::EMPTY,
-            org_flags: VACANT,
-            user_next: next_free,
-            user_prev: NIL,
-            org_next: NIL,
-            org_prev: NIL,
-            wheel: WheelLinks::default(),
-        }
-    }
-
-    #[inline]
-    fn org(&self) -> u32 {
-        self.org_flags & ORG_MASK
-    }
-
-    fn persistent(&self) -> bool {
-        self.org_flags & PERSISTENT_BIT != 0
-    }
-
-    fn has_metadata(&self) -> bool {
-        self.org_flags & METADATA_BIT != 0
-    }
-
-    fn live(&self) -> bool {
-        self.org_flags != VACANT
-    }
-
-    fn id(&self) -> u128 {
-        (u128::from(self.id_hi) << 64) | u128::from(self.id_lo)
-    }
-}
-
-struct Slab {
-    records: Vec<Record>,
-    free: u32,
-}
-
-impl LinkStore for Slab {
-    #[inline]
-    fn links(&mut self, idx: u32) -> &mut WheelLinks {
-        &mut self.records[idx as usize].wheel
-    }
-}
-
-impl Slab {
-    fn alloc(&mut self) -> u32 {
-        if self.free != NIL {
-            let idx = self.free;
-            self.free = self.records[idx as usize].user_next;
-            idx
-        } else {
-            // Unreachable in practice: the configuration caps max_sessions at
-            // `config::SHARD_SESSIONS` per shard, and ids spread evenly over shards.
-            let idx = u32::try_from(self.records.len())
-                .ok()
-                .filter(|&i| i < id_index::MAX_RECORDS)
-                .expect("a shard holds fewer than 16,777,214 sessions");
-            self.records.push(Record::vacant(NIL));
-            idx
-        }
-    }
-
-    fn release(&mut self, idx: u32) {
-        self.records[idx as usize] = Record::vacant(self.free);
-        self.free = idx;
-    }
-}
-
-struct OrgSlot {
-    name: CompactString,
-    head: u32,
-    len: u32,
-    eff: Effective,
-}
-
 /// Evictions counted by reason.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
 pub struct Evictions {
@@ -242,32 +97,6 @@ impl Evictions {
         self.idle += other.idle;
         self.absolute += other.absolute;
     }
-}
-
-/// What re-applying a policy did to one shard.
-#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
-pub struct Reapplied {
-    pub refiled: u64,
-    pub evicted: Evictions,
-}
-
-impl Reapplied {
-    pub fn merge(&mut self, other: Reapplied) {
-        self.refiled += other.refiled;
-        self.evicted.merge(other.evicted);
-    }
-}
-
-/// What a policy change would do to the sessions it governs (a dry run).
-#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
-pub struct DryRunCounts {
-    /// Sessions whose effective policy would change.
-    pub affected: u64,
-    /// Of those, the ones the change would evict at once, by the deadline that passed.
-    pub would_evict: Evictions,
-    /// Of the survivors, those whose deadline would move earlier / later.
-    pub deadline_earlier: u64,
-    pub deadline_later: u64,
 }
 
 /// A session to put in a shard: a new one (created = last activity = now) or a saved one.
@@ -609,135 +438,6 @@ impl Shard {
         (idx, d)
     }
 
-    fn hash_str(&self, s: &str) -> u64 {
-        self.hasher.hash_one(s)
-    }
-
-    fn org_slot_or_insert(&mut self, name: &str, eff_for: impl FnOnce() -> Effective) -> u32 {
-        let h = self.hash_str(name);
-        let orgs = &self.orgs;
-        if let Some(&slot) = self.org_index.find(h, |&s| {
-            orgs[s as usize].as_ref().is_some_and(|o| o.name == name)
-        }) {
-            return slot;
-        }
-        let org = OrgSlot {
-            name: CompactString::from(name),
-            head: NIL,
-            len: 0,
-            eff: eff_for(),
-        };
-        let slot = match self.org_free.pop() {
-            Some(s) => {
-                self.orgs[s as usize] = Some(org);
-                s
-            }
-            None => {
-                self.orgs.push(Some(org));
-                (self.orgs.len() - 1) as u32
-            }
-        };
-        let (orgs, hasher) = (&self.orgs, &self.hasher);
-        self.org_index.insert_unique(h, slot, |&s| {
-            hasher.hash_one(orgs[s as usize].as_ref().map_or("", |o| o.name.as_str()))
-        });
-        slot
-    }
-
-    fn find_org(&self, name: &str) -> Option<u32> {
-        let h = self.hash_str(name);
-        let orgs = &self.orgs;
-        self.org_index
-            .find(h, |&s| {
-                orgs[s as usize].as_ref().is_some_and(|o| o.name == name)
-            })
-            .copied()
-    }
-
-    fn link_user(&mut self, idx: u32) {
-        let (recs, long) = (&self.slab.records, &self.long_users);
-        let user = user_of(recs, long, idx);
-        let h = self.hasher.hash_one(user);
-        match self
-            .users
-            .find_mut(h, |&head| user_of(recs, long, head) == user)
-        {
-            Some(head) => {
-                let old = *head;
-                *head = idx;
-                self.slab.records[idx as usize].user_next = old;
-                self.slab.records[old as usize].user_prev = idx;
-            }
-            None => {
-                let hasher = &self.hasher;
-                self.users
-                    .insert_unique(h, idx, |&i| hasher.hash_one(user_of(recs, long, i)));
-            }
-        }
-    }
-
-    fn unlink_user(&mut self, idx: u32) {
-        let (next, prev) = {
-            let r = &self.slab.records[idx as usize];
-            (r.user_next, r.user_prev)
-        };
-        if prev != NIL {
-            self.slab.records[prev as usize].user_next = next;
-        } else {
-            let h = self.hash_str(user_of(&self.slab.records, &self.long_users, idx));
-            let entry = self
-                .users
-                .find_entry(h, |&head| head == idx)
-                .unwrap_or_else(|_| panic!("head of a user list is indexed"));
-            if next != NIL {
-                *entry.into_mut() = next;
-            } else {
-                entry.remove();
-            }
-        }
-        if next != NIL {
-            self.slab.records[next as usize].user_prev = prev;
-        }
-    }
-
-    fn link_org(&mut self, idx: u32, slot: u32) {
-        let org = self.orgs[slot as usize].as_mut().expect("live org slot");
-        let old = org.head;
-        org.head = idx;
-        org.len += 1;
-        let r = &mut self.slab.records[idx as usize];
-        r.org_next = old;
-        r.org_prev = NIL;
-        if old != NIL {
-            self.slab.records[old as usize].org_prev = idx;
-        }
-    }
-
-    fn unlink_org(&mut self, idx: u32) {
-        let (next, prev, slot) = {
-            let r = &self.slab.records[idx as usize];
-            (r.org_next, r.org_prev, r.org())
-        };
-        if prev != NIL {
-            self.slab.records[prev as usize].org_next = next;
-        } else {
-            self.orgs[slot as usize].as_mut().expect("live").head = next;
-        }
-        if next != NIL {
-            self.slab.records[next as usize].org_prev = prev;
-        }
-        let org = self.orgs[slot as usize].as_mut().expect("live");
-        org.len -= 1;
-        if org.len == 0 && slot != NO_ORG {
-            let h = self.hasher.hash_one(org.name.as_str());
-            if let Ok(e) = self.org_index.find_entry(h, |&s| s == slot) {
-                e.remove();
-            }
-            self.orgs[slot as usize] = None;
-            self.org_free.push(slot);
-        }
-    }
-
     /// Reports the removal of a live record, then removes it.
     fn remove(&mut self, idx: u32, reason: RemoveReason) {
         if let Some((c, i)) = &self.changes {
@@ -782,168 +482,6 @@ impl Shard {
                 true
             }
             None => false,
-        }
-    }
-
-    fn user_head(&self, user: &str) -> u32 {
-        let h = self.hash_str(user);
-        let recs = &self.slab.records;
-        self.users
-            .find(h, |&head| user_of(recs, &self.long_users, head) == user)
-            .copied()
-            .unwrap_or(NIL)
-    }
-
-    fn user_indices(&self, user: &str) -> Vec<u32> {
-        let mut out = Vec::new();
-        let mut cur = self.user_head(user);
-        while cur != NIL {
-            out.push(cur);
-            cur = self.slab.records[cur as usize].user_next;
-        }
-        out
-    }
-
-    /// Views of `user`'s sessions in this shard (expired-but-unswept ones included).
-    pub fn user_sessions(&self, user: &str) -> Vec<SessionView> {
-        self.user_indices(user)
-            .into_iter()
-            .map(|i| self.view(i))
-            .collect()
-    }
-
-    /// How many sessions `user` has in this shard.
-    pub fn count_user(&self, user: &str) -> usize {
-        self.user_indices(user).len()
-    }
-
-    /// `(created_at, id)` of `user`'s oldest session in this shard.
-    pub fn oldest_of_user(&self, user: &str) -> Option<(u64, SessionId)> {
-        self.user_indices(user)
-            .into_iter()
-            .map(|i| {
-                let r = &self.slab.records[i as usize];
-                (r.created_ms, SessionId(r.id()))
-            })
-            .min()
-    }
-
-    /// Removes all of `user`'s sessions in this shard; returns how many.
-    pub fn revoke_user(&mut self, user: &str) -> usize {
-        let idxs = self.user_indices(user);
-        for &i in &idxs {
-            self.remove(i, RemoveReason::Revoked);
-        }
-        idxs.len()
-    }
-
-    fn org_indices(&self, slot: u32) -> Vec<u32> {
-        let mut out = Vec::new();
-        let mut cur = self.orgs[slot as usize].as_ref().map_or(NIL, |o| o.head);
-        while cur != NIL {
-            out.push(cur);
-            cur = self.slab.records[cur as usize].org_next;
-        }
-        out
-    }
-
-    /// Removes all of `org`'s sessions in this shard; returns how many.
-    pub fn revoke_org(&mut self, org: &str) -> usize {
-        let Some(slot) = self.find_org(org) else {
-            return 0;
-        };
-        let idxs = self.org_indices(slot);
-        for &i in &idxs {
-            self.remove(i, RemoveReason::Revoked);
-        }
-        idxs.len()
-    }
-
-    /// Sets the effective policy of org-less sessions and of each org in this shard (or only
-    /// `only_org`) to `eff_for(org name or None)`, re-applying it where it changed (invariant 4).
-    /// `on_change(org, old, new, what it did)` is called once per org slot that changed.
-    pub fn reapply(
-        &mut self,
-        eff_for: impl Fn(Option<&str>) -> Effective,
-        only_org: Option<&str>,
-        now_ms: u64,
-        on_change: &mut impl FnMut(Option<&str>, Effective, Effective, Reapplied),
-    ) {
-        for slot in self.governed_slots(only_org) {
-            let org = self.orgs[slot as usize].as_mut().expect("live");
-            let name = (slot != NO_ORG).then(|| org.name.clone());
-            let new = eff_for(name.as_deref());
-            let old = org.eff;
-            if old == new {
-                continue;
-            }
-            org.eff = new;
-            let mut report = Reapplied::default();
-            for idx in self.org_indices(slot) {
-                let d = self.deadlines(idx);
-                match d.expired(now_ms) {
-                    Some(reason) => {
-                        self.remove(idx, reason.into());
-                        report.evicted.add(reason);
-                    }
-                    None => {
-                        self.wheel.remove(&mut self.slab, idx);
-                        self.wheel
-                            .insert(&mut self.slab, idx, self.scale.deadline_tick(d.expires));
-                        report.refiled += 1;
-                    }
-                }
-            }
-            on_change(name.as_deref(), old, new, report);
-        }
-    }
-
-    /// The org slots a policy change visits: only `only_org`'s, or every live slot (slot 0 is
-    /// the org-less sessions). [`Shard::reapply`] and [`Shard::dry_run`] share it, so a dry run
-    /// looks at exactly the sessions the real change would.
-    fn governed_slots(&self, only_org: Option<&str>) -> Vec<u32> {
-        match only_org {
-            Some(name) => self.find_org(name).into_iter().collect(),
-            None => (0..self.orgs.len() as u32)
-                .filter(|&s| self.orgs[s as usize].is_some())
-                .collect(),
-        }
-    }
-
-    /// What [`Shard::reapply`] with the same arguments would do, without doing it (`&self`: it
-    /// runs under the shard's read lock, so validate and touch keep answering). For every session
-    /// of an org whose effective policy would change it computes the new deadlines with the same
-    /// [`Deadlines::compute`] / [`Deadlines::expired`] the real change uses, which is what makes
-    /// `would_evict` equal the real eviction at the same `now_ms`.
-    pub fn dry_run(
-        &self,
-        eff_for: impl Fn(Option<&str>) -> Effective,
-        only_org: Option<&str>,
-        now_ms: u64,
-        out: &mut DryRunCounts,
-    ) {
-        for slot in self.governed_slots(only_org) {
-            let org = self.orgs[slot as usize].as_ref().expect("live");
-            let name = (slot != NO_ORG).then_some(org.name.as_str());
-            let (old, new) = (org.eff, eff_for(name));
-            if old == new {
-                continue;
-            }
-            let mut cur = org.head;
-            while cur != NIL {
-                let r = &self.slab.records[cur as usize];
-                let last = r.last_ms.load(Ordering::Relaxed);
-                let before = Deadlines::compute(&old, r.created_ms, last);
-                let after = Deadlines::compute(&new, r.created_ms, last);
-                out.affected += 1;
-                match after.expired(now_ms) {
-                    Some(reason) => out.would_evict.add(reason),
-                    None if after.expires < before.expires => out.deadline_earlier += 1,
-                    None if after.expires > before.expires => out.deadline_later += 1,
-                    None => {}
-                }
-                cur = r.org_next;
-            }
         }
     }
 
@@ -1063,33 +601,5 @@ impl Shard {
             })
             .sum();
         assert_eq!(user_total, self.len);
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn inline_user_ids() {
-        for u in [
-            "",
-            "a",
-            "alice@example.co",
-            "Zoë-ünïcødé",
-            "exactly-16-bytes",
-        ] {
-            assert_eq!(InlineUser::new(u).unwrap().as_str(), u);
-        }
-        assert!(InlineUser::new("seventeen-bytes-x").is_none());
-    }
-
-    #[test]
-    fn record_stays_small() {
-        assert!(
-            std::mem::size_of::<Record>() <= 96,
-            "{}",
-            std::mem::size_of::<Record>()
-        );
     }
 }

@@ -71,7 +71,7 @@ fn main() {
     let max = a.sessions + a.journal + 1;
     let shards = Engine::shards_for(&cfg(max));
     let journal = Arc::new(Journal::new(shards, FsyncPolicy::Everysec));
-    let engine = Arc::new(Engine::with_journal(
+    let engine = Arc::new(Engine::with_changes(
         cfg(max),
         Arc::new(SystemClock),
         Some(journal.clone()),

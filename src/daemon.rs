@@ -38,10 +38,10 @@ pub fn policy_source(config: &Config) -> Source {
 
 /// Builds the shared state for `config`, journaling into `journal` if given.
 pub fn state(config: &Config, keys: Option<ApiKeys>, journal: Option<Arc<Journal>>) -> AppState {
-    let engine = Arc::new(Engine::with_journal(
+    let engine = Arc::new(Engine::with_changes(
         config.engine.clone(),
         Arc::new(SystemClock),
-        journal.clone(),
+        journal.clone().map(|j| j as _),
     ));
     let metrics = Metrics::global();
     metrics.max.set(config.engine.max_sessions as f64);

@@ -10,15 +10,17 @@
 //!    `max_sessions` is never exceeded even under concurrent creates.
 //! 4. With a per-user limit, creates of one user are serialized by a striped mutex, so the count
 //!    across shards cannot race past the limit.
+//! 5. Every change of the table leaves the engine through the `changes` seam (the shards report
+//!    it, shard index included); the engine knows nothing of what records it (no `persist`).
 
+use crate::changes::Changes;
 use crate::clock::Clock;
-use crate::persist::journal::Journal;
-use crate::persist::record::RemoveReason;
 use crate::policy::{DEFAULT_POLICY, Effective, Mode, OrgPolicy, Policy, resolve};
 use crate::session::{
-    ExpiryReason, Identity, InputError, Invalid, NewSession, SessionView, Validation, check_id,
+    ExpiryReason, Identity, InputError, Invalid, NewSession, RemoveReason, Saved, SavedRef,
+    SessionView, Validation, check_id,
 };
-use crate::shard::{DryRunCounts, Evictions, Reapplied, Shard, TickScale};
+use crate::shard::{DryRunCounts, Evictions, NewRecord, Reapplied, Shard, TickScale};
 use crate::token::{SessionId, Token};
 use hashbrown::DefaultHashBuilder;
 use hashbrown::HashMap;
@@ -234,15 +236,15 @@ impl Engine {
     /// Builds an engine; `shards` is rounded up to a power of two and `tick_ms` clamped to
     /// 1..=1000 (the config layer rejects bad values with a message before this).
     pub fn new(cfg: EngineConfig, clock: Arc<dyn Clock>) -> Engine {
-        Engine::with_journal(cfg, clock, None)
+        Engine::with_changes(cfg, clock, None)
     }
 
-    /// As [`Engine::new`], recording every change in `journal` (which must have as many
-    /// shards: see [`Engine::shards_for`]).
-    pub fn with_journal(
+    /// As [`Engine::new`], reporting every change to `changes` (see `changes`) with the
+    /// shard's index, `0..`[`Engine::shards_for`]`(&cfg)`.
+    pub fn with_changes(
         cfg: EngineConfig,
         clock: Arc<dyn Clock>,
-        journal: Option<Arc<Journal>>,
+        changes: Option<Arc<dyn Changes>>,
     ) -> Engine {
         let n = cfg.shards.max(1).next_power_of_two();
         let tick_ms = cfg.tick_ms.clamp(1, 1_000);
@@ -256,8 +258,8 @@ impl Engine {
         Engine {
             shards: (0..n)
                 .map(|i| {
-                    let j = journal.as_ref().map(|j| (j.clone(), i));
-                    RwLock::new(Shard::new(scale, app_eff, active.clone(), j))
+                    let c = changes.as_ref().map(|c| (c.clone(), i));
+                    RwLock::new(Shard::new(scale, app_eff, active.clone(), c))
                 })
                 .collect(),
             mask: (n - 1) as u64,
@@ -283,20 +285,22 @@ impl Engine {
         cfg.shards.max(1).next_power_of_two()
     }
 
-    /// Puts a saved session back (start-up replay; not journaled, no limits: the sessions were
+    /// Puts a saved session back (start-up replay; not reported, no limits: the sessions were
     /// admitted once). Returns whether it was new.
-    pub fn restore(&self, saved: crate::persist::record::Saved) -> bool {
+    pub fn restore(&self, saved: Saved) -> bool {
         let id = SessionId(saved.id);
         let policies = self.policies.read();
         let org = saved.org.as_deref();
         let new = self.shard(id).write().restore(
-            id,
-            &saved.user,
-            org,
+            NewRecord {
+                id,
+                user: &saved.user,
+                org,
+                metadata: saved.metadata.map(Arc::new),
+                created_ms: saved.created_ms,
+                last_ms: saved.last_ms,
+            },
             || policies.effective(org).effective(),
-            saved.metadata.map(Arc::new),
-            saved.created_ms,
-            saved.last_ms,
         );
         if new {
             self.active.fetch_add(1, Ordering::Relaxed);
@@ -322,21 +326,22 @@ impl Engine {
         self.shard(id).write().restore_activity(id, last_ms);
     }
 
-    /// Replays a saved removal of session `id`.
+    /// Replays a saved removal of session `id` (not reported).
     pub fn restore_remove(&self, id: SessionId) {
-        self.shard(id).write().remove_id(id, RemoveReason::Revoked);
+        self.shard(id).write().restore_remove(id);
     }
 
-    /// Encodes a chunk of shard `i` for a snapshot under its read lock (see
-    /// [`Shard::snapshot_chunk`]).
-    pub fn snapshot_chunk(
+    /// Hands `f` what is saved of each live session in a chunk of shard `i`, under its read
+    /// lock (keep `f` short: that shard's writers wait for it). Returns where the next chunk
+    /// starts, `None` at the end of the shard (see [`Shard::visit_chunk`]).
+    pub fn visit_chunk(
         &self,
         i: usize,
         from: u32,
         max: usize,
-        out: &mut Vec<u8>,
-    ) -> (u64, Option<u32>) {
-        self.shards[i].read().snapshot_chunk(from, max, out)
+        f: &mut impl FnMut(SavedRef<'_>),
+    ) -> Option<u32> {
+        self.shards[i].read().visit_chunk(from, max, f)
     }
 
     /// The clock this engine reads.
@@ -432,12 +437,15 @@ impl Engine {
         let metadata = new.metadata.filter(|m| !m.is_empty()).map(Arc::new);
         let policies = self.policies.read();
         let session = self.shard(id).write().insert(
-            id,
-            &new.user_id,
-            new.org_id.as_deref(),
+            NewRecord {
+                id,
+                user: &new.user_id,
+                org: new.org_id.as_deref(),
+                metadata,
+                created_ms: now,
+                last_ms: now,
+            },
             || policies.effective(new.org_id.as_deref()).effective(),
-            metadata,
-            now,
         );
         drop(policies);
         drop(stripe);

@@ -1,6 +1,7 @@
 #![forbid(unsafe_code)]
 //! sessiond: an in-memory login-session daemon with exact idle and absolute expiry.
 
+pub mod changes;
 pub mod clock;
 pub mod duration;
 pub mod engine;

@@ -253,17 +253,6 @@ impl Metrics {
     }
 }
 
-/// Records a finished snapshot.
-pub fn snapshot_written(stats: &crate::persist::snapshot::Stats) {
-    gauge!(SNAPSHOT_DURATION).set(stats.took.as_secs_f64());
-    gauge!(SNAPSHOT_SESSIONS).set(stats.sessions as f64);
-    gauge!(SNAPSHOT_BYTES).set(stats.bytes as f64);
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0.0, |d| d.as_secs_f64());
-    gauge!(SNAPSHOT_LAST_SUCCESS).set(now);
-}
-
 fn describe() {
     describe_gauge!(
         SESSIONS_ACTIVE,

@@ -1,5 +1,6 @@
 //! What a session is from the outside: the input to create one, the read-only view handed back,
-//! the outcomes of validate/touch, and the bounds on ids and metadata.
+//! the outcomes of validate/touch, what is saved of it and why it left the table, and the bounds
+//! on ids and metadata.
 //!
 //! Invariants:
 //! 1. A [`SessionView`] never contains the token (only the id derived from it).
@@ -11,6 +12,8 @@
 //! 3. Metadata holds at most [`MAX_METADATA_KEYS`] keys and [`MAX_METADATA_BYTES`] bytes of keys
 //!    plus values; it is immutable once created and shared by `Arc`, so a view clones it for
 //!    the price of a reference count.
+//! 4. What is saved of a session ([`Saved`]) is its id, creation, last activity, user, org and
+//!    metadata: never the token, never a deadline (deadlines follow from the policy).
 
 use crate::token::SessionId;
 use compact_str::CompactString;
@@ -221,6 +224,79 @@ impl ExpiryReason {
         match self {
             ExpiryReason::Idle => "idle",
             ExpiryReason::Absolute => "absolute",
+        }
+    }
+}
+
+/// Why a session left the table.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RemoveReason {
+    /// Revoked through the API (by token, id, user or org).
+    Revoked,
+    Idle,
+    Absolute,
+    /// Made room under `max_sessions_per_user` with `evict_oldest`.
+    Displaced,
+}
+
+impl From<ExpiryReason> for RemoveReason {
+    fn from(r: ExpiryReason) -> Self {
+        match r {
+            ExpiryReason::Idle => RemoveReason::Idle,
+            ExpiryReason::Absolute => RemoveReason::Absolute,
+        }
+    }
+}
+
+/// What is saved of a session (invariant 4): everything but its deadlines, which follow from
+/// the policy in force when it is loaded.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Saved {
+    pub id: u128,
+    pub created_ms: u64,
+    pub last_ms: u64,
+    /// Inline up to 24 bytes: a load of millions of sessions allocates nothing for ids.
+    pub user: CompactString,
+    pub org: Option<CompactString>,
+    pub metadata: Option<Metadata>,
+}
+
+impl Saved {
+    /// The same fields, borrowed.
+    pub fn as_saved_ref(&self) -> SavedRef<'_> {
+        SavedRef {
+            id: self.id,
+            created_ms: self.created_ms,
+            last_ms: self.last_ms,
+            user: &self.user,
+            org: self.org.as_deref(),
+            metadata: self.metadata.as_ref(),
+        }
+    }
+}
+
+/// [`Saved`] borrowed from the table: what the engine hands out for a create and to a
+/// snapshot's visitor, without copying a string.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SavedRef<'a> {
+    pub id: u128,
+    pub created_ms: u64,
+    pub last_ms: u64,
+    pub user: &'a str,
+    pub org: Option<&'a str>,
+    pub metadata: Option<&'a Metadata>,
+}
+
+impl SavedRef<'_> {
+    /// An owned copy.
+    pub fn to_saved(&self) -> Saved {
+        Saved {
+            id: self.id,
+            created_ms: self.created_ms,
+            last_ms: self.last_ms,
+            user: CompactString::from(self.user),
+            org: self.org.map(CompactString::from),
+            metadata: self.metadata.cloned(),
         }
     }
 }

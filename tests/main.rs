@@ -12,6 +12,7 @@ mod dry_run;
 mod errors;
 mod expiry;
 mod hardening;
+mod imports;
 mod lifecycle;
 mod nginx;
 mod persist;

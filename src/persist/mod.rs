@@ -264,7 +264,7 @@ impl Persistence {
                     "snapshot written"
                 );
                 *failures = 0;
-                crate::metrics::snapshot_written(&stats);
+                snapshot::record_metrics(&stats);
                 Ok(stats)
             }
             Err(e) => {

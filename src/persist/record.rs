@@ -11,7 +11,7 @@
 //! - `CREATE`: id u128, created_ms u64, last_ms u64, user str, org (`u16::MAX` = none, else
 //!   str), metadata count u8 + that many (key str, value str).
 //! - `ACTIVITY`: id u128, last_ms u64.
-//! - `REMOVE`: id u128, reason u8 ([`RemoveReason`]).
+//! - `REMOVE`: id u128, reason u8 (revoked 0, idle 1, absolute 2, displaced 3).
 //! - `END`: count u64 (the snapshot's last frame: the number of `CREATE` frames before it).
 //!
 //! Invariants:
@@ -23,7 +23,7 @@
 //!    (a crash between extending the file and writing it), is a **torn tail**; any other bad
 //!    frame is **damage** at its offset.
 
-use crate::session::Metadata;
+use crate::session::{Metadata, RemoveReason, Saved, SavedRef};
 use compact_str::CompactString;
 use std::io::{self, Read};
 
@@ -41,48 +41,25 @@ const ACTIVITY: u8 = 2;
 const REMOVE: u8 = 3;
 const END: u8 = 4;
 
-/// Why a session left the table (recorded for the reader of a journal; replay ignores it).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-#[repr(u8)]
-pub enum RemoveReason {
-    Revoked = 0,
-    Idle = 1,
-    Absolute = 2,
-    /// Made room under `max_sessions_per_user` with `evict_oldest`.
-    Displaced = 3,
-}
-
-impl From<crate::session::ExpiryReason> for RemoveReason {
-    fn from(r: crate::session::ExpiryReason) -> Self {
-        match r {
-            crate::session::ExpiryReason::Idle => RemoveReason::Idle,
-            crate::session::ExpiryReason::Absolute => RemoveReason::Absolute,
-        }
+/// The byte a `REMOVE` frame stores for `reason` (the reason is for the reader of a journal;
+/// replay ignores it).
+fn reason_code(reason: RemoveReason) -> u8 {
+    match reason {
+        RemoveReason::Revoked => 0,
+        RemoveReason::Idle => 1,
+        RemoveReason::Absolute => 2,
+        RemoveReason::Displaced => 3,
     }
 }
 
-impl RemoveReason {
-    fn from_u8(b: u8) -> Option<RemoveReason> {
-        Some(match b {
-            0 => RemoveReason::Revoked,
-            1 => RemoveReason::Idle,
-            2 => RemoveReason::Absolute,
-            3 => RemoveReason::Displaced,
-            _ => return None,
-        })
-    }
-}
-
-/// A session as saved: everything but its deadlines, which follow from the policy at load.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Saved {
-    pub id: u128,
-    pub created_ms: u64,
-    pub last_ms: u64,
-    /// Inline up to 24 bytes: a load of millions of sessions allocates nothing for ids.
-    pub user: CompactString,
-    pub org: Option<CompactString>,
-    pub metadata: Option<Metadata>,
+fn reason_of_code(b: u8) -> Option<RemoveReason> {
+    Some(match b {
+        0 => RemoveReason::Revoked,
+        1 => RemoveReason::Idle,
+        2 => RemoveReason::Absolute,
+        3 => RemoveReason::Displaced,
+        _ => return None,
+    })
 }
 
 /// One decoded frame.
@@ -139,6 +116,19 @@ pub fn put_create(
     });
 }
 
+/// Appends a `CREATE` frame of `s`.
+pub fn put_saved(buf: &mut Vec<u8>, s: SavedRef<'_>) {
+    put_create(
+        buf,
+        s.id,
+        s.created_ms,
+        s.last_ms,
+        s.user,
+        s.org,
+        s.metadata,
+    );
+}
+
 /// Appends an `ACTIVITY` frame.
 pub fn put_activity(buf: &mut Vec<u8>, id: u128, last_ms: u64) {
     frame(buf, ACTIVITY, |b| {
@@ -151,7 +141,7 @@ pub fn put_activity(buf: &mut Vec<u8>, id: u128, last_ms: u64) {
 pub fn put_remove(buf: &mut Vec<u8>, id: u128, reason: RemoveReason) {
     frame(buf, REMOVE, |b| {
         b.extend_from_slice(&id.to_le_bytes());
-        b.push(reason as u8);
+        b.push(reason_code(reason));
     });
 }
 
@@ -233,7 +223,7 @@ pub fn decode(body: &[u8]) -> Option<Entry> {
         },
         REMOVE => Entry::Remove {
             id: c.u128()?,
-            reason: RemoveReason::from_u8(c.u8()?)?,
+            reason: reason_of_code(c.u8()?)?,
         },
         END => Entry::End { count: c.u64()? },
         _ => return None,

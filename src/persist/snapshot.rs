@@ -1,5 +1,7 @@
 //! Snapshots: every session in the table, written to `snapshot-<gen>.tmp`, fsynced, renamed to
 //! `snapshot-<gen>`, after which the journals and snapshots of earlier generations are deleted.
+//! The engine hands out what is saved of each live session ([`Engine::visit_chunk`]); the
+//! encoding into `CREATE` frames is done here (see `record`).
 //!
 //! Invariants:
 //! 1. **No stop-the-world.** The table is walked one chunk of [`CHUNK`] slab entries at a time
@@ -15,8 +17,9 @@
 //!    not reached the disk before its generation are in it.
 
 use super::journal::Journal;
-use super::record::{SNAPSHOT_MAGIC, put_end};
+use super::record::{SNAPSHOT_MAGIC, put_end, put_saved};
 use crate::engine::Engine;
+use crate::metrics::{SNAPSHOT_BYTES, SNAPSHOT_DURATION, SNAPSHOT_LAST_SUCCESS, SNAPSHOT_SESSIONS};
 use std::io::{self, BufWriter, Write};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -89,9 +92,10 @@ fn write(engine: &Engine, tmp: &Path) -> io::Result<(u64, u64)> {
         let mut from = Some(0);
         while let Some(at) = from {
             buf.clear();
-            let (n, next) = engine.snapshot_chunk(shard, at, CHUNK, &mut buf);
-            sessions += n;
-            from = next;
+            from = engine.visit_chunk(shard, at, CHUNK, &mut |s| {
+                put_saved(&mut buf, s);
+                sessions += 1;
+            });
             w.write_all(&buf)?;
             bytes += buf.len() as u64;
         }
@@ -107,4 +111,15 @@ fn write(engine: &Engine, tmp: &Path) -> io::Result<(u64, u64)> {
 
 fn with_path(p: &Path, e: io::Error) -> io::Error {
     io::Error::new(e.kind(), format!("{}: {e}", p.display()))
+}
+
+/// Exports a finished snapshot's figures.
+pub fn record_metrics(stats: &Stats) {
+    metrics::gauge!(SNAPSHOT_DURATION).set(stats.took.as_secs_f64());
+    metrics::gauge!(SNAPSHOT_SESSIONS).set(stats.sessions as f64);
+    metrics::gauge!(SNAPSHOT_BYTES).set(stats.bytes as f64);
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0.0, |d| d.as_secs_f64());
+    metrics::gauge!(SNAPSHOT_LAST_SUCCESS).set(now);
 }

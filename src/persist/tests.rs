@@ -50,7 +50,7 @@ fn engine(clock: Arc<ManualClock>, journal: Option<Arc<Journal>>) -> Engine {
         shards: 4,
         ..EngineConfig::default()
     };
-    Engine::with_journal(cfg, clock, journal)
+    Engine::with_changes(cfg, clock, journal.map(|j| j as _))
 }
 
 fn state(e: &Engine, ids: &[SessionId]) -> BTreeMap<SessionId, SessionView> {

@@ -7,12 +7,16 @@
 //! journal thread moves the buffers into `pending` every [`BATCH_INTERVAL`] (at once under
 //! `always`), writes `pending` as one batch and syncs.
 //!
+//! The journal is the engine's [`Changes`] implementation: each reported change becomes one
+//! frame (see `record`) in the buffer of the shard that reported it.
+//!
 //! Invariants:
 //! 1. **Per-session order**: a session's frames go to its shard's buffer while the shard lock
-//!    is held (write lock for create and removal; touch holds the read lock, but no removal can
-//!    run beside it), and buffers are drained in order into `pending`, which is written in
-//!    order, so a session's frames reach the file in the order they happened. Frames of
-//!    different sessions may interleave freely (replay is per session, see `record`).
+//!    is held (`changes`, invariant 3: write lock for create and removal; touch holds the read
+//!    lock, but no removal can run beside it), and buffers are drained in order into
+//!    `pending`, which is written in order, so a session's frames reach the file in the order
+//!    they happened. Frames of different sessions may interleave freely (replay is per
+//!    session, see `record`).
 //! 2. Under `always`, `appended` is bumped after the frame is in its buffer; the thread reads it
 //!    *before* draining, so once everything drained is written and synced, with nothing lost
 //!    (invariant 6), everything up to that reading is durable, and a mutating request waits
@@ -53,7 +57,9 @@
 
 mod writer;
 
+use super::record;
 use super::state_dir::StateDir;
+use crate::changes::{Change, Changes};
 use parking_lot::{Condvar, Mutex};
 use std::io;
 use std::path::{Path, PathBuf};
@@ -373,5 +379,18 @@ impl Journal {
                     }
                 }
             })
+    }
+}
+
+impl Changes for Journal {
+    /// One frame into `shard`'s buffer, under that buffer's own mutex; the journal thread does
+    /// the I/O (`changes`, invariant 4).
+    #[inline]
+    fn record(&self, shard: usize, change: Change<'_>) {
+        self.append(shard, |b| match change {
+            Change::Created(s) => record::put_saved(b, s),
+            Change::Activity { id, last_ms } => record::put_activity(b, id, last_ms),
+            Change::Removed { id, reason } => record::put_remove(b, id, reason),
+        });
     }
 }

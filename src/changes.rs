@@ -1,0 +1,45 @@
+//! The change seam: the one place where "a session changed" leaves the engine. The engine and
+//! its shards report every change of the session table through [`Changes`]; the journal
+//! (`persist::journal`) is one implementation, and a replication to other nodes would be
+//! another. The engine layer imports this module, never what implements it.
+//!
+//! Invariants:
+//! 1. **Every change, once.** A create is reported as [`Change::Created`] with what is saved
+//!    of the session, a removal as [`Change::Removed`] with its reason (revoked by the API,
+//!    evicted idle or absolute by the wheel, the start-up sweep or a tighter policy, displaced
+//!    by the per-user limit), activity as [`Change::Activity`]. Nothing else changes what is
+//!    saved of a session: deadlines follow from the policy, which is not a session change
+//!    (policies are kept by `policy_source` in `policies.json`, not by the engine; what a
+//!    policy change does to sessions arrives here as the removals it causes).
+//! 2. **Activity is coalesced**: reported only when a touch moves a session's last activity
+//!    into a new whole second, so at most once a second per session, and the reported time is
+//!    less than a second behind the table.
+//! 3. **Per-session order.** Changes are reported while the session's shard lock is held (the
+//!    write lock for create and removal; touch holds the read lock, beside which no create or
+//!    removal of that shard runs), with the shard's index. So the reports of one shard, kept
+//!    in arrival order per shard (the journal keeps one buffer per shard), are in the order
+//!    the changes happened, session by session.
+//! 4. **Quick, and no way back.** Because it runs under the shard lock (a touch's report on
+//!    the request path), an implementation must be quick (encode or queue, never I/O, never
+//!    wait), and must never call into the engine: that would take a shard lock again.
+//! 5. Replaying saved state at start-up (`Engine::restore*`) is not reported: it is what was
+//!    reported before.
+
+use crate::session::{RemoveReason, SavedRef};
+
+/// One change of the session table (see the module doc).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Change<'a> {
+    /// A new session, borrowed from the table.
+    Created(SavedRef<'a>),
+    /// The session's last activity moved into a new second (invariant 2).
+    Activity { id: u128, last_ms: u64 },
+    /// The session left the table.
+    Removed { id: u128, reason: RemoveReason },
+}
+
+/// Where the engine reports its changes (see the module doc).
+pub trait Changes: Send + Sync {
+    /// Called under shard `shard`'s lock (invariants 3, 4).
+    fn record(&self, shard: usize, change: Change<'_>);
+}

@@ -1,0 +1,235 @@
+//! The shard's user and org lists: every live record is in exactly one user list (headed in
+//! `users`, by the user id's hash) and one org list (headed in its [`OrgSlot`]; slot 0 is "no
+//! org"), doubly linked through the record, so a user's or an org's sessions are found, counted
+//! and revoked without a scan.
+//!
+//! Invariants:
+//! 1. A user list's head is in `users`; the list holds exactly that user's live records.
+//! 2. An org slot lives while it has sessions (slot 0 always); `org_index` finds it by name, and
+//!    a freed slot goes to `org_free` for reuse. `len` is the length of its list.
+//! 3. The lists are changed only under the shard's write lock, at insert and removal.
+
+use super::record::user_of;
+use super::{NO_ORG, Shard};
+use crate::policy::Effective;
+use crate::session::{RemoveReason, SessionView};
+use crate::token::SessionId;
+use crate::wheel::NIL;
+use compact_str::CompactString;
+use std::hash::BuildHasher;
+
+pub(super) struct OrgSlot {
+    pub(super) name: CompactString,
+    pub(super) head: u32,
+    pub(super) len: u32,
+    pub(super) eff: Effective,
+}
+
+impl Shard {
+    pub(super) fn hash_str(&self, s: &str) -> u64 {
+        self.hasher.hash_one(s)
+    }
+
+    pub(super) fn org_slot_or_insert(
+        &mut self,
+        name: &str,
+        eff_for: impl FnOnce() -> Effective,
+    ) -> u32 {
+        let h = self.hash_str(name);
+        let orgs = &self.orgs;
+        if let Some(&slot) = self.org_index.find(h, |&s| {
+            orgs[s as usize].as_ref().is_some_and(|o| o.name == name)
+        }) {
+            return slot;
+        }
+        let org = OrgSlot {
+            name: CompactString::from(name),
+            head: NIL,
+            len: 0,
+            eff: eff_for(),
+        };
+        let slot = match self.org_free.pop() {
+            Some(s) => {
+                self.orgs[s as usize] = Some(org);
+                s
+            }
+            None => {
+                self.orgs.push(Some(org));
+                (self.orgs.len() - 1) as u32
+            }
+        };
+        let (orgs, hasher) = (&self.orgs, &self.hasher);
+        self.org_index.insert_unique(h, slot, |&s| {
+            hasher.hash_one(orgs[s as usize].as_ref().map_or("", |o| o.name.as_str()))
+        });
+        slot
+    }
+
+    pub(super) fn find_org(&self, name: &str) -> Option<u32> {
+        let h = self.hash_str(name);
+        let orgs = &self.orgs;
+        self.org_index
+            .find(h, |&s| {
+                orgs[s as usize].as_ref().is_some_and(|o| o.name == name)
+            })
+            .copied()
+    }
+
+    pub(super) fn link_user(&mut self, idx: u32) {
+        let (recs, long) = (&self.slab.records, &self.long_users);
+        let user = user_of(recs, long, idx);
+        let h = self.hasher.hash_one(user);
+        match self
+            .users
+            .find_mut(h, |&head| user_of(recs, long, head) == user)
+        {
+            Some(head) => {
+                let old = *head;
+                *head = idx;
+                self.slab.records[idx as usize].user_next = old;
+                self.slab.records[old as usize].user_prev = idx;
+            }
+            None => {
+                let hasher = &self.hasher;
+                self.users
+                    .insert_unique(h, idx, |&i| hasher.hash_one(user_of(recs, long, i)));
+            }
+        }
+    }
+
+    pub(super) fn unlink_user(&mut self, idx: u32) {
+        let (next, prev) = {
+            let r = &self.slab.records[idx as usize];
+            (r.user_next, r.user_prev)
+        };
+        if prev != NIL {
+            self.slab.records[prev as usize].user_next = next;
+        } else {
+            let h = self.hash_str(user_of(&self.slab.records, &self.long_users, idx));
+            let entry = self
+                .users
+                .find_entry(h, |&head| head == idx)
+                .unwrap_or_else(|_| panic!("head of a user list is indexed"));
+            if next != NIL {
+                *entry.into_mut() = next;
+            } else {
+                entry.remove();
+            }
+        }
+        if next != NIL {
+            self.slab.records[next as usize].user_prev = prev;
+        }
+    }
+
+    pub(super) fn link_org(&mut self, idx: u32, slot: u32) {
+        let org = self.orgs[slot as usize].as_mut().expect("live org slot");
+        let old = org.head;
+        org.head = idx;
+        org.len += 1;
+        let r = &mut self.slab.records[idx as usize];
+        r.org_next = old;
+        r.org_prev = NIL;
+        if old != NIL {
+            self.slab.records[old as usize].org_prev = idx;
+        }
+    }
+
+    pub(super) fn unlink_org(&mut self, idx: u32) {
+        let (next, prev, slot) = {
+            let r = &self.slab.records[idx as usize];
+            (r.org_next, r.org_prev, r.org())
+        };
+        if prev != NIL {
+            self.slab.records[prev as usize].org_next = next;
+        } else {
+            self.orgs[slot as usize].as_mut().expect("live").head = next;
+        }
+        if next != NIL {
+            self.slab.records[next as usize].org_prev = prev;
+        }
+        let org = self.orgs[slot as usize].as_mut().expect("live");
+        org.len -= 1;
+        if org.len == 0 && slot != NO_ORG {
+            let h = self.hasher.hash_one(org.name.as_str());
+            if let Ok(e) = self.org_index.find_entry(h, |&s| s == slot) {
+                e.remove();
+            }
+            self.orgs[slot as usize] = None;
+            self.org_free.push(slot);
+        }
+    }
+
+    pub(super) fn user_head(&self, user: &str) -> u32 {
+        let h = self.hash_str(user);
+        let recs = &self.slab.records;
+        self.users
+            .find(h, |&head| user_of(recs, &self.long_users, head) == user)
+            .copied()
+            .unwrap_or(NIL)
+    }
+
+    pub(super) fn user_indices(&self, user: &str) -> Vec<u32> {
+        let mut out = Vec::new();
+        let mut cur = self.user_head(user);
+        while cur != NIL {
+            out.push(cur);
+            cur = self.slab.records[cur as usize].user_next;
+        }
+        out
+    }
+
+    /// Views of `user`'s sessions in this shard (expired-but-unswept ones included).
+    pub fn user_sessions(&self, user: &str) -> Vec<SessionView> {
+        self.user_indices(user)
+            .into_iter()
+            .map(|i| self.view(i))
+            .collect()
+    }
+
+    /// How many sessions `user` has in this shard.
+    pub fn count_user(&self, user: &str) -> usize {
+        self.user_indices(user).len()
+    }
+
+    /// `(created_at, id)` of `user`'s oldest session in this shard.
+    pub fn oldest_of_user(&self, user: &str) -> Option<(u64, SessionId)> {
+        self.user_indices(user)
+            .into_iter()
+            .map(|i| {
+                let r = &self.slab.records[i as usize];
+                (r.created_ms, SessionId(r.id()))
+            })
+            .min()
+    }
+
+    /// Removes all of `user`'s sessions in this shard; returns how many.
+    pub fn revoke_user(&mut self, user: &str) -> usize {
+        let idxs = self.user_indices(user);
+        for &i in &idxs {
+            self.remove(i, RemoveReason::Revoked);
+        }
+        idxs.len()
+    }
+
+    pub(super) fn org_indices(&self, slot: u32) -> Vec<u32> {
+        let mut out = Vec::new();
+        let mut cur = self.orgs[slot as usize].as_ref().map_or(NIL, |o| o.head);
+        while cur != NIL {
+            out.push(cur);
+            cur = self.slab.records[cur as usize].org_next;
+        }
+        out
+    }
+
+    /// Removes all of `org`'s sessions in this shard; returns how many.
+    pub fn revoke_org(&mut self, org: &str) -> usize {
+        let Some(slot) = self.find_org(org) else {
+            return 0;
+        };
+        let idxs = self.org_indices(slot);
+        for &i in &idxs {
+            self.remove(i, RemoveReason::Revoked);
+        }
+        idxs.len()
+    }
+}

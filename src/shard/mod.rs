@@ -1,0 +1,605 @@
+//! One shard of the session table: a slab of records, an id index, per-user and per-org lists,
+//! the effective policy of every org it holds sessions for, and its own timer wheel, all behind
+//! one `parking_lot::RwLock` owned by the engine. This file holds the shard and its operations
+//! (insert, validate, touch, remove, the wheel's advance, the snapshot's visit); `record` the
+//! record layout and slab, `lists` the user and org lists, `policy` policy re-application and
+//! its dry run.
+//!
+//! Invariants:
+//! 1. A record is live iff it is in `ids`; every live record is in exactly one user list, one org
+//!    list (org slot 0 = "no org") and the wheel. Free records form a list through `user_next`.
+//! 2. **Wheel position is never later than the true deadline.** Touch only moves
+//!    `last_activity` forward (an atomic `fetch_max` under the read lock), which only moves the
+//!    deadline later; anything that moves a deadline earlier (a tighter policy) re-files at once
+//!    under the write lock. When a slot fires, [`Shard::advance`] re-checks the real deadline and
+//!    evicts or re-files, so a touch costs no wheel re-link.
+//! 3. Validate and touch compare `now` with the exact deadline, so an expired session never
+//!    validates even before the wheel sweeps it.
+//! 4. `orgs[s].eff` is the org's effective policy; the engine rewrites it (and re-applies it to
+//!    the org's list) under the write lock whenever the policy changes.
+//! 5. Ids are cryptographic hashes, so `ids` files by the id's low 64 bits with no keyed hasher
+//!    (see `token`), and nobody can choose a colliding id. `ids` is an [`IdIndex`]: one cache
+//!    line of slots, then the record (see its module doc).
+//! 6. Every create, coalesced activity and removal is reported to `changes` with this shard's
+//!    index while the shard's lock is held (see `changes`); start-up replay is not.
+
+mod lists;
+mod policy;
+mod record;
+
+pub use policy::{DryRunCounts, Reapplied};
+
+use crate::changes::{Change, Changes};
+use crate::id_index::IdIndex;
+use crate::policy::Effective;
+use crate::session::{
+    Deadlines, ExpiryReason, Identity, Metadata, RemoveReason, SavedRef, SessionView,
+};
+use crate::token::SessionId;
+use crate::wheel::{NIL, Wheel};
+use compact_str::CompactString;
+use hashbrown::DefaultHashBuilder;
+use hashbrown::HashTable;
+use lists::OrgSlot;
+use record::{
+    InlineUser, LONG_USER_BIT, METADATA_BIT, PERSISTENT_BIT, Record, Slab, live_ids, user_of,
+};
+use std::hash::BuildHasher;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+
+/// Org slot of sessions that belong to no org; it follows the application policy.
+pub const NO_ORG: u32 = 0;
+
+/// Maps Unix milliseconds to wheel ticks.
+#[derive(Debug, Clone, Copy)]
+pub struct TickScale {
+    pub origin_ms: u64,
+    pub tick_ms: u64,
+}
+
+impl TickScale {
+    /// The first tick at or after `deadline_ms`: a session filed there is expired when it fires.
+    #[inline]
+    pub fn deadline_tick(&self, deadline_ms: u64) -> u64 {
+        deadline_ms
+            .saturating_sub(self.origin_ms)
+            .div_ceil(self.tick_ms)
+    }
+
+    /// The last tick that has fully begun at `now_ms`.
+    #[inline]
+    pub fn now_tick(&self, now_ms: u64) -> u64 {
+        now_ms.saturating_sub(self.origin_ms) / self.tick_ms
+    }
+}
+
+/// Evictions counted by reason.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Evictions {
+    pub idle: u64,
+    pub absolute: u64,
+}
+
+impl Evictions {
+    pub fn add(&mut self, reason: ExpiryReason) {
+        match reason {
+            ExpiryReason::Idle => self.idle += 1,
+            ExpiryReason::Absolute => self.absolute += 1,
+        }
+    }
+
+    pub fn total(&self) -> u64 {
+        self.idle + self.absolute
+    }
+
+    pub fn merge(&mut self, other: Evictions) {
+        self.idle += other.idle;
+        self.absolute += other.absolute;
+    }
+}
+
+/// A session to put in a shard: a new one (created = last activity = now) or a saved one.
+#[derive(Debug)]
+pub struct NewRecord<'a> {
+    pub id: SessionId,
+    pub user: &'a str,
+    pub org: Option<&'a str>,
+    pub metadata: Option<Arc<Metadata>>,
+    pub created_ms: u64,
+    pub last_ms: u64,
+}
+
+/// One shard (see the module doc).
+pub struct Shard {
+    slab: Slab,
+    ids: IdIndex,
+    users: HashTable<u32>,
+    orgs: Vec<Option<OrgSlot>>,
+    org_index: HashTable<u32>,
+    org_free: Vec<u32>,
+    /// Metadata of the (few) sessions that have any, by record index: a pointer in every
+    /// record would cost 8 bytes per session for the many that have none.
+    metadata: hashbrown::HashMap<u32, Arc<Metadata>>,
+    /// User ids over 16 bytes, by record index (see [`InlineUser`]).
+    long_users: hashbrown::HashMap<u32, Box<str>>,
+    wheel: Wheel,
+    hasher: DefaultHashBuilder,
+    scale: TickScale,
+    /// The engine-wide count of live sessions; decremented here on every removal.
+    active: Arc<AtomicUsize>,
+    len: usize,
+    /// Where creates, activity and removals are reported (see `changes`), and this shard's
+    /// index.
+    changes: Option<(Arc<dyn Changes>, usize)>,
+}
+
+impl Shard {
+    /// An empty shard whose org-less sessions follow `app`.
+    pub fn new(
+        scale: TickScale,
+        app: Effective,
+        active: Arc<AtomicUsize>,
+        changes: Option<(Arc<dyn Changes>, usize)>,
+    ) -> Shard {
+        let mut shard = Shard {
+            slab: Slab {
+                records: Vec::new(),
+                free: NIL,
+            },
+            ids: IdIndex::new(),
+            users: HashTable::new(),
+            orgs: Vec::new(),
+            org_index: HashTable::new(),
+            org_free: Vec::new(),
+            metadata: hashbrown::HashMap::new(),
+            long_users: hashbrown::HashMap::new(),
+            wheel: Wheel::new(),
+            hasher: DefaultHashBuilder::default(),
+            scale,
+            active,
+            len: 0,
+            changes,
+        };
+        shard.orgs.push(Some(OrgSlot {
+            name: CompactString::default(),
+            head: NIL,
+            len: 0,
+            eff: app,
+        }));
+        shard
+    }
+
+    /// Live sessions in this shard.
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    /// Whether the shard holds no session.
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    #[inline]
+    fn find(&self, id: SessionId) -> Option<u32> {
+        let lo = id.table_hash();
+        let hi = id.shard_bits();
+        let recs = &self.slab.records;
+        self.ids.find(lo, |i| {
+            let r = &recs[i as usize];
+            r.id_lo == lo && r.id_hi == hi
+        })
+    }
+
+    #[inline]
+    fn org_slot(&self, slot: u32) -> &OrgSlot {
+        self.orgs[slot as usize]
+            .as_ref()
+            .expect("a live record's org slot is live")
+    }
+
+    #[inline]
+    fn org_eff(&self, rec: &Record) -> &Effective {
+        &self.org_slot(rec.org()).eff
+    }
+
+    #[inline]
+    fn deadlines(&self, idx: u32) -> Deadlines {
+        let r = &self.slab.records[idx as usize];
+        Deadlines::compute(
+            self.org_eff(r),
+            r.created_ms,
+            r.last_ms.load(Ordering::Relaxed),
+        )
+    }
+
+    fn view_with(&self, idx: u32, last_ms: u64, d: &Deadlines) -> SessionView {
+        let r = &self.slab.records[idx as usize];
+        let org = r.org();
+        SessionView {
+            id: SessionId(r.id()),
+            user_id: CompactString::from(user_of(&self.slab.records, &self.long_users, idx)),
+            org_id: (org != NO_ORG).then(|| self.org_slot(org).name.clone()),
+            created_at_ms: r.created_ms,
+            last_activity_at_ms: last_ms,
+            idle_expires_at_ms: d.idle,
+            absolute_expires_at_ms: d.absolute,
+            expires_at_ms: d.expires,
+            persistent: r.persistent(),
+            metadata: if r.has_metadata() {
+                self.metadata.get(&idx).cloned()
+            } else {
+                None
+            },
+        }
+    }
+
+    fn view(&self, idx: u32) -> SessionView {
+        let last = self.slab.records[idx as usize]
+            .last_ms
+            .load(Ordering::Relaxed);
+        self.view_with(idx, last, &self.deadlines(idx))
+    }
+
+    /// The session `id`, expired or not, if it is still in the table.
+    pub fn get(&self, id: SessionId) -> Option<SessionView> {
+        self.find(id).map(|idx| self.view(idx))
+    }
+
+    /// Validates without side effects (invariant 3).
+    #[inline]
+    pub fn validate(
+        &self,
+        id: SessionId,
+        now_ms: u64,
+    ) -> Result<SessionView, Option<ExpiryReason>> {
+        let idx = self.find(id).ok_or(None)?;
+        let d = self.deadlines(idx);
+        if let Some(reason) = d.expired(now_ms) {
+            return Err(Some(reason));
+        }
+        let last = self.slab.records[idx as usize]
+            .last_ms
+            .load(Ordering::Relaxed);
+        Ok(self.view_with(idx, last, &d))
+    }
+
+    /// Records activity at `now_ms` unless the session is already expired (invariants 2, 3).
+    #[inline]
+    pub fn touch(&self, id: SessionId, now_ms: u64) -> Result<SessionView, Option<ExpiryReason>> {
+        let (idx, last, d) = self.touch_at(id, now_ms)?;
+        Ok(self.view_with(idx, last, &d))
+    }
+
+    /// [`Shard::touch`], handing `f` the session's identity borrowed from the table instead of
+    /// a copy of all of it.
+    #[inline]
+    pub fn touch_identity<R>(
+        &self,
+        id: SessionId,
+        now_ms: u64,
+        f: impl FnOnce(&Identity<'_>) -> R,
+    ) -> Result<R, Option<ExpiryReason>> {
+        let (idx, last, d) = self.touch_at(id, now_ms)?;
+        let org = self.slab.records[idx as usize].org();
+        Ok(f(&Identity {
+            id,
+            user_id: user_of(&self.slab.records, &self.long_users, idx),
+            org_id: (org != NO_ORG).then(|| self.org_slot(org).name.as_str()),
+            last_activity_at_ms: last,
+            expires_at_ms: d.expires,
+        }))
+    }
+
+    /// The touch itself: the record, its last activity and its deadlines after it.
+    #[inline]
+    fn touch_at(
+        &self,
+        id: SessionId,
+        now_ms: u64,
+    ) -> Result<(u32, u64, Deadlines), Option<ExpiryReason>> {
+        let idx = self.find(id).ok_or(None)?;
+        let r = &self.slab.records[idx as usize];
+        let eff = self.org_eff(r);
+        let d = Deadlines::compute(eff, r.created_ms, r.last_ms.load(Ordering::Relaxed));
+        if let Some(reason) = d.expired(now_ms) {
+            return Err(Some(reason));
+        }
+        let prev = r.last_ms.fetch_max(now_ms, Ordering::Relaxed);
+        let last = prev.max(now_ms);
+        // Activity is reported at most once per second per session (`changes`, invariant 2):
+        // only when it crosses into a new second, so the reported time is < 1 s behind.
+        if now_ms / 1_000 > prev / 1_000
+            && let Some((c, i)) = &self.changes
+        {
+            c.record(
+                *i,
+                Change::Activity {
+                    id: r.id(),
+                    last_ms: now_ms,
+                },
+            );
+        }
+        Ok((idx, last, Deadlines::compute(eff, r.created_ms, last)))
+    }
+
+    /// Whether `id` is present.
+    pub fn contains(&self, id: SessionId) -> bool {
+        self.find(id).is_some()
+    }
+
+    /// Inserts a new session and reports it; `eff_for()` gives the effective policy if its org
+    /// is new to this shard. The caller has already reserved room in the engine-wide count.
+    pub fn insert(
+        &mut self,
+        new: NewRecord<'_>,
+        eff_for: impl FnOnce() -> Effective,
+    ) -> SessionView {
+        if let Some((c, i)) = &self.changes {
+            c.record(
+                *i,
+                Change::Created(SavedRef {
+                    id: new.id.0,
+                    created_ms: new.created_ms,
+                    last_ms: new.last_ms,
+                    user: new.user,
+                    org: new.org,
+                    metadata: new.metadata.as_deref(),
+                }),
+            );
+        }
+        let last_ms = new.last_ms;
+        let (idx, d) = self.insert_at(new, eff_for);
+        self.view_with(idx, last_ms, &d)
+    }
+
+    /// Puts a saved session back (start-up replay, not reported): if its id is already here
+    /// only its activity moves forward (replay is idempotent). Returns whether it was new.
+    pub fn restore(&mut self, new: NewRecord<'_>, eff_for: impl FnOnce() -> Effective) -> bool {
+        if let Some(idx) = self.find(new.id) {
+            self.slab.records[idx as usize]
+                .last_ms
+                .fetch_max(new.last_ms, Ordering::Relaxed);
+            return false;
+        }
+        self.insert_at(new, eff_for);
+        true
+    }
+
+    /// Makes room for `n` more sessions at once (start-up knows roughly how many it will load,
+    /// and growing tables one doubling at a time costs a rehash of everything each time).
+    pub fn reserve(&mut self, n: usize) {
+        self.slab.records.reserve(n);
+        let (recs, long, hasher) = (&self.slab.records, &self.long_users, &self.hasher);
+        self.ids.reserve(n, || live_ids(recs, NIL));
+        self.users
+            .reserve(n, |&i| hasher.hash_one(user_of(recs, long, i)));
+    }
+
+    /// Replays saved activity: moves `id`'s last activity forward if it is here.
+    pub fn restore_activity(&mut self, id: SessionId, last_ms: u64) {
+        if let Some(idx) = self.find(id) {
+            self.slab.records[idx as usize]
+                .last_ms
+                .fetch_max(last_ms, Ordering::Relaxed);
+        }
+    }
+
+    fn insert_at(
+        &mut self,
+        new: NewRecord<'_>,
+        eff_for: impl FnOnce() -> Effective,
+    ) -> (u32, Deadlines) {
+        let NewRecord {
+            id,
+            user,
+            org,
+            metadata,
+            created_ms,
+            last_ms,
+        } = new;
+        debug_assert!(!self.contains(id), "duplicate session id");
+        let org_slot = match org {
+            None => NO_ORG,
+            Some(name) => self.org_slot_or_insert(name, eff_for),
+        };
+        let idx = self.slab.alloc();
+        let eff = self.orgs[org_slot as usize].as_ref().expect("live").eff;
+        {
+            let r = &mut self.slab.records[idx as usize];
+            r.id_lo = id.table_hash();
+            r.id_hi = id.shard_bits();
+            r.created_ms = created_ms;
+            r.last_ms = AtomicU64::new(last_ms);
+            let inline = InlineUser::new(user);
+            r.user = inline.unwrap_or(InlineUser::EMPTY);
+            r.org_flags = org_slot
+                | if eff.persistent { PERSISTENT_BIT } else { 0 }
+                | if metadata.is_some() { METADATA_BIT } else { 0 }
+                | if inline.is_none() { LONG_USER_BIT } else { 0 };
+            if inline.is_none() {
+                self.long_users.insert(idx, user.into());
+            }
+            r.user_next = NIL;
+            r.user_prev = NIL;
+        }
+        if let Some(m) = metadata {
+            self.metadata.insert(idx, m);
+        }
+        let recs = &self.slab.records;
+        self.ids
+            .insert(id.table_hash(), idx, || live_ids(recs, idx));
+        self.link_user(idx);
+        self.link_org(idx, org_slot);
+        let d = self.deadlines(idx);
+        self.wheel
+            .insert(&mut self.slab, idx, self.scale.deadline_tick(d.expires));
+        self.len += 1;
+        (idx, d)
+    }
+
+    /// Reports the removal of a live record, then removes it.
+    fn remove(&mut self, idx: u32, reason: RemoveReason) {
+        if let Some((c, i)) = &self.changes {
+            let id = self.slab.records[idx as usize].id();
+            c.record(*i, Change::Removed { id, reason });
+        }
+        self.unlink_and_free(idx);
+    }
+
+    /// Removes a live record from every index and frees it.
+    fn unlink_and_free(&mut self, idx: u32) {
+        debug_assert!(self.slab.records[idx as usize].live());
+        let lo = self.slab.records[idx as usize].id_lo;
+        let removed = self.ids.remove(lo, idx);
+        assert!(removed, "live record {idx} missing from the id index");
+        self.unlink_user(idx);
+        self.unlink_org(idx);
+        self.wheel.remove(&mut self.slab, idx);
+        if self.slab.records[idx as usize].has_metadata() {
+            self.metadata.remove(&idx);
+        }
+        if self.slab.records[idx as usize].org_flags & LONG_USER_BIT != 0 {
+            self.long_users.remove(&idx);
+        }
+        self.slab.release(idx);
+        self.len -= 1;
+        self.active.fetch_sub(1, Ordering::Relaxed);
+    }
+
+    /// Replays a saved removal (start-up, not reported): removes `id` if it is here.
+    pub fn restore_remove(&mut self, id: SessionId) {
+        if let Some(idx) = self.find(id) {
+            self.unlink_and_free(idx);
+        }
+    }
+
+    /// Removes session `id`; false if it was not there.
+    pub fn remove_id(&mut self, id: SessionId, reason: RemoveReason) -> bool {
+        match self.find(id) {
+            Some(idx) => {
+                self.remove(idx, reason);
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// Advances the wheel to `now_ms`, evicting at most `budget` due sessions; calls
+    /// `on_evict(reason, lag_ms)` for each. Returns the evictions and whether the budget ran out
+    /// (so the caller should come back after letting others take the lock).
+    pub fn advance(
+        &mut self,
+        now_ms: u64,
+        mut budget: usize,
+        on_evict: &mut impl FnMut(ExpiryReason, u64),
+    ) -> (Evictions, bool) {
+        let now_tick = self.scale.now_tick(now_ms);
+        let mut ev = Evictions::default();
+        while budget > 0 {
+            let Some(idx) = self.wheel.poll(&mut self.slab, now_tick) else {
+                return (ev, false);
+            };
+            budget -= 1;
+            let d = self.deadlines(idx);
+            match d.expired(now_ms) {
+                Some(reason) => {
+                    self.remove(idx, reason.into());
+                    ev.add(reason);
+                    on_evict(reason, now_ms - d.expires);
+                }
+                None => {
+                    self.wheel
+                        .insert(&mut self.slab, idx, self.scale.deadline_tick(d.expires));
+                }
+            }
+        }
+        (ev, true)
+    }
+
+    /// Removes every expired session in this shard (O(slab)); see `Engine::sweep_expired`.
+    pub fn sweep_expired(&mut self, now_ms: u64) -> Evictions {
+        let mut ev = Evictions::default();
+        for idx in 0..self.slab.records.len() as u32 {
+            if !self.slab.records[idx as usize].live() {
+                continue;
+            }
+            if let Some(reason) = self.deadlines(idx).expired(now_ms) {
+                self.remove(idx, reason.into());
+                ev.add(reason);
+            }
+        }
+        ev
+    }
+
+    /// Hands `f` what is saved of each live session among up to `max` slab entries from index
+    /// `from` on (a snapshot walks a shard in such chunks, taking the read lock once per
+    /// chunk). Returns where to go on, `None` at the end.
+    pub fn visit_chunk(
+        &self,
+        from: u32,
+        max: usize,
+        f: &mut impl FnMut(SavedRef<'_>),
+    ) -> Option<u32> {
+        let recs = &self.slab.records;
+        let end = (from as usize).saturating_add(max).min(recs.len());
+        for idx in from as usize..end {
+            let r = &recs[idx];
+            if !r.live() {
+                continue;
+            }
+            let org = (r.org() != NO_ORG).then(|| self.org_slot(r.org()).name.as_str());
+            let metadata = if r.has_metadata() {
+                self.metadata.get(&(idx as u32)).map(|m| &**m)
+            } else {
+                None
+            };
+            f(SavedRef {
+                id: r.id(),
+                created_ms: r.created_ms,
+                last_ms: r.last_ms.load(Ordering::Relaxed),
+                user: user_of(recs, &self.long_users, idx as u32),
+                org,
+                metadata,
+            });
+        }
+        (end < recs.len()).then_some(end as u32)
+    }
+
+    /// Checks invariants 1 and 2 exhaustively (tests only; O(n)).
+    pub fn check(&mut self) {
+        self.wheel.check(&mut self.slab);
+        let live = self.slab.records.iter().filter(|r| r.live()).count();
+        assert_eq!(live, self.len);
+        assert_eq!(self.ids.len(), self.len);
+        self.ids.check(|i| self.slab.records[i as usize].id_lo);
+        assert_eq!(self.wheel.len(), self.len);
+        let with_metadata = self
+            .slab
+            .records
+            .iter()
+            .filter(|r| r.live() && r.has_metadata())
+            .count();
+        assert_eq!(
+            with_metadata,
+            self.metadata.len(),
+            "metadata side table out of step"
+        );
+        let org_total: u32 = self.orgs.iter().flatten().map(|o| o.len).sum();
+        assert_eq!(org_total as usize, self.len);
+        let user_total: usize = self
+            .users
+            .iter()
+            .map(|&h| {
+                let mut n = 0;
+                let mut c = h;
+                while c != NIL {
+                    n += 1;
+                    c = self.slab.records[c as usize].user_next;
+                }
+                n
+            })
+            .sum();
+        assert_eq!(user_total, self.len);
+    }
+}

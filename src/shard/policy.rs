@@ -1,0 +1,133 @@
+//! Policy re-application and its dry run: when an org's effective policy changes, every session
+//! of that org is re-checked under the new deadlines, evicted if they have passed and re-filed
+//! in the wheel otherwise; the dry run counts what that would do without doing it.
+//!
+//! Invariants:
+//! 1. `orgs[s].eff` is the org's effective policy; [`Shard::reapply`] rewrites it and re-applies
+//!    it to the org's list under the write lock, so the wheel is never later than a deadline
+//!    (the shard's invariant 2).
+//! 2. The dry run visits exactly the org slots the real change would ([`Shard::governed_slots`])
+//!    and computes deadlines with the same [`Deadlines::compute`] / [`Deadlines::expired`], so
+//!    at the same `now_ms` its `would_evict` equals the real eviction.
+
+use super::{Evictions, NO_ORG, Shard};
+use crate::policy::Effective;
+use crate::session::Deadlines;
+use crate::wheel::NIL;
+use std::sync::atomic::Ordering;
+
+/// What re-applying a policy did to one shard.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Reapplied {
+    pub refiled: u64,
+    pub evicted: Evictions,
+}
+
+impl Reapplied {
+    pub fn merge(&mut self, other: Reapplied) {
+        self.refiled += other.refiled;
+        self.evicted.merge(other.evicted);
+    }
+}
+
+/// What a policy change would do to the sessions it governs (a dry run).
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct DryRunCounts {
+    /// Sessions whose effective policy would change.
+    pub affected: u64,
+    /// Of those, the ones the change would evict at once, by the deadline that passed.
+    pub would_evict: Evictions,
+    /// Of the survivors, those whose deadline would move earlier / later.
+    pub deadline_earlier: u64,
+    pub deadline_later: u64,
+}
+
+impl Shard {
+    /// Sets the effective policy of org-less sessions and of each org in this shard (or only
+    /// `only_org`) to `eff_for(org name or None)`, re-applying it where it changed (invariant 4).
+    /// `on_change(org, old, new, what it did)` is called once per org slot that changed.
+    pub fn reapply(
+        &mut self,
+        eff_for: impl Fn(Option<&str>) -> Effective,
+        only_org: Option<&str>,
+        now_ms: u64,
+        on_change: &mut impl FnMut(Option<&str>, Effective, Effective, Reapplied),
+    ) {
+        for slot in self.governed_slots(only_org) {
+            let org = self.orgs[slot as usize].as_mut().expect("live");
+            let name = (slot != NO_ORG).then(|| org.name.clone());
+            let new = eff_for(name.as_deref());
+            let old = org.eff;
+            if old == new {
+                continue;
+            }
+            org.eff = new;
+            let mut report = Reapplied::default();
+            for idx in self.org_indices(slot) {
+                let d = self.deadlines(idx);
+                match d.expired(now_ms) {
+                    Some(reason) => {
+                        self.remove(idx, reason.into());
+                        report.evicted.add(reason);
+                    }
+                    None => {
+                        self.wheel.remove(&mut self.slab, idx);
+                        self.wheel
+                            .insert(&mut self.slab, idx, self.scale.deadline_tick(d.expires));
+                        report.refiled += 1;
+                    }
+                }
+            }
+            on_change(name.as_deref(), old, new, report);
+        }
+    }
+
+    /// The org slots a policy change visits: only `only_org`'s, or every live slot (slot 0 is
+    /// the org-less sessions). [`Shard::reapply`] and [`Shard::dry_run`] share it, so a dry run
+    /// looks at exactly the sessions the real change would.
+    pub(super) fn governed_slots(&self, only_org: Option<&str>) -> Vec<u32> {
+        match only_org {
+            Some(name) => self.find_org(name).into_iter().collect(),
+            None => (0..self.orgs.len() as u32)
+                .filter(|&s| self.orgs[s as usize].is_some())
+                .collect(),
+        }
+    }
+
+    /// What [`Shard::reapply`] with the same arguments would do, without doing it (`&self`: it
+    /// runs under the shard's read lock, so validate and touch keep answering). For every session
+    /// of an org whose effective policy would change it computes the new deadlines with the same
+    /// [`Deadlines::compute`] / [`Deadlines::expired`] the real change uses, which is what makes
+    /// `would_evict` equal the real eviction at the same `now_ms`.
+    pub fn dry_run(
+        &self,
+        eff_for: impl Fn(Option<&str>) -> Effective,
+        only_org: Option<&str>,
+        now_ms: u64,
+        out: &mut DryRunCounts,
+    ) {
+        for slot in self.governed_slots(only_org) {
+            let org = self.orgs[slot as usize].as_ref().expect("live");
+            let name = (slot != NO_ORG).then_some(org.name.as_str());
+            let (old, new) = (org.eff, eff_for(name));
+            if old == new {
+                continue;
+            }
+            let mut cur = org.head;
+            while cur != NIL {
+                let r = &self.slab.records[cur as usize];
+                let last = r.last_ms.load(Ordering::Relaxed);
+                let before = Deadlines::compute(&old, r.created_ms, last);
+                let after = Deadlines::compute(&new, r.created_ms, last);
+                out.affected += 1;
+                match after.expired(now_ms) {
+                    Some(reason) => out.would_evict.add(reason),
+                    None if after.expires < before.expires => out.deadline_earlier += 1,
+                    None if after.expires > before.expires => out.deadline_later += 1,
+                    None => {}
+                }
+                cur = r.org_next;
+            }
+        }
+    }
+}

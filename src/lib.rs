@@ -29,3 +29,4 @@ pub mod policy_watch;
 pub mod probe;
 pub mod reaper;
 pub mod server;
+pub mod shutdown;

@@ -70,7 +70,7 @@ pub fn state(config: &Config, keys: Option<ApiKeys>, journal: Option<Arc<Journal
 pub async fn run(config: Config) -> anyhow::Result<()> {
     let keys = match &config.api_keys_file {
         None => None,
-        Some(path) => Some(ApiKeys::load(path).map_err(|errs| anyhow::anyhow!(errs.join("; ")))?),
+        Some(path) => Some(ApiKeys::load(path)?),
     };
     if !config.cookie.secure {
         tracing::warn!(
@@ -95,9 +95,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     let st = state(&config, keys, persist.as_ref().map(|p| p.journal()));
     let engine = st.engine.clone();
     let policies = st.policies.clone();
-    st.policies
-        .load_initial()
-        .map_err(|e| anyhow::anyhow!("cannot load policies: {e}"))?;
+    st.policies.load_initial().context("cannot load policies")?;
     if let Some(path) = &config.policy_file {
         crate::policy_watch::spawn(path.clone(), config.policy_file_settle, st.policies.clone())?;
     }

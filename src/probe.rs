@@ -59,23 +59,38 @@ pub fn target(listen: SocketAddr) -> SocketAddr {
     SocketAddr::new(ip, listen.port())
 }
 
+/// Why the daemon is not ready, as the probe saw it. `main` prints it with `{}` (one line for
+/// the health check's log), so the socket's error is in the message as well as the `source`.
+#[derive(Debug, thiserror::Error)]
+pub enum ProbeError {
+    #[error("{addr}: {source}")]
+    Io {
+        addr: SocketAddr,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error(transparent)]
+    Socket(#[from] std::io::Error),
+    #[error("{addr}: /readyz answered {line:?}")]
+    NotReady { addr: SocketAddr, line: String },
+}
+
 /// `Ok(())` if the daemon at `listen` answers `/readyz` with 200 within `timeout`.
-pub fn probe(listen: SocketAddr, timeout: Duration) -> Result<(), String> {
+pub fn probe(listen: SocketAddr, timeout: Duration) -> Result<(), ProbeError> {
     let addr = target(listen);
-    let mut s = TcpStream::connect_timeout(&addr, timeout).map_err(|e| format!("{addr}: {e}"))?;
-    s.set_read_timeout(Some(timeout))
-        .map_err(|e| e.to_string())?;
-    s.set_write_timeout(Some(timeout))
-        .map_err(|e| e.to_string())?;
+    let io = |source| ProbeError::Io { addr, source };
+    let mut s = TcpStream::connect_timeout(&addr, timeout).map_err(io)?;
+    s.set_read_timeout(Some(timeout))?;
+    s.set_write_timeout(Some(timeout))?;
     s.write_all(b"GET /readyz HTTP/1.1\r\nHost: sessiond\r\nConnection: close\r\n\r\n")
-        .map_err(|e| format!("{addr}: {e}"))?;
+        .map_err(io)?;
     let mut head = [0u8; 64];
     let mut n = 0;
     while n < 12 {
         match s.read(&mut head[n..]) {
             Ok(0) => break,
             Ok(k) => n += k,
-            Err(e) => return Err(format!("{addr}: {e}")),
+            Err(e) => return Err(io(e)),
         }
     }
     let line = String::from_utf8_lossy(&head[..n]);
@@ -83,10 +98,10 @@ pub fn probe(listen: SocketAddr, timeout: Duration) -> Result<(), String> {
     if status == "200" {
         Ok(())
     } else {
-        Err(format!(
-            "{addr}: /readyz answered {:?}",
-            line.lines().next().unwrap_or("")
-        ))
+        Err(ProbeError::NotReady {
+            addr,
+            line: line.lines().next().unwrap_or("").to_owned(),
+        })
     }
 }
 

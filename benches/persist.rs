@@ -12,6 +12,7 @@ use sessiond::engine::{Engine, EngineConfig};
 use sessiond::persist::journal::{FsyncPolicy, Journal};
 use sessiond::persist::{load, snapshot};
 use sessiond::session::NewSession;
+use sessiond::shutdown::{Shutdown, Stage};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
@@ -77,8 +78,11 @@ fn main() {
         Some(journal.clone()),
     ));
     journal.start(&a.dir, 1).unwrap();
-    let stop = Arc::new(AtomicBool::new(false));
-    let writer = journal.clone().spawn_writer(stop.clone()).unwrap();
+    let shutdown = Shutdown::new();
+    let writer = journal
+        .clone()
+        .spawn_writer(shutdown.at(Stage::Exiting))
+        .unwrap();
 
     println!(
         "creating {} sessions (16-byte user and org ids)...",
@@ -161,7 +165,7 @@ fn main() {
         n += 1;
         i += 1;
     }
-    stop.store(true, Ordering::Relaxed);
+    shutdown.advance(Stage::Exiting);
     writer.join().unwrap();
     let want = engine.len();
     drop(engine);

@@ -61,15 +61,34 @@ pub struct ApiKeys {
 /// Shortest key accepted.
 pub const MIN_KEY_LEN: usize = 16;
 
+/// Why a keys file could not be loaded. The read error keeps its cause as its `source` (shown
+/// after the message by `{:#}`, as the daemon prints errors).
+#[derive(Debug, thiserror::Error)]
+pub enum KeysFileError {
+    #[error("cannot read API keys file {}", .path.display())]
+    Read {
+        path: std::path::PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    /// Every problem found, each naming the file.
+    #[error("{}", .0.join("; "))]
+    Invalid(Vec<String>),
+}
+
 impl ApiKeys {
     /// Loads and checks a keys file; every problem is listed.
-    pub fn load(path: &Path) -> Result<ApiKeys, Vec<String>> {
-        let text = std::fs::read_to_string(path)
-            .map_err(|e| vec![format!("cannot read API keys file {}: {e}", path.display())])?;
+    pub fn load(path: &Path) -> Result<ApiKeys, KeysFileError> {
+        let text = std::fs::read_to_string(path).map_err(|source| KeysFileError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
         Self::parse(&text).map_err(|errs| {
-            errs.into_iter()
-                .map(|e| format!("API keys file {}: {e}", path.display()))
-                .collect()
+            KeysFileError::Invalid(
+                errs.into_iter()
+                    .map(|e| format!("API keys file {}: {e}", path.display()))
+                    .collect(),
+            )
         })
     }
 

@@ -1,12 +1,14 @@
 //! Runs the daemon: build the engine from the config, lock the state directory, serve HTTP,
 //! load the saved sessions (session routes answer 503 and `/readyz` not-ready meanwhile), start
-//! the reaper, and on SIGTERM/SIGINT stop accepting, drain in-flight requests within the grace
-//! period, write a last snapshot, and exit.
+//! the reaper, and on SIGTERM/SIGINT shut down through the one signal (`shutdown`).
 //!
 //! Invariants:
 //! 1. Every start, load and stop is one structured log line; no line holds a token.
 //! 2. The exit status is honest: non-zero when the shutdown could not put everything on disk
 //!    (see `persist::ShutdownError`), with the log line saying how much and since when.
+//! 3. The shutdown drains in linkerd2-proxy's order, one stage of the signal at a time: stop
+//!    accepting, answer the requests in flight within the grace period, stop the reaper, write
+//!    a last snapshot (persistence's threads then finish the journal), exit.
 
 use crate::api_keys::ApiKeys;
 use crate::clock::SystemClock;
@@ -19,6 +21,7 @@ use crate::persist::journal::Journal;
 use crate::policy_source::{PolicyManager, Source};
 use crate::reaper;
 use crate::server;
+use crate::shutdown::{Shutdown, Stage};
 use anyhow::Context;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -67,7 +70,7 @@ pub fn state(config: &Config, keys: Option<ApiKeys>, journal: Option<Arc<Journal
 pub async fn run(config: Config) -> anyhow::Result<()> {
     let keys = match &config.api_keys_file {
         None => None,
-        Some(path) => Some(ApiKeys::load(path).map_err(|errs| anyhow::anyhow!(errs.join("; ")))?),
+        Some(path) => Some(ApiKeys::load(path)?),
     };
     if !config.cookie.secure {
         tracing::warn!(
@@ -80,19 +83,19 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     if config.policy_file.is_none() || config.persist.is_some() {
         check_state_dir(&config.state_dir)?;
     }
+    let shutdown = Shutdown::new();
     let persist = match &config.persist {
         Some(settings) => Some(Arc::new(Persistence::open(
             settings.clone(),
             Engine::shards_for(&config.engine),
+            shutdown.clone(),
         )?)),
         None => None,
     };
     let st = state(&config, keys, persist.as_ref().map(|p| p.journal()));
     let engine = st.engine.clone();
     let policies = st.policies.clone();
-    st.policies
-        .load_initial()
-        .map_err(|e| anyhow::anyhow!("cannot load policies: {e}"))?;
+    st.policies.load_initial().context("cannot load policies")?;
     if let Some(path) = &config.policy_file {
         crate::policy_watch::spawn(path.clone(), config.policy_file_settle, st.policies.clone())?;
     }
@@ -102,7 +105,6 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     let local = listener.local_addr()?;
 
     let limits = connection_limits(&config);
-    let stop = Arc::new(AtomicBool::new(false));
     tracing::info!(
         listen = %local,
         http_workers = config.http_workers,
@@ -129,7 +131,8 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     let apps = (0..config.http_workers)
         .map(|_| router(st.for_worker()))
         .collect();
-    let workers = server::start(listener, apps, limits).context("cannot start the HTTP workers")?;
+    let workers = server::start(listener, apps, limits, shutdown.at(Stage::Draining))
+        .context("cannot start the HTTP workers")?;
 
     if let Some(p) = &persist {
         let (p, e) = (p.clone(), engine.clone());
@@ -138,7 +141,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
             r = load => r.context("the load task failed")?,
             signal = shutdown_signal() => {
                 tracing::info!(signal, "stopping before the sessions finished loading");
-                workers.drain();
+                shutdown.advance(Stage::Draining);
                 return Ok(());
             }
         };
@@ -159,7 +162,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         );
         loaded.store(true, Ordering::Release);
     }
-    let reaper = reaper::spawn(engine.clone(), metrics, stop.clone())?;
+    let reaper = reaper::spawn(engine.clone(), metrics, shutdown.at(Stage::Drained))?;
     ready.store(true, Ordering::Release);
 
     let signal = shutdown_signal().await;
@@ -174,10 +177,13 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
             "a policy reload is still running; it is abandoned (the policy source is read again at the next start)"
         );
     }
-    workers.drain();
+    // Stop accepting; answer what is in flight within the grace period.
+    shutdown.advance(Stage::Draining);
     let drained = tokio::time::timeout(config.shutdown_grace, workers.wait()).await;
-    stop.store(true, Ordering::Release);
+    // Stop the reaper.
+    shutdown.advance(Stage::Drained);
     let _ = reaper.join();
+    // The last snapshot; `Persistence::shutdown` then reaches `Stage::Exiting`.
     if let Some(p) = persist {
         let e = engine.clone();
         let saved = tokio::task::spawn_blocking(move || p.shutdown(&e))

@@ -1,5 +1,5 @@
-#![forbid(unsafe_code)]
 //! sessiond: an in-memory login-session daemon with exact idle and absolute expiry.
+//! No unsafe code: `[lints.rust] unsafe_code = "forbid"` in Cargo.toml covers every target.
 
 pub mod changes;
 pub mod clock;
@@ -30,3 +30,4 @@ pub mod policy_watch;
 pub mod probe;
 pub mod reaper;
 pub mod server;
+pub mod shutdown;

@@ -5,16 +5,16 @@ use sessiond::config::{Cli, Config};
 
 fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
-    let probe = cli.probe;
-    let config = match Config::load(cli) {
-        Ok(c) => c,
-        Err(e) => {
-            eprintln!("sessiond: {e}");
-            return std::process::ExitCode::from(2);
-        }
-    };
-    if probe {
-        return match sessiond::probe::probe(config.listen, std::time::Duration::from_secs(3)) {
+    // Before the rest of the configuration: the probe needs only the address (see `probe`).
+    if cli.probe {
+        let listen = match sessiond::probe::listen_address(&cli) {
+            Ok(a) => a,
+            Err(e) => {
+                eprintln!("sessiond: {e}");
+                return std::process::ExitCode::from(2);
+            }
+        };
+        return match sessiond::probe::probe(listen, std::time::Duration::from_secs(3)) {
             Ok(()) => std::process::ExitCode::SUCCESS,
             Err(e) => {
                 eprintln!("sessiond: not ready: {e}");
@@ -22,6 +22,13 @@ fn main() -> std::process::ExitCode {
             }
         };
     }
+    let config = match Config::load(cli) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("sessiond: {e}");
+            return std::process::ExitCode::from(2);
+        }
+    };
     tracing_subscriber::fmt()
         .with_max_level(config.log_level)
         .with_target(false)

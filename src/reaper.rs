@@ -10,11 +10,12 @@
 //! 3. It runs on its own OS thread, not a tokio worker: a storm cannot starve request handling.
 //!    A panic in it aborts the process (release profile `panic = "abort"`), so a daemon that
 //!    answers but never expires cannot exist.
+//! 4. It stops as soon as its [`Stop`] is set (it waits on the shutdown signal, not a sleep).
 
 use crate::engine::{Engine, REAP_BATCH};
 use crate::metrics::Metrics;
+use crate::shutdown::Stop;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
@@ -37,18 +38,18 @@ pub fn sweep(engine: &Engine, metrics: &Metrics) -> u64 {
     total
 }
 
-/// Starts the reaper thread; it stops soon after `stop` is set.
+/// Starts the reaper thread; it stops when `stop` is set (invariant 4).
 pub fn spawn(
     engine: Arc<Engine>,
     metrics: Arc<Metrics>,
-    stop: Arc<AtomicBool>,
+    stop: Stop,
 ) -> std::io::Result<JoinHandle<()>> {
     std::thread::Builder::new()
         .name("sessiond-reaper".into())
         .spawn(move || {
             let tick = engine.tick_ms();
             let mut upkeep_at = 0u64;
-            while !stop.load(Ordering::Acquire) {
+            while !stop.is_set() {
                 sweep(&engine, &metrics);
                 let now = engine.now_ms();
                 if now >= upkeep_at {
@@ -57,7 +58,9 @@ pub fn spawn(
                 }
                 // Sleep to 1 ms past the next tick boundary (invariant 1).
                 let wait = tick - now % tick + 1;
-                std::thread::sleep(Duration::from_millis(wait));
+                if stop.wait_timeout(Duration::from_millis(wait)) {
+                    break;
+                }
             }
         })
 }

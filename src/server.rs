@@ -21,9 +21,10 @@
 //! Invariants:
 //! 1. `open[i]` counts worker `i`'s connections: incremented when one is handed over, and
 //!    decremented when its [`Conn`] is dropped, whichever way it ends.
-//! 2. Shutdown is one `watch` channel: the acceptor stops at once, every worker stops waiting
-//!    for connections, drains its own (a request in flight is answered, an idle connection is
-//!    closed), and reports; [`Workers::wait`] returns when the last has drained.
+//! 2. Shutdown is the daemon's one signal (`shutdown::Stop`): when it is set the acceptor stops
+//!    at once, every worker stops waiting for connections, drains its own (a request in flight
+//!    is answered, an idle connection is closed), and reports; [`Workers::wait`] returns when
+//!    the last has drained.
 //! 3. A connection is closed when a request's head has not arrived in full
 //!    `header_read_timeout` after its first byte (for a new connection: after it was
 //!    accepted), or when no request has started for `keepalive_timeout` after the last
@@ -38,6 +39,7 @@
 //!    store, one load and one clock read (vDSO, no syscall); the timer is per connection and
 //!    is re-armed only when it fires or a deadline moves earlier.
 
+use crate::shutdown::Stop;
 use axum::Router;
 use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
@@ -76,20 +78,20 @@ pub fn bind(addr: SocketAddr) -> std::io::Result<std::net::TcpListener> {
 
 /// The running acceptor and HTTP workers.
 pub struct Workers {
-    stop: watch::Sender<bool>,
     done: mpsc::UnboundedReceiver<std::io::Result<()>>,
     count: usize,
 }
 
 type Handoff = (std::net::TcpStream, SocketAddr, OpenGuard);
 
-/// Starts one worker per router in `apps` and the acceptor that feeds them from `listener`.
+/// Starts one worker per router in `apps` and the acceptor that feeds them from `listener`;
+/// they drain and end when `stop` is set (invariant 2).
 pub fn start(
     listener: std::net::TcpListener,
     apps: Vec<Router>,
     limits: Limits,
+    stop: Stop,
 ) -> std::io::Result<Workers> {
-    let (stop, stop_rx) = watch::channel(false);
     let (done_tx, done) = mpsc::unbounded_channel();
     let open: Arc<[AtomicUsize]> = apps.iter().map(|_| AtomicUsize::new(0)).collect();
     let mut inboxes = Vec::with_capacity(apps.len());
@@ -97,17 +99,16 @@ pub fn start(
     for (i, app) in apps.into_iter().enumerate() {
         let (tx, rx) = mpsc::unbounded_channel::<Handoff>();
         inboxes.push(tx);
-        let stop_rx = stop_rx.clone();
+        let stop = stop.clone();
         let done_tx = done_tx.clone();
         std::thread::Builder::new()
             .name(format!("sessiond-http-{i}"))
             .spawn(move || {
                 let result =
-                    current_thread().map(|rt| rt.block_on(serve_worker(rx, app, limits, stop_rx)));
+                    current_thread().map(|rt| rt.block_on(serve_worker(rx, app, limits, stop)));
                 let _ = done_tx.send(result);
             })?;
     }
-    let mut stop_rx = stop_rx;
     // The acceptor reports whether it could start, so that start-up fails instead of a daemon
     // that answers nothing.
     let (started_tx, started) = std::sync::mpsc::channel::<std::io::Result<()>>();
@@ -138,19 +139,16 @@ pub fn start(
                             }
                             Err(e) => accept_error(e, limits.max_connections, &mut failed).await,
                         },
-                        _ = stop_rx.wait_for(|s| *s) => return,
+                        _ = stop.wait() => return,
                     }
                 }
             })
         })?;
-    if let Err(e) = started
+    // An acceptor that could not start has dropped the workers' inboxes: they end too.
+    started
         .recv()
-        .unwrap_or_else(|_| Err(std::io::Error::other("the acceptor thread ended at start")))
-    {
-        let _ = stop.send(true);
-        return Err(e);
-    }
-    Ok(Workers { stop, done, count })
+        .unwrap_or_else(|_| Err(std::io::Error::other("the acceptor thread ended at start")))?;
+    Ok(Workers { done, count })
 }
 
 fn current_thread() -> std::io::Result<tokio::runtime::Runtime> {
@@ -287,7 +285,7 @@ async fn serve_worker(
     mut rx: mpsc::UnboundedReceiver<Handoff>,
     app: Router,
     limits: Limits,
-    mut stop: watch::Receiver<bool>,
+    stop: Stop,
 ) {
     let mut http = hyper::server::conn::http1::Builder::new();
     // Ours ([`Conn`]) starts at a request's first byte; hyper's would also close idle
@@ -298,11 +296,10 @@ async fn serve_worker(
     loop {
         let handoff = tokio::select! {
             h = rx.recv() => h,
-            _ = stop.wait_for(|s| *s) => break,
+            _ = stop.wait() => break,
         };
+        // The acceptor has ended: the shutdown has begun, or it could not start.
         let Some((std, _peer, guard)) = handoff else {
-            // The acceptor has stopped: only shutdown ends this worker now.
-            let _ = stop.wait_for(|s| *s).await;
             break;
         };
         let io = match tokio::net::TcpStream::from_std(std) {
@@ -319,13 +316,13 @@ async fn serve_worker(
             heads,
         };
         let conn = http.serve_connection(TokioIo::new(conn), service);
-        let mut stop = stop.clone();
+        let stop = stop.clone();
         let drained = drained_rx.clone();
         tokio::spawn(async move {
             let mut conn = std::pin::pin!(conn);
             let result = tokio::select! {
                 r = conn.as_mut() => r,
-                _ = async { drop(stop.wait_for(|s| *s).await) } => {
+                _ = stop.wait() => {
                     conn.as_mut().graceful_shutdown();
                     conn.await
                 }
@@ -529,11 +526,6 @@ impl AsyncWrite for Conn {
 }
 
 impl Workers {
-    /// Stops accepting and lets in-flight requests finish.
-    pub fn drain(&self) {
-        let _ = self.stop.send(true);
-    }
-
     /// Waits until every worker has drained; the first error any of them met.
     pub async fn wait(mut self) -> std::io::Result<()> {
         let mut first = Ok(());
@@ -551,6 +543,7 @@ impl Workers {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::shutdown::{Shutdown, Stage};
     use axum::routing::get;
 
     /// Connections go to the least-loaded worker, and a closed one frees its place.
@@ -620,7 +613,8 @@ mod tests {
                 "slow"
             }),
         );
-        let workers = start(listener, vec![app], LIMITS).unwrap();
+        let shutdown = Shutdown::new();
+        let workers = start(listener, vec![app], LIMITS, shutdown.at(Stage::Draining)).unwrap();
         let t0 = std::time::Instant::now();
         let mut silent = std::net::TcpStream::connect(addr).unwrap();
         let mut slow = std::net::TcpStream::connect(addr).unwrap();
@@ -656,7 +650,7 @@ mod tests {
             read_to_close(&mut slow, Duration::from_secs(1)).unwrap(),
             ""
         );
-        workers.drain();
+        shutdown.advance(Stage::Draining);
         current_thread().unwrap().block_on(workers.wait()).unwrap();
     }
 
@@ -672,7 +666,14 @@ mod tests {
             max_connections: 2,
             ..LIMITS
         };
-        let workers = start(listener, vec![app.clone(), app], limits).unwrap();
+        let shutdown = Shutdown::new();
+        let workers = start(
+            listener,
+            vec![app.clone(), app],
+            limits,
+            shutdown.at(Stage::Draining),
+        )
+        .unwrap();
         let get = |s: &mut std::net::TcpStream| {
             s.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
             let mut buf = [0u8; 256];
@@ -709,7 +710,7 @@ mod tests {
             std::thread::sleep(Duration::from_millis(20));
         }
         assert!(d.is_some(), "the closed connection's place was never freed");
-        workers.drain();
+        shutdown.advance(Stage::Draining);
         current_thread().unwrap().block_on(workers.wait()).unwrap();
     }
 
@@ -730,7 +731,14 @@ mod tests {
         let listener = bind("127.0.0.1:0".parse().unwrap()).unwrap();
         let addr = listener.local_addr().unwrap();
         let app = || Router::new().route("/", get(|| async { "ok" }));
-        let workers = start(listener, vec![app(), app()], LIMITS).unwrap();
+        let shutdown = Shutdown::new();
+        let workers = start(
+            listener,
+            vec![app(), app()],
+            LIMITS,
+            shutdown.at(Stage::Draining),
+        )
+        .unwrap();
         use std::io::{Read, Write};
         let mut s = std::net::TcpStream::connect(addr).unwrap();
         s.write_all(b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
@@ -741,7 +749,7 @@ mod tests {
             answer.starts_with("HTTP/1.1 200") && answer.ends_with("ok"),
             "{answer}"
         );
-        workers.drain();
+        shutdown.advance(Stage::Draining);
         current_thread().unwrap().block_on(workers.wait()).unwrap();
     }
 }

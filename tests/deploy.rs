@@ -410,3 +410,38 @@ fn the_health_probe_follows_readiness() {
     assert_eq!(out.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&out.stderr).contains("not ready"));
 }
+
+/// A config file edited into an invalid one while the daemon runs (here a bad `shards` and an
+/// unknown key) does not fail the health check: the probe reads only `listen` from it.
+#[test]
+fn the_health_probe_reads_only_the_listen_address_of_the_config_file() {
+    let d = Daemon::start(&[]);
+    let dir = scratch("probe-config");
+    std::fs::create_dir_all(&dir).unwrap();
+    let file = dir.join("sessiond.toml");
+    std::fs::write(
+        &file,
+        format!("listen = \"{}\"\nshards = 3\nshardz = 4\n", d.addr),
+    )
+    .unwrap();
+    let run = |args: &[&str]| {
+        Command::new(env!("CARGO_BIN_EXE_sessiond"))
+            .args(args)
+            .env_remove("SESSIOND_LISTEN")
+            .output()
+            .unwrap()
+    };
+    let config = file.to_str().unwrap();
+    // The daemon would refuse to start on it...
+    let out = run(&["--config", config]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("shards"));
+    // ...and the probe of the one running answers ready.
+    let out = run(&["--config", config, "--probe"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    std::fs::remove_dir_all(dir).ok();
+}

@@ -33,7 +33,6 @@
 //! as every missed wake-up is counted as a `pacer:missed_slot` error and an open-loop run that
 //! reaches less than 3/4 of its rate is a smoke failure.
 
-use rustix::fd::OwnedFd;
 use rustix::time::{
     Itimerspec, TimerfdClockId, TimerfdFlags, TimerfdTimerFlags, Timespec, timerfd_create,
     timerfd_settime,
@@ -41,8 +40,7 @@ use rustix::time::{
 use std::io;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-use tokio::io::Interest;
-use tokio::io::unix::AsyncFd;
+use tokio::net::unix::pipe::Receiver;
 use tokio::sync::Notify;
 use tokio::task::JoinHandle;
 
@@ -138,7 +136,13 @@ async fn run(
 
 /// A one-shot `timerfd` on tokio's reactor: sleeps with the kernel's hrtimer resolution where
 /// `tokio::time` has 1 ms.
-struct Timer(AsyncFd<OwnedFd>);
+///
+/// It is registered as a pipe's read end (`from_owned_fd_unchecked` skips the check that it is
+/// a FIFO): tokio only waits for it to be readable and `read`s it, which a timerfd supports as
+/// a pipe does. `AsyncFd` would say what it is, but its constructors are `unsafe` since tokio
+/// 1.54 (it cannot check an arbitrary `AsRawFd`), and the crate forbids unsafe code
+/// (`[lints.rust]` in Cargo.toml); the pipe takes an `OwnedFd`, which is safe.
+struct Timer(Receiver);
 
 impl Timer {
     fn new() -> io::Result<Timer> {
@@ -146,15 +150,7 @@ impl Timer {
             TimerfdClockId::Monotonic,
             TimerfdFlags::NONBLOCK | TimerfdFlags::CLOEXEC,
         )?;
-        // SAFETY: `register_with_interest` asks that the descriptor stay open and the same for
-        // the `AsyncFd`'s whole life. An `OwnedFd` owns its descriptor, returns the same one from
-        // every `as_raw_fd`, and is closed only when dropped, by the `AsyncFd` that holds it.
-        // (tokio 1.54 made every `AsyncFd` constructor unsafe, as it cannot check this for an
-        // arbitrary `AsRawFd`; this is the only unsafe code in the crate, outside the library's
-        // `forbid(unsafe_code)`.)
-        let fd = unsafe { AsyncFd::register_with_interest(fd, Interest::READABLE) }
-            .map_err(|e| e.into_parts().1)?;
-        Ok(Timer(fd))
+        Ok(Timer(Receiver::from_owned_fd_unchecked(fd)?))
     }
 
     /// Sleeps for `d` (> 0: a zero `it_value` would disarm the timer instead).
@@ -166,14 +162,15 @@ impl Timer {
                 tv_nsec: d.subsec_nanos().max(1) as _,
             },
         };
-        timerfd_settime(self.0.get_ref(), TimerfdTimerFlags::empty(), &spec)?;
+        timerfd_settime(&self.0, TimerfdTimerFlags::empty(), &spec)?;
         loop {
-            let mut ready = self.0.readable().await?;
+            self.0.readable().await?;
             // The expiration count: 8 bytes, read to clear the readiness.
             let mut count = [0u8; 8];
-            match ready.try_io(|fd| Ok(rustix::io::read(fd.get_ref(), &mut count)?)) {
-                Ok(done) => return done.map(|_| ()),
-                Err(_would_block) => continue,
+            match self.0.try_read(&mut count) {
+                Ok(_) => return Ok(()),
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
+                Err(e) => return Err(e),
             }
         }
     }

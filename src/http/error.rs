@@ -1,7 +1,10 @@
 //! The one place errors become HTTP: status + `{"error": {"code": "...", "message": "..."}}`.
 //!
-//! Invariant: every refusal the API makes goes through [`ApiError`]; codes are stable strings a
-//! client can branch on, messages are for people and never contain a token.
+//! Invariants:
+//! 1. Every refusal the API makes goes through [`ApiError`]; codes are stable strings a client
+//!    can branch on, messages are for people and never contain a token.
+//! 2. A failure of the machine rather than of the request (the OS random generator) is logged
+//!    with its cause and answered 503 with a fixed message: the OS's error text is not sent.
 
 use crate::engine::EngineError;
 use crate::policy::PolicyError;
@@ -89,7 +92,13 @@ impl From<EngineError> for ApiError {
                 ApiError::new(StatusCode::CONFLICT, "user_session_limit", msg)
             }
             EngineError::Rng(_) => {
-                ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", msg)
+                // The OS's words go to the log, not to the client (invariant 2).
+                tracing::error!(error = %msg, "cannot mint a session token");
+                ApiError::new(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "rng_unavailable",
+                    "the operating system's random number generator failed; no session was created, retry later",
+                )
             }
         }
     }
@@ -113,5 +122,20 @@ impl From<crate::policy_source::SourceError> for ApiError {
             }
             SourceError::Engine(e) => e.into(),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A failed random generator is a 503 whose body does not carry the OS's words.
+    #[test]
+    fn rng_failure_is_503_without_the_os_text() {
+        let os = "getrandom: secret OS detail (os error 38)";
+        let e = ApiError::from(EngineError::Rng(os.into()));
+        assert_eq!(e.status, StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(e.code, "rng_unavailable");
+        assert!(!e.message.contains("os error"), "{}", e.message);
     }
 }

@@ -1,6 +1,21 @@
 //! `GET /v1/auth`: the forward-auth endpoint for nginx `auth_request`, Traefik `forwardAuth` and
 //! Envoy `ext_authz`. No body; the token comes from the session cookie or
 //! `Authorization: Bearer`. A successful check counts as activity (a touch).
+//!
+//! Invariants:
+//! 1. The gateway's key is checked first (`authorize_forward_auth`, role gateway; no `Host` or
+//!    `Origin` check: gateways pass the browser's on).
+//! 2. Cookie before bearer: the first pair named exactly like the session cookie, in any
+//!    `Cookie` header, is the token (surrounding spaces and quotes removed), even if its value
+//!    is empty or malformed; only without one is `Authorization: Bearer <token>` (scheme in any
+//!    case) read. Neither: 401 `unauthenticated`, without `Set-Cookie`.
+//! 3. A 200 means a live session, touched, and (under `fsync = always`) the touch on disk; it
+//!    carries the identity headers ([`IDENTITY_HEADERS`]) and never a cookie.
+//! 4. A session that is not valid is a 401 `unauthenticated` naming the reason; it clears the
+//!    cookie (`Set-Cookie` with the cookie's clearing value) only when the token came from the
+//!    cookie ([`TokenTokenFrom::Cookie`]), never when it came from a bearer header.
+//! 5. No request body is read, and the headers are read as bytes (no UTF-8 check here: the
+//!    token parser refuses anything that is not base64url).
 
 use super::AppState;
 use super::error::ApiError;
@@ -13,19 +28,22 @@ use axum::response::{IntoResponse, Response};
 
 /// Where a token came from: a cookie that the browser holds, or a bearer header.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum From {
+pub enum TokenFrom {
     Cookie,
     Bearer,
 }
 
-/// The token and where it came from (the cookie wins over `Authorization`), as bytes:
+/// The token and where it came from (the cookie wins over `Authorization`: invariant 2), as bytes:
 /// [`SessionId::from_token`](crate::token::SessionId::from_token) refuses anything that is not
 /// base64url, so a UTF-8 check here would only be paid twice.
 ///
 /// Works on the header's bytes: this runs on every request through the gateway, and a
 /// `to_str` of the whole `Cookie` header (every other cookie of the site included) only to
 /// find one pair would cost more than the rest of the parse.
-pub fn token_and_origin<'h>(headers: &'h HeaderMap, cookie_name: &str) -> Option<(&'h [u8], From)> {
+pub fn token_and_origin<'h>(
+    headers: &'h HeaderMap,
+    cookie_name: &str,
+) -> Option<(&'h [u8], TokenFrom)> {
     let name = cookie_name.as_bytes();
     for value in headers.get_all(header::COOKIE) {
         for pair in value.as_bytes().split(|&b| b == b';') {
@@ -40,7 +58,7 @@ pub fn token_and_origin<'h>(headers: &'h HeaderMap, cookie_name: &str) -> Option
                 .strip_prefix(b"\"")
                 .and_then(|v| v.strip_suffix(b"\""))
                 .unwrap_or(val);
-            return Some((val, From::Cookie));
+            return Some((val, TokenFrom::Cookie));
         }
     }
     let auth = headers.get(header::AUTHORIZATION)?.as_bytes();
@@ -48,7 +66,7 @@ pub fn token_and_origin<'h>(headers: &'h HeaderMap, cookie_name: &str) -> Option
     let (scheme, token) = (&auth[..space], &auth[space + 1..]);
     scheme
         .eq_ignore_ascii_case(b"bearer")
-        .then(|| (token.trim_ascii(), From::Bearer))
+        .then(|| (token.trim_ascii(), TokenFrom::Bearer))
 }
 
 /// Takes the whole request rather than a `HeaderMap` extractor, which would copy every header.
@@ -86,7 +104,7 @@ pub async fn auth(State(st): State<AppState>, req: Request) -> Result<Response, 
             )
             .into_response();
             // The browser holds a dead cookie: tell gateways that relay refusals to clear it.
-            if origin == From::Cookie
+            if origin == TokenFrom::Cookie
                 && let Ok(v) = HeaderValue::from_str(&st.cookie.clear())
             {
                 resp.headers_mut().insert(header::SET_COOKIE, v);
@@ -136,7 +154,7 @@ fn identity_values(who: &Identity<'_>) -> [Option<HeaderValue>; 4] {
 mod tests {
     use super::*;
 
-    fn get<'h>(h: &'h HeaderMap, name: &str) -> Option<(&'h str, From)> {
+    fn get<'h>(h: &'h HeaderMap, name: &str) -> Option<(&'h str, TokenFrom)> {
         token_and_origin(h, name).map(|(t, f)| (std::str::from_utf8(t).unwrap(), f))
     }
 
@@ -147,14 +165,14 @@ mod tests {
             header::COOKIE,
             HeaderValue::from_static("a=1; session=tok; b=2"),
         );
-        assert_eq!(get(&h, "session"), Some(("tok", From::Cookie)));
+        assert_eq!(get(&h, "session"), Some(("tok", TokenFrom::Cookie)));
         assert_eq!(get(&h, "other"), None);
         h.insert(
             header::AUTHORIZATION,
             HeaderValue::from_static("Bearer xyz"),
         );
-        assert_eq!(get(&h, "other"), Some(("xyz", From::Bearer)));
-        assert_eq!(get(&h, "session"), Some(("tok", From::Cookie)));
+        assert_eq!(get(&h, "other"), Some(("xyz", TokenFrom::Bearer)));
+        assert_eq!(get(&h, "session"), Some(("tok", TokenFrom::Cookie)));
         let mut h = HeaderMap::new();
         h.insert(header::AUTHORIZATION, HeaderValue::from_static("Basic xyz"));
         assert_eq!(get(&h, "session"), None);
@@ -172,9 +190,9 @@ mod tests {
             header::COOKIE,
             HeaderValue::from_static("a=1;  session = \"tok\" ;b=2"),
         );
-        assert_eq!(get(&h, "session"), Some(("tok", From::Cookie)));
-        assert_eq!(get(&h, "b"), Some(("2", From::Cookie)));
-        assert_eq!(get(&h, "session_id"), Some(("no", From::Cookie)));
+        assert_eq!(get(&h, "session"), Some(("tok", TokenFrom::Cookie)));
+        assert_eq!(get(&h, "b"), Some(("2", TokenFrom::Cookie)));
+        assert_eq!(get(&h, "session_id"), Some(("no", TokenFrom::Cookie)));
     }
 
     fn who(org: Option<&str>, expires_in_ms: u64) -> Identity<'_> {

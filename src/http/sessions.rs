@@ -4,10 +4,12 @@ use super::AppState;
 use super::error::ApiError;
 use super::extract::{PathParam, authorize, parse_json, path_id, read_json_body};
 use crate::api_keys::Role;
+use crate::engine::Engine;
 use crate::session::{Metadata, NewSession, SessionView, Validation};
 use crate::timefmt::Rfc3339;
 use crate::token::HexId;
 use crate::token::SessionId;
+use axum::body::Bytes;
 use axum::extract::{Request, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
@@ -73,6 +75,14 @@ pub fn json_response(status: StatusCode, value: &impl Serialize) -> Response {
     }
 }
 
+/// The preamble of the gateway's JSON endpoints (create, validate, touch, revoke): the key
+/// for the gateway role, then the body, bounded, for `parse_json`.
+async fn gateway_body(st: &AppState, req: Request) -> Result<Bytes, ApiError> {
+    let (parts, body) = req.into_parts();
+    authorize(st, &parts.headers, Role::Gateway)?;
+    read_json_body(&parts.headers, body).await
+}
+
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct CreateRequest {
@@ -92,9 +102,7 @@ struct CreateResponse<'a> {
 }
 
 pub async fn create(State(st): State<AppState>, req: Request) -> Result<Response, ApiError> {
-    let (parts, body) = req.into_parts();
-    authorize(&st, &parts.headers, Role::Gateway)?;
-    let bytes = read_json_body(&parts.headers, body).await?;
+    let bytes = gateway_body(&st, req).await?;
     let req: CreateRequest = parse_json(&bytes)?;
     let metadata = req
         .metadata
@@ -172,9 +180,7 @@ fn validation_response(v: &Validation, now_ms: u64) -> Response {
 }
 
 pub async fn validate(State(st): State<AppState>, req: Request) -> Result<Response, ApiError> {
-    let (parts, body) = req.into_parts();
-    authorize(&st, &parts.headers, Role::Gateway)?;
-    let bytes = read_json_body(&parts.headers, body).await?;
+    let bytes = gateway_body(&st, req).await?;
     let req: TokenRequest = parse_json(&bytes)?;
     let v = st.engine.validate(req.token.as_bytes());
     st.metrics.validation(&v);
@@ -182,9 +188,7 @@ pub async fn validate(State(st): State<AppState>, req: Request) -> Result<Respon
 }
 
 pub async fn touch(State(st): State<AppState>, req: Request) -> Result<Response, ApiError> {
-    let (parts, body) = req.into_parts();
-    authorize(&st, &parts.headers, Role::Gateway)?;
-    let bytes = read_json_body(&parts.headers, body).await?;
+    let bytes = gateway_body(&st, req).await?;
     let req: TokenRequest = parse_json(&bytes)?;
     let v = st.engine.touch(req.token.as_bytes());
     st.durable().await?;
@@ -193,9 +197,7 @@ pub async fn touch(State(st): State<AppState>, req: Request) -> Result<Response,
 }
 
 pub async fn revoke(State(st): State<AppState>, req: Request) -> Result<Response, ApiError> {
-    let (parts, body) = req.into_parts();
-    authorize(&st, &parts.headers, Role::Gateway)?;
-    let bytes = read_json_body(&parts.headers, body).await?;
+    let bytes = gateway_body(&st, req).await?;
     let req: TokenRequest = parse_json(&bytes)?;
     if st.engine.revoke(req.token.as_bytes()) {
         st.metrics.revoked.increment(1);
@@ -282,11 +284,7 @@ pub async fn revoke_user(
     headers: HeaderMap,
     PathParam(user): PathParam,
 ) -> Result<Response, ApiError> {
-    authorize(&st, &headers, Role::Admin)?;
-    path_id("user_id", &user)?;
-    let n = st.engine.revoke_user(&user);
-    st.durable().await?;
-    st.metrics.revoked.increment(n as u64);
+    let n = revoke_all(&st, &headers, "user_id", &user, Engine::revoke_user).await?;
     Ok(json_response(StatusCode::OK, &Revoked { revoked: n }))
 }
 
@@ -295,11 +293,24 @@ pub async fn revoke_org(
     headers: HeaderMap,
     PathParam(org): PathParam,
 ) -> Result<Response, ApiError> {
-    authorize(&st, &headers, Role::Admin)?;
-    path_id("org_id", &org)?;
-    let n = st.engine.revoke_org(&org);
-    st.durable().await?;
-    st.metrics.revoked.increment(n as u64);
+    let n = revoke_all(&st, &headers, "org_id", &org, Engine::revoke_org).await?;
     tracing::info!(org_id = %org, revoked = n, "revoked all sessions of an org");
     Ok(json_response(StatusCode::OK, &Revoked { revoked: n }))
+}
+
+/// Revokes every session of one user or org (`field` names the path id in errors): admin key,
+/// a valid id, the revocation, on disk if `fsync = always`, counted.
+async fn revoke_all(
+    st: &AppState,
+    headers: &HeaderMap,
+    field: &'static str,
+    id: &str,
+    revoke: fn(&Engine, &str) -> usize,
+) -> Result<usize, ApiError> {
+    authorize(st, headers, Role::Admin)?;
+    path_id(field, id)?;
+    let n = revoke(&st.engine, id);
+    st.durable().await?;
+    st.metrics.revoked.increment(n as u64);
+    Ok(n)
 }

@@ -25,6 +25,7 @@ pub mod snapshot;
 pub mod state_dir;
 
 use crate::engine::Engine;
+use crate::shutdown::{Shutdown, Stage};
 use journal::{FsyncPolicy, Journal};
 use parking_lot::Mutex;
 use state_dir::StateDir;
@@ -32,9 +33,8 @@ use std::fs::File;
 use std::io;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::thread::JoinHandle;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 /// A journal generation this large triggers a snapshot before the interval is over
 /// (replaying 1 GiB, ~13M frames, takes a few seconds).
@@ -43,6 +43,9 @@ pub const JOURNAL_SNAPSHOT_BYTES: u64 = 1 << 30;
 pub const SNAPSHOT_RETRY: Duration = Duration::from_secs(1);
 /// Failed snapshots in a row between two log lines (about a minute at [`SNAPSHOT_RETRY`]).
 const SNAPSHOT_LOG_EVERY: u32 = 60;
+/// How often the snapshot thread looks at the journal (its size, a snapshot it waits for);
+/// the interval and the shutdown wake it by themselves.
+const JOURNAL_CHECK: Duration = Duration::from_millis(100);
 
 /// Persistence settings, from the configuration.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -147,7 +150,9 @@ pub struct Persistence {
     snapshotting: Mutex<()>,
     /// Consecutive failed snapshots, for one log line per streak.
     snapshot_failures: Mutex<u32>,
-    stop: Arc<AtomicBool>,
+    /// The daemon's shutdown signal: its threads end at [`Stage::Exiting`], which
+    /// [`Persistence::shutdown`] reaches after the last snapshot.
+    shutdown: Shutdown,
     threads: Mutex<Vec<JoinHandle<()>>>,
 }
 
@@ -155,7 +160,11 @@ impl Persistence {
     /// Creates and locks the state directory; sessions are not loaded yet. A full or read-only
     /// disk does not stop this (see `state_dir`); only a directory that cannot be made, read
     /// or locked does.
-    pub fn open(settings: Settings, shards: usize) -> Result<Persistence, PersistError> {
+    pub fn open(
+        settings: Settings,
+        shards: usize,
+        shutdown: Shutdown,
+    ) -> Result<Persistence, PersistError> {
         let dir = StateDir::lock(&settings.dir).map_err(|e| match e {
             state_dir::LockError::Held => PersistError::Locked(settings.dir.clone()),
             state_dir::LockError::Io(source) => PersistError::Io {
@@ -171,7 +180,7 @@ impl Persistence {
             dir: Mutex::new(Some(dir)),
             snapshotting: Mutex::new(()),
             snapshot_failures: Mutex::new(0),
-            stop: Arc::new(AtomicBool::new(false)),
+            shutdown,
             threads: Mutex::new(Vec::new()),
         })
     }
@@ -207,7 +216,7 @@ impl Persistence {
         let writer = self
             .journal
             .clone()
-            .spawn_writer(self.stop.clone())
+            .spawn_writer(self.shutdown.at(Stage::Exiting))
             .map_err(io_err)?;
         self.threads.lock().push(writer);
         let expired = engine.sweep_expired().total();
@@ -226,23 +235,32 @@ impl Persistence {
         Ok(Loaded { report, expired })
     }
 
+    /// The snapshot thread: a snapshot every interval, and earlier when the journal asks for
+    /// one; it ends as soon as the shutdown reaches [`Stage::Exiting`].
     fn periodic(&self, engine: &Engine) {
-        let step = Duration::from_millis(100);
-        let mut waited = Duration::ZERO;
-        let mut since_try = SNAPSHOT_RETRY;
-        while !self.stop.load(Ordering::Acquire) {
-            std::thread::sleep(step);
-            waited += step;
-            since_try += step;
+        let stop = self.shutdown.at(Stage::Exiting);
+        let mut last_snapshot = Instant::now();
+        let mut last_try: Option<Instant> = None;
+        loop {
+            let interval_at = last_snapshot + self.settings.snapshot_interval;
+            // A failed snapshot is not tried again before SNAPSHOT_RETRY.
+            let next = last_try.map_or(interval_at, |t| interval_at.max(t + SNAPSHOT_RETRY));
+            let wait = next
+                .saturating_duration_since(Instant::now())
+                .min(JOURNAL_CHECK);
+            if stop.wait_timeout(wait) {
+                return;
+            }
+            let now = Instant::now();
             // Early when the journal grows large, so that start-up never replays much of it,
             // and as soon as the disk takes one when changes wait for it.
-            let due = waited >= self.settings.snapshot_interval
+            let due = now >= interval_at
                 || self.journal.segment_bytes() >= JOURNAL_SNAPSHOT_BYTES
                 || (self.journal.needs_snapshot() && !self.journal.fenced());
-            if due && since_try >= SNAPSHOT_RETRY {
-                since_try = Duration::ZERO;
+            if due && last_try.is_none_or(|t| now - t >= SNAPSHOT_RETRY) {
+                last_try = Some(now);
                 if self.snapshot(engine).is_ok() {
-                    waited = Duration::ZERO;
+                    last_snapshot = Instant::now();
                 }
             }
         }
@@ -291,16 +309,16 @@ impl Persistence {
         }
     }
 
-    /// At shutdown: a last snapshot (so the next start replays no journal), then the journal
-    /// thread is stopped after writing and syncing what is left. Says what did not reach the
-    /// disk.
+    /// At shutdown: a last snapshot (so the next start replays no journal), then the shutdown
+    /// reaches [`Stage::Exiting`]: the journal thread writes and syncs what is left and stops.
+    /// Says what did not reach the disk.
     pub fn shutdown(&self, engine: &Engine) -> Result<(), ShutdownError> {
         let snap = if self.journal.generation().is_some() && !self.journal.fenced() {
             self.snapshot(engine).err()
         } else {
             None
         };
-        self.stop.store(true, Ordering::Release);
+        self.shutdown.advance(Stage::Exiting);
         for t in self.threads.lock().drain(..) {
             let _ = t.join();
         }

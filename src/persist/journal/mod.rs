@@ -352,7 +352,7 @@ impl Journal {
     /// Runs the journal thread until `stop` is set, then writes and syncs what is left.
     pub fn spawn_writer(
         self: Arc<Self>,
-        stop: Arc<AtomicBool>,
+        stop: crate::shutdown::Stop,
     ) -> io::Result<std::thread::JoinHandle<()>> {
         std::thread::Builder::new()
             .name("sessiond-journal".into())
@@ -369,7 +369,7 @@ impl Journal {
                         }
                         *w = false;
                     }
-                    let stopping = stop.load(Ordering::Acquire);
+                    let stopping = stop.is_set();
                     let failed = self.flush(stopping).is_err();
                     if stopping {
                         break;

@@ -30,4 +30,5 @@ pub mod policy_watch;
 pub mod probe;
 pub mod reaper;
 pub mod server;
+pub mod settle;
 pub mod shutdown;

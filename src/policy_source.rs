@@ -375,7 +375,7 @@ impl PolicyManager {
             Source::File { path, settle } => {
                 // An explicit read waits for a file being written, but not forever.
                 let deadline = Instant::now() + (*settle * 10).max(Duration::from_secs(5));
-                let bytes = crate::policy_watch::read_settled(path, *settle, true, Some(deadline));
+                let bytes = crate::settle::read_settled(path, *settle, true, Some(deadline));
                 Self::parse_file(path, bytes, &self.base_app)
             }
             Source::Api { state_dir } => {

@@ -11,9 +11,9 @@
 //!    the clock and the `changes` seam) imports nothing but itself: never `persist`, `http`,
 //!    `metrics`, the server or the daemon.
 //! 2. No cycle passes through `persist` or the engine layer.
-//! 3. (Ignored until the last one is gone: see the test.) No cycle at all.
+//! 3. No cycle at all.
 //!
-//! Run: `cargo test --test blackbox imports -- --include-ignored`.
+//! Run: `cargo test --test blackbox imports`.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
@@ -258,12 +258,8 @@ fn imports_no_cycle_passes_through_persist_or_the_engine_layer() {
     assert!(bad.is_empty(), "{}", bad.join(""));
 }
 
-/// Ignored while one cycle remains outside this issue's reach: `policy_source` ↔
-/// `policy_watch` (`policy_watch.rs` drives `policy_source::PolicyManager`, and
-/// `policy_source.rs` calls `policy_watch::read_settled`), which the `src/policy/` split of
-/// issue #23 is to undo.
+/// No cycle at any depth, anywhere in `src/`.
 #[test]
-#[ignore = "policy_source <-> policy_watch remains (see the doc comment)"]
 fn imports_no_cycle_in_src() {
     let bad = found(&read_src(), |_| true);
     assert!(bad.is_empty(), "{}", bad.join(""));

@@ -15,7 +15,10 @@
 
 use crate::changes::Changes;
 use crate::clock::Clock;
-use crate::policy::{DEFAULT_POLICY, Effective, Mode, OrgPolicy, Policy, resolve};
+use crate::policy::store::PolicyState;
+use crate::policy::{
+    DEFAULT_POLICY, Effective, Mode, OrgPolicy, OrgPolicyView, Policy, PolicyWrite,
+};
 use crate::session::{
     ExpiryReason, Identity, InputError, Invalid, NewSession, RemoveReason, Saved, SavedRef,
     SessionView, Validation, check_id,
@@ -23,7 +26,6 @@ use crate::session::{
 use crate::shard::{DryRunCounts, Evictions, NewRecord, Reapplied, Shard, TickScale};
 use crate::token::{SessionId, Token};
 use hashbrown::DefaultHashBuilder;
-use hashbrown::HashMap;
 use parking_lot::{Mutex, RwLock};
 use std::hash::BuildHasher;
 use std::sync::Arc;
@@ -135,45 +137,6 @@ pub struct PolicyChange {
     pub duration: std::time::Duration,
 }
 
-/// A single policy write, as the admin API expresses it; shared by the real change and the
-/// dry run so that both mutate the policy store the same way.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum PolicyWrite {
-    /// Replace the application policy.
-    Application(Policy),
-    /// Set one org's policy (CUSTOM values, or back to APPLICATION).
-    Org { org: String, policy: OrgPolicy },
-}
-
-impl PolicyWrite {
-    fn apply(&self, st: &mut PolicyState) {
-        match self {
-            PolicyWrite::Application(p) => st.app = *p,
-            PolicyWrite::Org {
-                org,
-                policy: OrgPolicy::Application,
-            } => {
-                st.custom.remove(org);
-            }
-            PolicyWrite::Org {
-                org,
-                policy: OrgPolicy::Custom(p),
-            } => {
-                st.custom.insert(org.clone(), *p);
-            }
-        }
-    }
-
-    /// The org whose slots the write re-applies to; `None` for the application policy (it may
-    /// govern every org).
-    fn only_org(&self) -> Option<&str> {
-        match self {
-            PolicyWrite::Application(_) => None,
-            PolicyWrite::Org { org, .. } => Some(org),
-        }
-    }
-}
-
 /// What a policy write would do (see [`Engine::dry_run`]).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct DryRun {
@@ -183,36 +146,6 @@ pub struct DryRun {
     pub effective: Policy,
     pub sessions: DryRunCounts,
     pub duration: std::time::Duration,
-}
-
-/// An org's policy as stored, with the effective result.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct OrgPolicyView {
-    pub org_policy: OrgPolicy,
-    pub effective: Policy,
-}
-
-#[derive(Debug, Clone)]
-struct PolicyState {
-    mode: Mode,
-    app: Policy,
-    /// Orgs with a CUSTOM policy; absent means APPLICATION.
-    custom: HashMap<String, Policy>,
-}
-
-impl PolicyState {
-    fn org_policy(&self, org: &str) -> OrgPolicy {
-        self.custom
-            .get(org)
-            .map_or(OrgPolicy::Application, |p| OrgPolicy::Custom(*p))
-    }
-
-    fn effective(&self, org: Option<&str>) -> Policy {
-        match org {
-            None => self.app,
-            Some(o) => resolve(self.mode, &self.app, &self.org_policy(o)),
-        }
-    }
 }
 
 /// The engine (see the module doc).
@@ -263,11 +196,7 @@ impl Engine {
                 })
                 .collect(),
             mask: (n - 1) as u64,
-            policies: RwLock::new(PolicyState {
-                mode: cfg.mode,
-                app: cfg.application_policy,
-                custom: HashMap::new(),
-            }),
+            policies: RwLock::new(PolicyState::new(cfg.mode, cfg.application_policy)),
             clock,
             active,
             max_sessions: cfg.max_sessions,

@@ -3,7 +3,6 @@
 
 pub mod changes;
 pub mod clock;
-pub mod duration;
 pub mod engine;
 pub mod id_index;
 pub mod policy;
@@ -26,9 +25,7 @@ pub mod http;
 pub mod metrics;
 pub mod persist;
 pub mod policy_source;
-pub mod policy_watch;
 pub mod probe;
 pub mod reaper;
 pub mod server;
-pub mod settle;
 pub mod shutdown;

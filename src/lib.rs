@@ -16,10 +16,6 @@ pub mod api_keys;
 pub mod config;
 pub mod cookie;
 pub mod daemon;
-#[cfg(test)]
-mod engine_model;
-#[cfg(test)]
-mod engine_tests;
 pub mod fdlimit;
 pub mod http;
 pub mod metrics;

@@ -1,6 +1,10 @@
 //! The session engine: N shards, the policy store, limits and the clock, as plain synchronous
 //! Rust. Everything async (HTTP, the reaper tick, signals) calls into this.
 //!
+//! Files: this one (the engine and its operations); the store it keeps is `policy::store`, the
+//! shards are `shard`. Beside it, `tests.rs` (behaviour tests on a manual clock) and `model.rs`
+//! (the property test against a naive model).
+//!
 //! Invariants:
 //! 1. A session lives in shard `id.shard_bits() & mask`; the shard count is a power of two.
 //! 2. Lock order is `user stripe` → `policies` → one shard at a time. Creates read the policy
@@ -23,8 +27,9 @@ use crate::session::{
     ExpiryReason, Identity, InputError, Invalid, NewSession, RemoveReason, Saved, SavedRef,
     SessionView, Validation, check_id,
 };
-use crate::shard::{DryRunCounts, Evictions, NewRecord, Reapplied, Shard, TickScale};
+use crate::shard::{DryRunCounts, Evictions, NewRecord, Reapplied, Shard};
 use crate::token::{SessionId, Token};
+use crate::wheel::TickScale;
 use hashbrown::DefaultHashBuilder;
 use parking_lot::{Mutex, RwLock};
 use std::hash::BuildHasher;
@@ -706,3 +711,8 @@ fn invalid(why: Option<ExpiryReason>) -> Invalid {
         Some(ExpiryReason::Absolute) => Invalid::ExpiredAbsolute,
     }
 }
+
+#[cfg(test)]
+mod model;
+#[cfg(test)]
+mod tests;

@@ -8,8 +8,8 @@
 
 use criterion::{BatchSize, Criterion, Throughput, criterion_group, criterion_main};
 use sessiond::clock::{ManualClock, SystemClock};
-use sessiond::engine::{Engine, EngineConfig, PolicyWrite};
-use sessiond::policy::{OrgPolicy, Policy};
+use sessiond::engine::{Engine, EngineConfig};
+use sessiond::policy::{OrgPolicy, Policy, PolicyWrite};
 use sessiond::session::{NewSession, Validation};
 use std::hint::black_box;
 use std::sync::Arc;

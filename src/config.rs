@@ -497,10 +497,10 @@ impl Config {
             errors.push(format!("policy_file {} does not exist", p.display()));
         }
         let policy_file_settle = match cli.policy_file_settle.or(file.policy_file_settle) {
-            None => crate::settle::DEFAULT_SETTLE,
+            None => crate::policy_source::settle::DEFAULT_SETTLE,
             Some(s) => parse_settle(&s).unwrap_or_else(|e| {
                 errors.push(e);
-                crate::settle::DEFAULT_SETTLE
+                crate::policy_source::settle::DEFAULT_SETTLE
             }),
         };
 

@@ -97,7 +97,11 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     let policies = st.policies.clone();
     st.policies.load_initial().context("cannot load policies")?;
     if let Some(path) = &config.policy_file {
-        crate::policy_watch::spawn(path.clone(), config.policy_file_settle, st.policies.clone())?;
+        crate::policy_source::watch::spawn(
+            path.clone(),
+            config.policy_file_settle,
+            st.policies.clone(),
+        )?;
     }
     tokio::spawn(reload_on_sighup(st.policies.clone()));
     let listener = server::bind(config.listen)

@@ -3,7 +3,6 @@
 
 pub mod changes;
 pub mod clock;
-pub mod duration;
 pub mod engine;
 pub mod id_index;
 pub mod policy;
@@ -17,18 +16,12 @@ pub mod api_keys;
 pub mod config;
 pub mod cookie;
 pub mod daemon;
-#[cfg(test)]
-mod engine_model;
-#[cfg(test)]
-mod engine_tests;
 pub mod fdlimit;
 pub mod http;
 pub mod metrics;
 pub mod persist;
 pub mod policy_source;
-pub mod policy_watch;
 pub mod probe;
 pub mod reaper;
 pub mod server;
-pub mod settle;
 pub mod shutdown;

@@ -31,6 +31,8 @@
 //!    current slot). A clamped entry simply fires early and is filed again by the caller.
 //! 5. A slot's deadline is never later than the `when` of any entry filed in it, so an entry is
 //!    never handed back after its `when` has passed by more than the caller's polling delay.
+//! 6. [`TickScale`] rounds a deadline up to its tick and the clock down to the last tick fully
+//!    begun, so the tick a deadline is filed at never comes due before the deadline itself.
 
 /// "No entry" in a link.
 pub const NIL: u32 = u32::MAX;
@@ -82,6 +84,29 @@ pub trait LinkStore {
 impl LinkStore for Vec<WheelLinks> {
     fn links(&mut self, idx: u32) -> &mut WheelLinks {
         &mut self[idx as usize]
+    }
+}
+
+/// Maps Unix milliseconds to wheel ticks.
+#[derive(Debug, Clone, Copy)]
+pub struct TickScale {
+    pub origin_ms: u64,
+    pub tick_ms: u64,
+}
+
+impl TickScale {
+    /// The first tick at or after `deadline_ms`: a session filed there is expired when it fires.
+    #[inline]
+    pub fn deadline_tick(&self, deadline_ms: u64) -> u64 {
+        deadline_ms
+            .saturating_sub(self.origin_ms)
+            .div_ceil(self.tick_ms)
+    }
+
+    /// The last tick that has fully begun at `now_ms`.
+    #[inline]
+    pub fn now_tick(&self, now_ms: u64) -> u64 {
+        now_ms.saturating_sub(self.origin_ms) / self.tick_ms
     }
 }
 

@@ -36,7 +36,7 @@ use crate::session::{
     Deadlines, ExpiryReason, Identity, Metadata, RemoveReason, SavedRef, SessionView,
 };
 use crate::token::SessionId;
-use crate::wheel::{NIL, Wheel};
+use crate::wheel::{NIL, TickScale, Wheel};
 use compact_str::CompactString;
 use hashbrown::DefaultHashBuilder;
 use hashbrown::HashTable;
@@ -50,29 +50,6 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 
 /// Org slot of sessions that belong to no org; it follows the application policy.
 pub const NO_ORG: u32 = 0;
-
-/// Maps Unix milliseconds to wheel ticks.
-#[derive(Debug, Clone, Copy)]
-pub struct TickScale {
-    pub origin_ms: u64,
-    pub tick_ms: u64,
-}
-
-impl TickScale {
-    /// The first tick at or after `deadline_ms`: a session filed there is expired when it fires.
-    #[inline]
-    pub fn deadline_tick(&self, deadline_ms: u64) -> u64 {
-        deadline_ms
-            .saturating_sub(self.origin_ms)
-            .div_ceil(self.tick_ms)
-    }
-
-    /// The last tick that has fully begun at `now_ms`.
-    #[inline]
-    pub fn now_tick(&self, now_ms: u64) -> u64 {
-        now_ms.saturating_sub(self.origin_ms) / self.tick_ms
-    }
-}
 
 /// Evictions counted by reason.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]

@@ -2,8 +2,8 @@
 //! step against a naive model that recomputes validity from first principles.
 
 use crate::clock::ManualClock;
-use crate::engine::{DryRun, Engine, EngineConfig, PolicyChange, PolicyWrite};
-use crate::policy::{Mode, OrgPolicy, Policy, resolve};
+use crate::engine::{DryRun, Engine, EngineConfig, PolicyChange};
+use crate::policy::{Mode, OrgPolicy, Policy, PolicyWrite, resolve};
 use crate::session::{Deadlines, Invalid, NewSession, Validation};
 use proptest::prelude::*;
 use std::collections::HashMap;

@@ -1,6 +1,6 @@
 //! The watch that notices changes to the policy file, including the ways editors and Kubernetes
 //! change files: in place, by atomic rename, and by swapping a symlink (`..data`). What it then
-//! reads is read only once settled (see `settle`).
+//! reads is read only once settled (see [`super::settle`]).
 //!
 //! Invariants:
 //! 1. The watch is on the file's *directory* (and the directory of its resolved target), never
@@ -10,12 +10,12 @@
 //! 2. The watcher never opens anything but a regular file (a FIFO would block it), and a
 //!    settled file is applied only when its bytes differ from the last ones the watcher read, so
 //!    unrelated files in the directory cost a stat, not a re-application. An empty file is
-//!    refused by the parser (see `policy_source`), so a truncation that stays is counted as a
+//!    refused by the parser (see the parent module, `policy_source`), so a truncation that stays is counted as a
 //!    reload error and applies nothing.
 //! 3. The watcher runs on a thread of its own, not on the async runtime: a reload in progress
 //!    never holds up shutdown (the thread ends with the process).
 use crate::policy_source::PolicyManager;
-use crate::settle::read_settled;
+use crate::policy_source::settle::read_settled;
 use notify::event::{AccessKind, AccessMode};
 use notify::{EventKind, RecursiveMode, Watcher};
 use std::collections::HashSet;

@@ -466,7 +466,7 @@ fn long_user_ids_work_like_short_ones() {
 
 #[test]
 fn dry_run_counts_what_the_change_would_do_and_changes_nothing() {
-    use crate::engine::PolicyWrite;
+    use crate::policy::PolicyWrite;
     use crate::shard::{DryRunCounts, Evictions};
     let (e, clock) = engine(policy(86_400, Some(1_800), false));
     let s1 = e.create(new("a", Some("acme"))).unwrap().token;

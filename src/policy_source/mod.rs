@@ -2,6 +2,13 @@
 //! in the state directory) or a policy file (TOML, watched), plus reloads on SIGHUP and
 //! `POST /v1/policy/reload`.
 //!
+//! Files: this one (the [`PolicyManager`], parsing and the API source's `policies.json`),
+//! [`watch`] (the watch on the policy file) and [`settle`] (reading a file once it has stopped
+//! changing). The policies themselves, their resolution and the store the engine keeps are in
+//! `policy`, which is part of the engine layer; this module sits above the engine (it applies
+//! changes to it, counts them in `metrics` and writes through `persist`), so it is not under
+//! `policy/`.
+//!
 //! Invariants:
 //! 1. Exactly one source is authoritative, chosen at start. In file mode the API cannot write
 //!    policies (the handlers answer 409).
@@ -11,21 +18,24 @@
 //! 3. A source that fails to parse or validate changes nothing: the last good policies stay in
 //!    force and the error (file, line, field) is returned to the caller, logged and counted.
 //! 4. Changes are serialized by one mutex, so two reloads or writes never interleave.
-//! 5. The policy file is parsed only once it has settled (see `policy_watch`), whatever the
+//! 5. The policy file is parsed only once it has settled (see [`settle`]), whatever the
 //!    trigger, and a file with nothing but whitespace is refused (invariant 3), never read as
 //!    "no org policies": it is what a truncation in progress looks like. A file that means "no
 //!    org policies" says so with a comment or an `[application]` table.
 //! 6. Parsing is linear in the file's size: lines of spans are looked up in one index of line
 //!    starts built per parse (50k orgs in tens of milliseconds, not minutes).
 //! 7. Reloads on SIGHUP and from the file watch run on threads of their own
-//!    ([`PolicyManager::reload_detached`], `policy_watch`), never on the control runtime's
+//!    ([`PolicyManager::reload_detached`], [`watch`]), never on the control runtime's
 //!    blocking pool, which the runtime waits for at exit: a reload stuck in a slow read or parse
 //!    never holds up shutdown or the state directory's lock. (A reload through the endpoint is a
 //!    request like any other: shutdown waits for it at most the grace period.)
 
-use crate::duration::DurationSecs;
+pub mod settle;
+pub mod watch;
+
 use crate::engine::{Engine, PolicyChange};
 use crate::metrics::Metrics;
+use crate::policy::duration::DurationSecs;
 use crate::policy::{OrgPolicy, Policy, PolicyPatch};
 use parking_lot::Mutex;
 use serde::{Deserialize, Serialize};
@@ -375,7 +385,7 @@ impl PolicyManager {
             Source::File { path, settle } => {
                 // An explicit read waits for a file being written, but not forever.
                 let deadline = Instant::now() + (*settle * 10).max(Duration::from_secs(5));
-                let bytes = crate::settle::read_settled(path, *settle, true, Some(deadline));
+                let bytes = settle::read_settled(path, *settle, true, Some(deadline));
                 Self::parse_file(path, bytes, &self.base_app)
             }
             Source::Api { state_dir } => {

@@ -1,6 +1,10 @@
 //! The session engine: N shards, the policy store, limits and the clock, as plain synchronous
 //! Rust. Everything async (HTTP, the reaper tick, signals) calls into this.
 //!
+//! Files: this one (the engine, its sessions and expiry), `policies.rs` (its policy operations
+//! and the dry run); the store it keeps is `policy::store`, the shards are `shard`. Beside it, `tests.rs` (behaviour tests on a manual clock) and `model.rs`
+//! (the property test against a naive model).
+//!
 //! Invariants:
 //! 1. A session lives in shard `id.shard_bits() & mask`; the shard count is a power of two.
 //! 2. Lock order is `user stripe` → `policies` → one shard at a time. Creates read the policy
@@ -15,15 +19,16 @@
 
 use crate::changes::Changes;
 use crate::clock::Clock;
-use crate::policy::{DEFAULT_POLICY, Effective, Mode, OrgPolicy, Policy, resolve};
+use crate::policy::store::PolicyState;
+use crate::policy::{DEFAULT_POLICY, Mode, Policy};
 use crate::session::{
     ExpiryReason, Identity, InputError, Invalid, NewSession, RemoveReason, Saved, SavedRef,
     SessionView, Validation, check_id,
 };
-use crate::shard::{DryRunCounts, Evictions, NewRecord, Reapplied, Shard, TickScale};
+use crate::shard::{Evictions, NewRecord, Shard};
 use crate::token::{SessionId, Token};
+use crate::wheel::TickScale;
 use hashbrown::DefaultHashBuilder;
-use hashbrown::HashMap;
 use parking_lot::{Mutex, RwLock};
 use std::hash::BuildHasher;
 use std::sync::Arc;
@@ -111,110 +116,6 @@ pub struct Created {
     pub displaced: usize,
 }
 
-/// One org whose effective policy changed, and what re-applying it did.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct OrgChange {
-    /// `None`: sessions without an org (they follow the application policy).
-    pub org: Option<String>,
-    pub old: Effective,
-    pub new: Effective,
-    pub reapplied: Reapplied,
-}
-
-/// What a policy write changed.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct PolicyChange {
-    /// Whether any effective policy changed (and so was re-applied).
-    pub changed: bool,
-    /// Totals over every org.
-    pub reapplied: Reapplied,
-    /// One entry per org (with live sessions, or with a CUSTOM policy) whose effective policy
-    /// changed, sorted by org.
-    pub orgs: Vec<OrgChange>,
-    /// Time spent re-applying.
-    pub duration: std::time::Duration,
-}
-
-/// A single policy write, as the admin API expresses it; shared by the real change and the
-/// dry run so that both mutate the policy store the same way.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum PolicyWrite {
-    /// Replace the application policy.
-    Application(Policy),
-    /// Set one org's policy (CUSTOM values, or back to APPLICATION).
-    Org { org: String, policy: OrgPolicy },
-}
-
-impl PolicyWrite {
-    fn apply(&self, st: &mut PolicyState) {
-        match self {
-            PolicyWrite::Application(p) => st.app = *p,
-            PolicyWrite::Org {
-                org,
-                policy: OrgPolicy::Application,
-            } => {
-                st.custom.remove(org);
-            }
-            PolicyWrite::Org {
-                org,
-                policy: OrgPolicy::Custom(p),
-            } => {
-                st.custom.insert(org.clone(), *p);
-            }
-        }
-    }
-
-    /// The org whose slots the write re-applies to; `None` for the application policy (it may
-    /// govern every org).
-    fn only_org(&self) -> Option<&str> {
-        match self {
-            PolicyWrite::Application(_) => None,
-            PolicyWrite::Org { org, .. } => Some(org),
-        }
-    }
-}
-
-/// What a policy write would do (see [`Engine::dry_run`]).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct DryRun {
-    /// The org's policy as it would be stored (`Application` for an application-policy write).
-    pub org_policy: OrgPolicy,
-    /// The effective policy it would yield for that org (or the application policy itself).
-    pub effective: Policy,
-    pub sessions: DryRunCounts,
-    pub duration: std::time::Duration,
-}
-
-/// An org's policy as stored, with the effective result.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct OrgPolicyView {
-    pub org_policy: OrgPolicy,
-    pub effective: Policy,
-}
-
-#[derive(Debug, Clone)]
-struct PolicyState {
-    mode: Mode,
-    app: Policy,
-    /// Orgs with a CUSTOM policy; absent means APPLICATION.
-    custom: HashMap<String, Policy>,
-}
-
-impl PolicyState {
-    fn org_policy(&self, org: &str) -> OrgPolicy {
-        self.custom
-            .get(org)
-            .map_or(OrgPolicy::Application, |p| OrgPolicy::Custom(*p))
-    }
-
-    fn effective(&self, org: Option<&str>) -> Policy {
-        match org {
-            None => self.app,
-            Some(o) => resolve(self.mode, &self.app, &self.org_policy(o)),
-        }
-    }
-}
-
 /// The engine (see the module doc).
 pub struct Engine {
     shards: Box<[RwLock<Shard>]>,
@@ -263,11 +164,7 @@ impl Engine {
                 })
                 .collect(),
             mask: (n - 1) as u64,
-            policies: RwLock::new(PolicyState {
-                mode: cfg.mode,
-                app: cfg.application_policy,
-                custom: HashMap::new(),
-            }),
+            policies: RwLock::new(PolicyState::new(cfg.mode, cfg.application_policy)),
             clock,
             active,
             max_sessions: cfg.max_sessions,
@@ -536,177 +433,6 @@ impl Engine {
         self.shards.iter().map(|s| s.write().revoke_org(org)).sum()
     }
 
-    /// The application policy.
-    pub fn application_policy(&self) -> Policy {
-        self.policies.read().app
-    }
-
-    /// An org's policy and its effective result.
-    pub fn org_policy(&self, org: &str) -> OrgPolicyView {
-        let st = self.policies.read();
-        OrgPolicyView {
-            org_policy: st.org_policy(org),
-            effective: st.effective(Some(org)),
-        }
-    }
-
-    /// Every policy at once: the application policy and the CUSTOM orgs.
-    pub fn policies(&self) -> (Policy, std::collections::BTreeMap<String, Policy>) {
-        let st = self.policies.read();
-        (
-            st.app,
-            st.custom.iter().map(|(k, v)| (k.clone(), *v)).collect(),
-        )
-    }
-
-    /// Replaces the application policy and re-applies it to every session it governs (in
-    /// `stricter` mode that is every org; in `override` mode the inheriting ones).
-    pub fn set_application_policy(&self, policy: Policy) -> PolicyChange {
-        self.change_policies(|st| PolicyWrite::Application(policy).apply(st), None)
-    }
-
-    /// Sets `org`'s policy and re-applies the resulting effective policy to its live sessions.
-    pub fn set_org_policy(
-        &self,
-        org: &str,
-        policy: OrgPolicy,
-    ) -> Result<PolicyChange, EngineError> {
-        check_id("org_id", org)?;
-        let write = PolicyWrite::Org {
-            org: org.to_owned(),
-            policy,
-        };
-        Ok(self.change_policies(|st| write.apply(st), Some(org)))
-    }
-
-    /// What `write` would do to the live sessions now, changing nothing: the policy store is
-    /// only read, and each shard is visited under its read lock (one shard at a time, only the
-    /// org slots the write governs), so validate and touch keep answering throughout. It applies
-    /// `write` to a copy of the store with the same [`PolicyWrite::apply`] the real change uses,
-    /// and each shard counts with [`Shard::dry_run`], the twin of [`Shard::reapply`]: at the same
-    /// clock reading, `would_evict` is exactly what the real write evicts.
-    pub fn dry_run(&self, write: &PolicyWrite) -> Result<DryRun, EngineError> {
-        if let PolicyWrite::Org { org, .. } = write {
-            check_id("org_id", org)?;
-        }
-        let start = std::time::Instant::now();
-        // Held for the whole run so that no real change interleaves with the counting.
-        let st = self.policies.read();
-        let mut after = st.clone();
-        write.apply(&mut after);
-        let now = self.clock.now_ms();
-        let mut sessions = DryRunCounts::default();
-        for s in self.shards.iter() {
-            s.read().dry_run(
-                |org| after.effective(org).effective(),
-                write.only_org(),
-                now,
-                &mut sessions,
-            );
-        }
-        let (org_policy, effective) = match write {
-            PolicyWrite::Application(p) => (OrgPolicy::Application, *p),
-            PolicyWrite::Org { org, .. } => (after.org_policy(org), after.effective(Some(org))),
-        };
-        Ok(DryRun {
-            org_policy,
-            effective,
-            sessions,
-            duration: start.elapsed(),
-        })
-    }
-
-    /// Replaces every policy (a reloaded policy file) and re-applies what changed.
-    pub fn replace_policies(
-        &self,
-        app: Policy,
-        custom: std::collections::BTreeMap<String, Policy>,
-    ) -> PolicyChange {
-        self.change_policies(
-            |st| {
-                st.app = app;
-                st.custom = custom.into_iter().collect();
-            },
-            None,
-        )
-    }
-
-    /// The one path of every policy change: mutate the store under its write lock, then visit
-    /// the shards (all org slots, or only `only_org`'s) and re-apply where the effective policy
-    /// changed (invariant 2).
-    fn change_policies(
-        &self,
-        mutate: impl FnOnce(&mut PolicyState),
-        only_org: Option<&str>,
-    ) -> PolicyChange {
-        let start = std::time::Instant::now();
-        let mut st = self.policies.write();
-        let before = st.clone();
-        mutate(&mut st);
-        let mut orgs: std::collections::BTreeMap<Option<String>, OrgChange> = Default::default();
-        // Orgs named by either policy set, even without live sessions, so each change is reported.
-        let named: Vec<Option<&str>> = match only_org {
-            Some(o) => vec![Some(o)],
-            None => std::iter::once(None)
-                .chain(
-                    before
-                        .custom
-                        .keys()
-                        .chain(st.custom.keys())
-                        .map(|k| Some(k.as_str())),
-                )
-                .collect(),
-        };
-        for org in named {
-            let (old, new) = (
-                before.effective(org).effective(),
-                st.effective(org).effective(),
-            );
-            if old != new {
-                orgs.insert(
-                    org.map(str::to_owned),
-                    OrgChange {
-                        org: org.map(str::to_owned),
-                        old,
-                        new,
-                        reapplied: Reapplied::default(),
-                    },
-                );
-            }
-        }
-        let anything = !orgs.is_empty() || before.app.effective() != st.app.effective();
-        let mut total = Reapplied::default();
-        if anything {
-            let now = self.clock.now_ms();
-            for s in self.shards.iter() {
-                s.write().reapply(
-                    |org| st.effective(org).effective(),
-                    only_org,
-                    now,
-                    &mut |org, old, new, r| {
-                        total.merge(r);
-                        orgs.entry(org.map(str::to_owned))
-                            .or_insert_with(|| OrgChange {
-                                org: org.map(str::to_owned),
-                                old,
-                                new,
-                                reapplied: Reapplied::default(),
-                            })
-                            .reapplied
-                            .merge(r);
-                    },
-                );
-            }
-        }
-        drop(st);
-        PolicyChange {
-            changed: !orgs.is_empty(),
-            reapplied: total,
-            orgs: orgs.into_values().collect(),
-            duration: start.elapsed(),
-        }
-    }
-
     /// Removes every session already expired at the clock's `now` by checking each one's
     /// deadline (a full walk, not the wheel: restored sessions were filed in a wheel whose
     /// clock has only just started). Start-up uses it once replay is done.
@@ -777,3 +503,12 @@ fn invalid(why: Option<ExpiryReason>) -> Invalid {
         Some(ExpiryReason::Absolute) => Invalid::ExpiredAbsolute,
     }
 }
+
+mod policies;
+
+pub use policies::{DryRun, OrgChange, PolicyChange};
+
+#[cfg(test)]
+mod model;
+#[cfg(test)]
+mod tests;

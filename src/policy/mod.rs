@@ -1,5 +1,9 @@
 //! Session policies: the application default, each org's own, and how the two combine.
 //!
+//! Files: this one (the policy values and [`resolve`]), [`duration`] (durations as people
+//! write them) and [`store`] (the store the engine keeps, and the one way a write changes it).
+//! Where policies come from (the API, a watched file) is `policy_source`, above the engine.
+//!
 //! Invariants:
 //! 1. A [`Policy`] value is always valid: `0 < absolute_timeout <= 400 days`; when idle is
 //!    enabled, `0 < idle_timeout <= 400 days`. The only way to build one from input is
@@ -8,7 +12,12 @@
 //!    application policy and the org's policy, so re-reading the same inputs gives the same
 //!    answer (the engine relies on this to skip re-application when nothing changed).
 
-use crate::duration::DurationSecs;
+pub mod duration;
+pub mod store;
+
+pub use store::{OrgPolicyView, PolicyWrite};
+
+use duration::DurationSecs;
 use serde::{Deserialize, Serialize};
 use std::fmt;
 use std::str::FromStr;

@@ -1,12 +1,11 @@
 //! The `sessiond` binary: parse configuration, set up logging, run the daemon.
 
-use clap::Parser;
-use sessiond::config::{Cli, Config};
+use sessiond::config::{Config, Settings};
 
 fn main() -> std::process::ExitCode {
-    let cli = Cli::parse();
+    let cli = Settings::from_cli();
     // Before the rest of the configuration: the probe needs only the address (see `probe`).
-    if cli.probe {
+    if cli.probe() {
         let listen = match sessiond::probe::listen_address(&cli) {
             Ok(a) => a,
             Err(e) => {

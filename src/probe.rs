@@ -12,14 +12,14 @@
 //!    elsewhere since the daemon started does not make the health check of a healthy daemon
 //!    fail.
 
-use crate::config::{Cli, ConfigError};
+use crate::config::{ConfigError, Settings, parse_listen};
 use std::io::{Read, Write};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, TcpStream};
 use std::time::Duration;
 
 /// The listen address of the configuration `cli` names (invariant 2); the same messages as
 /// `Config::load` for an unreadable file or a bad address.
-pub fn listen_address(cli: &Cli) -> Result<SocketAddr, ConfigError> {
+pub fn listen_address(cli: &Settings) -> Result<SocketAddr, ConfigError> {
     /// Only the key the probe needs: any other key, good or bad, is not looked at.
     #[derive(serde::Deserialize)]
     struct ListenOnly {
@@ -40,13 +40,7 @@ pub fn listen_address(cli: &Cli) -> Result<SocketAddr, ConfigError> {
                 .listen
         }
     };
-    // The default of `Config::load` (a unit test keeps them equal).
-    let listen = listen.unwrap_or_else(|| "127.0.0.1:8080".into());
-    listen.parse().map_err(|_| {
-        ConfigError(vec![format!(
-            "listen {listen:?} is not an address like 127.0.0.1:8080 or [::1]:8080"
-        )])
-    })
+    parse_listen(listen).map_err(|e| ConfigError(vec![e]))
 }
 
 /// The address to probe for a daemon listening on `listen`.
@@ -129,13 +123,13 @@ mod tests {
             "listen = \"127.0.0.1:9999\"\nshards = 3\nno_such_key = 1\n",
         )
         .unwrap();
-        let cli = |listen: Option<&str>, config: Option<&std::path::Path>| Cli {
+        let cli = |listen: Option<&str>, config: Option<&std::path::Path>| Settings {
             listen: listen.map(Into::into),
             config: config.map(Into::into),
-            ..Cli::default()
+            ..Settings::default()
         };
         assert!(crate::config::Config::load(cli(None, Some(&file))).is_err());
-        let addr = |c: Cli| listen_address(&c).map(|a| a.to_string());
+        let addr = |c: Settings| listen_address(&c).map(|a| a.to_string());
         assert_eq!(addr(cli(None, Some(&file))).unwrap(), "127.0.0.1:9999");
         assert_eq!(
             addr(cli(Some("127.0.0.1:7"), Some(&file))).unwrap(),

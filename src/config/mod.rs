@@ -1,0 +1,282 @@
+//! Daemon configuration: flags, `SESSIOND_*` environment variables and an optional TOML file
+//! (`--config`), in that order of precedence, over built-in defaults.
+//!
+//! Invariants:
+//! 1. Raw input ([`Settings`], declared once for the command line and the file in `settings`)
+//!    is separate from the validated [`Config`]; the only way to a `Config` is
+//!    [`Config::load`], which checks every field and reports *every* problem at once (a list),
+//!    never just the first.
+//! 2. Precedence is field by field: the command line (a flag, else its environment variable)
+//!    over the file over the default; a file that cannot be read or parsed is a problem, and
+//!    the rest is still checked without it.
+//! 3. Unknown keys in the TOML file are errors (`deny_unknown_fields`), so a typo is not
+//!    silently ignored.
+//! 4. A non-loopback listen address without API keys is refused unless `--insecure-no-auth`.
+
+mod parse;
+mod settings;
+
+use crate::engine::{EngineConfig, UserLimitAction, default_shards};
+use crate::policy::{DEFAULT_POLICY, Mode, Policy};
+use parse::{Problems, parse_bool};
+pub use parse::{default_state_dir, parse_interval, parse_settle, parse_tick, valid_cookie_name};
+pub use settings::Settings;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+/// Sessions one shard may be asked to hold: its id index addresses 2^24 - 2 records, and ids
+/// spread over shards evenly enough (they are hashes) that a cap of 15M per shard on average
+/// leaves every shard far below that.
+pub const SHARD_SESSIONS: usize = 15_000_000;
+
+/// The listen address when none is given.
+pub const DEFAULT_LISTEN: &str = "127.0.0.1:8080";
+
+/// Validated configuration.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub listen: SocketAddr,
+    pub engine: EngineConfig,
+    pub cookie: crate::cookie::CookieSettings,
+    pub api_keys_file: Option<PathBuf>,
+    pub insecure_no_auth: bool,
+    /// HTTP worker threads (see `server`).
+    pub http_workers: usize,
+    pub shutdown_grace: Duration,
+    /// A request's head must arrive within this of its first byte (see `server`).
+    pub header_read_timeout: Duration,
+    /// An idle keep-alive connection is closed after this.
+    pub keepalive_timeout: Duration,
+    /// The connection cap; `None`: derived from the open-file limit at start (`fdlimit`).
+    pub max_connections: Option<usize>,
+    pub log_level: tracing::Level,
+    pub state_dir: PathBuf,
+    pub policy_file: Option<PathBuf>,
+    /// How long the policy file must stay unchanged before it is read (`policy_source::settle`).
+    pub policy_file_settle: Duration,
+    /// Session persistence in `state_dir`; `None` with `--no-persist`.
+    pub persist: Option<crate::persist::Settings>,
+    /// Where the configuration came from, for the start-up log line.
+    pub config_file: Option<PathBuf>,
+}
+
+/// Every problem found in a configuration.
+#[derive(Debug, thiserror::Error)]
+#[error("invalid configuration:\n  - {}", .0.join("\n  - "))]
+pub struct ConfigError(pub Vec<String>);
+
+/// The settings of the file at `path` (nothing when it is `None`, or cannot be read or
+/// parsed: then a problem is noted).
+fn read_file(path: Option<&Path>, problems: &mut Problems) -> Settings {
+    let Some(path) = path else {
+        return Settings::default();
+    };
+    match std::fs::read_to_string(path) {
+        Err(e) => problems
+            .0
+            .push(format!("cannot read config file {}: {e}", path.display())),
+        Ok(text) => match Settings::from_toml(&text) {
+            Ok(file) => return file,
+            Err(e) => problems
+                .0
+                .push(format!("config file {}: {e}", path.display())),
+        },
+    }
+    Settings::default()
+}
+
+/// The listen address `given`, else the default.
+pub fn parse_listen(given: Option<String>) -> Result<SocketAddr, String> {
+    let listen = given.unwrap_or_else(|| DEFAULT_LISTEN.into());
+    listen.parse().map_err(|_| {
+        format!("listen {listen:?} is not an address like 127.0.0.1:8080 or [::1]:8080")
+    })
+}
+
+impl Config {
+    /// Merges flags/env over the file over defaults and validates the result.
+    pub fn load(cli: Settings) -> Result<Config, ConfigError> {
+        let mut p = Problems::default();
+        let config_file = cli.config.clone();
+        let file = read_file(config_file.as_deref(), &mut p);
+        let s = cli.or(file);
+
+        let listen = parse_listen(s.listen).unwrap_or_else(|e| {
+            p.0.push(e);
+            DEFAULT_LISTEN.parse().expect("literal")
+        });
+
+        let shards = s.shards.unwrap_or_else(default_shards);
+        p.check(
+            shards != 0 && shards.is_power_of_two() && shards <= 1_024,
+            || format!("shards is {shards}; it must be a power of two between 1 and 1024"),
+        );
+        let tick_ms = p.parse(s.tick, || 100, parse_tick);
+        let mode = p.parse(s.org_policy_mode, || Mode::Stricter, str::parse);
+
+        let max_sessions = s.max_sessions.unwrap_or(10_000_000);
+        p.check(max_sessions != 0, || {
+            "max_sessions must be at least 1".into()
+        });
+        p.check(max_sessions <= shards.saturating_mul(SHARD_SESSIONS), || {
+            format!(
+                "max_sessions {max_sessions} is more than {shards} shard(s) can hold ({SHARD_SESSIONS} each): \
+                 raise --shards to at least {}",
+                max_sessions.div_ceil(SHARD_SESSIONS).next_power_of_two()
+            )
+        });
+        let max_sessions_per_user = s.max_sessions_per_user;
+        p.check(max_sessions_per_user != Some(0), || {
+            "max_sessions_per_user must be at least 1 (omit it for no limit)".into()
+        });
+        let user_limit_action = p.parse(
+            s.per_user_limit_action,
+            || UserLimitAction::Refuse,
+            str::parse,
+        );
+
+        let cookie_name = s.cookie_name.unwrap_or_else(|| "session".into());
+        p.check(valid_cookie_name(&cookie_name), || {
+            format!(
+                "cookie_name {cookie_name:?} is not a valid cookie name (letters, digits and !#$%&'*+-.^_`|~ only)"
+            )
+        });
+        let secure = p.parse(s.cookie_secure, || true, |t| parse_bool("cookie_secure", t));
+        let same_site = p.parse(
+            s.cookie_same_site,
+            || crate::cookie::SameSite::Lax,
+            str::parse,
+        );
+        let cookie = crate::cookie::CookieSettings {
+            name: cookie_name,
+            domain: s.cookie_domain,
+            path: s.cookie_path.unwrap_or_else(|| "/".into()),
+            secure,
+            same_site,
+        };
+        p.0.extend(cookie.validate());
+
+        let api_keys_file = s.api_keys_file;
+        let insecure_no_auth = s.insecure_no_auth.unwrap_or(false);
+        p.check(
+            api_keys_file.is_some() || listen.ip().is_loopback() || insecure_no_auth,
+            || {
+                format!(
+                    "listen {listen} is not a loopback address and no --api-keys-file is set: anyone who can \
+                     connect would be admin. Give --api-keys-file, or --insecure-no-auth if you really mean it"
+                )
+            },
+        );
+
+        let application_policy = match &s.application {
+            None => DEFAULT_POLICY,
+            Some(patch) => Policy::from_patch(Some(&DEFAULT_POLICY), patch).unwrap_or_else(|e| {
+                p.0.push(format!("[application] {e}"));
+                DEFAULT_POLICY
+            }),
+        };
+
+        let http_workers = s
+            .http_workers
+            .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
+        p.check((1..=256).contains(&http_workers), || {
+            format!(
+                "http_workers {http_workers} is out of range: 1 to 256 (one per core is right for most machines)"
+            )
+        });
+        let shutdown_grace = Duration::from_secs(s.shutdown_grace.unwrap_or(10));
+        let header_read_timeout = s.header_read_timeout.unwrap_or(10);
+        p.check((1..=3_600).contains(&header_read_timeout), || {
+            format!("header_read_timeout {header_read_timeout} is out of range: 1 to 3600 seconds")
+        });
+        let keepalive_timeout = s.keepalive_timeout.unwrap_or(180);
+        p.check((1..=86_400).contains(&keepalive_timeout), || {
+            format!("keepalive_timeout {keepalive_timeout} is out of range: 1 to 86400 seconds")
+        });
+        let max_connections = s.max_connections;
+        p.check(max_connections != Some(0), || {
+            "max_connections must be at least 1 (omit it to derive it from the open-file limit)"
+                .into()
+        });
+        let log_level = p.parse(
+            s.log_level,
+            || tracing::Level::INFO,
+            |l| {
+                l.parse().map_err(|_| {
+                    format!("log_level {l:?} is not one of error, warn, info, debug, trace")
+                })
+            },
+        );
+
+        let state_dir = s.state_dir.unwrap_or_else(default_state_dir);
+        let policy_file = s.policy_file;
+        if let Some(f) = &policy_file {
+            p.check(f.exists(), || {
+                format!("policy_file {} does not exist", f.display())
+            });
+        }
+        let policy_file_settle = p.parse(
+            s.policy_file_settle,
+            || crate::policy_source::settle::DEFAULT_SETTLE,
+            parse_settle,
+        );
+
+        let fsync = p.parse(s.fsync, Default::default, str::parse);
+        let snapshot_interval = p.parse(
+            s.snapshot_interval,
+            || Duration::from_secs(600),
+            parse_interval,
+        );
+        let journal_backlog_mib = s
+            .journal_backlog_mib
+            .unwrap_or(crate::persist::journal::DEFAULT_BACKLOG >> 20);
+        p.check((1..=65_536).contains(&journal_backlog_mib), || {
+            format!(
+                "journal_backlog_mib {journal_backlog_mib} is out of range; it must be between 1 and 65536"
+            )
+        });
+        let persist = (!s.no_persist.unwrap_or(false) && s.persist.unwrap_or(true)).then(|| {
+            crate::persist::Settings {
+                dir: state_dir.clone(),
+                fsync,
+                snapshot_interval,
+                recover: s.recover.unwrap_or(false),
+                journal_backlog: journal_backlog_mib << 20,
+            }
+        });
+
+        if !p.0.is_empty() {
+            return Err(ConfigError(p.0));
+        }
+        Ok(Config {
+            listen,
+            engine: EngineConfig {
+                shards,
+                tick_ms,
+                mode,
+                application_policy,
+                max_sessions,
+                max_sessions_per_user,
+                user_limit_action,
+            },
+            cookie,
+            api_keys_file,
+            insecure_no_auth,
+            http_workers,
+            shutdown_grace,
+            header_read_timeout: Duration::from_secs(header_read_timeout),
+            keepalive_timeout: Duration::from_secs(keepalive_timeout),
+            max_connections,
+            log_level,
+            state_dir,
+            policy_file,
+            policy_file_settle,
+            persist,
+            config_file,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests;

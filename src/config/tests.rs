@@ -1,0 +1,219 @@
+//! Tests of `Config::load`: defaults, precedence, and every problem reported at once.
+
+use super::*;
+use crate::policy::{DEFAULT_POLICY, Mode};
+
+fn cli(args: &[&str]) -> Settings {
+    let mut v = vec!["sessiond"];
+    v.extend_from_slice(args);
+    Settings::try_from_args(v).unwrap()
+}
+
+#[test]
+fn defaults_need_no_file() {
+    let c = Config::load(cli(&[])).unwrap();
+    assert_eq!(c.listen.to_string(), "127.0.0.1:8080");
+    assert_eq!(c.engine.tick_ms, 100);
+    assert_eq!(c.engine.mode, Mode::Stricter);
+    assert_eq!(c.engine.application_policy, DEFAULT_POLICY);
+    assert_eq!(c.cookie, crate::cookie::CookieSettings::default());
+    assert!(c.engine.shards.is_power_of_two());
+    assert!(c.http_workers >= 1);
+    let e = Config::load(cli(&["--shards", "2", "--max-sessions", "40000000"])).unwrap_err();
+    assert!(
+        e.to_string().contains("raise --shards to at least 4"),
+        "{e}"
+    );
+    assert!(Config::load(cli(&["--shards", "4", "--max-sessions", "40000000"])).is_ok());
+    let c = Config::load(cli(&["--http-workers", "3"])).unwrap();
+    assert_eq!(c.http_workers, 3);
+}
+
+#[test]
+fn every_problem_is_reported_at_once() {
+    let e = Config::load(cli(&[
+        "--listen",
+        "nowhere",
+        "--shards",
+        "3",
+        "--tick",
+        "5s",
+        "--org-policy-mode",
+        "loose",
+        "--cookie-name",
+        "a b",
+        "--max-sessions",
+        "0",
+        "--http-workers",
+        "0",
+    ]))
+    .unwrap_err();
+    assert_eq!(e.0.len(), 7, "{e}");
+    let text = e.to_string();
+    for needle in [
+        "nowhere",
+        "shards is 3",
+        "tick \"5s\"",
+        "loose",
+        "\"a b\"",
+        "max_sessions",
+        "http_workers 0",
+    ] {
+        assert!(text.contains(needle), "{needle} missing from {text}");
+    }
+}
+
+#[test]
+fn non_loopback_needs_keys_or_explicit_insecure() {
+    let e = Config::load(cli(&["--listen", "0.0.0.0:8080"])).unwrap_err();
+    assert!(e.to_string().contains("--insecure-no-auth"));
+    assert!(Config::load(cli(&["--listen", "0.0.0.0:8080", "--insecure-no-auth"])).is_ok());
+    assert!(Config::load(cli(&["--listen", "0.0.0.0:8080", "--api-keys-file", "/k"])).is_ok());
+}
+
+#[test]
+fn file_is_read_and_flags_win() {
+    let dir = std::env::temp_dir().join(format!("sessiond-cfg-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("c.toml");
+    std::fs::write(
+        &path,
+        "listen = \"127.0.0.1:9000\"\ntick = \"50ms\"\n[application]\nabsolute_timeout = { value = 8, unit = \"HOURS\" }\npersistent = true\n",
+    )
+    .unwrap();
+    let p = path.to_str().unwrap();
+    let c = Config::load(cli(&["--config", p, "--tick", "200ms"])).unwrap();
+    assert_eq!(c.listen.port(), 9000);
+    assert_eq!(c.engine.tick_ms, 200);
+    assert_eq!(c.engine.application_policy.absolute_timeout_secs, 28_800);
+    assert!(c.engine.application_policy.persistent);
+    assert_eq!(c.engine.application_policy.idle_timeout_secs, Some(1_800));
+
+    std::fs::write(&path, "listn = \"x\"\n").unwrap();
+    let e = Config::load(cli(&["--config", p])).unwrap_err();
+    assert!(e.to_string().contains("listn"), "{e}");
+    std::fs::write(&path, "[application]\nabsolute_timeout = 0\n").unwrap();
+    let e = Config::load(cli(&["--config", p])).unwrap_err();
+    assert!(e.to_string().contains("absolute_timeout is 0"), "{e}");
+    std::fs::remove_dir_all(&dir).ok();
+}
+
+#[test]
+fn cookie_flags() {
+    let c = Config::load(cli(&[
+        "--cookie-domain",
+        "example.com",
+        "--cookie-path",
+        "/app",
+        "--cookie-secure",
+        "false",
+        "--cookie-same-site",
+        "strict",
+    ]))
+    .unwrap();
+    assert_eq!(c.cookie.domain.as_deref(), Some("example.com"));
+    assert_eq!((c.cookie.path.as_str(), c.cookie.secure), ("/app", false));
+    let e = Config::load(cli(&[
+        "--cookie-secure",
+        "false",
+        "--cookie-same-site",
+        "none",
+    ]))
+    .unwrap_err();
+    assert!(e.to_string().contains("requires cookie_secure"), "{e}");
+    let e = Config::load(cli(&["--cookie-secure", "maybe"])).unwrap_err();
+    assert!(e.to_string().contains("maybe"), "{e}");
+}
+
+#[test]
+fn connection_limits() {
+    let c = Config::load(cli(&[])).unwrap();
+    assert_eq!(c.header_read_timeout, Duration::from_secs(10));
+    assert_eq!(c.keepalive_timeout, Duration::from_secs(180));
+    assert_eq!(c.max_connections, None);
+    let c = Config::load(cli(&[
+        "--header-read-timeout",
+        "2",
+        "--keepalive-timeout",
+        "75",
+        "--max-connections",
+        "500",
+    ]))
+    .unwrap();
+    assert_eq!(c.header_read_timeout, Duration::from_secs(2));
+    assert_eq!(c.keepalive_timeout, Duration::from_secs(75));
+    assert_eq!(c.max_connections, Some(500));
+    let e = Config::load(cli(&[
+        "--header-read-timeout",
+        "0",
+        "--keepalive-timeout",
+        "90000",
+        "--max-connections",
+        "0",
+    ]))
+    .unwrap_err();
+    assert_eq!(e.0.len(), 3, "{e}");
+    let dir = std::env::temp_dir().join(format!("sessiond-cfg-conn-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("c.toml");
+    std::fs::write(
+        &path,
+        "header_read_timeout = 5\nkeepalive_timeout = 100\nmax_connections = 64\n",
+    )
+    .unwrap();
+    let c = Config::load(cli(&["--config", path.to_str().unwrap()])).unwrap();
+    assert_eq!(
+        (
+            c.header_read_timeout.as_secs(),
+            c.keepalive_timeout.as_secs()
+        ),
+        (5, 100)
+    );
+    assert_eq!(c.max_connections, Some(64));
+    std::fs::remove_dir_all(&dir).ok();
+}
+
+/// The settle window's forms are tested in `parse`; here, that the flag reaches the config.
+#[test]
+fn policy_file_settle_is_a_bounded_duration() {
+    let c = Config::load(cli(&["--policy-file-settle", "3s"])).unwrap();
+    assert_eq!(c.policy_file_settle, Duration::from_secs(3));
+}
+
+/// Keys spelt differently on each side keep their meaning: an absent flag does not hide the
+/// file's key, a given one wins over it, and a command-line-only name is an unknown file key.
+#[test]
+fn flags_and_keys_of_one_side_only() {
+    let dir = std::env::temp_dir().join(format!("sessiond-cfg-sides-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("c.toml");
+    let p = path.to_str().unwrap();
+    let load = |text: &str, args: &[&str]| {
+        std::fs::write(&path, text).unwrap();
+        let mut all = vec!["--config", p];
+        all.extend_from_slice(args);
+        Config::load(cli(&all))
+    };
+    let keys = "listen = \"0.0.0.0:8080\"\ninsecure_no_auth = true\nrecover = true\n\
+                persist = true\ncookie_secure = false\n";
+    let c = load(keys, &[]).unwrap();
+    assert!(c.insecure_no_auth && !c.cookie.secure);
+    assert!(c.persist.unwrap().recover);
+    let c = load(keys, &["--no-persist", "--cookie-secure", "true"]).unwrap();
+    assert!(c.persist.is_none() && c.cookie.secure);
+    assert!(load("persist = false\n", &[]).unwrap().persist.is_none());
+    assert!(load("", &[]).unwrap().persist.is_some());
+
+    for bad in [
+        "no_persist = true\n",
+        "config = \"x\"\n",
+        "probe = true\n",
+        "cookie_secure = \"false\"\n",
+    ] {
+        let e = load(bad, &[]).unwrap_err();
+        assert_eq!(e.0.len(), 1, "{bad}: {e}");
+    }
+    assert!(Settings::try_from_args(["sessiond", "--persist"]).is_err());
+    assert!(Settings::try_from_args(["sessiond", "--application", "x"]).is_err());
+    std::fs::remove_dir_all(&dir).ok();
+}

@@ -1,0 +1,158 @@
+//! The HTTP workers: one current-thread tokio runtime per worker thread, each serving the
+//! connections it is handed to the end, and one acceptor that hands each new connection to the
+//! worker with the fewest open ones.
+//!
+//! Why not one multi-threaded runtime: with work stealing, a connection's readiness is noticed
+//! by whichever worker polls the I/O driver and its task often runs on the other, so a request
+//! costs a cross-thread wake-up (a futex and a context switch) on top of its two syscalls. Here
+//! a connection lives and dies on one thread, as in Redis's event loop.
+//!
+//! Why an acceptor instead of every worker accepting: gateways hold a few long keep-alive
+//! connections, often opened in one burst, and whichever worker wakes first would take most
+//! of them, leaving a core idle. `SO_REUSEPORT` would spread them by hash but also let a second
+//! daemon started by mistake on the same port silently take half the traffic.
+//!
+//! Why hyper directly rather than `axum::serve`: each connection carries its own deadlines
+//! (`conn::Conn`), which needs the connection and the service side by side. hyper's own
+//! `header_read_timeout` cannot be used: it runs from the moment a connection starts waiting
+//! for a request, so it would also close idle keep-alive connections after a few seconds,
+//! racing the gateway's pool.
+//!
+//! Invariants:
+//! 1. `open[i]` counts worker `i`'s connections: incremented when one is handed over, and
+//!    decremented when its connection (`conn::Conn`) is dropped, whichever way it ends.
+//! 2. Shutdown is the daemon's one signal (`shutdown::Stop`): when it is set the acceptor stops
+//!    at once, every worker stops waiting for connections, drains its own (a request in flight
+//!    is answered, an idle connection is closed), and reports; [`Workers::wait`] returns when
+//!    the last has drained.
+//! 3. A connection is closed when a request's head has not arrived in full
+//!    `header_read_timeout` after its first byte (for a new connection: after it was
+//!    accepted), or when no request has started for `keepalive_timeout` after the last
+//!    response. A request whose head has arrived is never cut by either (its body and
+//!    handler are not timed here).
+//! 4. At most `max_connections` are open: past it the acceptor accepts and closes new ones at
+//!    once with a 503 (so they wait in no queue), counts them, and logs at most one line per
+//!    [`LOG_EVERY`]; the open ones keep being served.
+//! 5. The accept loop never spins: a failing `accept` pauses [`ACCEPT_PAUSE`] and is logged
+//!    at most once per [`LOG_EVERY`], with what to do about it.
+//! 6. The request path costs what `axum::serve` did, plus per request one relaxed atomic
+//!    store, one load and one clock read (vDSO, no syscall); the timer is per connection and
+//!    is re-armed only when it fires or a deadline moves earlier.
+//!
+//! Files: `accept` (the acceptor: hand-over to the least-loaded worker, refusal past the cap,
+//! accept errors), `worker` (a worker's loop and the router as a hyper service), `conn` (a
+//! connection with its deadlines), `tests`.
+
+mod accept;
+mod conn;
+#[cfg(test)]
+mod tests;
+mod worker;
+
+use crate::shutdown::Stop;
+use axum::Router;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::AtomicUsize;
+use std::time::Duration;
+use tokio::sync::mpsc;
+
+/// Refusals and accept failures are logged at most once per this period.
+pub const LOG_EVERY: Duration = Duration::from_secs(10);
+/// The pause after an `accept` that failed for a reason other than the connection itself.
+pub const ACCEPT_PAUSE: Duration = Duration::from_millis(100);
+
+/// What a connection may take (invariants 3 and 4).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Limits {
+    pub header_read_timeout: Duration,
+    pub keepalive_timeout: Duration,
+    pub max_connections: usize,
+}
+
+/// Binds and listens on `addr` (before any worker starts, so that a port in use fails start-up
+/// at once). std sets `SO_REUSEADDR`, so a restart is not refused by old connections in
+/// TIME_WAIT.
+pub fn bind(addr: SocketAddr) -> std::io::Result<std::net::TcpListener> {
+    let listener = std::net::TcpListener::bind(addr)?;
+    listener.set_nonblocking(true)?;
+    Ok(listener)
+}
+
+/// The running acceptor and HTTP workers.
+pub struct Workers {
+    done: mpsc::UnboundedReceiver<std::io::Result<()>>,
+    count: usize,
+}
+
+/// Starts one worker per router in `apps` and the acceptor that feeds them from `listener`;
+/// they drain and end when `stop` is set (invariant 2).
+pub fn start(
+    listener: std::net::TcpListener,
+    apps: Vec<Router>,
+    limits: Limits,
+    stop: Stop,
+) -> std::io::Result<Workers> {
+    let (done_tx, done) = mpsc::unbounded_channel();
+    let open: Arc<[AtomicUsize]> = apps.iter().map(|_| AtomicUsize::new(0)).collect();
+    let mut inboxes = Vec::with_capacity(apps.len());
+    let count = apps.len();
+    for (i, app) in apps.into_iter().enumerate() {
+        let (tx, rx) = mpsc::unbounded_channel::<accept::Handoff>();
+        inboxes.push(tx);
+        let stop = stop.clone();
+        let done_tx = done_tx.clone();
+        std::thread::Builder::new()
+            .name(format!("sessiond-http-{i}"))
+            .spawn(move || {
+                let result =
+                    current_thread().map(|rt| rt.block_on(worker::serve(rx, app, limits, stop)));
+                let _ = done_tx.send(result);
+            })?;
+    }
+    // The acceptor reports whether it could start, so that start-up fails instead of a daemon
+    // that answers nothing.
+    let (started_tx, started) = std::sync::mpsc::channel::<std::io::Result<()>>();
+    std::thread::Builder::new()
+        .name("sessiond-accept".into())
+        .spawn(move || {
+            let rt = match current_thread() {
+                Ok(rt) => rt,
+                Err(e) => return drop(started_tx.send(Err(e))),
+            };
+            rt.block_on(async move {
+                let listener = match tokio::net::TcpListener::from_std(listener) {
+                    Ok(l) => l,
+                    Err(e) => return drop(started_tx.send(Err(e))),
+                };
+                let _ = started_tx.send(Ok(()));
+                accept::run(listener, &open, &inboxes, limits, &stop).await;
+            })
+        })?;
+    // An acceptor that could not start has dropped the workers' inboxes: they end too.
+    started
+        .recv()
+        .unwrap_or_else(|_| Err(std::io::Error::other("the acceptor thread ended at start")))?;
+    Ok(Workers { done, count })
+}
+
+fn current_thread() -> std::io::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+}
+
+impl Workers {
+    /// Waits until every worker has drained; the first error any of them met.
+    pub async fn wait(mut self) -> std::io::Result<()> {
+        let mut first = Ok(());
+        for _ in 0..self.count {
+            match self.done.recv().await {
+                Some(Err(e)) if first.is_ok() => first = Err(e),
+                Some(_) => {}
+                None => break,
+            }
+        }
+        first
+    }
+}

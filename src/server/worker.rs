@@ -1,0 +1,101 @@
+//! One HTTP worker: a current-thread runtime that serves every connection it is handed to the
+//! end, each on a task of its own, through hyper's HTTP/1 driver.
+//!
+//! Invariants (numbered as in `server`):
+//! 2. When the shutdown signal is set the worker stops taking connections, lets each of its
+//!    own finish the request in flight (an idle one is closed), and returns once all are gone.
+//! 3. Each connection's [`Service`] counts the request heads hyper hands it: the connection
+//!    (`conn::Conn`) reads that count to know a request is in flight.
+//! 6. Per request: one relaxed load and store of that count, and a router clone (a reference
+//!    count), as `axum::serve` does.
+
+use super::Limits;
+use super::accept::Handoff;
+use super::conn::Conn;
+use crate::shutdown::Stop;
+use axum::Router;
+use hyper::body::Incoming;
+use hyper_util::rt::TokioIo;
+use std::convert::Infallible;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU32, Ordering};
+use tokio::sync::{mpsc, watch};
+
+/// One worker: serves each connection handed over on a task of its own until shutdown, then
+/// waits for them to drain (invariant 2).
+pub(super) async fn serve(
+    mut rx: mpsc::UnboundedReceiver<Handoff>,
+    app: Router,
+    limits: Limits,
+    stop: Stop,
+) {
+    let mut http = hyper::server::conn::http1::Builder::new();
+    // Ours ([`Conn`]) starts at a request's first byte; hyper's would also close idle
+    // keep-alive connections.
+    http.header_read_timeout(None);
+    // Each connection task holds a receiver; `closed` resolves when the last is gone.
+    let (drained_tx, drained_rx) = watch::channel(());
+    loop {
+        let handoff = tokio::select! {
+            h = rx.recv() => h,
+            _ = stop.wait() => break,
+        };
+        // The acceptor has ended: the shutdown has begun, or it could not start.
+        let Some((std, _peer, guard)) = handoff else {
+            break;
+        };
+        let io = match tokio::net::TcpStream::from_std(std) {
+            Ok(io) => io,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot register a connection; closing it");
+                continue;
+            }
+        };
+        let heads = Arc::new(AtomicU32::new(0));
+        let conn = Conn::new(io, guard, heads.clone(), limits);
+        let service = Service {
+            app: app.clone(),
+            heads,
+        };
+        let conn = http.serve_connection(TokioIo::new(conn), service);
+        let stop = stop.clone();
+        let drained = drained_rx.clone();
+        tokio::spawn(async move {
+            let mut conn = std::pin::pin!(conn);
+            let result = tokio::select! {
+                r = conn.as_mut() => r,
+                _ = stop.wait() => {
+                    conn.as_mut().graceful_shutdown();
+                    conn.await
+                }
+            };
+            if let Err(e) = result {
+                tracing::trace!(error = %e, "connection ended with an error");
+            }
+            drop(drained);
+        });
+    }
+    drop(drained_rx);
+    drained_tx.closed().await;
+}
+
+/// The router as a hyper service that counts the request heads it is handed, so that the
+/// connection knows a request is in flight (invariant 3).
+struct Service {
+    app: Router,
+    heads: Arc<AtomicU32>,
+}
+
+impl hyper::service::Service<hyper::Request<Incoming>> for Service {
+    type Response = axum::response::Response;
+    type Error = Infallible;
+    type Future = <Router as tower_service::Service<hyper::Request<Incoming>>>::Future;
+
+    fn call(&self, req: hyper::Request<Incoming>) -> Self::Future {
+        // One writer (this connection's task): a plain store, no locked instruction.
+        let n = self.heads.load(Ordering::Relaxed);
+        self.heads.store(n.wrapping_add(1), Ordering::Relaxed);
+        // As `axum::serve` does: a router clone is a reference count.
+        tower_service::Service::call(&mut self.app.clone(), req)
+    }
+}

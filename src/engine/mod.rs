@@ -1,9 +1,11 @@
 //! The session engine: N shards, the policy store, limits and the clock, as plain synchronous
 //! Rust. Everything async (HTTP, the reaper tick, signals) calls into this.
 //!
-//! Files: this one (the engine, its sessions and expiry), `policies.rs` (its policy operations
-//! and the dry run); the store it keeps is `policy::store`, the shards are `shard`. Beside it, `tests.rs` (behaviour tests on a manual clock) and `model.rs`
-//! (the property test against a naive model).
+//! Files: this one (the engine, its sessions and expiry), `config.rs` (its settings),
+//! `saved.rs` (start-up replay and the snapshot's walk), `policies.rs` (its policy operations
+//! and the dry run); the store it keeps is `policy::store`, the shards are `shard`. Beside it,
+//! `tests/` (behaviour tests on a manual clock, one file per topic) and `model.rs` (the
+//! property test against a naive model).
 //!
 //! Invariants:
 //! 1. A session lives in shard `id.shard_bits() & mask`; the shard count is a power of two.
@@ -20,10 +22,9 @@
 use crate::changes::Changes;
 use crate::clock::Clock;
 use crate::policy::store::PolicyState;
-use crate::policy::{DEFAULT_POLICY, Mode, Policy};
 use crate::session::{
-    ExpiryReason, Identity, InputError, Invalid, NewSession, RemoveReason, Saved, SavedRef,
-    SessionView, Validation, check_id,
+    ExpiryReason, Identity, InputError, Invalid, NewSession, RemoveReason, SessionView, Validation,
+    check_id,
 };
 use crate::shard::{Evictions, NewRecord, Shard};
 use crate::token::{SessionId, Token};
@@ -34,66 +35,6 @@ use std::hash::BuildHasher;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
-/// What to do when a user already has `max_sessions_per_user` sessions.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum UserLimitAction {
-    /// Refuse the new session.
-    #[default]
-    Refuse,
-    /// Revoke the user's oldest session to make room.
-    EvictOldest,
-}
-
-impl std::str::FromStr for UserLimitAction {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, String> {
-        match s {
-            "refuse" => Ok(UserLimitAction::Refuse),
-            "evict_oldest" | "evict-oldest" => Ok(UserLimitAction::EvictOldest),
-            other => Err(format!(
-                "unknown per-user limit action {other:?}; expected \"refuse\" or \"evict_oldest\""
-            )),
-        }
-    }
-}
-
-/// Engine settings, fixed at start.
-#[derive(Debug, Clone)]
-pub struct EngineConfig {
-    /// Number of shards; a power of two.
-    pub shards: usize,
-    /// Wheel tick in milliseconds (1..=1000).
-    pub tick_ms: u64,
-    pub mode: Mode,
-    pub application_policy: Policy,
-    /// Most live sessions in total.
-    pub max_sessions: usize,
-    /// Most live sessions per user, if limited.
-    pub max_sessions_per_user: Option<usize>,
-    pub user_limit_action: UserLimitAction,
-}
-
-/// Default shard count: 8 per core, rounded up to a power of two.
-pub fn default_shards() -> usize {
-    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
-    (cores * 8).next_power_of_two().min(1024)
-}
-
-impl Default for EngineConfig {
-    fn default() -> Self {
-        EngineConfig {
-            shards: default_shards(),
-            tick_ms: 100,
-            mode: Mode::Stricter,
-            application_policy: DEFAULT_POLICY,
-            max_sessions: 10_000_000,
-            max_sessions_per_user: None,
-            user_limit_action: UserLimitAction::Refuse,
-        }
-    }
-}
-
 /// Why the engine refused an operation.
 #[derive(Debug, thiserror::Error)]
 pub enum EngineError {
@@ -103,8 +44,9 @@ pub enum EngineError {
     Capacity { max: usize },
     #[error("user already has {max} sessions, the per-user limit")]
     UserLimit { max: usize },
+    /// The OS's words stay in the source, for the log; the HTTP answer leaves them out.
     #[error("the operating system's random number generator failed: {0}")]
-    Rng(String),
+    Rng(#[source] getrandom::Error),
 }
 
 /// A new session: the token (given out once) and the session's state.
@@ -180,65 +122,6 @@ impl Engine {
     /// The shard count [`Engine::new`] makes of `cfg.shards`.
     pub fn shards_for(cfg: &EngineConfig) -> usize {
         cfg.shards.max(1).next_power_of_two()
-    }
-
-    /// Puts a saved session back (start-up replay; not reported, no limits: the sessions were
-    /// admitted once). Returns whether it was new.
-    pub fn restore(&self, saved: Saved) -> bool {
-        let id = SessionId(saved.id);
-        let policies = self.policies.read();
-        let org = saved.org.as_deref();
-        let new = self.shard(id).write().restore(
-            NewRecord {
-                id,
-                user: &saved.user,
-                org,
-                metadata: saved.metadata.map(Arc::new),
-                created_ms: saved.created_ms,
-                last_ms: saved.last_ms,
-            },
-            || policies.effective(org).effective(),
-        );
-        if new {
-            self.active.fetch_add(1, Ordering::Relaxed);
-        }
-        new
-    }
-
-    /// Makes room for about `n` more sessions across the shards (start-up).
-    pub fn reserve(&self, n: usize) {
-        let per = n / self.shards.len() + 1;
-        for s in self.shards.iter() {
-            s.write().reserve(per);
-        }
-    }
-
-    /// The shard index of session `id` (start-up routes each shard's records to one thread).
-    pub fn shard_of(&self, id: SessionId) -> usize {
-        (id.shard_bits() & self.mask) as usize
-    }
-
-    /// Replays saved activity of session `id`.
-    pub fn restore_activity(&self, id: SessionId, last_ms: u64) {
-        self.shard(id).write().restore_activity(id, last_ms);
-    }
-
-    /// Replays a saved removal of session `id` (not reported).
-    pub fn restore_remove(&self, id: SessionId) {
-        self.shard(id).write().restore_remove(id);
-    }
-
-    /// Hands `f` what is saved of each live session in a chunk of shard `i`, under its read
-    /// lock (keep `f` short: that shard's writers wait for it). Returns where the next chunk
-    /// starts, `None` at the end of the shard (see [`Shard::visit_chunk`]).
-    pub fn visit_chunk(
-        &self,
-        i: usize,
-        from: u32,
-        max: usize,
-        f: &mut impl FnMut(SavedRef<'_>),
-    ) -> Option<u32> {
-        self.shards[i].read().visit_chunk(from, max, f)
     }
 
     /// The clock this engine reads.
@@ -328,7 +211,7 @@ impl Engine {
                 }
             }
         }
-        let token = Token::generate().map_err(|e| EngineError::Rng(e.to_string()))?;
+        let token = Token::generate().map_err(EngineError::Rng)?;
         let id = token.id();
         let now = self.clock.now_ms();
         let metadata = new.metadata.filter(|m| !m.is_empty()).map(Arc::new);
@@ -504,8 +387,11 @@ fn invalid(why: Option<ExpiryReason>) -> Invalid {
     }
 }
 
+mod config;
 mod policies;
+mod saved;
 
+pub use config::{EngineConfig, UserLimitAction, default_shards};
 pub use policies::{DryRun, OrgChange, PolicyChange};
 
 #[cfg(test)]

@@ -1,9 +1,10 @@
 //! One shard of the session table: a slab of records, an id index, per-user and per-org lists,
 //! the effective policy of every org it holds sessions for, and its own timer wheel, all behind
-//! one `parking_lot::RwLock` owned by the engine. This file holds the shard and its operations
-//! (insert, validate, touch, remove, the wheel's advance, the snapshot's visit); `record` the
-//! record layout and slab, `lists` the user and org lists, `policy` policy re-application and
-//! its dry run.
+//! one `parking_lot::RwLock` owned by the engine. This file holds the shard and its write
+//! operations (insert, restore, remove, the wheel's advance, the sweep); `read` the lookups
+//! under the read lock (validate, touch, the snapshot's visit); `record` the record layout and
+//! slab, `lists` the user and org lists, `policy` policy re-application and its dry run,
+//! `check` the structural self-check.
 //!
 //! Invariants:
 //! 1. A record is live iff it is in `ids`; every live record is in exactly one user list, one org
@@ -26,6 +27,7 @@
 mod check;
 mod lists;
 mod policy;
+mod read;
 mod record;
 
 pub use policy::{DryRunCounts, Reapplied};
@@ -33,9 +35,7 @@ pub use policy::{DryRunCounts, Reapplied};
 use crate::changes::{Change, Changes};
 use crate::id_index::IdIndex;
 use crate::policy::Effective;
-use crate::session::{
-    Deadlines, ExpiryReason, Identity, Metadata, RemoveReason, SavedRef, SessionView,
-};
+use crate::session::{Deadlines, ExpiryReason, Metadata, RemoveReason, SavedRef, SessionView};
 use crate::token::SessionId;
 use crate::wheel::{NIL, TickScale, Wheel};
 use compact_str::CompactString;
@@ -189,121 +189,6 @@ impl Shard {
             r.created_ms,
             r.last_ms.load(Ordering::Relaxed),
         )
-    }
-
-    fn view_with(&self, idx: u32, last_ms: u64, d: &Deadlines) -> SessionView {
-        let r = &self.slab.records[idx as usize];
-        let org = r.org();
-        SessionView {
-            id: SessionId(r.id()),
-            user_id: CompactString::from(user_of(&self.slab.records, &self.long_users, idx)),
-            org_id: (org != NO_ORG).then(|| self.org_slot(org).name.clone()),
-            created_at_ms: r.created_ms,
-            last_activity_at_ms: last_ms,
-            idle_expires_at_ms: d.idle,
-            absolute_expires_at_ms: d.absolute,
-            expires_at_ms: d.expires,
-            persistent: r.persistent(),
-            metadata: if r.has_metadata() {
-                self.metadata.get(&idx).cloned()
-            } else {
-                None
-            },
-        }
-    }
-
-    fn view(&self, idx: u32) -> SessionView {
-        let last = self.slab.records[idx as usize]
-            .last_ms
-            .load(Ordering::Relaxed);
-        self.view_with(idx, last, &self.deadlines(idx))
-    }
-
-    /// The session `id`, expired or not, if it is still in the table.
-    pub fn get(&self, id: SessionId) -> Option<SessionView> {
-        self.find(id).map(|idx| self.view(idx))
-    }
-
-    /// Validates without side effects (invariant 3).
-    #[inline]
-    pub fn validate(
-        &self,
-        id: SessionId,
-        now_ms: u64,
-    ) -> Result<SessionView, Option<ExpiryReason>> {
-        let idx = self.find(id).ok_or(None)?;
-        let d = self.deadlines(idx);
-        if let Some(reason) = d.expired(now_ms) {
-            return Err(Some(reason));
-        }
-        let last = self.slab.records[idx as usize]
-            .last_ms
-            .load(Ordering::Relaxed);
-        Ok(self.view_with(idx, last, &d))
-    }
-
-    /// Records activity at `now_ms` unless the session is already expired (invariants 2, 3).
-    #[inline]
-    pub fn touch(&self, id: SessionId, now_ms: u64) -> Result<SessionView, Option<ExpiryReason>> {
-        let (idx, last, d) = self.touch_at(id, now_ms)?;
-        Ok(self.view_with(idx, last, &d))
-    }
-
-    /// [`Shard::touch`], handing `f` the session's identity borrowed from the table instead of
-    /// a copy of all of it.
-    #[inline]
-    pub fn touch_identity<R>(
-        &self,
-        id: SessionId,
-        now_ms: u64,
-        f: impl FnOnce(&Identity<'_>) -> R,
-    ) -> Result<R, Option<ExpiryReason>> {
-        let (idx, last, d) = self.touch_at(id, now_ms)?;
-        let org = self.slab.records[idx as usize].org();
-        Ok(f(&Identity {
-            id,
-            user_id: user_of(&self.slab.records, &self.long_users, idx),
-            org_id: (org != NO_ORG).then(|| self.org_slot(org).name.as_str()),
-            last_activity_at_ms: last,
-            expires_at_ms: d.expires,
-        }))
-    }
-
-    /// The touch itself: the record, its last activity and its deadlines after it.
-    #[inline]
-    fn touch_at(
-        &self,
-        id: SessionId,
-        now_ms: u64,
-    ) -> Result<(u32, u64, Deadlines), Option<ExpiryReason>> {
-        let idx = self.find(id).ok_or(None)?;
-        let r = &self.slab.records[idx as usize];
-        let eff = self.org_eff(r);
-        let d = Deadlines::compute(eff, r.created_ms, r.last_ms.load(Ordering::Relaxed));
-        if let Some(reason) = d.expired(now_ms) {
-            return Err(Some(reason));
-        }
-        let prev = r.last_ms.fetch_max(now_ms, Ordering::Relaxed);
-        let last = prev.max(now_ms);
-        // Activity is reported at most once per second per session (`changes`, invariant 2):
-        // only when it crosses into a new second, so the reported time is < 1 s behind.
-        if now_ms / 1_000 > prev / 1_000
-            && let Some((c, i)) = &self.changes
-        {
-            c.record(
-                *i,
-                Change::Activity {
-                    id: r.id(),
-                    last_ms: now_ms,
-                },
-            );
-        }
-        Ok((idx, last, Deadlines::compute(eff, r.created_ms, last)))
-    }
-
-    /// Whether `id` is present.
-    pub fn contains(&self, id: SessionId) -> bool {
-        self.find(id).is_some()
     }
 
     /// Inserts a new session and reports it; `eff_for()` gives the effective policy if its org
@@ -508,39 +393,5 @@ impl Shard {
             }
         }
         ev
-    }
-
-    /// Hands `f` what is saved of each live session among up to `max` slab entries from index
-    /// `from` on (a snapshot walks a shard in such chunks, taking the read lock once per
-    /// chunk). Returns where to go on, `None` at the end.
-    pub fn visit_chunk(
-        &self,
-        from: u32,
-        max: usize,
-        f: &mut impl FnMut(SavedRef<'_>),
-    ) -> Option<u32> {
-        let recs = &self.slab.records;
-        let end = (from as usize).saturating_add(max).min(recs.len());
-        for idx in from as usize..end {
-            let r = &recs[idx];
-            if !r.live() {
-                continue;
-            }
-            let org = (r.org() != NO_ORG).then(|| self.org_slot(r.org()).name.as_str());
-            let metadata = if r.has_metadata() {
-                self.metadata.get(&(idx as u32)).map(|m| &**m)
-            } else {
-                None
-            };
-            f(SavedRef {
-                id: r.id(),
-                created_ms: r.created_ms,
-                last_ms: r.last_ms.load(Ordering::Relaxed),
-                user: user_of(recs, &self.long_users, idx as u32),
-                org,
-                metadata,
-            });
-        }
-        (end < recs.len()).then_some(end as u32)
     }
 }

@@ -130,12 +130,12 @@ pub enum JournalError {
         "the state directory cannot be written ({0}); the change is applied in memory and kept, \
          and is written as soon as the disk takes it, but a crash before then loses it"
     )]
-    Failing(String),
+    Failing(#[source] Arc<io::Error>),
     #[error(
         "another sessiond holds this daemon's state directory ({0}); the change is applied in \
          memory only, and this daemon refuses writes until it gets the directory back"
     )]
-    Fenced(String),
+    Fenced(#[source] Arc<io::Error>),
 }
 
 /// Path of journal generation `gen` in `dir`.
@@ -207,7 +207,9 @@ pub struct Journal {
     failing: AtomicBool,
     fenced: AtomicBool,
     needs_snapshot: AtomicBool,
-    last_error: Mutex<String>,
+    /// Why the journal last failed (a write, the state directory, its lock), shared with every
+    /// request refused for it.
+    last_error: Mutex<Arc<io::Error>>,
 }
 
 impl Journal {
@@ -229,7 +231,7 @@ impl Journal {
             failing: AtomicBool::new(false),
             fenced: AtomicBool::new(false),
             needs_snapshot: AtomicBool::new(false),
-            last_error: Mutex::new(String::new()),
+            last_error: Mutex::new(Arc::new(io::Error::other("no journal write has failed"))),
         }
     }
 
@@ -284,6 +286,16 @@ impl Journal {
         self.fenced.load(Ordering::Relaxed)
     }
 
+    /// Why the journal last failed, for the requests refused for it.
+    fn last_error(&self) -> Arc<io::Error> {
+        self.last_error.lock().clone()
+    }
+
+    /// Records why the journal fails (the writer's side).
+    fn set_last_error(&self, e: io::Error) {
+        *self.last_error.lock() = Arc::new(e);
+    }
+
     /// The changes not on disk now (invariant 7).
     pub fn unsaved(&self) -> Unsaved {
         self.out.lock().unsaved()
@@ -314,13 +326,13 @@ impl Journal {
     /// on disk (invariant 2), or refuses at once while writes fail. At once otherwise.
     pub async fn wait_durable(&self) -> Result<(), JournalError> {
         if self.fenced() {
-            return Err(JournalError::Fenced(self.last_error.lock().clone()));
+            return Err(JournalError::Fenced(self.last_error()));
         }
         if self.policy != FsyncPolicy::Always || !self.enabled.load(Ordering::Relaxed) {
             return Ok(());
         }
         if self.failing() {
-            return Err(JournalError::Failing(self.last_error.lock().clone()));
+            return Err(JournalError::Failing(self.last_error()));
         }
         let seen = self.appended.load(Ordering::Acquire);
         let mut rx = self.durable.subscribe();
@@ -332,7 +344,7 @@ impl Journal {
         let durable_or_failing = rx.wait_for(|d| *d >= seen || self.failing());
         match tokio::time::timeout(DURABLE_TIMEOUT, durable_or_failing).await {
             Ok(Ok(d)) if *d >= seen => Ok(()),
-            _ if self.failing() => Err(JournalError::Failing(self.last_error.lock().clone())),
+            _ if self.failing() => Err(JournalError::Failing(self.last_error())),
             _ => Err(JournalError::Timeout(DURABLE_TIMEOUT)),
         }
     }
@@ -392,5 +404,40 @@ impl Changes for Journal {
             Change::Activity { id, last_ms } => record::put_activity(b, id, last_ms),
             Change::Removed { id, reason } => record::put_remove(b, id, reason),
         });
+    }
+}
+
+/// A copy of `e` for the requests it refuses, while the original goes back to the caller
+/// (`io::Error` is not `Clone`): the same OS error where it is one, else its kind and words.
+pub(super) fn same_error(e: &io::Error) -> io::Error {
+    match e.raw_os_error() {
+        Some(code) => io::Error::from_raw_os_error(code),
+        None => io::Error::new(e.kind(), e.to_string()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A request refused while writes fail carries the write's own error as its source (the
+    /// same OS error), and the message the HTTP answer shows keeps its words.
+    #[test]
+    fn a_refusal_keeps_the_failed_write_as_its_source() {
+        let os = io::Error::from_raw_os_error(28);
+        let e = JournalError::Failing(Arc::new(same_error(&os)));
+        let source = std::error::Error::source(&e).expect("the io error is kept");
+        let source = source
+            .downcast_ref::<Arc<io::Error>>()
+            .expect("an io error");
+        assert_eq!(source.raw_os_error(), Some(28));
+        assert!(e.to_string().contains(&os.to_string()), "{e}");
+
+        let fenced = io::Error::other("/state is locked by another sessiond");
+        let copy = same_error(&fenced);
+        assert_eq!(
+            (copy.kind(), copy.to_string()),
+            (fenced.kind(), fenced.to_string())
+        );
     }
 }

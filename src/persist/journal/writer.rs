@@ -188,7 +188,8 @@ impl Journal {
                 "the state directory was lost under the running daemon, and every saved session \
                  with it: making it again, taking its lock and writing a full snapshot"
             );
-            *self.last_error.lock() = format!("state directory {}: {what}", dir.path().display());
+            let at = dir.path().display();
+            self.set_last_error(io::Error::other(format!("state directory {at}: {what}")));
             w.seg = None;
             w.unsynced = false;
             w.unsynced_frames = 0;
@@ -223,8 +224,10 @@ impl Journal {
                          writes nothing there, refuses writes and reports not ready until it \
                          can take the lock back"
                     );
-                    *self.last_error.lock() =
-                        format!("{} is locked by another sessiond", dir.path().display());
+                    let at = dir.path().display();
+                    self.set_last_error(io::Error::other(format!(
+                        "{at} is locked by another sessiond"
+                    )));
                 }
                 w.fenced = true;
                 self.fenced.store(true, Ordering::Relaxed);
@@ -344,7 +347,7 @@ impl Journal {
                     Some(_) => {}
                 }
                 if !w.fenced {
-                    *self.last_error.lock() = e.to_string();
+                    self.set_last_error(super::same_error(e));
                 }
             }
         }

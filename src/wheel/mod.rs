@@ -1,26 +1,15 @@
 //! A hierarchical timer wheel whose entries are records of a slab, linked by `u32` index.
 //!
 //! The wheel does not own entries: each record embeds a [`WheelLinks`] and the wheel reaches it
-//! through a [`LinkStore`] (the shard's slab). It never allocates after construction.
+//! through a [`LinkStore`] (the shard's slab). It never allocates after construction. Where an
+//! entry is filed (6 levels x 64 slots, the tick scale) is `slots.rs`; this file holds the
+//! operations; `tests.rs` drives them through a harness that re-files as the shard does.
 //!
-//! | level | slots | one slot spans | the level spans |
-//! |-------|-------|----------------|-----------------|
-//! | 0     | 64    | 1 tick         | 64 ticks        |
-//! | 1     | 64    | 64 ticks       | 4 096 ticks     |
-//! | 2     | 64    | 64^2 ticks     | 64^3 ticks      |
-//! | 3     | 64    | 64^3 ticks     | 64^4 ticks      |
-//! | 4     | 64    | 64^4 ticks     | 64^5 ticks      |
-//! | 5     | 64    | 64^5 ticks     | 64^6 = 2^36 ticks |
+//! When a slot at level > 0 comes due, its entries are handed back by [`Wheel::poll`]; the
+//! caller knows each entry's true deadline and either expires it or files it again (cascading
+//! to a lower level). The wheel itself stores no deadline: an entry's slot is its only position.
 //!
-//! With a 100 ms tick the wheel spans 218 years; with a 1 ms tick, 2.2 years (> 400 days).
-//!
-//! An entry is filed by its `when` tick: the level is that of the highest bit in which `when`
-//! differs from `elapsed` (tokio's `level_for`), the slot is `when`'s digit at that level. When a
-//! slot at level > 0 comes due, its entries are handed back by [`Wheel::poll`]; the caller knows
-//! each entry's true deadline and either expires it or files it again (cascading to a lower
-//! level). The wheel itself stores no deadline: an entry's slot is its only position.
-//!
-//! Invariants (checked by `debug_assert!` and by the tests at the end):
+//! Invariants (checked by `debug_assert!`, by [`Wheel::check`] and by the tests):
 //! 1. Every slot strictly before `elapsed` has been processed: no entry sits in a slot whose
 //!    deadline is `<= elapsed` except in the `pending` list.
 //! 2. `occupied[level]` bit `s` is set iff `heads[level][s] != NIL`.
@@ -31,23 +20,19 @@
 //!    current slot). A clamped entry simply fires early and is filed again by the caller.
 //! 5. A slot's deadline is never later than the `when` of any entry filed in it, so an entry is
 //!    never handed back after its `when` has passed by more than the caller's polling delay.
-//! 6. [`TickScale`] rounds a deadline up to its tick and the clock down to the last tick fully
-//!    begun, so the tick a deadline is filed at never comes due before the deadline itself.
+//! 6. A deadline's tick never comes due before the deadline ([`TickScale`], `slots` invariant 3).
+
+mod slots;
+
+pub use slots::{LEVELS, MAX_AHEAD_TICKS, TickScale};
+use slots::{SLOTS, level_for, slot_for, slot_span};
 
 /// "No entry" in a link.
 pub const NIL: u32 = u32::MAX;
-/// Number of levels.
-pub const LEVELS: usize = 6;
-const SLOT_BITS: u32 = 6;
-const SLOTS: usize = 1 << SLOT_BITS;
 /// `level` value of an entry that is in no list.
 pub const UNLINKED: u8 = u8::MAX;
 /// `level` value of an entry that sits in the pending (due) list.
 const PENDING: u8 = u8::MAX - 1;
-/// Ticks covered by all levels together.
-const SPAN_TICKS: u64 = 1 << (SLOT_BITS as u64 * LEVELS as u64);
-/// How far ahead an entry may be filed (see invariant 4).
-pub const MAX_AHEAD_TICKS: u64 = 63 * (1 << (SLOT_BITS as u64 * (LEVELS as u64 - 1)));
 
 /// The wheel's part of a record: intrusive doubly-linked list pointers and the list it is in.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -87,29 +72,6 @@ impl LinkStore for Vec<WheelLinks> {
     }
 }
 
-/// Maps Unix milliseconds to wheel ticks.
-#[derive(Debug, Clone, Copy)]
-pub struct TickScale {
-    pub origin_ms: u64,
-    pub tick_ms: u64,
-}
-
-impl TickScale {
-    /// The first tick at or after `deadline_ms`: a session filed there is expired when it fires.
-    #[inline]
-    pub fn deadline_tick(&self, deadline_ms: u64) -> u64 {
-        deadline_ms
-            .saturating_sub(self.origin_ms)
-            .div_ceil(self.tick_ms)
-    }
-
-    /// The last tick that has fully begun at `now_ms`.
-    #[inline]
-    pub fn now_tick(&self, now_ms: u64) -> u64 {
-        now_ms.saturating_sub(self.origin_ms) / self.tick_ms
-    }
-}
-
 /// One shard's timer wheel. See the module doc for its invariants.
 #[derive(Debug)]
 pub struct Wheel {
@@ -126,24 +88,6 @@ impl Default for Wheel {
     fn default() -> Self {
         Self::new()
     }
-}
-
-fn level_for(elapsed: u64, when: u64) -> usize {
-    const SLOT_MASK: u64 = (1 << SLOT_BITS) - 1;
-    let mut masked = (elapsed ^ when) | SLOT_MASK;
-    if masked >= SPAN_TICKS {
-        masked = SPAN_TICKS - 1;
-    }
-    let significant = 63 - masked.leading_zeros() as usize;
-    significant / SLOT_BITS as usize
-}
-
-fn slot_for(when: u64, level: usize) -> usize {
-    ((when >> (level as u32 * SLOT_BITS)) as usize) & (SLOTS - 1)
-}
-
-fn slot_span(level: usize) -> u64 {
-    1 << (level as u32 * SLOT_BITS)
 }
 
 impl Wheel {
@@ -354,177 +298,4 @@ impl Wheel {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    /// A slab of entries that remember their `when`, re-filing cascades the way the shard does.
-    struct Harness {
-        wheel: Wheel,
-        links: Vec<WheelLinks>,
-        when: Vec<u64>,
-        fired_at: Vec<Option<u64>>,
-    }
-
-    impl Harness {
-        fn new(n: usize) -> Self {
-            Harness {
-                wheel: Wheel::new(),
-                links: vec![WheelLinks::default(); n],
-                when: vec![0; n],
-                fired_at: vec![None; n],
-            }
-        }
-
-        fn insert(&mut self, idx: u32, when: u64) {
-            self.when[idx as usize] = when;
-            self.wheel.insert(&mut self.links, idx, when);
-        }
-
-        /// Polls at `now` and returns the entries whose true `when` has come.
-        fn advance(&mut self, now: u64) -> Vec<u32> {
-            let mut fired = vec![];
-            while let Some(idx) = self.wheel.poll(&mut self.links, now) {
-                let when = self.when[idx as usize];
-                if when <= now {
-                    self.fired_at[idx as usize] = Some(now);
-                    fired.push(idx);
-                } else {
-                    self.wheel.insert(&mut self.links, idx, when);
-                }
-            }
-            self.wheel.check(&mut self.links);
-            fired.sort();
-            fired
-        }
-    }
-
-    #[test]
-    fn level_for_matches_the_table() {
-        assert_eq!(level_for(0, 1), 0);
-        assert_eq!(level_for(0, 63), 0);
-        assert_eq!(level_for(0, 64), 1);
-        assert_eq!(level_for(0, 4_095), 1);
-        assert_eq!(level_for(0, 4_096), 2);
-        assert_eq!(level_for(0, 1 << 30), 5);
-        assert_eq!(level_for(0, SPAN_TICKS + 5), 5);
-        assert_eq!(level_for(60, 66), 1);
-    }
-
-    #[test]
-    fn deadline_exactly_on_a_tick_fires_on_that_tick_not_before() {
-        let mut h = Harness::new(3);
-        h.insert(0, 10);
-        h.insert(1, 64);
-        h.insert(2, 4_096);
-        assert!(h.advance(9).is_empty());
-        assert_eq!(h.advance(10), vec![0]);
-        assert!(h.advance(63).is_empty());
-        assert_eq!(h.advance(64), vec![1]);
-        assert!(h.advance(4_095).is_empty());
-        assert_eq!(h.advance(4_096), vec![2]);
-        assert!(h.wheel.is_empty());
-    }
-
-    #[test]
-    fn every_tick_step_fires_each_entry_exactly_at_its_when() {
-        let whens: Vec<u64> = (0..400u64).map(|i| 1 + (i * 7_919) % 300_000).collect();
-        let mut h = Harness::new(whens.len());
-        for (i, &w) in whens.iter().enumerate() {
-            h.insert(i as u32, w);
-        }
-        let mut now = 0;
-        while !h.wheel.is_empty() {
-            now += 37;
-            h.advance(now);
-        }
-        for (i, &w) in whens.iter().enumerate() {
-            let fired = h.fired_at[i].unwrap();
-            assert!(
-                fired >= w && fired < w + 37,
-                "entry {i} when {w} fired at {fired}"
-            );
-        }
-    }
-
-    #[test]
-    fn beyond_the_top_level_is_clamped_and_refiled() {
-        let mut h = Harness::new(2);
-        let far = SPAN_TICKS * 3 + 12_345;
-        h.insert(0, far);
-        h.insert(1, MAX_AHEAD_TICKS + 1);
-        let mut now = 0;
-        let step = SPAN_TICKS / 50;
-        while h.fired_at[0].is_none() {
-            now += step;
-            h.advance(now);
-            assert!(now < far + step);
-        }
-        assert!(h.fired_at[0].unwrap() >= far);
-        assert!(h.fired_at[1].unwrap() > MAX_AHEAD_TICKS);
-    }
-
-    #[test]
-    fn clock_jumping_forward_by_days_fires_everything_once() {
-        // 100 ms ticks: 3 days = 2_592_000 ticks.
-        let mut h = Harness::new(1_000);
-        for i in 0..1_000u32 {
-            h.insert(i, 1 + u64::from(i) * 2_500);
-        }
-        let fired = h.advance(2_592_000 * 3);
-        assert_eq!(fired.len(), 1_000);
-        assert!(h.wheel.is_empty());
-    }
-
-    #[test]
-    fn clock_stepping_backwards_fires_nothing_early() {
-        let mut h = Harness::new(2);
-        h.insert(0, 100);
-        h.insert(1, 200);
-        assert_eq!(h.advance(150), vec![0]);
-        assert!(h.advance(20).is_empty());
-        assert_eq!(h.wheel.elapsed(), 150);
-        assert!(h.advance(199).is_empty());
-        assert_eq!(h.advance(200), vec![1]);
-    }
-
-    #[test]
-    fn remove_from_any_position_keeps_lists_consistent() {
-        let mut h = Harness::new(10);
-        for i in 0..10u32 {
-            h.insert(i, 5 + u64::from(i % 3) * 70);
-        }
-        for i in [0u32, 4, 9, 3] {
-            h.wheel.remove(&mut h.links, i);
-            h.wheel.check(&mut h.links);
-        }
-        h.wheel.remove(&mut h.links, 0); // already out: no-op
-        assert_eq!(h.wheel.len(), 6);
-        let fired = h.advance(1_000);
-        assert_eq!(fired, vec![1, 2, 5, 6, 7, 8]);
-    }
-
-    #[test]
-    fn remove_while_pending() {
-        let mut h = Harness::new(3);
-        for i in 0..3u32 {
-            h.insert(i, 10);
-        }
-        let first = h.wheel.poll(&mut h.links, 10).unwrap();
-        // The other two now sit in the pending list; take one out from the middle or head.
-        let other = (0..3u32).find(|&i| i != first).unwrap();
-        h.wheel.remove(&mut h.links, other);
-        h.wheel.check(&mut h.links);
-        let rest: Vec<u32> = std::iter::from_fn(|| h.wheel.poll(&mut h.links, 10)).collect();
-        assert_eq!(rest.len(), 1);
-        assert!(h.wheel.is_empty());
-    }
-
-    #[test]
-    fn insert_at_or_before_elapsed_fires_next_tick() {
-        let mut h = Harness::new(2);
-        h.advance(500);
-        h.insert(0, 3);
-        h.insert(1, 500);
-        assert_eq!(h.advance(501), vec![0, 1]);
-    }
-}
+mod tests;

@@ -1,0 +1,79 @@
+//! Saved sessions in and out of the engine: start-up replay puts them back, a snapshot walks
+//! them out. The format they are saved in is `persist`'s; this side knows only [`Saved`] and
+//! [`SavedRef`].
+//!
+//! Invariants:
+//! 1. Replay is not reported through the `changes` seam and ignores the limits: the sessions
+//!    were admitted, and reported, once already.
+//! 2. Replay is idempotent: a known id only moves its activity forward, activity and removal of
+//!    an unknown id do nothing (see `shard`).
+//! 3. A snapshot's walk holds one shard's **read** lock per chunk, so validate and touch never
+//!    wait for it and a writer waits for one chunk at most.
+
+use super::Engine;
+use crate::session::{Saved, SavedRef};
+use crate::shard::NewRecord;
+use crate::token::SessionId;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+
+impl Engine {
+    /// Puts a saved session back (start-up replay; not reported, no limits: the sessions were
+    /// admitted once). Returns whether it was new.
+    pub fn restore(&self, saved: Saved) -> bool {
+        let id = SessionId(saved.id);
+        let policies = self.policies.read();
+        let org = saved.org.as_deref();
+        let new = self.shard(id).write().restore(
+            NewRecord {
+                id,
+                user: &saved.user,
+                org,
+                metadata: saved.metadata.map(Arc::new),
+                created_ms: saved.created_ms,
+                last_ms: saved.last_ms,
+            },
+            || policies.effective(org).effective(),
+        );
+        if new {
+            self.active.fetch_add(1, Ordering::Relaxed);
+        }
+        new
+    }
+
+    /// Makes room for about `n` more sessions across the shards (start-up).
+    pub fn reserve(&self, n: usize) {
+        let per = n / self.shards.len() + 1;
+        for s in self.shards.iter() {
+            s.write().reserve(per);
+        }
+    }
+
+    /// The shard index of session `id` (start-up routes each shard's records to one thread).
+    pub fn shard_of(&self, id: SessionId) -> usize {
+        (id.shard_bits() & self.mask) as usize
+    }
+
+    /// Replays saved activity of session `id`.
+    pub fn restore_activity(&self, id: SessionId, last_ms: u64) {
+        self.shard(id).write().restore_activity(id, last_ms);
+    }
+
+    /// Replays a saved removal of session `id` (not reported).
+    pub fn restore_remove(&self, id: SessionId) {
+        self.shard(id).write().restore_remove(id);
+    }
+
+    /// Hands `f` what is saved of each live session in a chunk of shard `i`, under its read
+    /// lock (keep `f` short: that shard's writers wait for it). Returns where the next chunk
+    /// starts, `None` at the end of the shard (see [`Shard::visit_chunk`]).
+    pub fn visit_chunk(
+        &self,
+        i: usize,
+        from: u32,
+        max: usize,
+        f: &mut impl FnMut(SavedRef<'_>),
+    ) -> Option<u32> {
+        self.shards[i].read().visit_chunk(from, max, f)
+    }
+}

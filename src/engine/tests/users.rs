@@ -1,0 +1,156 @@
+//! Users, orgs and limits: lists, bulk revocation, capacity, per-user limits, bad input,
+//! metadata and long user ids.
+//!
+//! What these tests hold the engine to:
+//! 1. Sessions are listed and revoked by user and by org.
+//! 2. `max_sessions` is a clean error, never exceeded (engine invariant 3); the per-user limit
+//!    refuses or evicts the oldest (engine invariant 4).
+//! 3. Bad ids are refused by name.
+//! 4. Metadata and long user ids live beside the record and are freed with it.
+
+use super::*;
+
+#[test]
+fn list_and_revoke_by_user_and_org() {
+    let (e, clock) = engine(policy(3_600, None, false));
+    for i in 0..10 {
+        clock.advance(1);
+        let user = if i % 2 == 0 { "even" } else { "odd" };
+        let org = if i < 5 { "first" } else { "second" };
+        let _ = e.create(new(user, Some(org))).unwrap();
+    }
+    let evens = e.list_user("even");
+    assert_eq!(evens.len(), 5);
+    assert!(
+        evens
+            .windows(2)
+            .all(|w| w[0].created_at_ms < w[1].created_at_ms)
+    );
+    assert!(e.list_user("nobody").is_empty());
+    assert_eq!(e.revoke_org("first"), 5);
+    assert_eq!(e.list_user("even").len(), 2);
+    assert_eq!(e.revoke_user("odd"), 3);
+    assert_eq!(e.revoke_user("odd"), 0);
+    assert_eq!(e.len(), 2);
+    e.check();
+}
+
+#[test]
+fn capacity_is_a_clean_error() {
+    let (e, _) = engine_with(EngineConfig {
+        shards: 2,
+        max_sessions: 3,
+        ..EngineConfig::default()
+    });
+    let toks: Vec<_> = (0..3)
+        .map(|_| e.create(new("u", None)).unwrap().token)
+        .collect();
+    assert!(matches!(
+        e.create(new("u", None)),
+        Err(EngineError::Capacity { max: 3 })
+    ));
+    assert_eq!(e.len(), 3);
+    assert!(toks.iter().all(|t| is_valid(&e.validate(t.expose()))));
+    assert!(e.revoke(toks[0].expose()));
+    assert!(e.create(new("u", None)).is_ok());
+}
+
+#[test]
+fn per_user_limit_refuses_or_evicts_the_oldest() {
+    let (e, clock) = engine_with(EngineConfig {
+        shards: 8,
+        max_sessions_per_user: Some(2),
+        ..EngineConfig::default()
+    });
+    let a = e.create(new("u", None)).unwrap();
+    clock.advance(1);
+    let _b = e.create(new("u", None)).unwrap();
+    assert!(matches!(
+        e.create(new("u", None)),
+        Err(EngineError::UserLimit { max: 2 })
+    ));
+    assert!(e.create(new("someone-else", None)).is_ok());
+    assert!(is_valid(&e.validate(a.token.expose())));
+
+    let (e, clock) = engine_with(EngineConfig {
+        shards: 8,
+        max_sessions_per_user: Some(2),
+        user_limit_action: UserLimitAction::EvictOldest,
+        ..EngineConfig::default()
+    });
+    let a = e.create(new("u", None)).unwrap();
+    clock.advance(1);
+    let b = e.create(new("u", None)).unwrap();
+    clock.advance(1);
+    let c = e.create(new("u", None)).unwrap();
+    assert_eq!(c.displaced, 1);
+    assert!(!is_valid(&e.validate(a.token.expose())));
+    assert!(is_valid(&e.validate(b.token.expose())));
+    assert_eq!(e.list_user("u").len(), 2);
+    e.check();
+}
+
+#[test]
+fn bad_ids_are_refused_by_name() {
+    let (e, _) = engine(policy(60, None, false));
+    let err = e.create(new("", None)).unwrap_err();
+    assert_eq!(err.to_string(), "user_id must not be empty");
+    let err = e.create(new("u", Some(&"o".repeat(300)))).unwrap_err();
+    assert!(err.to_string().starts_with("org_id is 300 bytes"));
+    assert!(e.is_empty());
+}
+
+#[test]
+fn metadata_is_kept_beside_the_record_and_freed_with_it() {
+    let (e, _) = engine(policy(3_600, None, false));
+    let meta = crate::session::Metadata::new(vec![("ip".into(), "10.0.0.1".into())]).unwrap();
+    let with = e
+        .create(NewSession {
+            user_id: "u".into(),
+            org_id: None,
+            metadata: Some(meta.clone()),
+        })
+        .unwrap();
+    let without = e.create(new("u", None)).unwrap();
+    let Validation::Valid(v) = e.validate(with.token.expose()) else {
+        panic!()
+    };
+    assert_eq!(v.metadata.as_deref(), Some(&meta));
+    let Validation::Valid(v) = e.validate(without.token.expose()) else {
+        panic!()
+    };
+    assert_eq!(v.metadata, None);
+    e.check();
+    // A freed record reused by a session without metadata must not inherit any.
+    assert!(e.revoke(with.token.expose()));
+    let reuse = e.create(new("u", None)).unwrap();
+    assert_eq!(e.get(reuse.session.id).unwrap().metadata, None);
+    e.check();
+}
+
+#[test]
+fn long_user_ids_work_like_short_ones() {
+    let (e, _) = engine(policy(3_600, None, false));
+    let long = "a-user-id-much-longer-than-sixteen-bytes@example.com";
+    let short = "exactly-16-bytes";
+    let mut tokens = Vec::new();
+    for user in [long, short, long, short] {
+        let c = e.create(new(user, Some("o"))).unwrap();
+        assert_eq!(c.session.user_id, user);
+        tokens.push(c.token);
+    }
+    e.check();
+    assert_eq!(e.list_user(long).len(), 2);
+    assert_eq!(e.list_user(short).len(), 2);
+    let Validation::Valid(v) = e.validate(tokens[0].expose()) else {
+        panic!()
+    };
+    assert_eq!(v.user_id, long);
+    assert_eq!(e.revoke_user(long), 2);
+    e.check();
+    // Freed records are reused without keeping the old long id.
+    let c = e.create(new("bob", None)).unwrap();
+    assert_eq!(e.get(c.session.id).unwrap().user_id, "bob");
+    assert_eq!(e.list_user(short).len(), 2);
+    e.check();
+}

@@ -39,12 +39,18 @@ fn files(dir: &Path, prefix: &str) -> Vec<PathBuf> {
     v
 }
 
-/// The `sessions loaded` line of a daemon's log.
+/// The `sessions loaded` line of a daemon's log. It is written before `/readyz` says ready, but
+/// the harness's reader thread may not have passed it on yet: wait for it.
 fn loaded_line(d: &Daemon) -> String {
-    d.drain_logs()
-        .into_iter()
-        .find(|l| l.contains("sessions loaded"))
-        .expect("a sessions loaded line")
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        if let Ok(l) = d.logs.recv_timeout(Duration::from_millis(100))
+            && l.contains("sessions loaded")
+        {
+            return l;
+        }
+        assert!(Instant::now() < deadline, "no sessions loaded line");
+    }
 }
 
 #[test]

@@ -77,6 +77,11 @@ impl Engine {
         )
     }
 
+    /// How many orgs have a CUSTOM policy (without copying them, unlike [`Engine::policies`]).
+    pub fn custom_policy_count(&self) -> usize {
+        self.policies.read().custom.len()
+    }
+
     /// Replaces the application policy and re-applies it to every session it governs (in
     /// `stricter` mode that is every org; in `override` mode the inheriting ones).
     pub fn set_application_policy(&self, policy: Policy) -> PolicyChange {
@@ -143,7 +148,8 @@ impl Engine {
         self.change_policies(
             |st| {
                 st.app = app;
-                st.custom = custom.into_iter().collect();
+                st.custom = hashbrown::HashMap::with_capacity(custom.len());
+                st.custom.extend(custom);
             },
             None,
         )
@@ -161,37 +167,41 @@ impl Engine {
         let mut st = self.policies.write();
         let before = st.clone();
         mutate(&mut st);
-        let mut orgs: std::collections::BTreeMap<Option<String>, OrgChange> = Default::default();
-        // Orgs named by either policy set, even without live sessions, so each change is reported.
-        let named: Vec<Option<&str>> = match only_org {
-            Some(o) => vec![Some(o)],
-            None => std::iter::once(None)
-                .chain(
-                    before
-                        .custom
-                        .keys()
-                        .chain(st.custom.keys())
-                        .map(|k| Some(k.as_str())),
-                )
-                .collect(),
-        };
-        for org in named {
+        // The orgs named by either policy set, even without live sessions, so each change is
+        // reported; each once, in a vector sorted once (a B-tree of 50k org ids cost a start-up
+        // with a big policy file ~10% of its time).
+        let mut orgs: Vec<OrgChange> = Vec::new();
+        let mut note = |org: Option<&str>| {
             let (old, new) = (
                 before.effective(org).effective(),
                 st.effective(org).effective(),
             );
             if old != new {
-                orgs.insert(
-                    org.map(str::to_owned),
-                    OrgChange {
-                        org: org.map(str::to_owned),
-                        old,
-                        new,
-                        reapplied: Reapplied::default(),
-                    },
-                );
+                orgs.push(OrgChange {
+                    org: org.map(str::to_owned),
+                    old,
+                    new,
+                    reapplied: Reapplied::default(),
+                });
+            }
+        };
+        match only_org {
+            Some(o) => note(Some(o)),
+            None => {
+                note(None);
+                for k in before.custom.keys() {
+                    note(Some(k));
+                }
+                for k in st.custom.keys() {
+                    if !before.custom.contains_key(k) {
+                        note(Some(k));
+                    }
+                }
             }
         }
+        orgs.sort_unstable_by(|a, b| a.org.cmp(&b.org));
+        // Orgs that changed only through the application policy, found in the shards.
+        let mut others: hashbrown::HashMap<Option<String>, OrgChange> = Default::default();
         let anything = !orgs.is_empty() || before.app.effective() != st.app.effective();
         let mut total = Reapplied::default();
         if anything {
@@ -203,25 +213,102 @@ impl Engine {
                     now,
                     &mut |org, old, new, r| {
                         total.merge(r);
-                        orgs.entry(org.map(str::to_owned))
-                            .or_insert_with(|| OrgChange {
-                                org: org.map(str::to_owned),
-                                old,
-                                new,
-                                reapplied: Reapplied::default(),
-                            })
-                            .reapplied
-                            .merge(r);
+                        let change = match orgs.binary_search_by(|c| c.org.as_deref().cmp(&org)) {
+                            Ok(i) => &mut orgs[i],
+                            Err(_) => {
+                                others
+                                    .entry(org.map(str::to_owned))
+                                    .or_insert_with(|| OrgChange {
+                                        org: org.map(str::to_owned),
+                                        old,
+                                        new,
+                                        reapplied: Reapplied::default(),
+                                    })
+                            }
+                        };
+                        change.reapplied.merge(r);
                     },
                 );
             }
         }
         drop(st);
+        if !others.is_empty() {
+            orgs.extend(others.into_values());
+            orgs.sort_unstable_by(|a, b| a.org.cmp(&b.org));
+        }
         PolicyChange {
             changed: !orgs.is_empty(),
             reapplied: total,
-            orgs: orgs.into_values().collect(),
+            orgs,
             duration: start.elapsed(),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    //! Invariant 2: each changed org reported once, sorted, with what re-applying did to it.
+
+    use crate::clock::ManualClock;
+    use crate::engine::{Engine, EngineConfig};
+    use crate::policy::{Mode, Policy};
+    use crate::session::NewSession;
+
+    fn policy(abs_s: u64) -> Policy {
+        Policy {
+            absolute_timeout_secs: abs_s,
+            idle_timeout_enabled: false,
+            idle_timeout_secs: None,
+            persistent: false,
+        }
+    }
+
+    #[test]
+    fn each_changed_org_is_reported_once_in_order() {
+        let e = Engine::new(
+            EngineConfig {
+                shards: 4,
+                mode: Mode::Override,
+                application_policy: policy(3_600),
+                ..EngineConfig::default()
+            },
+            ManualClock::new(1_800_000_000_000),
+        );
+        for (user, org) in [
+            ("u1", None),
+            ("u2", Some("b")),
+            ("u3", Some("b")),
+            ("u4", Some("a")),
+        ] {
+            e.create(NewSession {
+                user_id: user.into(),
+                org_id: org.map(Into::into),
+                metadata: None,
+            })
+            .unwrap();
+        }
+        // "a" gets a CUSTOM policy, "z" one too (no sessions); the application policy changes,
+        // so the org-less sessions and "b" (inheriting, found only in the shards) change as well.
+        let custom = [("z", policy(60)), ("a", policy(120))]
+            .map(|(o, p)| (o.to_owned(), p))
+            .into();
+        let c = e.replace_policies(policy(7_200), custom);
+        let seen: Vec<_> = c
+            .orgs
+            .iter()
+            .map(|o| (o.org.as_deref(), o.reapplied.refiled))
+            .collect();
+        assert_eq!(
+            seen,
+            [(None, 1), (Some("a"), 1), (Some("b"), 2), (Some("z"), 0)]
+        );
+        assert_eq!((c.changed, c.reapplied.refiled), (true, 4));
+        // The same again changes nothing and visits no org.
+        let custom = [("a", policy(120)), ("z", policy(60))]
+            .map(|(o, p)| (o.to_owned(), p))
+            .into();
+        let c = e.replace_policies(policy(7_200), custom);
+        assert!(!c.changed && c.orgs.is_empty());
+        assert_eq!(e.custom_policy_count(), 2);
     }
 }

@@ -117,7 +117,7 @@ impl From<crate::policy_source::SourceError> for ApiError {
                 "policy_source_invalid",
                 msg,
             ),
-            SourceError::Persist(_) => {
+            SourceError::Persist { .. } => {
                 ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "state_dir_unwritable", msg)
             }
             SourceError::Engine(e) => e.into(),

@@ -15,6 +15,17 @@ use std::fmt;
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct DurationSecs(pub u64);
 
+impl DurationSecs {
+    /// `value` of `unit` (a unit name as a `{value, unit}` duration writes it, in any case), or
+    /// `None` for an unknown unit or a product that overflows: the same arithmetic as the
+    /// deserializer, for readers that parse the form themselves (and leave the errors to it).
+    pub fn from_value_unit(value: u64, unit: &str) -> Option<DurationSecs> {
+        Unit::parse(unit)
+            .and_then(|u| value.checked_mul(u.secs()))
+            .map(DurationSecs)
+    }
+}
+
 /// The units a `{value, unit}` duration may use.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Unit {

@@ -52,7 +52,7 @@ pub const DEFAULT_POLICY: Policy = Policy {
 
 /// Policy fields as they arrive from the API or a file; every field optional so the same type
 /// serves a full write (`PUT`) and a partial one (`PATCH`).
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct PolicyPatch {
     pub absolute_timeout: Option<DurationSecs>,

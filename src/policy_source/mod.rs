@@ -2,9 +2,10 @@
 //! in the state directory) or a policy file (TOML, watched), plus reloads on SIGHUP and
 //! `POST /v1/policy/reload`.
 //!
-//! Files: this one (the [`PolicyManager`], parsing and the API source's `policies.json`),
-//! [`watch`] (the watch on the policy file) and [`settle`] (reading a file once it has stopped
-//! changing). The policies themselves, their resolution and the store the engine keeps are in
+//! Files: this one (the [`PolicyManager`], the API source's `policies.json`), `file` (the policy
+//! file's format, its reading and validation), `fast` (the policy file's line-oriented fast
+//! path), [`watch`] (the watch on the policy file) and [`settle`] (reading a file once it has
+//! stopped changing). The policies themselves, their resolution and the store the engine keeps are in
 //! `policy`, which is part of the engine layer; this module sits above the engine (it applies
 //! changes to it, counts them in `metrics` and writes through `persist`), so it is not under
 //! `policy/`.
@@ -22,20 +23,26 @@
 //!    trigger, and a file with nothing but whitespace is refused (invariant 3), never read as
 //!    "no org policies": it is what a truncation in progress looks like. A file that means "no
 //!    org policies" says so with a comment or an `[application]` table.
-//! 6. Parsing is linear in the file's size: lines of spans are looked up in one index of line
-//!    starts built per parse (50k orgs in tens of milliseconds, not minutes).
+//! 6. Parsing is linear in the file's size, and a file of the usual shape never reaches the
+//!    general TOML parser (`file`, `fast`): the daemon listens 0.2-0.3 s after exec with a
+//!    50k-org file (docs/performance.md).
 //! 7. Reloads on SIGHUP and from the file watch run on threads of their own
 //!    ([`PolicyManager::reload_detached`], [`watch`]), never on the control runtime's
 //!    blocking pool, which the runtime waits for at exit: a reload stuck in a slow read or parse
 //!    never holds up shutdown or the state directory's lock. (A reload through the endpoint is a
 //!    request like any other: shutdown waits for it at most the grace period.)
 
+mod fast;
+mod file;
 pub mod settle;
 pub mod watch;
 
+#[cfg(test)]
+use file::Lines;
+pub use file::parse_policy_file;
+
 use crate::engine::{Engine, PolicyChange};
 use crate::metrics::Metrics;
-use crate::policy::duration::DurationSecs;
 use crate::policy::{OrgPolicy, Policy, PolicyPatch};
 use parking_lot::Mutex;
 use serde::{Deserialize, Serialize};
@@ -62,8 +69,12 @@ pub enum Source {
 pub enum SourceError {
     #[error("{}", .0.join("; "))]
     Invalid(Vec<String>),
-    #[error("cannot persist policies: {0}")]
-    Persist(String),
+    #[error("cannot persist policies: {}: {source}", dir.display())]
+    Persist {
+        dir: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
     #[error("policies come from the policy file {0}; edit it instead (the API cannot change them)")]
     FileMode(PathBuf),
     #[error(transparent)]
@@ -83,153 +94,6 @@ struct Persisted {
 struct PersistedOut<'a> {
     application: &'a Policy,
     orgs: &'a BTreeMap<String, Policy>,
-}
-
-/// One org in the policy file.
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct FileOrg {
-    source: String,
-    absolute_timeout: Option<DurationSecs>,
-    idle_timeout_enabled: Option<bool>,
-    idle_timeout: Option<DurationSecs>,
-    persistent: Option<bool>,
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct FilePolicies {
-    application: Option<toml::Spanned<PolicyPatch>>,
-    #[serde(default)]
-    orgs: BTreeMap<String, toml::Spanned<FileOrg>>,
-}
-
-/// Line numbers of byte offsets: the start of every line, found in one pass (invariant 6).
-struct Lines(Vec<usize>);
-
-impl Lines {
-    fn new(text: &str) -> Lines {
-        let starts = std::iter::once(0)
-            .chain(
-                text.bytes()
-                    .enumerate()
-                    .filter(|&(_, b)| b == b'\n')
-                    .map(|(i, _)| i + 1),
-            )
-            .collect();
-        Lines(starts)
-    }
-
-    /// The 1-based line holding byte `offset`.
-    fn of(&self, offset: usize) -> usize {
-        self.0.partition_point(|&start| start <= offset)
-    }
-}
-
-/// The line of `field = ...` inside the table that starts at `span` (up to the next table
-/// header: toml's span may cover only the header), else the table's first line.
-fn field_line(
-    text: &str,
-    lines: &Lines,
-    span: std::ops::Range<usize>,
-    err: &crate::policy::PolicyError,
-) -> usize {
-    use crate::policy::PolicyError;
-    let field = match err {
-        PolicyError::OutOfRange { field, .. } | PolicyError::Missing { field, .. } => *field,
-    };
-    let body = text.get(span.start.min(text.len())..).unwrap_or_default();
-    let mut offset = span.start;
-    for (i, line) in body.split_inclusive('\n').enumerate() {
-        let t = line.trim_start();
-        if i > 0 && t.starts_with('[') {
-            break;
-        }
-        if t.strip_prefix(field)
-            .is_some_and(|rest| rest.trim_start().starts_with('='))
-        {
-            return lines.of(offset);
-        }
-        offset += line.len();
-    }
-    lines.of(span.start)
-}
-
-/// Parses and validates a policy file's text; `base` is the application policy when the file has
-/// no `[application]` table. Every problem is listed with its line.
-pub fn parse_policy_file(
-    text: &str,
-    base: &Policy,
-) -> Result<(Policy, BTreeMap<String, Policy>), Vec<String>> {
-    if text.trim().is_empty() {
-        return Err(vec![
-            "the file is empty, which is what a truncation in progress looks like, so nothing \
-             was applied; a file meant to hold no org policies says so with a comment (e.g. \
-             `# no org policies`) or an [application] table"
-                .to_owned(),
-        ]);
-    }
-    let file: FilePolicies =
-        toml::from_str(text).map_err(|e| vec![e.to_string().trim().replace('\n', " ")])?;
-    let lines = Lines::new(text);
-    let mut errors = Vec::new();
-    let app = match &file.application {
-        None => *base,
-        Some(sp) => Policy::from_patch(None, sp.get_ref()).unwrap_or_else(|e| {
-            errors.push(format!(
-                "line {}: [application] {e}",
-                field_line(text, &lines, sp.span(), &e)
-            ));
-            *base
-        }),
-    };
-    let mut orgs = BTreeMap::new();
-    for (name, sp) in &file.orgs {
-        let line = || lines.of(sp.span().start);
-        if let Err(e) = crate::session::check_id("org_id", name) {
-            let line = line();
-            errors.push(format!("line {line}: [orgs.{name}] {e}"));
-            continue;
-        }
-        let o = sp.get_ref();
-        let has_fields = o.absolute_timeout.is_some()
-            || o.idle_timeout_enabled.is_some()
-            || o.idle_timeout.is_some()
-            || o.persistent.is_some();
-        match o.source.as_str() {
-            "APPLICATION" if has_fields => errors.push(format!(
-                "line {}: [orgs.{name}] source APPLICATION takes no policy fields",
-                line()
-            )),
-            "APPLICATION" => {}
-            "CUSTOM" => {
-                let patch = PolicyPatch {
-                    absolute_timeout: o.absolute_timeout,
-                    idle_timeout_enabled: o.idle_timeout_enabled,
-                    idle_timeout: o.idle_timeout,
-                    persistent: o.persistent,
-                };
-                match Policy::from_patch(None, &patch) {
-                    Ok(p) => {
-                        orgs.insert(name.clone(), p);
-                    }
-                    Err(e) => errors.push(format!(
-                        "line {}: [orgs.{name}] {e}",
-                        field_line(text, &lines, sp.span(), &e)
-                    )),
-                }
-            }
-            other => errors.push(format!(
-                "line {}: [orgs.{name}] source {other:?} is not \"CUSTOM\" or \"APPLICATION\"",
-                line()
-            )),
-        }
-    }
-    if errors.is_empty() {
-        Ok((app, orgs))
-    } else {
-        Err(errors)
-    }
 }
 
 /// Writes `bytes` to `path` atomically and durably (invariant 2).
@@ -280,7 +144,7 @@ impl PolicyManager {
         let change = self.read_and_apply("startup")?;
         tracing::info!(
             source = ?self.source,
-            orgs_custom = self.engine.policies().1.len(),
+            orgs_custom = self.engine.custom_policy_count(),
             "policies loaded"
         );
         Ok(change)
@@ -436,14 +300,19 @@ impl PolicyManager {
 
     fn persist(&self, app: &Policy, orgs: &BTreeMap<String, Policy>) -> Result<(), SourceError> {
         let state_dir = self.state_dir()?;
-        let bytes = serde_json::to_vec_pretty(&PersistedOut {
+        serde_json::to_vec_pretty(&PersistedOut {
             application: app,
             orgs,
         })
-        .map_err(|e| SourceError::Persist(e.to_string()))?;
-        std::fs::create_dir_all(state_dir)
-            .and_then(|_| write_atomic(&state_dir.join(POLICIES_FILE), &bytes))
-            .map_err(|e| SourceError::Persist(format!("{}: {e}", state_dir.display())))
+        .map_err(std::io::Error::other)
+        .and_then(|bytes| {
+            std::fs::create_dir_all(state_dir)?;
+            write_atomic(&state_dir.join(POLICIES_FILE), &bytes)
+        })
+        .map_err(|source| SourceError::Persist {
+            dir: state_dir.to_owned(),
+            source,
+        })
     }
 
     /// `PUT /v1/policy`: persist, then apply (invariant 2).

@@ -406,7 +406,9 @@ mod tests {
                 }),
             ]
         );
-        let first = buf.len() / 2;
+        let mut one = Vec::new();
+        super::put_activity(&mut one, 7, 1_000);
+        let first = one.len();
         let mut bad = buf.clone();
         *bad.last_mut().unwrap() ^= 1;
         let all: Vec<_> = super::decode_all(&bad).collect();

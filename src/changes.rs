@@ -43,3 +43,15 @@ pub trait Changes: Send + Sync {
     /// Called under shard `shard`'s lock (invariants 3, 4).
     fn record(&self, shard: usize, change: Change<'_>);
 }
+
+/// Several listeners, each told every change in turn (the journal and the cluster's outbox).
+pub struct Tee(pub Vec<std::sync::Arc<dyn Changes>>);
+
+impl Changes for Tee {
+    #[inline]
+    fn record(&self, shard: usize, change: Change<'_>) {
+        for c in &self.0 {
+            c.record(shard, change);
+        }
+    }
+}

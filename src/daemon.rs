@@ -11,7 +11,9 @@
 //!    a last snapshot (persistence's threads then finish the journal), exit.
 
 use crate::api_keys::ApiKeys;
+use crate::changes::{Changes, Tee};
 use crate::clock::SystemClock;
+use crate::cluster::{Cluster, Outbox};
 use crate::config::Config;
 use crate::engine::Engine;
 use crate::http::{AppState, router};
@@ -39,13 +41,34 @@ pub fn policy_source(config: &Config) -> Source {
     }
 }
 
-/// Builds the shared state for `config`, journaling into `journal` if given.
+/// Builds the shared state for `config`, journaling into `journal` if given, and replicating
+/// through the cluster's outbox if `config` names a cluster.
 pub fn state(config: &Config, keys: Option<ApiKeys>, journal: Option<Arc<Journal>>) -> AppState {
+    let outbox = config
+        .cluster
+        .as_ref()
+        .map(|_| Arc::new(Outbox::new(Engine::shards_for(&config.engine))));
+    let mut listeners: Vec<Arc<dyn Changes>> = Vec::new();
+    if let Some(j) = &journal {
+        listeners.push(j.clone());
+    }
+    if let Some(o) = &outbox {
+        listeners.push(o.clone());
+    }
+    let changes: Option<Arc<dyn Changes>> = match listeners.len() {
+        0 | 1 => listeners.pop(),
+        _ => Some(Arc::new(Tee(listeners))),
+    };
     let engine = Arc::new(Engine::with_changes(
         config.engine.clone(),
         Arc::new(SystemClock),
-        journal.clone().map(|j| j as _),
+        changes,
     ));
+    let cluster = config
+        .cluster
+        .clone()
+        .zip(outbox)
+        .map(|(settings, outbox)| Cluster::new(settings, outbox, engine.clone()));
     let metrics = Metrics::global();
     metrics.max.set(config.engine.max_sessions as f64);
     let policies = Arc::new(PolicyManager::new(
@@ -63,6 +86,7 @@ pub fn state(config: &Config, keys: Option<ApiKeys>, journal: Option<Arc<Journal
         ready: Arc::new(AtomicBool::new(false)),
         loaded: Arc::new(AtomicBool::new(journal.is_none())),
         journal,
+        cluster,
     })
 }
 
@@ -126,6 +150,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         policy_source = ?st.policies.source(),
         state_dir = %config.state_dir.display(),
         persist = ?config.persist.as_ref().map(|p| (p.fsync.to_string(), p.snapshot_interval)),
+        cluster = ?config.cluster.as_ref().map(|c| (c.node.as_str(), c.stream.as_str(), c.ack.to_string())),
         "sessiond started"
     );
 
@@ -166,6 +191,11 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         );
         loaded.store(true, Ordering::Release);
     }
+    // The cluster's stream after the local state: its messages apply on top (`cluster`).
+    let cluster = st.cluster.clone();
+    if let Some(c) = &cluster {
+        c.start().await.context("cannot join the cluster")?;
+    }
     let reaper = reaper::spawn(engine.clone(), metrics, shutdown.at(Stage::Drained))?;
     ready.store(true, Ordering::Release);
 
@@ -184,6 +214,19 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     // Stop accepting; answer what is in flight within the grace period.
     shutdown.advance(Stage::Draining);
     let drained = tokio::time::timeout(config.shutdown_grace, workers.wait()).await;
+    // What this node changed reaches the stream before it goes (`async` answered already).
+    if let Some(c) = &cluster
+        && let Err(e) = c
+            .outbox
+            .wait_replicated(crate::cluster::REPLICATE_WAIT)
+            .await
+    {
+        tracing::warn!(
+            error = %e,
+            unpublished_bytes = c.outbox.backlog(),
+            "stopping with changes the cluster's stream does not have; they are in this node's journal only"
+        );
+    }
     // Stop the reaper.
     shutdown.advance(Stage::Drained);
     let _ = reaper.join();

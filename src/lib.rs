@@ -13,6 +13,7 @@ pub mod token;
 pub mod wheel;
 
 pub mod api_keys;
+pub mod cluster;
 pub mod config;
 pub mod cookie;
 pub mod daemon;

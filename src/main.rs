@@ -28,10 +28,20 @@ fn main() -> std::process::ExitCode {
             return std::process::ExitCode::from(2);
         }
     };
-    tracing_subscriber::fmt()
-        .with_max_level(config.log_level)
-        .with_target(false)
-        .with_ansi(false)
+    // The NATS client says every reconnect try at INFO; the cluster logs its own lines
+    // (`cluster`), so the client's own are kept to warnings.
+    use tracing_subscriber::layer::SubscriberExt;
+    use tracing_subscriber::util::SubscriberInitExt;
+    let filter = tracing_subscriber::filter::Targets::new()
+        .with_default(config.log_level)
+        .with_target("async_nats", config.log_level.min(tracing::Level::WARN));
+    tracing_subscriber::registry()
+        .with(
+            tracing_subscriber::fmt::layer()
+                .with_target(false)
+                .with_ansi(false),
+        )
+        .with(filter)
         .init();
     // Every connection is a file descriptor: use what the operator allows (the hard limit),
     // not the distribution's default soft one.

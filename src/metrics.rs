@@ -47,6 +47,15 @@ pub const SNAPSHOT_ERRORS: &str = "sessiond_snapshot_errors_total";
 pub const PERSIST_HEALTHY: &str = "sessiond_persistence_healthy";
 pub const PERSIST_UNSAVED: &str = "sessiond_persistence_unsaved_changes";
 pub const PERSIST_UNSAVED_AGE: &str = "sessiond_persistence_unsaved_age_seconds";
+pub const CLUSTER_HEALTHY: &str = "sessiond_cluster_publish_healthy";
+pub const CLUSTER_PUBLISHED: &str = "sessiond_cluster_messages_published_total";
+pub const CLUSTER_PUBLISH_ERRORS: &str = "sessiond_cluster_publish_errors_total";
+pub const CLUSTER_APPLIED: &str = "sessiond_cluster_frames_applied_total";
+pub const CLUSTER_DAMAGED: &str = "sessiond_cluster_damaged_messages_total";
+pub const CLUSTER_CATCH_UPS: &str = "sessiond_cluster_catch_ups_total";
+pub const CLUSTER_NOT_REPLICATED: &str = "sessiond_cluster_not_replicated_total";
+pub const CLUSTER_BACKLOG: &str = "sessiond_cluster_outbox_bytes";
+pub const CLUSTER_APPLIED_SEQ: &str = "sessiond_cluster_applied_sequence";
 
 const LAG_BUCKETS: &[f64] = &[
     0.005, 0.01, 0.025, 0.05, 0.1, 0.15, 0.2, 0.3, 0.5, 1.0, 2.0, 5.0, 10.0,
@@ -334,6 +343,43 @@ fn describe() {
         PERSIST_UNSAVED_AGE,
         Unit::Seconds,
         "Age of the oldest change not on disk (0 when there is none)."
+    );
+    describe_gauge!(
+        CLUSTER_HEALTHY,
+        "1 while the cluster's stream takes this node's changes, 0 while publishing fails."
+    );
+    describe_counter!(
+        CLUSTER_PUBLISHED,
+        "Messages (batches of changes) the stream acknowledged."
+    );
+    describe_counter!(
+        CLUSTER_PUBLISH_ERRORS,
+        "Failed tries to publish a batch (each is retried)."
+    );
+    describe_counter!(
+        CLUSTER_APPLIED,
+        "Other nodes' changes applied to this node's table."
+    );
+    describe_counter!(
+        CLUSTER_DAMAGED,
+        "Stream messages that failed their checksum or did not parse."
+    );
+    describe_counter!(
+        CLUSTER_CATCH_UPS,
+        "Lookups of an unknown token that waited for the stream's head (read-your-writes)."
+    );
+    describe_counter!(
+        CLUSTER_NOT_REPLICATED,
+        "Creates and revocations answered 503 not_replicated (--cluster-ack sync)."
+    );
+    describe_gauge!(
+        CLUSTER_BACKLOG,
+        Unit::Bytes,
+        "Bytes of changes waiting for the stream."
+    );
+    describe_gauge!(
+        CLUSTER_APPLIED_SEQ,
+        "The last stream sequence this node has applied."
     );
     describe_counter!(HTTP_REQUESTS, "HTTP requests by route template and status.");
     describe_gauge!(HTTP_CONNECTIONS, "Open HTTP connections.");

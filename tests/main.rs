@@ -5,6 +5,7 @@ mod common;
 
 mod access;
 mod api;
+mod cluster;
 mod cookies;
 mod deploy;
 mod disk_faults;

@@ -59,6 +59,8 @@ pub struct Config {
     pub persist: Option<crate::persist::Settings>,
     /// Where the configuration came from, for the start-up log line.
     pub config_file: Option<PathBuf>,
+    /// The cluster this node is part of; `None`: a single node.
+    pub cluster: Option<crate::cluster::Settings>,
 }
 
 /// Every problem found in a configuration.
@@ -100,7 +102,8 @@ impl Config {
         let mut p = Problems::default();
         let config_file = cli.config.clone();
         let file = read_file(config_file.as_deref(), &mut p);
-        let s = cli.or(file);
+        let mut s = cli.or(file);
+        let cluster = cluster_settings(&mut s, &mut p);
 
         let listen = parse_listen(s.listen).unwrap_or_else(|e| {
             p.0.push(e);
@@ -274,8 +277,66 @@ impl Config {
             policy_file_settle,
             persist,
             config_file,
+            cluster,
         })
     }
+}
+
+/// The cluster's settings, when `cluster` names NATS servers.
+fn cluster_settings(s: &mut Settings, p: &mut Problems) -> Option<crate::cluster::Settings> {
+    let urls: Vec<String> = s
+        .cluster
+        .take()?
+        .split(',')
+        .map(|u| u.trim().to_owned())
+        .filter(|u| !u.is_empty())
+        .collect();
+    p.check(!urls.is_empty(), || {
+        "cluster is empty; give NATS URLs like nats://127.0.0.1:4222 (comma-separated)".into()
+    });
+    for u in &urls {
+        let scheme_ok = ["nats://", "tls://", "ws://", "wss://"]
+            .iter()
+            .any(|sch| u.starts_with(sch));
+        p.check(scheme_ok || !u.contains("://"), || {
+            format!("cluster URL {u:?} is not a nats://, tls://, ws:// or wss:// URL")
+        });
+    }
+    let node = s
+        .node_name
+        .take()
+        .unwrap_or_else(crate::cluster::default_node_name);
+    p.check(crate::cluster::valid_name(&node), || {
+        format!("node_name {node:?} must be 1 to 64 letters, digits, '-' or '_'")
+    });
+    let stream = s.cluster_stream.take().unwrap_or_else(|| "SESSIOND".into());
+    p.check(crate::cluster::valid_name(&stream), || {
+        format!("cluster_stream {stream:?} must be 1 to 64 letters, digits, '-' or '_'")
+    });
+    let ack = p.parse(s.cluster_ack.take(), Default::default, str::parse);
+    let replicas = s.cluster_replicas.unwrap_or(3);
+    p.check((1..=5).contains(&replicas), || {
+        format!("cluster_replicas {replicas} is out of range; it must be between 1 and 5")
+    });
+    let retention = p.parse(
+        s.cluster_retention.take(),
+        || std::time::Duration::from_secs(86_400),
+        parse::parse_retention,
+    );
+    if let Some(creds) = &s.cluster_creds {
+        p.check(creds.is_file(), || {
+            format!("cluster_creds {} is not a readable file", creds.display())
+        });
+    }
+    Some(crate::cluster::Settings {
+        urls,
+        node,
+        stream,
+        ack,
+        creds: s.cluster_creds.take(),
+        replicas,
+        retention,
+    })
 }
 
 #[cfg(test)]

@@ -122,6 +122,29 @@ pub fn parse_interval(s: &str) -> Result<Duration, String> {
     Ok(Duration::from_secs(secs))
 }
 
+/// Parses the cluster stream's retention: `90m`, `24h`, `7d` or bare seconds, 1 minute to 365
+/// days.
+pub fn parse_retention(s: &str) -> Result<Duration, String> {
+    let t = s.trim();
+    let (num, mult) = match t.char_indices().last() {
+        Some((i, 's')) => (&t[..i], 1),
+        Some((i, 'm')) => (&t[..i], 60),
+        Some((i, 'h')) => (&t[..i], 3_600),
+        Some((i, 'd')) => (&t[..i], 86_400),
+        _ => (t, 1),
+    };
+    let v: u64 = num.trim().parse().map_err(|_| {
+        format!("cluster_retention {s:?} is not a duration like \"90m\", \"24h\" or \"7d\"")
+    })?;
+    let secs = v.saturating_mul(mult);
+    if !(60..=365 * 86_400).contains(&secs) {
+        return Err(format!(
+            "cluster_retention {s:?} is out of range; it must be between 1m and 365d"
+        ));
+    }
+    Ok(Duration::from_secs(secs))
+}
+
 /// Parses the policy file's settle window: `500ms`, `1s` or a bare number of milliseconds,
 /// 100 ms to 60 s.
 pub fn parse_settle(s: &str) -> Result<Duration, String> {

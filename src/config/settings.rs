@@ -173,6 +173,34 @@ settings! {
         /// [default: 64].
         #[arg(long, env = "SESSIOND_JOURNAL_BACKLOG_MIB")]
         pub journal_backlog_mib: Option<usize>,
+        /// NATS server URLs, comma-separated (`nats://host:4222`, `tls://...`): run as one node of
+        /// a cluster that replicates through a JetStream stream (see docs/cluster.md). Without
+        /// it, a single node.
+        #[arg(long, env = "SESSIOND_CLUSTER")]
+        pub cluster: Option<String>,
+        /// This node's name in the cluster, unique per node (letters, digits, `-`, `_`)
+        /// [default: the host name].
+        #[arg(long, env = "SESSIOND_NODE_NAME")]
+        pub node_name: Option<String>,
+        /// The JetStream stream the cluster replicates through; several clusters can share one
+        /// NATS with different streams [default: SESSIOND].
+        #[arg(long, env = "SESSIOND_CLUSTER_STREAM")]
+        pub cluster_stream: Option<String>,
+        /// When creates and revocations are answered: sync (once the stream has them) or async
+        /// (at once) [default: sync].
+        #[arg(long, env = "SESSIOND_CLUSTER_ACK")]
+        pub cluster_ack: Option<String>,
+        /// A NATS credentials file (`.creds`) for the cluster's connection.
+        #[arg(long, env = "SESSIOND_CLUSTER_CREDS")]
+        pub cluster_creds: Option<PathBuf>,
+        /// The stream's replicas, when this node is the one that creates it (1 to 5)
+        /// [default: 3].
+        #[arg(long, env = "SESSIOND_CLUSTER_REPLICAS")]
+        pub cluster_replicas: Option<usize>,
+        /// How long the stream keeps changes, when this node creates it, e.g. `24h`, `7d`
+        /// (1m to 365d); at least the longest absolute session lifetime [default: 24h].
+        #[arg(long, env = "SESSIOND_CLUSTER_RETENTION")]
+        pub cluster_retention: Option<String>,
         /// The application policy (defaults to the built-in one, field by field); file only.
         #[arg(skip)]
         pub application: Option<PolicyPatch>,

@@ -21,7 +21,7 @@ use super::AppState;
 use super::error::ApiError;
 use super::extract::authorize_forward_auth;
 use crate::api_keys::Role;
-use crate::session::Identity;
+use crate::session::{Identity, Invalid};
 use axum::extract::{Request, State};
 use axum::http::{HeaderMap, HeaderName, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
@@ -82,7 +82,11 @@ pub async fn auth(State(st): State<AppState>, req: Request) -> Result<Response, 
     };
     // The values are made while the shard's read lock is held (a few short copies); the
     // answer around them after it is released.
-    let values = st.engine.touch_identity(token, identity_values);
+    let mut values = st.engine.touch_identity(token, identity_values);
+    // A token made on another node a moment ago (`cluster`, invariant 2).
+    if matches!(values, Err(Invalid::NotFound)) && st.caught_up_after_miss().await {
+        values = st.engine.touch_identity(token, identity_values);
+    }
     st.durable().await?;
     st.metrics.touch_outcome(values.as_ref().err().copied());
     match values {

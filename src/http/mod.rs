@@ -70,6 +70,8 @@ pub struct Shared {
     pub loaded: Arc<AtomicBool>,
     /// The session journal, when sessions are persisted.
     pub journal: Option<Arc<crate::persist::journal::Journal>>,
+    /// The cluster this node is part of, if any.
+    pub cluster: Option<Arc<crate::cluster::Cluster>>,
 }
 
 impl Shared {
@@ -89,6 +91,30 @@ impl Shared {
                 )
             }),
             None => Ok(()),
+        }
+    }
+
+    /// Under `--cluster-ack sync`, waits until the change this request made is in the
+    /// cluster's stream (`cluster`, invariant 3).
+    pub async fn replicated(&self) -> Result<(), ApiError> {
+        match &self.cluster {
+            Some(c) => c.replicated().await.map_err(|e| {
+                ApiError::new(
+                    axum::http::StatusCode::SERVICE_UNAVAILABLE,
+                    "not_replicated",
+                    e.to_string(),
+                )
+            }),
+            None => Ok(()),
+        }
+    }
+
+    /// After a lookup of a well-formed token missed: whether to look again, because this node
+    /// has now applied the cluster's stream up to its head (`cluster`, invariant 2).
+    pub async fn caught_up_after_miss(&self) -> bool {
+        match &self.cluster {
+            Some(c) => c.catch_up().await,
+            None => false,
         }
     }
 }

@@ -5,7 +5,7 @@ use super::error::ApiError;
 use super::extract::{PathParam, authorize, parse_json, path_id, read_json_body};
 use crate::api_keys::Role;
 use crate::engine::Engine;
-use crate::session::{Metadata, NewSession, SessionView, Validation};
+use crate::session::{Invalid, Metadata, NewSession, SessionView, Validation};
 use crate::timefmt::Rfc3339;
 use crate::token::HexId;
 use crate::token::SessionId;
@@ -125,6 +125,7 @@ pub async fn create(State(st): State<AppState>, req: Request) -> Result<Response
         }
     };
     st.durable().await?;
+    st.replicated().await?;
     st.metrics.created.increment(1);
     if created.displaced > 0 {
         st.metrics.revoked.increment(created.displaced as u64);
@@ -182,7 +183,10 @@ fn validation_response(v: &Validation, now_ms: u64) -> Response {
 pub async fn validate(State(st): State<AppState>, req: Request) -> Result<Response, ApiError> {
     let bytes = gateway_body(&st, req).await?;
     let req: TokenRequest = parse_json(&bytes)?;
-    let v = st.engine.validate(req.token.as_bytes());
+    let mut v = st.engine.validate(req.token.as_bytes());
+    if missed(&v) && st.caught_up_after_miss().await {
+        v = st.engine.validate(req.token.as_bytes());
+    }
     st.metrics.validation(&v);
     Ok(validation_response(&v, st.engine.now_ms()))
 }
@@ -190,7 +194,10 @@ pub async fn validate(State(st): State<AppState>, req: Request) -> Result<Respon
 pub async fn touch(State(st): State<AppState>, req: Request) -> Result<Response, ApiError> {
     let bytes = gateway_body(&st, req).await?;
     let req: TokenRequest = parse_json(&bytes)?;
-    let v = st.engine.touch(req.token.as_bytes());
+    let mut v = st.engine.touch(req.token.as_bytes());
+    if missed(&v) && st.caught_up_after_miss().await {
+        v = st.engine.touch(req.token.as_bytes());
+    }
     st.durable().await?;
     st.metrics.touch(&v);
     Ok(validation_response(&v, st.engine.now_ms()))
@@ -199,15 +206,27 @@ pub async fn touch(State(st): State<AppState>, req: Request) -> Result<Response,
 pub async fn revoke(State(st): State<AppState>, req: Request) -> Result<Response, ApiError> {
     let bytes = gateway_body(&st, req).await?;
     let req: TokenRequest = parse_json(&bytes)?;
-    if st.engine.revoke(req.token.as_bytes()) {
+    // A logout right after a login on another node: look again once caught up.
+    let revoked = st.engine.revoke(req.token.as_bytes())
+        || (st.engine.validate(req.token.as_bytes()) == Validation::Invalid(Invalid::NotFound)
+            && st.caught_up_after_miss().await
+            && st.engine.revoke(req.token.as_bytes()));
+    if revoked {
         st.metrics.revoked.increment(1);
     }
     st.durable().await?;
+    st.replicated().await?;
     let mut resp = StatusCode::NO_CONTENT.into_response();
     if let Ok(v) = axum::http::HeaderValue::from_str(&st.cookie.clear()) {
         resp.headers_mut().insert(header::SET_COOKIE, v);
     }
     Ok(resp)
+}
+
+/// Whether a lookup missed a well-formed token: worth asking the cluster (`cluster`,
+/// invariant 2).
+fn missed(v: &Validation) -> bool {
+    *v == Validation::Invalid(Invalid::NotFound)
 }
 
 fn parse_session_id(id: &str) -> Result<SessionId, ApiError> {
@@ -226,8 +245,12 @@ pub async fn get_one(
 ) -> Result<Response, ApiError> {
     authorize(&st, &headers, Role::Admin)?;
     let id = parse_session_id(&id)?;
+    let mut found = st.engine.get(id);
+    if found.is_none() && st.caught_up_after_miss().await {
+        found = st.engine.get(id);
+    }
     let now = st.engine.now_ms();
-    match st.engine.get(id) {
+    match found {
         Some(v) if v.expires_at_ms > now => {
             Ok(json_response(StatusCode::OK, &SessionJson::new(&v, now)))
         }
@@ -242,9 +265,14 @@ pub async fn delete_one(
 ) -> Result<Response, ApiError> {
     authorize(&st, &headers, Role::Admin)?;
     let id = parse_session_id(&id)?;
-    if st.engine.revoke_id(id) {
+    let revoked = st.engine.revoke_id(id)
+        || (st.engine.get(id).is_none()
+            && st.caught_up_after_miss().await
+            && st.engine.revoke_id(id));
+    if revoked {
         st.metrics.revoked.increment(1);
         st.durable().await?;
+        st.replicated().await?;
         Ok(StatusCode::NO_CONTENT.into_response())
     } else {
         Err(ApiError::not_found("no session has this id"))
@@ -311,6 +339,7 @@ async fn revoke_all(
     path_id(field, id)?;
     let n = revoke(&st.engine, id);
     st.durable().await?;
+    st.replicated().await?;
     st.metrics.revoked.increment(n as u64);
     Ok(n)
 }

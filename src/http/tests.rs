@@ -56,6 +56,7 @@ fn app_loading(
         ready: Arc::new(AtomicBool::new(true)),
         loaded: Arc::new(AtomicBool::new(loaded)),
         journal: None,
+        cluster: None,
     });
     let loaded = state.loaded.clone();
     (router(state), clock, loaded)

@@ -231,6 +231,44 @@ pub fn decode(body: &[u8]) -> Option<Entry> {
     c.0.is_empty().then_some(entry)
 }
 
+/// Decodes the frames of a whole buffer held in memory (a cluster message is the frames of one
+/// batch, without a file header): each entry, or `Err(offset)` at the first frame that is cut
+/// short, fails its checksum or does not parse (nothing after it is read).
+pub fn decode_all(mut buf: &[u8]) -> impl Iterator<Item = Result<Entry, usize>> + '_ {
+    let mut offset = 0usize;
+    let mut failed = false;
+    std::iter::from_fn(move || {
+        if failed || buf.is_empty() {
+            return None;
+        }
+        let entry = (|| {
+            let head = buf.get(..8)?;
+            let len = u32::from_le_bytes(head[..4].try_into().expect("4")) as usize;
+            let crc = u32::from_le_bytes(head[4..].try_into().expect("4"));
+            if len > MAX_BODY {
+                return None;
+            }
+            let body = buf.get(8..8 + len)?;
+            if crc32fast::hash(body) != crc {
+                return None;
+            }
+            let e = decode(body)?;
+            buf = &buf[8 + len..];
+            Some((e, 8 + len))
+        })();
+        match entry {
+            Some((e, n)) => {
+                offset += n;
+                Some(Ok(e))
+            }
+            None => {
+                failed = true;
+                Some(Err(offset))
+            }
+        }
+    })
+}
+
 /// What stopped a [`Reader`] before the end of its file.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Damage {
@@ -349,6 +387,38 @@ impl<R: Read> Reader<R> {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn decode_all_reads_a_buffer_of_frames_and_stops_at_damage() {
+        let mut buf = Vec::new();
+        super::put_activity(&mut buf, 7, 1_000);
+        super::put_remove(&mut buf, 7, super::RemoveReason::Revoked);
+        let all: Vec<_> = super::decode_all(&buf).collect();
+        assert_eq!(
+            all,
+            vec![
+                Ok(super::Entry::Activity {
+                    id: 7,
+                    last_ms: 1_000
+                }),
+                Ok(super::Entry::Remove {
+                    id: 7,
+                    reason: super::RemoveReason::Revoked
+                }),
+            ]
+        );
+        let mut one = Vec::new();
+        super::put_activity(&mut one, 7, 1_000);
+        let first = one.len();
+        let mut bad = buf.clone();
+        *bad.last_mut().unwrap() ^= 1;
+        let all: Vec<_> = super::decode_all(&bad).collect();
+        assert_eq!(all.len(), 2);
+        assert_eq!(all[1], Err(first));
+        let cut: Vec<_> = super::decode_all(&buf[..buf.len() - 1]).collect();
+        assert_eq!(cut[1], Err(first));
+        assert_eq!(super::decode_all(&[]).count(), 0);
+    }
+
     use super::*;
 
     fn sample() -> Vec<Entry> {

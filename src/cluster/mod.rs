@@ -1,0 +1,412 @@
+//! The cluster: N identical nodes that replicate their changes through a NATS JetStream stream.
+//! Every node holds every session and answers any request; consensus and durability are
+//! JetStream's (an R3 stream), not ours. See `docs/cluster.md` for the design and its limits.
+//!
+//! The data's path: the engine reports a change (`changes`) to the journal and to the
+//! [`Outbox`]; the publisher (`link`) sends the outbox to the stream subject
+//! `<stream>.changes.<node>`; every node's consumer applies every other run's messages to its
+//! table (`apply`), in stream order.
+//!
+//! Invariants:
+//! 1. **Session state merges**: activity is a maximum, a revocation removes, a create is
+//!    unique by id (`apply`), so nodes that applied the same messages hold the same sessions
+//!    whatever interleaving of nodes the stream has. Evictions are each node's own
+//!    (`outbox`, invariant 1).
+//! 2. **Read-your-writes**: a lookup of a well-formed token that misses waits (at most
+//!    [`CATCH_UP_WAIT`]) until this node has applied the stream up to its head as of the miss,
+//!    then looks again ([`Cluster::catch_up`]); misses share one question (`link`,
+//!    invariant 3). With the stream unreachable it answers at once from memory.
+//! 3. **Acknowledged means replicated** under `--cluster-ack sync`: a create or revocation is
+//!    answered only once the stream has it ([`Cluster::replicated`]), else 503
+//!    `not_replicated` after [`REPLICATE_WAIT`], the change applied here and kept for the
+//!    stream. `async` answers at once.
+//! 4. **Ready after catching up**: `/readyz` says ready only once this node has applied the
+//!    stream up to its head as of start ([`Cluster::caught_up`]); it never answers from a view
+//!    that may miss revocations the stream holds.
+//! 5. Validate, touch and `/v1/auth` never wait for NATS beyond invariant 2's bounded miss.
+
+pub mod apply;
+mod link;
+pub mod outbox;
+
+use crate::engine::Engine;
+pub use outbox::{NotReplicated, Outbox};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::Duration;
+use tokio::sync::{Notify, watch};
+
+/// Longest a lookup that misses waits for the stream (invariant 2).
+pub const CATCH_UP_WAIT: Duration = Duration::from_millis(500);
+/// Longest a create or revocation waits for the stream under `sync` (invariant 3).
+pub const REPLICATE_WAIT: Duration = Duration::from_secs(2);
+/// How long the stream's duplicate window remembers a message id (`link`, invariant 1).
+const DUPLICATE_WINDOW: Duration = Duration::from_secs(120);
+
+/// When a create or revocation is answered.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Ack {
+    /// Once the stream has it (invariant 3).
+    #[default]
+    Sync,
+    /// At once; the change reaches the stream within a batch.
+    Async,
+}
+
+impl std::str::FromStr for Ack {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Ack, String> {
+        match s {
+            "sync" => Ok(Ack::Sync),
+            "async" => Ok(Ack::Async),
+            _ => Err(format!("cluster_ack {s:?} is not one of sync, async")),
+        }
+    }
+}
+
+impl std::fmt::Display for Ack {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Ack::Sync => "sync",
+            Ack::Async => "async",
+        })
+    }
+}
+
+/// The cluster's settings (`--cluster` and its companions).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Settings {
+    /// NATS server URLs (`nats://`, `tls://`).
+    pub urls: Vec<String>,
+    /// This node's name, unique in the cluster: a subject token.
+    pub node: String,
+    /// The stream's name (several clusters can share one NATS).
+    pub stream: String,
+    pub ack: Ack,
+    /// A NATS credentials file.
+    pub creds: Option<PathBuf>,
+    /// The stream's replicas when this node creates it.
+    pub replicas: usize,
+    /// How long the stream keeps a message when this node creates it.
+    pub retention: Duration,
+}
+
+/// Whether `name` can be a node or stream name: a NATS subject token and stream name.
+pub fn valid_name(name: &str) -> bool {
+    (1..=64).contains(&name.len())
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+}
+
+/// The host name made into a node name (characters a name cannot hold become `-`).
+pub fn default_node_name() -> String {
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .ok()
+        .or_else(|| std::env::var("HOSTNAME").ok())
+        .unwrap_or_default();
+    let name: String = host
+        .trim()
+        .chars()
+        .take(64)
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '-' || c == '_' {
+                c
+            } else {
+                '-'
+            }
+        })
+        .collect();
+    if name.is_empty() {
+        "sessiond".to_owned()
+    } else {
+        name
+    }
+}
+
+/// Why the cluster could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum ClusterError {
+    #[error("cannot read the NATS credentials file {path}")]
+    Creds {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("cannot connect to NATS at {urls}")]
+    Connect {
+        urls: String,
+        #[source]
+        source: async_nats::ConnectError,
+    },
+}
+
+/// This node's side of the cluster (see the module doc).
+pub struct Cluster {
+    pub settings: Settings,
+    /// This run of this node: `<node>.<random>`; its own messages are not applied again.
+    pub run: String,
+    pub outbox: Arc<Outbox>,
+    engine: Arc<Engine>,
+    applied: AtomicU64,
+    applied_tx: watch::Sender<u64>,
+    /// The stream's head as of start, once known; ready when applied reaches it (invariant 4).
+    start_head: watch::Sender<Option<u64>>,
+    caught_up: AtomicBool,
+    head_wanted: AtomicU64,
+    head_wake: Notify,
+    /// (round answered, head then).
+    heads: watch::Sender<(u64, u64)>,
+    client: parking_lot::Mutex<Option<async_nats::Client>>,
+    /// Woken when the connection comes back (`link`, invariant 2).
+    reconnected: Arc<Notify>,
+}
+
+impl Cluster {
+    /// The cluster of `engine`, whose changes go to `outbox` (nothing connects yet).
+    pub fn new(settings: Settings, outbox: Arc<Outbox>, engine: Arc<Engine>) -> Arc<Cluster> {
+        let mut r = [0u8; 8];
+        // A run id only tells this run's messages from earlier runs'; the time will do if the
+        // OS generator fails.
+        if getrandom::fill(&mut r).is_err() {
+            r = (std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .unwrap_or_default()
+                .as_nanos() as u64)
+                .to_le_bytes();
+        }
+        let run = format!("{}.{:016x}", settings.node, u64::from_le_bytes(r));
+        metrics::gauge!(crate::metrics::CLUSTER_HEALTHY).set(1.0);
+        for c in [
+            crate::metrics::CLUSTER_PUBLISHED,
+            crate::metrics::CLUSTER_PUBLISH_ERRORS,
+            crate::metrics::CLUSTER_APPLIED,
+            crate::metrics::CLUSTER_DAMAGED,
+            crate::metrics::CLUSTER_CATCH_UPS,
+            crate::metrics::CLUSTER_NOT_REPLICATED,
+        ] {
+            metrics::counter!(c).increment(0);
+        }
+        Arc::new(Cluster {
+            settings,
+            run,
+            outbox,
+            engine,
+            applied: AtomicU64::new(0),
+            applied_tx: watch::Sender::new(0),
+            start_head: watch::Sender::new(None),
+            caught_up: AtomicBool::new(false),
+            head_wanted: AtomicU64::new(0),
+            head_wake: Notify::new(),
+            heads: watch::Sender::new((0, 0)),
+            client: parking_lot::Mutex::new(None),
+            reconnected: Arc::new(Notify::new()),
+        })
+    }
+
+    /// Connects (in the background when NATS is not up yet) and starts the publisher, the
+    /// consumer and the head fetcher on the current runtime.
+    pub async fn start(self: &Arc<Self>) -> Result<(), ClusterError> {
+        let s = &self.settings;
+        let mut opts = async_nats::ConnectOptions::new()
+            .name(format!("sessiond {}", s.node))
+            .retry_on_initial_connect()
+            .max_reconnects(None)
+            // Back within a second of a server's return (the default waits up to 4 s).
+            .reconnect_delay_callback(|attempts| {
+                Duration::from_millis((attempts as u64 * 100).min(1_000))
+            })
+            .event_callback({
+                let reconnected = self.reconnected.clone();
+                let node = s.node.clone();
+                move |event| {
+                    let reconnected = reconnected.clone();
+                    let node = node.clone();
+                    async move {
+                        match event {
+                            async_nats::Event::Connected => {
+                                tracing::info!(%node, "connected to NATS");
+                                reconnected.notify_waiters();
+                            }
+                            async_nats::Event::Disconnected => tracing::warn!(
+                                %node,
+                                "lost the connection to NATS; validation goes on from memory, reconnecting"
+                            ),
+                            other => tracing::debug!(%node, event = %other, "NATS event"),
+                        }
+                    }
+                }
+            });
+        if let Some(path) = &s.creds {
+            opts = opts
+                .credentials_file(path)
+                .await
+                .map_err(|source| ClusterError::Creds {
+                    path: path.clone(),
+                    source,
+                })?;
+        }
+        let client =
+            opts.connect(s.urls.clone())
+                .await
+                .map_err(|source| ClusterError::Connect {
+                    urls: s.urls.join(","),
+                    source,
+                })?;
+        *self.client.lock() = Some(client.clone());
+        // API requests time out in 2 s, not the client's 10 s: while a new JetStream cluster
+        // elects its leader the first requests go unanswered, and a retry soon after succeeds.
+        let js = async_nats::jetstream::ContextBuilder::new()
+            .timeout(Duration::from_secs(2))
+            .build(client);
+        let c = self.clone();
+        tokio::spawn(async move {
+            let stream = c.stream(&js).await;
+            c.learn_start_head(&stream).await;
+            tokio::spawn(link::publish(c.clone(), js));
+            tokio::spawn(link::heads(c.clone(), stream.clone()));
+            link::consume(c, stream).await;
+        });
+        Ok(())
+    }
+
+    /// The stream, made if it does not exist; retried until NATS answers.
+    async fn stream(
+        &self,
+        js: &async_nats::jetstream::Context,
+    ) -> async_nats::jetstream::stream::Stream {
+        use async_nats::jetstream::stream;
+        let s = &self.settings;
+        let config = stream::Config {
+            name: s.stream.clone(),
+            subjects: vec![format!("{}.changes.*", s.stream)],
+            storage: stream::StorageType::File,
+            num_replicas: s.replicas,
+            max_age: s.retention,
+            duplicate_window: DUPLICATE_WINDOW,
+            ..Default::default()
+        };
+        let mut logged = false;
+        loop {
+            match js.get_or_create_stream(config.clone()).await {
+                Ok(st) => {
+                    let have = &st.cached_info().config;
+                    tracing::info!(
+                        stream = %have.name,
+                        replicas = have.num_replicas,
+                        retention_secs = have.max_age.as_secs(),
+                        node = %s.node,
+                        "the cluster's stream is reachable"
+                    );
+                    return st;
+                }
+                Err(error) => {
+                    if !logged {
+                        tracing::warn!(%error, stream = %s.stream, "cannot open the cluster's stream yet; retrying");
+                        logged = true;
+                    }
+                    tokio::time::sleep(Duration::from_millis(500)).await;
+                }
+            }
+        }
+    }
+
+    async fn learn_start_head(&self, stream: &async_nats::jetstream::stream::Stream) {
+        loop {
+            match stream.get_info().await {
+                Ok(info) => {
+                    let head = info.state.last_sequence;
+                    self.start_head.send_replace(Some(head));
+                    self.note_caught_up();
+                    return;
+                }
+                Err(error) => {
+                    tracing::debug!(%error, "cannot ask the cluster's stream for its head");
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                }
+            }
+        }
+    }
+
+    fn note_caught_up(&self) {
+        if self.caught_up.load(Ordering::Relaxed) {
+            return;
+        }
+        if let Some(head) = *self.start_head.borrow()
+            && self.applied.load(Ordering::Acquire) >= head
+        {
+            self.caught_up.store(true, Ordering::Release);
+            tracing::info!(
+                applied = self.applied.load(Ordering::Relaxed),
+                sessions = self.engine.len(),
+                "caught up with the cluster's stream"
+            );
+        }
+    }
+
+    /// The consumer handled stream message `seq`.
+    fn set_applied(&self, seq: u64) {
+        self.applied.store(seq, Ordering::Release);
+        self.applied_tx.send_replace(seq);
+        metrics::gauge!(crate::metrics::CLUSTER_APPLIED_SEQ).set(seq as f64);
+        self.note_caught_up();
+    }
+
+    fn metrics_healthy(&self, ok: bool) {
+        metrics::gauge!(crate::metrics::CLUSTER_HEALTHY).set(if ok { 1.0 } else { 0.0 });
+    }
+
+    /// The last stream sequence applied here.
+    pub fn applied(&self) -> u64 {
+        self.applied.load(Ordering::Acquire)
+    }
+
+    /// Whether this node has applied the stream up to its head as of start (invariant 4).
+    pub fn caught_up(&self) -> bool {
+        self.caught_up.load(Ordering::Acquire)
+    }
+
+    fn connected(&self) -> bool {
+        self.client
+            .lock()
+            .as_ref()
+            .is_some_and(|c| c.connection_state() == async_nats::connection::State::Connected)
+    }
+
+    /// After a lookup missed: waits until this node has applied the stream up to its head as
+    /// of now, at most [`CATCH_UP_WAIT`]; true when it has (look again), false when NATS did
+    /// not answer in time (invariant 2).
+    pub async fn catch_up(&self) -> bool {
+        if !self.connected() {
+            return false;
+        }
+        metrics::counter!(crate::metrics::CLUSTER_CATCH_UPS).increment(1);
+        let deadline = tokio::time::Instant::now() + CATCH_UP_WAIT;
+        let round = self.head_wanted.fetch_add(1, Ordering::AcqRel) + 1;
+        self.head_wake.notify_one();
+        let mut heads = self.heads.subscribe();
+        let head =
+            match tokio::time::timeout_at(deadline, heads.wait_for(|(r, _)| *r >= round)).await {
+                Ok(Ok(h)) => h.1,
+                _ => return false,
+            };
+        let mut applied = self.applied_tx.subscribe();
+        tokio::time::timeout_at(deadline, applied.wait_for(|a| *a >= head))
+            .await
+            .is_ok_and(|r| r.is_ok())
+    }
+
+    /// Under `sync`, waits until this node's changes so far are in the stream (invariant 3).
+    pub async fn replicated(&self) -> Result<(), NotReplicated> {
+        if self.settings.ack == Ack::Async {
+            return Ok(());
+        }
+        let r = self.outbox.wait_replicated(REPLICATE_WAIT).await;
+        if r.is_err() {
+            metrics::counter!(crate::metrics::CLUSTER_NOT_REPLICATED).increment(1);
+        }
+        metrics::gauge!(crate::metrics::CLUSTER_BACKLOG).set(self.outbox.backlog() as f64);
+        r
+    }
+}

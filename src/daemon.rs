@@ -194,7 +194,9 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     // The cluster's stream after the local state: its messages apply on top (`cluster`).
     let cluster = st.cluster.clone();
     if let Some(c) = &cluster {
-        c.start().await.context("cannot join the cluster")?;
+        c.start(policies.clone())
+            .await
+            .context("cannot join the cluster")?;
     }
     let reaper = reaper::spawn(engine.clone(), metrics, shutdown.at(Stage::Drained))?;
     ready.store(true, Ordering::Release);

@@ -353,3 +353,75 @@ fn cluster_without_nats_validation_answers_and_sync_creates_are_refused() {
         std::thread::sleep(Duration::from_millis(50));
     }
 }
+
+fn org_policy(d: &Daemon, org: &str) -> serde_json::Value {
+    let r = d.call("GET", &format!("/v1/orgs/{org}/policy"), None);
+    assert_eq!(r.status, 200, "{}", r.body);
+    r.json()
+}
+
+#[test]
+fn cluster_a_policy_written_on_one_node_applies_on_every_node() {
+    let Some(bin) = find_nats() else { return };
+    let nats = Nats::start(bin, 1);
+    let nodes = [
+        node(&nats, "a", 1, &["--tick", "10"]),
+        node(&nats, "b", 1, &["--tick", "10"]),
+        node(&nats, "c", 1, &["--tick", "10"]),
+    ];
+    let acme: Vec<String> = (0..20)
+        .map(|i| {
+            create(
+                &nodes[i % 3],
+                &[],
+                &format!(r#"{{"user_id": "u{i}", "org_id": "acme"}}"#),
+            )
+            .0
+        })
+        .collect();
+    let (other, _) = create(&nodes[0], &[], r#"{"user_id": "v", "org_id": "other"}"#);
+
+    // Tightened on B: acme's sessions end on every node, other orgs' stay.
+    let r = nodes[1].call(
+        "PUT",
+        "/v1/orgs/acme/policy",
+        Some(r#"{"source": "CUSTOM", "absolute_timeout": 1}"#),
+    );
+    assert_eq!(r.status, 200, "{}", r.body);
+    for (n, d) in nodes.iter().enumerate() {
+        eventually(5, &format!("acme's policy on node {n}"), || {
+            org_policy(d, "acme")["source"] == "CUSTOM"
+        });
+        eventually(5, &format!("acme's sessions evicted on node {n}"), || {
+            acme.iter().all(|t| !valid(d, t))
+        });
+        assert!(valid(d, &other), "another org's session lost on node {n}");
+    }
+
+    // The application policy written on C reaches A; acme back on APPLICATION from A reaches B.
+    let r = nodes[2].call("PUT", "/v1/policy", Some(r#"{"absolute_timeout": 7200}"#));
+    assert_eq!(r.status, 200, "{}", r.body);
+    eventually(5, "the application policy on node 0", || {
+        nodes[0].call("GET", "/v1/policy", None).json()["absolute_timeout"] == 7200
+    });
+    let r = nodes[0].call("DELETE", "/v1/orgs/acme/policy", None);
+    assert_eq!(r.status, 200, "{}", r.body);
+    eventually(5, "acme back on APPLICATION on node 1", || {
+        org_policy(&nodes[1], "acme")["source"] == "APPLICATION"
+    });
+
+    // A node that joins later reads every policy before it says ready.
+    let r = nodes[1].call(
+        "PUT",
+        "/v1/orgs/beta/policy",
+        Some(r#"{"source": "CUSTOM", "absolute_timeout": 600}"#),
+    );
+    assert_eq!(r.status, 200, "{}", r.body);
+    let d = node(&nats, "d", 1, &[]);
+    assert_eq!(org_policy(&d, "beta")["source"], "CUSTOM");
+    assert_eq!(org_policy(&d, "acme")["source"], "APPLICATION");
+    assert_eq!(
+        d.call("GET", "/v1/policy", None).json()["absolute_timeout"],
+        7200
+    );
+}

@@ -5,7 +5,8 @@
 //! The data's path: the engine reports a change (`changes`) to the journal and to the
 //! [`Outbox`]; the publisher (`link`) sends the outbox to the stream subject
 //! `<stream>.changes.<node>`; every node's consumer applies every other run's messages to its
-//! table (`apply`), in stream order.
+//! table (`apply`), in stream order. Policies set through the API live in a key-value bucket
+//! that every node watches (`policies`).
 //!
 //! Invariants:
 //! 1. **Session state merges**: activity is a maximum, a revocation removes, a create is
@@ -21,13 +22,15 @@
 //!    `not_replicated` after [`REPLICATE_WAIT`], the change applied here and kept for the
 //!    stream. `async` answers at once.
 //! 4. **Ready after catching up**: `/readyz` says ready only once this node has applied the
-//!    stream up to its head as of start ([`Cluster::caught_up`]); it never answers from a view
-//!    that may miss revocations the stream holds.
+//!    stream up to its head as of start and, in API mode, the policy bucket's full set
+//!    ([`Cluster::caught_up`]); it never answers from a view that may miss revocations or
+//!    policies the cluster holds.
 //! 5. Validate, touch and `/v1/auth` never wait for NATS beyond invariant 2's bounded miss.
 
 pub mod apply;
 mod link;
 pub mod outbox;
+pub mod policies;
 
 use crate::engine::Engine;
 pub use outbox::{NotReplicated, Outbox};
@@ -161,6 +164,11 @@ pub struct Cluster {
     client: parking_lot::Mutex<Option<async_nats::Client>>,
     /// Woken when the connection comes back (`link`, invariant 2).
     reconnected: Arc<Notify>,
+    /// The policy bucket (API mode; `policies`).
+    pub policy_bucket: policies::PolicyBucket,
+    /// Whether policies come from the bucket, and whether its full set has been applied.
+    policies_from_bucket: AtomicBool,
+    policies_synced: AtomicBool,
 }
 
 impl Cluster {
@@ -202,12 +210,19 @@ impl Cluster {
             heads: watch::Sender::new((0, 0)),
             client: parking_lot::Mutex::new(None),
             reconnected: Arc::new(Notify::new()),
+            policy_bucket: Default::default(),
+            policies_from_bucket: AtomicBool::new(false),
+            policies_synced: AtomicBool::new(false),
         })
     }
 
     /// Connects (in the background when NATS is not up yet) and starts the publisher, the
-    /// consumer and the head fetcher on the current runtime.
-    pub async fn start(self: &Arc<Self>) -> Result<(), ClusterError> {
+    /// consumer and the head fetcher on the current runtime; with `policies` in API mode, the
+    /// policy bucket's watch too (`policies`).
+    pub async fn start(
+        self: &Arc<Self>,
+        policies: Arc<crate::policy_source::PolicyManager>,
+    ) -> Result<(), ClusterError> {
         let s = &self.settings;
         let mut opts = async_nats::ConnectOptions::new()
             .name(format!("sessiond {}", s.node))
@@ -260,6 +275,10 @@ impl Cluster {
         let js = async_nats::jetstream::ContextBuilder::new()
             .timeout(Duration::from_secs(2))
             .build(client);
+        if policies.is_api() {
+            self.policies_from_bucket.store(true, Ordering::Release);
+            tokio::spawn(policies::run(self.clone(), js.clone(), policies));
+        }
         let c = self.clone();
         tokio::spawn(async move {
             let stream = c.stream(&js).await;
@@ -333,8 +352,11 @@ impl Cluster {
         if self.caught_up.load(Ordering::Relaxed) {
             return;
         }
+        let policies_ready = !self.policies_from_bucket.load(Ordering::Acquire)
+            || self.policies_synced.load(Ordering::Acquire);
         if let Some(head) = *self.start_head.borrow()
             && self.applied.load(Ordering::Acquire) >= head
+            && policies_ready
         {
             self.caught_up.store(true, Ordering::Release);
             tracing::info!(

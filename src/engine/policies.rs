@@ -28,8 +28,8 @@ pub struct OrgChange {
     pub reapplied: Reapplied,
 }
 
-/// What a policy write changed.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// What a policy write changed (the default: nothing).
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct PolicyChange {
     /// Whether any effective policy changed (and so was re-applied).
     pub changed: bool,

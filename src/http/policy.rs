@@ -123,6 +123,7 @@ pub async fn put_app(
     if dry {
         return dry_run(&st, PolicyWrite::Application(policy)).await;
     }
+    publish(&st, &PolicyWrite::Application(policy)).await?;
     let p = st.policies.clone();
     blocking(move || p.write_application(policy)).await?;
     Ok(json_response(StatusCode::OK, &policy))
@@ -157,6 +158,21 @@ fn split_source(bytes: &[u8]) -> Result<(Option<String>, PolicyPatch, bool), Api
     Ok((source, patch, has_fields))
 }
 
+/// In a cluster with policies from the API, puts the write in the cluster's policy bucket
+/// first: every node applies it from there (`cluster::policies`, invariant 1).
+async fn publish(st: &AppState, write: &PolicyWrite) -> Result<(), ApiError> {
+    match &st.cluster {
+        Some(c) if st.policies.is_api() => c.policy_bucket.publish(write).await.map_err(|e| {
+            ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "not_replicated",
+                e.to_string(),
+            )
+        }),
+        _ => Ok(()),
+    }
+}
+
 /// Runs a policy write, reload or dry run (file I/O with fsync, walks over the sessions) off the
 /// async workers.
 async fn blocking<T: Send + 'static, E: Into<ApiError> + Send + 'static>(
@@ -178,6 +194,12 @@ async fn apply(
         let org = org.to_owned();
         return dry_run(st, PolicyWrite::Org { org, policy }).await;
     }
+    crate::session::check_id("org_id", org).map_err(crate::engine::EngineError::from)?;
+    let write = PolicyWrite::Org {
+        org: org.to_owned(),
+        policy,
+    };
+    publish(st, &write).await?;
     let (p, o) = (st.policies.clone(), org.to_owned());
     blocking(move || p.write_org(&o, policy)).await?;
     Ok(org_view(st, org))

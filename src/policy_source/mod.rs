@@ -43,7 +43,7 @@ pub use file::parse_policy_file;
 
 use crate::engine::{Engine, PolicyChange};
 use crate::metrics::Metrics;
-use crate::policy::{OrgPolicy, Policy, PolicyPatch};
+use crate::policy::{OrgPolicy, Policy, PolicyPatch, PolicyWrite};
 use parking_lot::Mutex;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
@@ -137,6 +137,16 @@ impl PolicyManager {
 
     pub fn source(&self) -> &Source {
         &self.source
+    }
+
+    /// The engine the policies are applied to.
+    pub fn engine(&self) -> &Engine {
+        &self.engine
+    }
+
+    /// Whether policies come from the admin API (and so, in a cluster, from its bucket).
+    pub fn is_api(&self) -> bool {
+        matches!(self.source, Source::Api { .. })
     }
 
     /// Reads the source at start (an absent API state file is fine: nothing set yet).
@@ -339,6 +349,55 @@ impl PolicyManager {
         self.persist(&app, &orgs)?;
         let change = self.engine.set_org_policy(org, policy)?;
         self.record("api", &change);
+        Ok(change)
+    }
+
+    /// A policy write another node made (the cluster's policy bucket): persisted here and
+    /// applied like an API write, unless it is already in force (this node's own writes come
+    /// back this way too). Not in file mode: there the file rules every node.
+    pub fn apply_replicated(&self, write: PolicyWrite) -> Result<PolicyChange, SourceError> {
+        self.state_dir()?;
+        let _guard = self.lock.lock();
+        let (mut app, mut orgs) = self.engine.policies();
+        let same = match &write {
+            PolicyWrite::Application(p) => app == *p,
+            PolicyWrite::Org { org, policy } => self.engine.org_policy(org).org_policy == *policy,
+        };
+        if same {
+            return Ok(PolicyChange::default());
+        }
+        match &write {
+            PolicyWrite::Application(p) => app = *p,
+            PolicyWrite::Org { org, policy } => match policy {
+                OrgPolicy::Application => {
+                    orgs.remove(org);
+                }
+                OrgPolicy::Custom(p) => {
+                    orgs.insert(org.clone(), *p);
+                }
+            },
+        }
+        self.persist(&app, &orgs)?;
+        let change = match write {
+            PolicyWrite::Application(p) => self.engine.set_application_policy(p),
+            PolicyWrite::Org { org, policy } => self.engine.set_org_policy(&org, policy)?,
+        };
+        self.record("cluster", &change);
+        Ok(change)
+    }
+
+    /// The whole policy set of the cluster's bucket, as a node finds it when it (re)joins:
+    /// persisted here and applied, replacing what this node had.
+    pub fn replace_replicated(
+        &self,
+        app: Policy,
+        orgs: BTreeMap<String, Policy>,
+    ) -> Result<PolicyChange, SourceError> {
+        self.state_dir()?;
+        let _guard = self.lock.lock();
+        self.persist(&app, &orgs)?;
+        let change = self.engine.replace_policies(app, orgs);
+        self.record("cluster", &change);
         Ok(change)
     }
 

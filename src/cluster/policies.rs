@@ -1,0 +1,293 @@
+//! Policies in a cluster (API mode): a JetStream key-value bucket, `<stream>_POLICIES`, holds
+//! the application policy and every CUSTOM org policy; every node watches it and applies each
+//! change live, as an API write on that node would.
+//!
+//! Keys: `app` (the application policy) and `org.<base64url of the org id>` (an org's CUSTOM
+//! policy; deleting the key puts the org back on APPLICATION). Values: the policy as JSON, the
+//! same fields as `policies.json`.
+//!
+//! Invariants:
+//! 1. **The bucket rules.** An API write goes to the bucket first ([`PolicyBucket::publish`]);
+//!    only once the bucket has it is it applied on the node that took the request, and every
+//!    other node applies it from its watch. A write the bucket refuses changes nothing.
+//! 2. **Joining replaces.** A node that starts (or watches again after losing NATS) reads every
+//!    key's last value and replaces its policies with exactly that set; later changes are
+//!    applied one by one. Its `policies.json` follows, so a restart without NATS starts from
+//!    the last policies it saw. Until the first full read, the node does not say it is ready
+//!    (`cluster`, invariant 4).
+//! 3. **Seeded once.** A node that finds the bucket empty copies its own policies into it, each
+//!    key only if absent, so the first node of a new cluster brings its policies along and a
+//!    race between two first nodes keeps one value per key.
+//! 4. Same value, no change: applying a write already in force does nothing (a node's own write
+//!    comes back through the watch).
+
+use super::Cluster;
+use crate::policy::{OrgPolicy, Policy, PolicyPatch, PolicyWrite};
+use crate::policy_source::PolicyManager;
+use async_nats::jetstream::{self, kv};
+use base64::Engine as _;
+use bytes::Bytes;
+use futures_util::StreamExt;
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+const APP_KEY: &str = "app";
+const ORG_PREFIX: &str = "org.";
+
+/// The bucket's key for `org`.
+pub fn org_key(org: &str) -> String {
+    format!(
+        "{ORG_PREFIX}{}",
+        base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(org)
+    )
+}
+
+/// What a key and its value mean; `None` for a key or value this version does not read.
+pub fn decode(key: &str, value: Option<&[u8]>) -> Option<PolicyWrite> {
+    let policy = match value {
+        Some(v) => {
+            let patch: PolicyPatch = serde_json::from_slice(v).ok()?;
+            Some(Policy::from_patch(None, &patch).ok()?)
+        }
+        None => None,
+    };
+    if key == APP_KEY {
+        return policy.map(PolicyWrite::Application);
+    }
+    let org = base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(key.strip_prefix(ORG_PREFIX)?)
+        .ok()?;
+    let org = String::from_utf8(org).ok()?;
+    Some(PolicyWrite::Org {
+        org,
+        policy: policy.map_or(OrgPolicy::Application, OrgPolicy::Custom),
+    })
+}
+
+fn encode(p: &Policy) -> Bytes {
+    Bytes::from(serde_json::to_vec(p).expect("a policy serializes"))
+}
+
+/// Why the bucket did not take a write.
+#[derive(Debug, thiserror::Error)]
+#[error(
+    "the cluster's policy bucket did not take the change ({0}); nothing was changed: retry when NATS answers"
+)]
+pub struct NotPublished(String);
+
+/// The policy bucket, once open.
+pub struct PolicyBucket {
+    kv: tokio::sync::OnceCell<kv::Store>,
+}
+
+impl Default for PolicyBucket {
+    fn default() -> Self {
+        PolicyBucket {
+            kv: tokio::sync::OnceCell::new(),
+        }
+    }
+}
+
+impl PolicyBucket {
+    /// Puts `write` in the bucket (invariant 1).
+    pub async fn publish(&self, write: &PolicyWrite) -> Result<(), NotPublished> {
+        let kv = self
+            .kv
+            .get()
+            .ok_or_else(|| NotPublished("the bucket is not open yet".into()))?;
+        let r = match write {
+            PolicyWrite::Application(p) => kv.put(APP_KEY, encode(p)).await.map(|_| ()),
+            PolicyWrite::Org {
+                org,
+                policy: OrgPolicy::Custom(p),
+            } => kv.put(org_key(org), encode(p)).await.map(|_| ()),
+            PolicyWrite::Org {
+                org,
+                policy: OrgPolicy::Application,
+            } => {
+                return kv
+                    .delete(org_key(org))
+                    .await
+                    .map_err(|e| NotPublished(e.to_string()));
+            }
+        };
+        r.map_err(|e| NotPublished(e.to_string()))
+    }
+}
+
+/// Opens the bucket, seeds it if empty, and applies it to `policies`, forever (see the module
+/// doc).
+pub async fn run(c: Arc<Cluster>, js: jetstream::Context, policies: Arc<PolicyManager>) {
+    let name = format!("{}_POLICIES", c.settings.stream);
+    let kv = loop {
+        let r = match js.get_key_value(&name).await {
+            Ok(kv) => Ok(kv),
+            Err(_) => js
+                .create_key_value(kv::Config {
+                    bucket: name.clone(),
+                    history: 1,
+                    storage: jetstream::stream::StorageType::File,
+                    num_replicas: c.settings.replicas,
+                    ..Default::default()
+                })
+                .await
+                .map_err(|e| e.to_string()),
+        };
+        match r {
+            Ok(kv) => break kv,
+            Err(error) => {
+                tracing::debug!(%error, bucket = %name, "cannot open the policy bucket yet; retrying");
+                tokio::time::sleep(Duration::from_millis(500)).await;
+            }
+        }
+    };
+    let _ = c.policy_bucket.kv.set(kv.clone());
+    loop {
+        match kv.status().await {
+            Ok(status) if status.values() == 0 => seed(&kv, &policies).await,
+            Ok(_) => {}
+            Err(error) => {
+                tracing::debug!(%error, "cannot read the policy bucket's status; retrying");
+                tokio::time::sleep(Duration::from_millis(500)).await;
+                continue;
+            }
+        }
+        watch(&c, &kv, &policies).await;
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// Copies this node's policies into an empty bucket (invariant 3).
+async fn seed(kv: &kv::Store, policies: &PolicyManager) {
+    let (app, orgs) = policies.engine().policies();
+    let mut seeded = 0;
+    if kv.create(APP_KEY, encode(&app)).await.is_ok() {
+        seeded += 1;
+    }
+    for (org, p) in &orgs {
+        if kv.create(org_key(org), encode(p)).await.is_ok() {
+            seeded += 1;
+        }
+    }
+    tracing::info!(
+        keys = seeded,
+        "the cluster's policy bucket was empty: seeded it with this node's policies"
+    );
+}
+
+/// Watches the bucket: the full set first (invariant 2), then each change, until the watch
+/// ends.
+async fn watch(c: &Cluster, kv: &kv::Store, policies: &Arc<PolicyManager>) {
+    let mut entries = match kv.watch_with_history(">").await {
+        Ok(w) => w,
+        Err(error) => {
+            tracing::debug!(%error, "cannot watch the policy bucket; retrying");
+            return;
+        }
+    };
+    let (mut app, mut orgs) = (None, BTreeMap::new());
+    let mut joined = false;
+    while let Some(entry) = entries.next().await {
+        let entry = match entry {
+            Ok(e) => e,
+            Err(error) => {
+                tracing::debug!(%error, "the policy bucket's watch failed; watching again");
+                return;
+            }
+        };
+        let value = match entry.operation {
+            kv::Operation::Put => Some(&entry.value[..]),
+            kv::Operation::Delete | kv::Operation::Purge => None,
+        };
+        let Some(write) = decode(&entry.key, value) else {
+            tracing::warn!(key = %entry.key, "a policy bucket entry this version cannot read; ignored");
+            continue;
+        };
+        if joined {
+            let p = policies.clone();
+            let r = tokio::task::spawn_blocking(move || p.apply_replicated(write)).await;
+            if let Ok(Err(error)) = r {
+                tracing::error!(%error, "cannot apply a policy from the cluster's bucket");
+            }
+            continue;
+        }
+        match write {
+            PolicyWrite::Application(p) => app = Some(p),
+            PolicyWrite::Org {
+                org,
+                policy: OrgPolicy::Custom(p),
+            } => {
+                orgs.insert(org, p);
+            }
+            PolicyWrite::Org {
+                org,
+                policy: OrgPolicy::Application,
+            } => {
+                orgs.remove(&org);
+            }
+        }
+        if entry.delta == 0 || entry.seen_current {
+            joined = true;
+            let app = app
+                .take()
+                .unwrap_or_else(|| policies.engine().application_policy());
+            let all = std::mem::take(&mut orgs);
+            let count = all.len();
+            let p = policies.clone();
+            match tokio::task::spawn_blocking(move || p.replace_replicated(app, all)).await {
+                Ok(Ok(_)) => tracing::info!(
+                    orgs_custom = count,
+                    "policies read from the cluster's bucket"
+                ),
+                Ok(Err(error)) => tracing::error!(%error, "cannot apply the cluster's policies"),
+                Err(_) => {}
+            }
+            c.policies_synced.store(true, Ordering::Release);
+            c.note_caught_up();
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keys_and_values_round_trip() {
+        let p = Policy::from_patch(
+            None,
+            &serde_json::from_str::<PolicyPatch>(r#"{"absolute_timeout": 60}"#).unwrap(),
+        )
+        .unwrap();
+        let odd = "org with spaces/and.dots=é";
+        let key = org_key(odd);
+        assert!(
+            key.bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b)),
+            "{key}"
+        );
+        assert_eq!(
+            decode(&key, Some(&encode(&p))),
+            Some(PolicyWrite::Org {
+                org: odd.into(),
+                policy: OrgPolicy::Custom(p)
+            })
+        );
+        assert_eq!(
+            decode(&key, None),
+            Some(PolicyWrite::Org {
+                org: odd.into(),
+                policy: OrgPolicy::Application
+            })
+        );
+        assert_eq!(
+            decode(APP_KEY, Some(&encode(&p))),
+            Some(PolicyWrite::Application(p))
+        );
+        assert_eq!(decode("org.!!", None), None);
+        assert_eq!(decode("other", None), None);
+        assert_eq!(decode(APP_KEY, Some(b"{\"nonsense\": 1}")), None);
+    }
+}

@@ -24,8 +24,13 @@
 //!    wait), and must never call into the engine: that would take a shard lock again.
 //! 5. Replaying saved state at start-up (`Engine::restore*`) is not reported: it is what was
 //!    reported before.
+//! 6. A user- or org-wide revocation is also reported as one [`Change::NotBefore`] mark, after
+//!    its removals (under shard 0's lock): "every session of this user (org) created before
+//!    this time is revoked". It tells other nodes to revoke what they hold and what reaches
+//!    them later of that user (org), created before the mark; its order among the session
+//!    frames does not matter.
 
-use crate::session::{RemoveReason, SavedRef};
+use crate::session::{RemoveReason, SavedRef, Scope};
 
 /// One change of the session table (see the module doc).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -36,6 +41,13 @@ pub enum Change<'a> {
     Activity { id: u128, last_ms: u64 },
     /// The session left the table.
     Removed { id: u128, reason: RemoveReason },
+    /// Every session of `id` (a user or an org) created before `before_ms` is revoked
+    /// (invariant 6).
+    NotBefore {
+        scope: Scope,
+        id: &'a str,
+        before_ms: u64,
+    },
 }
 
 /// Where the engine reports its changes (see the module doc).

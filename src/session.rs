@@ -228,6 +228,13 @@ impl ExpiryReason {
     }
 }
 
+/// What a "not before" mark covers: every session of one user, or of one org.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Scope {
+    User,
+    Org,
+}
+
 /// Why a session left the table.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum RemoveReason {

@@ -124,11 +124,15 @@ impl Drop for Nats {
 
 /// A sessiond node of `nats`'s cluster, with `extra` arguments.
 fn node(nats: &Nats, name: &str, replicas: usize, extra: &[&str]) -> Daemon {
-    let urls = nats.urls();
+    node_at(&nats.urls(), name, replicas, extra)
+}
+
+/// A sessiond node that knows only the NATS servers at `urls`.
+fn node_at(urls: &str, name: &str, replicas: usize, extra: &[&str]) -> Daemon {
     let replicas = replicas.to_string();
     let mut args = vec![
         "--cluster",
-        urls.as_str(),
+        urls,
         "--node-name",
         name,
         "--cluster-replicas",
@@ -424,4 +428,45 @@ fn cluster_a_policy_written_on_one_node_applies_on_every_node() {
         d.call("GET", "/v1/policy", None).json()["absolute_timeout"],
         7200
     );
+}
+
+#[test]
+fn cluster_a_user_revocation_catches_a_session_made_concurrently_elsewhere() {
+    let Some(bin) = find_nats() else { return };
+    let mut nats = Nats::start(bin, 1);
+    let a = node(&nats, "a", 1, &["--cluster-ack", "async"]);
+    let b = node(&nats, "b", 1, &["--cluster-ack", "async"]);
+    let c = node(&nats, "c", 1, &[]);
+    let (old, _) = create(&a, &[], r#"{"user_id": "alice"}"#);
+    assert!(valid(&b, &old) && valid(&c, &old));
+
+    // NATS gone: what the nodes do meanwhile reaches the others only later, in any order.
+    nats.stop_server(0);
+    // On B: a login of alice, answered (async) and kept for the stream.
+    let (concurrent, _) = create(&b, &[], r#"{"user_id": "alice"}"#);
+    std::thread::sleep(Duration::from_millis(20));
+    // On A, after it: "sign alice out everywhere". A does not know B's session.
+    let r = a.call("DELETE", "/v1/users/alice/sessions", None);
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert!(!valid(&a, &old));
+    std::thread::sleep(Duration::from_millis(20));
+    // On B, after the revocation: a new login, which must stand.
+    let (later, _) = create(&b, &[], r#"{"user_id": "alice"}"#);
+    assert!(
+        valid(&b, &concurrent),
+        "B cannot know of the revocation yet"
+    );
+
+    nats.start_server(0);
+    for (d, n) in [(&a, "a"), (&b, "b"), (&c, "c")] {
+        eventually(15, &format!("the later login valid on {n}"), || {
+            valid(d, &later)
+        });
+        eventually(
+            15,
+            &format!("the concurrent session refused on {n}"),
+            || !valid(d, &concurrent),
+        );
+        assert!(!valid(d, &old), "the old session came back on {n}");
+    }
 }

@@ -4,7 +4,8 @@
 //! Invariants:
 //! 1. **Merge, never conflict**: a create of a known id only moves its last activity forward,
 //!    activity is a maximum, a removal of an unknown id does nothing (`persist::record`,
-//!    invariant 2). Applying a batch twice, or batches of different nodes in any order that
+//!    invariant 2), and a "not before" mark revokes that user's (org's) older sessions, here
+//!    and arriving later (`engine::marks`). Applying a batch twice, or batches of different nodes in any order that
 //!    keeps each node's own order, gives the same table.
 //! 2. Applied changes are not reported to the engine's listeners (`Engine::restore*`): they are
 //!    another node's, already in the stream; this node's journal keeps only its own, and a
@@ -42,6 +43,13 @@ pub fn apply(engine: &Engine, batch: &[u8]) -> Applied {
             }
             Ok(Entry::Activity { id, last_ms }) => engine.restore_activity(SessionId(id), last_ms),
             Ok(Entry::Remove { id, .. }) => engine.restore_remove(SessionId(id)),
+            Ok(Entry::NotBefore {
+                scope,
+                id,
+                before_ms,
+            }) => {
+                engine.apply_not_before(scope, &id, before_ms);
+            }
             Ok(Entry::End { .. }) => {}
             Err(offset) => {
                 out.damaged_at = Some(offset);

@@ -3,8 +3,9 @@
 //! publisher (`link`) to send to the stream as one message per batch.
 //!
 //! Invariants:
-//! 1. **Only what other nodes must apply leaves.** Creates, activity and the removals a person
-//!    asked for (revoked through the API, displaced by the per-user limit) are encoded; idle
+//! 1. **Only what other nodes must apply leaves.** Creates, activity, the removals a person
+//!    asked for (revoked through the API, displaced by the per-user limit) and the "not
+//!    before" marks of user- and org-wide revocations are encoded; idle
 //!    and absolute evictions are not: each node evicts by its own view, and a node that saw
 //!    later activity must not lose the session to another node's older view.
 //! 2. **Per-session order**, as the journal's (its invariant 1): a session's frames go to its
@@ -153,6 +154,11 @@ impl Changes for Outbox {
                 // Invariant 1: evictions stay local.
                 RemoveReason::Idle | RemoveReason::Absolute => {}
             },
+            Change::NotBefore {
+                scope,
+                id,
+                before_ms,
+            } => self.append(shard, |b| record::put_not_before(b, scope, id, before_ms)),
         }
     }
 }
@@ -215,7 +221,7 @@ mod tests {
             .map(|e| match e {
                 record::Entry::Create(s) => s.id,
                 record::Entry::Activity { id, .. } | record::Entry::Remove { id, .. } => *id,
-                record::Entry::End { .. } => 0,
+                record::Entry::End { .. } | record::Entry::NotBefore { .. } => 0,
             })
             .collect();
         // Shard 0's frames, then shard 1's; in order within each.

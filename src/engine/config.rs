@@ -48,6 +48,9 @@ pub struct EngineConfig {
     /// Most live sessions per user, if limited.
     pub max_sessions_per_user: Option<usize>,
     pub user_limit_action: UserLimitAction,
+    /// Keep "not before" marks of this node's user- and org-wide revocations (`marks`): a
+    /// cluster node needs them, a single node does not (its later creates are never older).
+    pub keep_marks: bool,
 }
 
 /// Default shard count: 8 per core, rounded up to a power of two.
@@ -66,6 +69,7 @@ impl Default for EngineConfig {
             max_sessions: 10_000_000,
             max_sessions_per_user: None,
             user_limit_action: UserLimitAction::Refuse,
+            keep_marks: false,
         }
     }
 }

@@ -70,6 +70,10 @@ pub struct Engine {
     user_stripes: Box<[Mutex<()>]>,
     stripe_hasher: DefaultHashBuilder,
     tick_ms: u64,
+    keep_marks: bool,
+    /// User- and org-wide revocations as times (`marks`).
+    marks: RwLock<marks::Marks>,
+    has_marks: std::sync::atomic::AtomicBool,
 }
 
 /// Reaper batch: most sessions evicted per shard lock hold.
@@ -116,6 +120,9 @@ impl Engine {
             user_stripes: (0..64).map(|_| Mutex::new(())).collect(),
             stripe_hasher: DefaultHashBuilder::default(),
             tick_ms,
+            keep_marks: cfg.keep_marks,
+            marks: RwLock::new(marks::Marks::default()),
+            has_marks: std::sync::atomic::AtomicBool::new(false),
         }
     }
 
@@ -305,15 +312,20 @@ impl Engine {
 
     /// Ends all of `user`'s sessions; returns how many.
     pub fn revoke_user(&self, user: &str) -> usize {
-        self.shards
+        let n = self
+            .shards
             .iter()
             .map(|s| s.write().revoke_user(user))
-            .sum()
+            .sum();
+        self.mark_local(crate::session::Scope::User, user);
+        n
     }
 
     /// Ends all of `org`'s sessions; returns how many.
     pub fn revoke_org(&self, org: &str) -> usize {
-        self.shards.iter().map(|s| s.write().revoke_org(org)).sum()
+        let n = self.shards.iter().map(|s| s.write().revoke_org(org)).sum();
+        self.mark_local(crate::session::Scope::Org, org);
+        n
     }
 
     /// Removes every session already expired at the clock's `now` by checking each one's
@@ -388,6 +400,7 @@ fn invalid(why: Option<ExpiryReason>) -> Invalid {
 }
 
 mod config;
+mod marks;
 mod policies;
 mod saved;
 

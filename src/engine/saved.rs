@@ -18,9 +18,14 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
 impl Engine {
-    /// Puts a saved session back (start-up replay; not reported, no limits: the sessions were
-    /// admitted once). Returns whether it was new.
+    /// Puts a saved session back (start-up replay, another node's create; not reported, no
+    /// limits: the sessions were admitted once). Returns whether it was new; false too for a
+    /// session a "not before" mark revokes.
     pub fn restore(&self, saved: Saved) -> bool {
+        // Revoked by a user- or org-wide revocation made after it was created (`marks`).
+        if self.marked(&saved.user, saved.org.as_deref(), saved.created_ms) {
+            return false;
+        }
         let id = SessionId(saved.id);
         let policies = self.policies.read();
         let org = saved.org.as_deref();

@@ -143,7 +143,8 @@ fn apply(engine: &Engine, e: Entry) {
         }
         Entry::Activity { id, last_ms } => engine.restore_activity(SessionId(id), last_ms),
         Entry::Remove { id, .. } => engine.restore_remove(SessionId(id)),
-        Entry::End { .. } => {}
+        // Never in a file (`record`); a cluster node reads marks from the stream.
+        Entry::End { .. } | Entry::NotBefore { .. } => {}
     }
 }
 
@@ -179,7 +180,7 @@ impl<'e> Sink<'e> {
         let id = match &e {
             Entry::Create(s) => s.id,
             Entry::Activity { id, .. } | Entry::Remove { id, .. } => *id,
-            Entry::End { .. } => return,
+            Entry::End { .. } | Entry::NotBefore { .. } => return,
         };
         let w = self.engine.shard_of(SessionId(id)) % self.senders.len();
         self.batches[w].push(e);

@@ -13,6 +13,8 @@
 //! - `ACTIVITY`: id u128, last_ms u64.
 //! - `REMOVE`: id u128, reason u8 (revoked 0, idle 1, absolute 2, displaced 3).
 //! - `END`: count u64 (the snapshot's last frame: the number of `CREATE` frames before it).
+//! - `NOT_BEFORE`: scope u8 (user 0, org 1), id str, before_ms u64: a user- or org-wide
+//!   revocation as a time (`engine::marks`); in a cluster's stream only, never in a file.
 //!
 //! Invariants:
 //! 1. **No token is ever written**: a session is known by its id, a hash of its token.
@@ -23,7 +25,7 @@
 //!    (a crash between extending the file and writing it), is a **torn tail**; any other bad
 //!    frame is **damage** at its offset.
 
-use crate::session::{Metadata, RemoveReason, Saved, SavedRef};
+use crate::session::{Metadata, RemoveReason, Saved, SavedRef, Scope};
 use compact_str::CompactString;
 use std::io::{self, Read};
 
@@ -40,6 +42,7 @@ const CREATE: u8 = 1;
 const ACTIVITY: u8 = 2;
 const REMOVE: u8 = 3;
 const END: u8 = 4;
+const NOT_BEFORE: u8 = 5;
 
 /// The byte a `REMOVE` frame stores for `reason` (the reason is for the reader of a journal;
 /// replay ignores it).
@@ -66,9 +69,22 @@ fn reason_of_code(b: u8) -> Option<RemoveReason> {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Entry {
     Create(Saved),
-    Activity { id: u128, last_ms: u64 },
-    Remove { id: u128, reason: RemoveReason },
-    End { count: u64 },
+    Activity {
+        id: u128,
+        last_ms: u64,
+    },
+    Remove {
+        id: u128,
+        reason: RemoveReason,
+    },
+    End {
+        count: u64,
+    },
+    NotBefore {
+        scope: Scope,
+        id: CompactString,
+        before_ms: u64,
+    },
 }
 
 fn frame(buf: &mut Vec<u8>, kind: u8, body: impl FnOnce(&mut Vec<u8>)) {
@@ -142,6 +158,18 @@ pub fn put_remove(buf: &mut Vec<u8>, id: u128, reason: RemoveReason) {
     frame(buf, REMOVE, |b| {
         b.extend_from_slice(&id.to_le_bytes());
         b.push(reason_code(reason));
+    });
+}
+
+/// Appends a `NOT_BEFORE` frame.
+pub fn put_not_before(buf: &mut Vec<u8>, scope: Scope, id: &str, before_ms: u64) {
+    frame(buf, NOT_BEFORE, |b| {
+        b.push(match scope {
+            Scope::User => 0,
+            Scope::Org => 1,
+        });
+        put_str(b, id);
+        b.extend_from_slice(&before_ms.to_le_bytes());
     });
 }
 
@@ -226,6 +254,15 @@ pub fn decode(body: &[u8]) -> Option<Entry> {
             reason: reason_of_code(c.u8()?)?,
         },
         END => Entry::End { count: c.u64()? },
+        NOT_BEFORE => Entry::NotBefore {
+            scope: match c.u8()? {
+                0 => Scope::User,
+                1 => Scope::Org,
+                _ => return None,
+            },
+            id: c.str()?,
+            before_ms: c.u64()?,
+        },
         _ => return None,
     };
     c.0.is_empty().then_some(entry)
@@ -470,6 +507,11 @@ mod tests {
                 Entry::Activity { id, last_ms } => put_activity(&mut buf, *id, *last_ms),
                 Entry::Remove { id, reason } => put_remove(&mut buf, *id, *reason),
                 Entry::End { count } => put_end(&mut buf, *count),
+                Entry::NotBefore {
+                    scope,
+                    id,
+                    before_ms,
+                } => put_not_before(&mut buf, *scope, id, *before_ms),
             }
         }
         buf

@@ -12,7 +12,7 @@
 use super::record::user_of;
 use super::{NO_ORG, Shard};
 use crate::policy::Effective;
-use crate::session::{RemoveReason, SessionView};
+use crate::session::{RemoveReason, Scope, SessionView};
 use crate::token::SessionId;
 use crate::wheel::NIL;
 use compact_str::CompactString;
@@ -219,6 +219,41 @@ impl Shard {
             cur = self.slab.records[cur as usize].org_next;
         }
         out
+    }
+
+    /// Removes, without reporting them, `user`'s (`Scope::User`) or `org`'s sessions in this
+    /// shard created before `before_ms`: another node's "not before" mark (`changes`,
+    /// invariant 6). Returns how many.
+    pub fn drop_before(&mut self, scope: Scope, id: &str, before_ms: u64) -> usize {
+        let idxs = match scope {
+            Scope::User => self.user_indices(id),
+            Scope::Org => match self.find_org(id) {
+                Some(slot) => self.org_indices(slot),
+                None => return 0,
+            },
+        };
+        let mut n = 0;
+        for i in idxs {
+            if self.slab.records[i as usize].created_ms < before_ms {
+                self.unlink_and_free(i);
+                n += 1;
+            }
+        }
+        n
+    }
+
+    /// Reports a user- or org-wide revocation's mark (`changes`, invariant 6).
+    pub fn report_not_before(&self, scope: Scope, id: &str, before_ms: u64) {
+        if let Some((c, i)) = &self.changes {
+            c.record(
+                *i,
+                crate::changes::Change::NotBefore {
+                    scope,
+                    id,
+                    before_ms,
+                },
+            );
+        }
     }
 
     /// Removes all of `org`'s sessions in this shard; returns how many.

@@ -13,14 +13,25 @@ use super::*;
 #[test]
 fn every_change_is_reported_once_through_the_seam() {
     use crate::changes::{Change, Changes};
-    use crate::session::{Metadata, RemoveReason, Saved};
+    use crate::session::{Metadata, RemoveReason, Saved, Scope};
     use parking_lot::Mutex;
 
     #[derive(Debug, Clone, PartialEq, Eq)]
     enum Seen {
         Created(Saved),
-        Activity { id: u128, last_ms: u64 },
-        Removed { id: u128, reason: RemoveReason },
+        Activity {
+            id: u128,
+            last_ms: u64,
+        },
+        Removed {
+            id: u128,
+            reason: RemoveReason,
+        },
+        NotBefore {
+            scope: Scope,
+            id: String,
+            before_ms: u64,
+        },
     }
 
     /// Records every report, in order, with its shard.
@@ -33,6 +44,15 @@ fn every_change_is_reported_once_through_the_seam() {
                 Change::Created(s) => Seen::Created(s.to_saved()),
                 Change::Activity { id, last_ms } => Seen::Activity { id, last_ms },
                 Change::Removed { id, reason } => Seen::Removed { id, reason },
+                Change::NotBefore {
+                    scope,
+                    id,
+                    before_ms,
+                } => Seen::NotBefore {
+                    scope,
+                    id: id.to_owned(),
+                    before_ms,
+                },
             };
             self.0.lock().push((shard, seen));
         }
@@ -136,6 +156,20 @@ fn every_change_is_reported_once_through_the_seam() {
     e.set_org_policy("acme", OrgPolicy::Custom(policy(60, Some(600), false)))
         .unwrap();
     expected.push(removed(f.session.id, RemoveReason::Absolute));
+
+    // A user-wide revocation: its removals, then its mark (under shard 0).
+    let g = e.create(new("gina", None)).unwrap();
+    expected.push(created(&g, None, None));
+    assert_eq!(e.revoke_user("gina"), 1);
+    expected.push(removed(g.session.id, RemoveReason::Revoked));
+    expected.push((
+        0,
+        Seen::NotBefore {
+            scope: Scope::User,
+            id: "gina".into(),
+            before_ms: e.now_ms(),
+        },
+    ));
 
     // Start-up replay is not reported.
     let saved = Saved {

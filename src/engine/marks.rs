@@ -1,0 +1,215 @@
+//! "Not before" marks: a user- or org-wide revocation as a time, so that it also catches the
+//! sessions of that user (org) that another node created concurrently and that reach this
+//! node later (as Keycloak's notBefore). Only a cluster needs them; a single node's marks
+//! never match anything, since its own later creates are never older than its revocations.
+//!
+//! Invariants:
+//! 1. A mark `(scope, id, before_ms)` revokes every session of that user (org) created before
+//!    `before_ms`: the ones here when it is set or applied, and the ones restored later
+//!    ([`Engine::restore`] drops them). A later mark for the same id keeps the later time.
+//! 2. A local user- or org-wide revocation reports its mark at the clock's `now` (`changes`,
+//!    invariant 6) and, with `keep_marks` (a cluster node), keeps it; a mark from another node
+//!    is always kept, and applied without being reported.
+//! 3. **Kept as long as it can matter**: a mark is dropped once it is older than the longest
+//!    absolute timeout of the policies in force, since no session created before it can still
+//!    be alive. The table is swept when it has doubled since the last sweep, so its size stays
+//!    within twice the marks that matter, at amortized O(1) per mark.
+//! 4. Restoring checks the marks only while there are any (one relaxed load otherwise).
+
+use super::Engine;
+use crate::session::Scope;
+use compact_str::CompactString;
+use hashbrown::HashMap;
+use std::sync::atomic::Ordering;
+
+/// The marks (see the module doc).
+#[derive(Default)]
+pub struct Marks {
+    map: HashMap<(Scope, CompactString), u64>,
+    swept_at_len: usize,
+}
+
+impl Marks {
+    /// The mark of `id` in `scope`, if any.
+    pub fn get(&self, scope: Scope, id: &str) -> Option<u64> {
+        self.map.get(&(scope, CompactString::from(id))).copied()
+    }
+
+    fn set(&mut self, scope: Scope, id: &str, before_ms: u64) {
+        let m = self.map.entry((scope, id.into())).or_insert(0);
+        *m = (*m).max(before_ms);
+    }
+
+    /// Drops the marks set before `horizon_ms` once the table has doubled (invariant 3).
+    fn sweep(&mut self, horizon_ms: u64) {
+        if self.map.len() < (self.swept_at_len * 2).max(64) {
+            return;
+        }
+        self.map.retain(|_, before| *before >= horizon_ms);
+        self.swept_at_len = self.map.len();
+    }
+
+    pub fn len(&self) -> usize {
+        self.map.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.map.is_empty()
+    }
+}
+
+impl Engine {
+    /// Whether a session of `user` and `org` created at `created_ms` is revoked by a mark.
+    pub(super) fn marked(&self, user: &str, org: Option<&str>, created_ms: u64) -> bool {
+        if !self.has_marks.load(Ordering::Relaxed) {
+            return false;
+        }
+        let m = self.marks.read();
+        m.get(Scope::User, user).is_some_and(|b| created_ms < b)
+            || org.is_some_and(|o| m.get(Scope::Org, o).is_some_and(|b| created_ms < b))
+    }
+
+    /// Remembers a mark, keeping the later time, and sweeps old ones (invariants 1, 3).
+    fn set_mark(&self, scope: Scope, id: &str, before_ms: u64) {
+        let horizon = before_ms.saturating_sub(self.longest_absolute_ms());
+        let mut m = self.marks.write();
+        m.set(scope, id, before_ms);
+        m.sweep(horizon);
+        self.has_marks.store(!m.is_empty(), Ordering::Relaxed);
+    }
+
+    /// A local user- or org-wide revocation's mark (invariant 2), after its removals.
+    pub(super) fn mark_local(&self, scope: Scope, id: &str) {
+        let now = self.clock.now_ms();
+        if self.keep_marks {
+            self.set_mark(scope, id, now);
+        }
+        self.shards[0].write().report_not_before(scope, id, now);
+    }
+
+    /// Applies another node's mark: remembers it and removes, without reporting, every session
+    /// of that user (org) here created before `before_ms`. Returns how many.
+    pub fn apply_not_before(&self, scope: Scope, id: &str, before_ms: u64) -> usize {
+        self.set_mark(scope, id, before_ms);
+        self.shards
+            .iter()
+            .map(|s| s.write().drop_before(scope, id, before_ms))
+            .sum()
+    }
+
+    /// How many marks are kept.
+    pub fn marks(&self) -> usize {
+        self.marks.read().len()
+    }
+
+    /// The longest absolute timeout of the policies in force (invariant 3).
+    fn longest_absolute_ms(&self) -> u64 {
+        let p = self.policies.read();
+        p.custom
+            .values()
+            .map(|c| c.absolute_timeout_secs)
+            .chain([p.app.absolute_timeout_secs])
+            .max()
+            .unwrap_or(0)
+            .saturating_mul(1_000)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::clock::ManualClock;
+    use crate::engine::EngineConfig;
+    use crate::session::{NewSession, Saved};
+
+    fn saved(id: u128, user: &str, org: Option<&str>, created_ms: u64) -> Saved {
+        Saved {
+            id,
+            created_ms,
+            last_ms: created_ms,
+            user: user.into(),
+            org: org.map(Into::into),
+            metadata: None,
+        }
+    }
+
+    #[test]
+    fn a_mark_revokes_what_is_here_and_what_arrives_later_if_older() {
+        let clock = ManualClock::new(1_000_000);
+        let e = Engine::new(EngineConfig::default(), clock.clone());
+        assert!(e.restore(saved(1, "alice", Some("acme"), 999_000)));
+        assert!(e.restore(saved(2, "alice", None, 1_000_500)));
+        assert!(e.restore(saved(3, "bob", Some("acme"), 999_500)));
+        assert_eq!(e.apply_not_before(Scope::User, "alice", 1_000_000), 1);
+        assert_eq!(e.len(), 2);
+        // Arriving later: older than the mark is dropped, newer kept.
+        assert!(!e.restore(saved(4, "alice", None, 999_999)));
+        assert!(e.restore(saved(5, "alice", None, 1_000_000)));
+        // An org mark catches every user of the org; a later mark for the same id wins.
+        assert_eq!(e.apply_not_before(Scope::Org, "acme", 999_000), 0);
+        assert_eq!(e.apply_not_before(Scope::Org, "acme", 1_000_000), 1);
+        assert!(!e.restore(saved(6, "carol", Some("acme"), 999_999)));
+        assert_eq!(e.apply_not_before(Scope::Org, "acme", 1), 0);
+        assert!(!e.restore(saved(7, "dan", Some("acme"), 999_998)));
+        assert_eq!(e.len(), 2);
+        assert_eq!(e.marks(), 2);
+    }
+
+    #[test]
+    fn a_local_revocation_marks_and_later_creates_are_not_caught() {
+        let clock = ManualClock::new(1_000_000);
+        let e = Engine::new(
+            EngineConfig {
+                keep_marks: true,
+                ..EngineConfig::default()
+            },
+            clock.clone(),
+        );
+        let new = |user: &str| NewSession {
+            user_id: user.into(),
+            ..Default::default()
+        };
+        e.create(new("alice")).unwrap();
+        assert_eq!(e.revoke_user("alice"), 1);
+        assert_eq!(e.marks(), 1);
+        // A create on another node a moment before the revocation, arriving now: dropped.
+        assert!(!e.restore(saved(9, "alice", None, 999_999)));
+        // A login after it, here or elsewhere, stands.
+        clock.advance(1);
+        e.create(new("alice")).unwrap();
+        assert!(e.restore(saved(10, "alice", None, 1_000_001)));
+        assert_eq!(e.len(), 2);
+    }
+
+    #[test]
+    fn a_single_node_keeps_no_marks() {
+        let e = Engine::new(EngineConfig::default(), ManualClock::new(1_000_000));
+        e.create(NewSession {
+            user_id: "alice".into(),
+            ..Default::default()
+        })
+        .unwrap();
+        assert_eq!(e.revoke_user("alice"), 1);
+        assert_eq!(e.revoke_org("acme"), 0);
+        assert_eq!(e.marks(), 0);
+        assert!(e.restore(saved(9, "alice", None, 999_999)));
+    }
+
+    #[test]
+    fn marks_older_than_any_session_can_live_are_swept() {
+        let clock = ManualClock::new(1_000_000_000);
+        let e = Engine::new(EngineConfig::default(), clock.clone());
+        let lifetime = e.longest_absolute_ms();
+        for i in 0..100 {
+            e.apply_not_before(Scope::User, &format!("u{i}"), 1_000_000_000);
+        }
+        assert_eq!(e.marks(), 100);
+        // Far past every lifetime, new marks sweep the old ones as the table grows.
+        let later = 1_000_000_000 + lifetime + 1;
+        for i in 0..200 {
+            e.apply_not_before(Scope::User, &format!("v{i}"), later);
+        }
+        assert!(e.marks() <= 200, "{}", e.marks());
+        assert!(e.marks.read().get(Scope::User, "u0").is_none());
+    }
+}

@@ -470,3 +470,119 @@ fn cluster_a_user_revocation_catches_a_session_made_concurrently_elsewhere() {
         assert!(!valid(d, &old), "the old session came back on {n}");
     }
 }
+
+/// Creates sessions on `addr` until `stop`; returns the tokens answered 201 and the number of
+/// other answers (refusals while a node or a NATS server dies).
+fn create_until(
+    addr: std::net::SocketAddr,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    tag: &'static str,
+) -> std::thread::JoinHandle<(Vec<String>, usize)> {
+    std::thread::spawn(move || {
+        let (mut ok, mut other) = (Vec::new(), 0);
+        let mut i = 0;
+        while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+            i += 1;
+            let body = format!(r#"{{"user_id": "{tag}-{i}"}}"#);
+            match crate::common::try_request_bytes(
+                addr,
+                "POST",
+                "/v1/sessions",
+                &[],
+                Some(body.as_bytes()),
+            ) {
+                Some(r) if r.status == 201 => {
+                    ok.push(r.json()["token"].as_str().unwrap().to_owned());
+                }
+                Some(_) => other += 1,
+                None => {
+                    other += 1;
+                    std::thread::sleep(Duration::from_millis(20));
+                }
+            }
+        }
+        (ok, other)
+    })
+}
+
+#[test]
+fn cluster_a_lost_node_or_nats_server_loses_no_acknowledged_session() {
+    let Some(bin) = find_nats() else { return };
+    let mut nats = Nats::start(bin, 3);
+    let a = node(&nats, "a", 3, &[]);
+    let b = node(&nats, "b", 3, &[]);
+    let state = scratch("cluster-lost").join("state");
+    let state_arg = state.to_str().unwrap().to_owned();
+    let c = node(&nats, "c", 3, &["--state-dir", &state_arg]);
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let writers = [
+        create_until(a.addr, stop.clone(), "a"),
+        create_until(b.addr, stop.clone(), "b"),
+        create_until(c.addr, stop.clone(), "c"),
+    ];
+    std::thread::sleep(Duration::from_millis(800));
+    // A machine lost: SIGKILL, while it answers creates.
+    crate::common::unsafe_free_kill(c.child.id(), "KILL");
+    std::thread::sleep(Duration::from_millis(800));
+    // One NATS server of three lost too.
+    nats.stop_server(0);
+    // Creates are answered again once JetStream has moved the stream's leadership off the dead
+    // server (its election takes seconds; meanwhile a create waits up to 5 s, then gets 503
+    // not_replicated).
+    let killed = Instant::now();
+    let created_after = |d: &Daemon| loop {
+        let r = d.call("POST", "/v1/sessions", Some(r#"{"user_id": "after"}"#));
+        if r.status == 201 {
+            return r.json()["token"].as_str().unwrap().to_owned();
+        }
+        assert_eq!(r.code(), "not_replicated", "{}", r.body);
+        assert!(
+            killed.elapsed() < Duration::from_secs(30),
+            "no create answered for 30 s"
+        );
+    };
+    let after_a = created_after(&a);
+    let after_b = created_after(&b);
+    eprintln!(
+        "creates answered again {:?} after a NATS server died",
+        killed.elapsed()
+    );
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let answered: Vec<(Vec<String>, usize)> =
+        writers.into_iter().map(|w| w.join().unwrap()).collect();
+    drop(c);
+    for (n, (ok, _)) in answered.iter().enumerate() {
+        assert!(ok.len() > 10, "node {n} answered only {} creates", ok.len());
+    }
+    eprintln!(
+        "answered: a {} b {} c {}; refused or cut: {:?}",
+        answered[0].0.len(),
+        answered[1].0.len(),
+        answered[2].0.len(),
+        answered.iter().map(|(_, o)| o).collect::<Vec<_>>()
+    );
+    eventually(
+        5,
+        "the creates after the failover on the other node",
+        || valid(&a, &after_b) && valid(&b, &after_a),
+    );
+    // Every acknowledged create, the dead node's included, is valid on the survivors.
+    for (ok, _) in &answered {
+        for t in ok {
+            assert!(
+                valid(&a, t) && valid(&b, t),
+                "an acknowledged session was lost"
+            );
+        }
+    }
+    // The dead node comes back and catches up before it says ready.
+    let c = node(&nats, "c", 3, &["--state-dir", &state_arg]);
+    for (ok, _) in &answered {
+        for t in ok {
+            assert!(
+                valid(&c, t),
+                "the restarted node misses an acknowledged session"
+            );
+        }
+    }
+}

@@ -9,7 +9,8 @@
 //!    copy of a create could otherwise arrive after another node's revocation of it).
 //! 2. **Everything, in stream order**: the consumer reads from the sequence after the last one
 //!    applied, and starts again from there after a gap in its own sequence, an error, two
-//!    missed heartbeats ([`HEARTBEAT`]) or a reconnect; it applies every message except this
+//!    missed heartbeats ([`HEARTBEAT`]), a reconnect, or a catch-up that found it behind and
+//!    not moving (its server may be gone while the connection is not); it applies every message except this
 //!    run's own (already applied here), and publishes the last sequence it handled in
 //!    `applied`.
 //! 3. **Misses share one question**: a lookup that misses asks for the stream's head; while
@@ -35,7 +36,7 @@ pub const MAX_MESSAGE: usize = 512 << 10;
 pub const RUN_HEADER: &str = "Sessiond-Run";
 
 /// The consumer's idle heartbeat: a consumer lost with its server is noticed after two.
-const HEARTBEAT: Duration = Duration::from_secs(1);
+const HEARTBEAT: Duration = Duration::from_millis(500);
 
 /// Pause before retrying a publish that failed.
 const RETRY: Duration = Duration::from_millis(200);
@@ -158,6 +159,10 @@ pub async fn consume(c: Arc<Cluster>, stream: jetstream::stream::Stream) {
                 m = messages.next() => m,
                 _ = c.reconnected.notified() => {
                     tracing::debug!("reconnected to NATS: reading the stream again from where this node is");
+                    break;
+                }
+                _ = c.resync.notified() => {
+                    tracing::debug!("behind the stream's head and not moving: reading it again from where this node is");
                     break;
                 }
             };

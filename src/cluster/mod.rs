@@ -42,8 +42,9 @@ use tokio::sync::{Notify, watch};
 
 /// Longest a lookup that misses waits for the stream (invariant 2).
 pub const CATCH_UP_WAIT: Duration = Duration::from_millis(500);
-/// Longest a create or revocation waits for the stream under `sync` (invariant 3).
-pub const REPLICATE_WAIT: Duration = Duration::from_secs(2);
+/// Longest a create or revocation waits for the stream under `sync` (invariant 3): longer than
+/// JetStream takes to elect a new stream leader when a NATS server dies (seen: up to ~3 s).
+pub const REPLICATE_WAIT: Duration = Duration::from_secs(5);
 /// How long the stream's duplicate window remembers a message id (`link`, invariant 1).
 const DUPLICATE_WINDOW: Duration = Duration::from_secs(120);
 
@@ -164,6 +165,8 @@ pub struct Cluster {
     client: parking_lot::Mutex<Option<async_nats::Client>>,
     /// Woken when the connection comes back (`link`, invariant 2).
     reconnected: Arc<Notify>,
+    /// Woken when a catch-up found the consumer behind and not moving (`link`, invariant 2).
+    resync: Notify,
     /// The policy bucket (API mode; `policies`).
     pub policy_bucket: policies::PolicyBucket,
     /// Whether policies come from the bucket, and whether its full set has been applied.
@@ -210,6 +213,7 @@ impl Cluster {
             heads: watch::Sender::new((0, 0)),
             client: parking_lot::Mutex::new(None),
             reconnected: Arc::new(Notify::new()),
+            resync: Notify::new(),
             policy_bucket: Default::default(),
             policies_from_bucket: AtomicBool::new(false),
             policies_synced: AtomicBool::new(false),
@@ -414,9 +418,15 @@ impl Cluster {
                 _ => return false,
             };
         let mut applied = self.applied_tx.subscribe();
-        tokio::time::timeout_at(deadline, applied.wait_for(|a| *a >= head))
+        let caught_up = tokio::time::timeout_at(deadline, applied.wait_for(|a| *a >= head))
             .await
-            .is_ok_and(|r| r.is_ok())
+            .is_ok_and(|r| r.is_ok());
+        if !caught_up {
+            // The consumer may sit on a server that is gone: start it again now rather than
+            // after its missed heartbeats.
+            self.resync.notify_one();
+        }
+        caught_up
     }
 
     /// Under `sync`, waits until this node's changes so far are in the stream (invariant 3).

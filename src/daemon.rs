@@ -229,6 +229,9 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
             "stopping with changes the cluster's stream does not have; they are in this node's journal only"
         );
     }
+    if let Some(c) = &cluster {
+        c.leave().await;
+    }
     // Stop the reaper.
     shutdown.advance(Stage::Drained);
     let _ = reaper.join();

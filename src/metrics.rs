@@ -56,6 +56,14 @@ pub const CLUSTER_CATCH_UPS: &str = "sessiond_cluster_catch_ups_total";
 pub const CLUSTER_NOT_REPLICATED: &str = "sessiond_cluster_not_replicated_total";
 pub const CLUSTER_BACKLOG: &str = "sessiond_cluster_outbox_bytes";
 pub const CLUSTER_APPLIED_SEQ: &str = "sessiond_cluster_applied_sequence";
+pub const CLUSTER_BEHIND: &str = "sessiond_cluster_behind_messages";
+pub const CLUSTER_APPLY_LAG: &str = "sessiond_cluster_replication_lag_seconds";
+pub const CLUSTER_NODES: &str = "sessiond_cluster_nodes";
+
+/// Replication lag: a loopback cluster applies in about a millisecond; seconds mean trouble.
+const CLUSTER_LAG_BUCKETS: &[f64] = &[
+    0.000_5, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
+];
 
 const LAG_BUCKETS: &[f64] = &[
     0.005, 0.01, 0.025, 0.05, 0.1, 0.15, 0.2, 0.3, 0.5, 1.0, 2.0, 5.0, 10.0,
@@ -168,6 +176,12 @@ impl Metrics {
                     })
                     .and_then(|b| {
                         b.set_buckets_for_metric(Matcher::Full(JOURNAL_FSYNC.into()), FSYNC_BUCKETS)
+                    })
+                    .and_then(|b| {
+                        b.set_buckets_for_metric(
+                            Matcher::Full(CLUSTER_APPLY_LAG.into()),
+                            CLUSTER_LAG_BUCKETS,
+                        )
                     })
                     .expect("bucket lists are non-empty")
                     .build_recorder();
@@ -380,6 +394,19 @@ fn describe() {
     describe_gauge!(
         CLUSTER_APPLIED_SEQ,
         "The last stream sequence this node has applied."
+    );
+    describe_gauge!(
+        CLUSTER_BEHIND,
+        "Messages in the cluster's stream this node has not applied yet (checked every 2 s)."
+    );
+    describe_histogram!(
+        CLUSTER_APPLY_LAG,
+        Unit::Seconds,
+        "From another node's batch reaching the stream to this node applying it."
+    );
+    describe_gauge!(
+        CLUSTER_NODES,
+        "Nodes that reported to the cluster's node bucket within the last 30 s, this one included."
     );
     describe_counter!(HTTP_REQUESTS, "HTTP requests by route template and status.");
     describe_gauge!(HTTP_CONNECTIONS, "Open HTTP connections.");

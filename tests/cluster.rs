@@ -244,6 +244,22 @@ fn cluster_any_node_answers_for_every_session_and_revocations_reach_all() {
             }
         }
     }
+    // Every node sees the three, none behind once quiet.
+    eventually(10, "three nodes in /v1/cluster, none behind", || {
+        let v = nodes[0].call("GET", "/v1/cluster", None).json();
+        let listed = v["nodes"].as_array().map_or(0, |n| n.len());
+        listed == 3
+            && v["nodes"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .all(|n| n["behind"] == 0 && n["caught_up"] == true)
+    });
+    let v = nodes[1].call("GET", "/v1/cluster", None).json();
+    assert_eq!(v["node"], "b");
+    assert_eq!(v["ack"], "sync");
+    assert!(v["stream_head"].as_u64().unwrap() > 0, "{v}");
+    assert!(nodes[2].metric("sessiond_cluster_replication_lag_seconds_count") > 0.0);
     // Every node holds the same sessions.
     let counts: Vec<f64> = nodes
         .iter()
@@ -585,4 +601,12 @@ fn cluster_a_lost_node_or_nats_server_loses_no_acknowledged_session() {
             );
         }
     }
+}
+
+#[test]
+fn cluster_view_on_a_single_node_says_there_is_none() {
+    let d = Daemon::start(&[]);
+    let r = d.call("GET", "/v1/cluster", None);
+    assert_eq!(r.status, 404, "{}", r.body);
+    assert_eq!(r.code(), "not_clustered");
 }

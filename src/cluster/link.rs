@@ -174,9 +174,13 @@ pub async fn consume(c: Arc<Cluster>, stream: jetstream::stream::Stream) {
                 }
                 None => break,
             };
-            let Ok((seq, consumer_seq)) =
-                m.info().map(|i| (i.stream_sequence, i.consumer_sequence))
-            else {
+            let Ok((seq, consumer_seq, published)) = m.info().map(|i| {
+                (
+                    i.stream_sequence,
+                    i.consumer_sequence,
+                    i.published.unix_timestamp_nanos(),
+                )
+            }) else {
                 break;
             };
             // A gap in the consumer's own sequence: start again from what was applied.
@@ -195,6 +199,14 @@ pub async fn consume(c: Arc<Cluster>, stream: jetstream::stream::Stream) {
                 .and_then(|h| h.get(RUN_HEADER))
                 .is_some_and(|r| r.as_str() == c.run);
             if !own {
+                let now = std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .unwrap_or_default()
+                    .as_nanos() as i128;
+                // Seconds from the stream taking the batch to this node applying it (clocks
+                // of NATS and this machine: in sync within NTP's error).
+                metrics::histogram!(crate::metrics::CLUSTER_APPLY_LAG)
+                    .record((now - published).max(0) as f64 / 1e9);
                 let applied = apply::apply(&c.engine, &m.payload);
                 metrics::counter!(crate::metrics::CLUSTER_APPLIED).increment(applied.frames);
                 if let Some(offset) = applied.damaged_at {

@@ -31,6 +31,7 @@ pub mod apply;
 mod link;
 pub mod outbox;
 pub mod policies;
+pub mod status;
 
 use crate::engine::Engine;
 pub use outbox::{NotReplicated, Outbox};
@@ -172,6 +173,11 @@ pub struct Cluster {
     /// Whether policies come from the bucket, and whether its full set has been applied.
     policies_from_bucket: AtomicBool,
     policies_synced: AtomicBool,
+    /// The stream's head as last asked (`status`).
+    head: AtomicU64,
+    /// The other nodes' reports (`status`).
+    peers: status::Peers,
+    nodes_bucket: tokio::sync::OnceCell<async_nats::jetstream::kv::Store>,
 }
 
 impl Cluster {
@@ -217,6 +223,9 @@ impl Cluster {
             policy_bucket: Default::default(),
             policies_from_bucket: AtomicBool::new(false),
             policies_synced: AtomicBool::new(false),
+            head: AtomicU64::new(0),
+            peers: Default::default(),
+            nodes_bucket: tokio::sync::OnceCell::new(),
         })
     }
 
@@ -287,6 +296,7 @@ impl Cluster {
         tokio::spawn(async move {
             let stream = c.stream(&js).await;
             c.learn_start_head(&stream).await;
+            tokio::spawn(status::run(c.clone(), js.clone(), stream.clone()));
             tokio::spawn(link::publish(c.clone(), js));
             tokio::spawn(link::heads(c.clone(), stream.clone()));
             link::consume(c, stream).await;
@@ -393,7 +403,7 @@ impl Cluster {
         self.caught_up.load(Ordering::Acquire)
     }
 
-    fn connected(&self) -> bool {
+    pub fn connected(&self) -> bool {
         self.client
             .lock()
             .as_ref()

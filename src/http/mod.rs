@@ -146,6 +146,7 @@ pub fn router(state: AppState) -> Router {
     let api = Router::new()
         .route("/v1/policy", get(policy::get_app).put(policy::put_app))
         .route("/v1/policy/reload", post(policy::reload))
+        .route("/v1/cluster", get(ops::cluster))
         .route(
             "/v1/orgs/{org_id}/policy",
             get(policy::get_org)

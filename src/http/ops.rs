@@ -1,5 +1,6 @@
 //! Operational endpoints: `/metrics`, `/healthz`, `/readyz` (no authentication: they reveal no
-//! session data, and probes and scrapers should not need keys).
+//! session data, and probes and scrapers should not need keys), and `/v1/cluster` (admin: it
+//! names the nodes).
 
 use super::AppState;
 use axum::extract::State;
@@ -17,6 +18,25 @@ pub async fn metrics(State(st): State<AppState>) -> Response {
         body,
     )
         .into_response()
+}
+
+/// `GET /v1/cluster` (admin): this node, the nodes seen recently, how far behind each is.
+pub async fn cluster(
+    State(st): State<AppState>,
+    headers: axum::http::HeaderMap,
+) -> Result<Response, super::error::ApiError> {
+    super::extract::authorize(&st, &headers, crate::api_keys::Role::Admin)?;
+    match &st.cluster {
+        Some(c) => Ok(super::sessions::json_response(
+            StatusCode::OK,
+            &c.view(st.engine.now_ms()),
+        )),
+        None => Err(super::error::ApiError::new(
+            StatusCode::NOT_FOUND,
+            "not_clustered",
+            "this node runs alone (no --cluster); there is no cluster to show",
+        )),
+    }
 }
 
 pub async fn healthz() -> &'static str {

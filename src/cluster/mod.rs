@@ -29,6 +29,8 @@
 
 pub mod apply;
 mod link;
+#[cfg(test)]
+mod model;
 pub mod outbox;
 pub mod policies;
 pub mod status;

@@ -610,3 +610,76 @@ fn cluster_view_on_a_single_node_says_there_is_none() {
     assert_eq!(r.status, 404, "{}", r.body);
     assert_eq!(r.code(), "not_clustered");
 }
+
+#[test]
+fn cluster_behind_nginx_a_dead_node_costs_a_retry_not_an_error() {
+    let Some(bin) = find_nats() else { return };
+    let Some(nginx) = crate::nginx::find_nginx() else {
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "nginx is not installed but CI must run this test"
+        );
+        eprintln!("SKIPPED: nginx not installed (apt-get install -y nginx)");
+        return;
+    };
+    let nats = Nats::start(bin, 1);
+    let dir = scratch("cluster-nginx");
+    let keys = crate::common::keys_file(&dir);
+    let keys = keys.to_str().unwrap();
+    let nodes = [
+        node(&nats, "a", 1, &["--api-keys-file", keys]),
+        node(&nats, "b", 1, &["--api-keys-file", keys]),
+        node(&nats, "c", 1, &["--api-keys-file", keys]),
+    ];
+    let app = crate::nginx::echo_upstream();
+    let port = free_port();
+    let addrs: Vec<_> = nodes.iter().map(|d| d.addr).collect();
+    let _nginx = crate::nginx::start_nginx_for(&nginx, &dir, &addrs, app, port);
+    let front: std::net::SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+    let gw = [("X-API-Key", crate::common::GATEWAY_KEY)];
+    let tokens: Vec<String> = (0..30)
+        .map(|i| create(&nodes[i % 3], &gw, &format!(r#"{{"user_id": "u{i}"}}"#)).0)
+        .collect();
+    let pass = |token: &str| {
+        crate::common::request(
+            front,
+            "GET",
+            "/app",
+            &[("Authorization", &format!("Bearer {token}"))],
+            None,
+        )
+        .status
+    };
+    for t in &tokens {
+        assert_eq!(pass(t), 200);
+    }
+    // One node dies: nginx retries its requests on the next node, and every one passes.
+    crate::common::unsafe_free_kill(nodes[1].child.id(), "KILL");
+    for round in 0..3 {
+        for t in &tokens {
+            assert_eq!(
+                pass(t),
+                200,
+                "round {round}: a request failed with a node dead"
+            );
+        }
+    }
+    // A stopped node (SIGSTOP: connections accepted, never answered) costs a timeout, then a
+    // retry.
+    crate::common::unsafe_free_kill(nodes[2].child.id(), "STOP");
+    for t in tokens.iter().take(10) {
+        assert_eq!(pass(t), 200, "a request failed with a node stopped");
+    }
+    crate::common::unsafe_free_kill(nodes[2].child.id(), "CONT");
+    // A revoked session is refused whichever node answers.
+    let r = nodes[0].request(
+        "POST",
+        "/v1/sessions/revoke",
+        &gw,
+        Some(&format!(r#"{{"token": "{}"}}"#, tokens[0])),
+    );
+    assert_eq!(r.status, 204);
+    eventually(5, "the revoked session refused through nginx", || {
+        (0..6).all(|_| pass(&tokens[0]) == 401)
+    });
+}

@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-fn find_nginx() -> Option<PathBuf> {
+pub(crate) fn find_nginx() -> Option<PathBuf> {
     ["/usr/sbin/nginx", "/usr/local/sbin/nginx", "/usr/bin/nginx"]
         .iter()
         .map(PathBuf::from)
@@ -18,7 +18,7 @@ fn find_nginx() -> Option<PathBuf> {
 }
 
 /// An upstream that answers every request with the request's header lines as its body.
-fn echo_upstream() -> SocketAddr {
+pub(crate) fn echo_upstream() -> SocketAddr {
     let l = TcpListener::bind("127.0.0.1:0").unwrap();
     let addr = l.local_addr().unwrap();
     std::thread::spawn(move || {
@@ -52,7 +52,7 @@ fn echo_upstream() -> SocketAddr {
     addr
 }
 
-struct Nginx(Child);
+pub(crate) struct Nginx(Child);
 
 impl Drop for Nginx {
     fn drop(&mut self) {
@@ -80,15 +80,33 @@ fn start_nginx(
     app: SocketAddr,
     port: u16,
 ) -> Nginx {
-    let conf = std::fs::read_to_string(concat!(
+    start_nginx_for(nginx, dir, &[sessiond], app, port)
+}
+
+/// nginx with the shipped site, its `upstream sessiond` listing every address of `nodes`.
+pub(crate) fn start_nginx_for(
+    nginx: &Path,
+    dir: &Path,
+    nodes: &[SocketAddr],
+    app: SocketAddr,
+    port: u16,
+) -> Nginx {
+    let shipped = std::fs::read_to_string(concat!(
         env!("CARGO_MANIFEST_DIR"),
         "/deploy/nginx/sessiond.conf"
     ))
-    .unwrap()
-    .replace("127.0.0.1:8080", &sessiond.to_string())
-    .replace("127.0.0.1:9000", &app.to_string())
-    .replace("listen 80;", &format!("listen 127.0.0.1:{port};"))
-    .replace("REPLACE-WITH-GATEWAY-KEY", GATEWAY_KEY);
+    .unwrap();
+    let line = "    server 127.0.0.1:8080 max_fails=1 fail_timeout=5s;\n";
+    assert!(shipped.contains(line), "the shipped upstream line changed");
+    let servers: String = nodes
+        .iter()
+        .map(|a| line.replace("127.0.0.1:8080", &a.to_string()))
+        .collect();
+    let conf = shipped
+        .replace(line, &servers)
+        .replace("127.0.0.1:9000", &app.to_string())
+        .replace("listen 80;", &format!("listen 127.0.0.1:{port};"))
+        .replace("REPLACE-WITH-GATEWAY-KEY", GATEWAY_KEY);
     std::fs::write(dir.join("sessiond.conf"), conf).unwrap();
     std::fs::create_dir_all(dir.join("tmp")).unwrap();
     let d = dir.display();

@@ -37,8 +37,14 @@ use crate::session::{RemoveReason, SavedRef, Scope};
 pub enum Change<'a> {
     /// A new session, borrowed from the table.
     Created(SavedRef<'a>),
-    /// The session's last activity moved into a new second (invariant 2).
-    Activity { id: u128, last_ms: u64 },
+    /// The session's last activity moved into a new second (invariant 2), from `prev_ms`;
+    /// `idle_ms` is its idle timeout in force (0: off), for listeners that coalesce further.
+    Activity {
+        id: u128,
+        last_ms: u64,
+        prev_ms: u64,
+        idle_ms: u64,
+    },
     /// The session left the table.
     Removed { id: u128, reason: RemoveReason },
     /// Every session of `id` (a user or an org) created before `before_ms` is revoked

@@ -103,8 +103,9 @@ mod tests {
         assert_eq!((applied.frames, applied.created), (1, 1));
         assert!(matches!(b.validate(&token), Validation::Valid(_)));
 
-        // Activity on A moves B's last activity (a maximum), applied twice changes nothing.
-        clock.advance(5_000);
+        // Activity on A (past its 60 s replication window, the default policy's idle / 8)
+        // moves B's last activity (a maximum); applied twice, it changes nothing.
+        clock.advance(60_000);
         assert!(matches!(a.touch(&token), Validation::Valid(_)));
         let act = batch(&out);
         apply(&b, &act);
@@ -112,7 +113,7 @@ mod tests {
         let Validation::Valid(v) = b.validate(&token) else {
             panic!("valid")
         };
-        assert_eq!(v.last_activity_at_ms, 1_005_000);
+        assert_eq!(v.last_activity_at_ms, 1_060_000);
 
         // A create arriving again (a redelivery) does not move activity back.
         let mut old = Vec::new();
@@ -121,7 +122,7 @@ mod tests {
         let Validation::Valid(v) = b.validate(&token) else {
             panic!("valid")
         };
-        assert_eq!(v.last_activity_at_ms, 1_005_000);
+        assert_eq!(v.last_activity_at_ms, 1_060_000);
 
         assert!(a.revoke(&token));
         apply(&b, &batch(&out));

@@ -19,6 +19,13 @@
 //! 5. **Bounded.** Past [`MAX_BACKLOG`] bytes waiting (NATS unreachable for long), new frames
 //!    are dropped and counted (`dropped`); a create or revoke under `sync` is refused meanwhile
 //!    rather than acknowledged without a copy elsewhere.
+//! 6. **Activity once per window.** A session's activity leaves when it crosses into a new
+//!    window of [`activity_window_ms`] (its idle timeout / 8, whole seconds, 1 to 60 s; 60 s
+//!    with idle off), not every second as the journal has it: another node's view of the
+//!    last activity is then less than a window behind (plus the replication lag), so its idle
+//!    deadline comes at most idle/8 early, and a session used more often than 7/8 of its idle
+//!    timeout is never evicted there. Windows are whole seconds, so every window crossing is
+//!    among the crossings the engine reports (`changes`, invariant 2).
 
 use crate::changes::{Change, Changes};
 use crate::persist::record;
@@ -27,6 +34,15 @@ use parking_lot::Mutex;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::time::Duration;
 use tokio::sync::{Notify, watch};
+
+/// The replication window of a session's activity (invariant 6): its idle timeout / 8 in whole
+/// seconds, within 1 to 60 s; 60 s when idle expiry is off.
+pub fn activity_window_ms(idle_ms: u64) -> u64 {
+    if idle_ms == 0 {
+        return 60_000;
+    }
+    (idle_ms / 8 / 1_000).clamp(1, 60) * 1_000
+}
 
 /// Bytes of frames kept while the stream does not take them (about 2M creates).
 pub const MAX_BACKLOG: usize = 256 << 20;
@@ -144,8 +160,17 @@ impl Changes for Outbox {
     fn record(&self, shard: usize, change: Change<'_>) {
         match change {
             Change::Created(s) => self.append(shard, |b| record::put_saved(b, s)),
-            Change::Activity { id, last_ms } => {
-                self.append(shard, |b| record::put_activity(b, id, last_ms))
+            Change::Activity {
+                id,
+                last_ms,
+                prev_ms,
+                idle_ms,
+            } => {
+                // Invariant 6: once per activity window.
+                let w = activity_window_ms(idle_ms);
+                if last_ms / w > prev_ms / w {
+                    self.append(shard, |b| record::put_activity(b, id, last_ms))
+                }
             }
             Change::Removed { id, reason } => match reason {
                 RemoveReason::Revoked | RemoveReason::Displaced => {
@@ -211,7 +236,15 @@ mod tests {
                 reason: RemoveReason::Displaced,
             },
         );
-        o.record(0, Change::Activity { id: 1, last_ms: 5 });
+        o.record(
+            0,
+            Change::Activity {
+                id: 1,
+                last_ms: 60_000,
+                prev_ms: 1,
+                idle_ms: 0,
+            },
+        );
         let mut buf = Vec::new();
         let seen = o.drain(&mut buf);
         assert_eq!(seen, 4);
@@ -243,13 +276,57 @@ mod tests {
         let mut buf = Vec::new();
         let seen = o.drain(&mut buf);
         // A change after the drain is not covered by its acknowledgement.
-        o.record(0, Change::Activity { id: 1, last_ms: 2 });
+        o.record(
+            0,
+            Change::Activity {
+                id: 1,
+                last_ms: 2_000,
+                prev_ms: 1_000,
+                idle_ms: 8_000,
+            },
+        );
         o.acknowledged(seen, buf.len());
         assert!(o.wait_replicated(wait).await.is_err());
         let mut more = Vec::new();
         let seen = o.drain(&mut more);
         o.acknowledged(seen, more.len());
         assert!(o.wait_replicated(wait).await.is_ok());
+    }
+
+    #[test]
+    fn activity_leaves_once_per_window() {
+        assert_eq!(activity_window_ms(0), 60_000);
+        assert_eq!(activity_window_ms(2_000), 1_000);
+        assert_eq!(activity_window_ms(30 * 60_000), 60_000);
+        assert_eq!(activity_window_ms(80_000), 10_000);
+        assert_eq!(activity_window_ms(95_000), 11_000);
+        let o = Outbox::new(1);
+        let touch = |prev_ms, last_ms| {
+            o.record(
+                0,
+                Change::Activity {
+                    id: 1,
+                    last_ms,
+                    prev_ms,
+                    idle_ms: 80_000,
+                },
+            )
+        };
+        // 10 s windows: seconds 11..19 stay in the window [10 s, 20 s); 20 s crosses.
+        touch(10_500, 11_000);
+        touch(18_900, 19_000);
+        touch(19_900, 20_100);
+        touch(20_100, 21_000);
+        let mut buf = Vec::new();
+        o.drain(&mut buf);
+        let sent: Vec<_> = record::decode_all(&buf).map(Result::unwrap).collect();
+        assert_eq!(
+            sent,
+            vec![record::Entry::Activity {
+                id: 1,
+                last_ms: 20_100
+            }]
+        );
     }
 
     #[test]

@@ -125,6 +125,8 @@ impl Shard {
                 Change::Activity {
                     id: r.id(),
                     last_ms: now_ms,
+                    prev_ms: prev,
+                    idle_ms: eff.idle_ms,
                 },
             );
         }

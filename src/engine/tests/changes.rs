@@ -42,7 +42,7 @@ fn every_change_is_reported_once_through_the_seam() {
         fn record(&self, shard: usize, change: Change<'_>) {
             let seen = match change {
                 Change::Created(s) => Seen::Created(s.to_saved()),
-                Change::Activity { id, last_ms } => Seen::Activity { id, last_ms },
+                Change::Activity { id, last_ms, .. } => Seen::Activity { id, last_ms },
                 Change::Removed { id, reason } => Seen::Removed { id, reason },
                 Change::NotBefore {
                     scope,

@@ -401,7 +401,7 @@ impl Changes for Journal {
     fn record(&self, shard: usize, change: Change<'_>) {
         self.append(shard, |b| match change {
             Change::Created(s) => record::put_saved(b, s),
-            Change::Activity { id, last_ms } => record::put_activity(b, id, last_ms),
+            Change::Activity { id, last_ms, .. } => record::put_activity(b, id, last_ms),
             Change::Removed { id, reason } => record::put_remove(b, id, reason),
             // This node's journal has the removals themselves; marks are for other nodes (a
             // cluster node reads them from the stream again at start).

@@ -334,6 +334,36 @@ fn cluster_a_node_restarted_catches_up_before_it_is_ready() {
         assert!(valid(&b, t));
     }
     assert_eq!(b.metric("sessiond_sessions_active"), 51.0);
+
+    // A clean stop writes a snapshot with B's place in the stream: the next start reads the
+    // stream from there, not from its first message.
+    assert!(b.terminate().success());
+    let (later, _) = create(&a, &[], r#"{"user_id": "later"}"#);
+    revoke(&a, &made[0]);
+    let b = node(&nats, "b", 1, &["--state-dir", state_arg]);
+    // Written before the node says ready; the harness's log reader may pass it on later.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let line = loop {
+        if let Ok(l) = b.logs.recv_timeout(Duration::from_millis(100))
+            && l.contains("reading the cluster's stream")
+        {
+            break l;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no line saying where the stream is read from"
+        );
+    };
+    let from: u64 = line
+        .split("from=")
+        .nth(1)
+        .and_then(|r| r.split_whitespace().next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("{line}"));
+    assert!(from > 10, "{line}");
+    assert!(valid(&b, &later) && valid(&b, &before));
+    assert!(!valid(&b, &made[0]) && !valid(&b, &revoked));
+    assert_eq!(b.metric("sessiond_sessions_active"), 51.0);
 }
 
 #[test]

@@ -50,7 +50,8 @@ pub fn apply(engine: &Engine, batch: &[u8]) -> Applied {
             }) => {
                 engine.apply_not_before(scope, &id, before_ms);
             }
-            Ok(Entry::End { .. }) => {}
+            // Snapshot-only frames; a stream message never holds them.
+            Ok(Entry::End { .. } | Entry::StreamSeq { .. }) => {}
             Err(offset) => {
                 out.damaged_at = Some(offset);
                 break;

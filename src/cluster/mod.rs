@@ -294,6 +294,10 @@ impl Cluster {
             self.policies_from_bucket.store(true, Ordering::Release);
             tokio::spawn(policies::run(self.clone(), js.clone(), policies));
         }
+        // Resume after what the loaded snapshot reflects (`persist::snapshot`, invariant 5).
+        let resumed = self.engine.stream_applied();
+        self.applied.store(resumed, Ordering::Release);
+        self.applied_tx.send_replace(resumed);
         let c = self.clone();
         tokio::spawn(async move {
             let stream = c.stream(&js).await;
@@ -352,6 +356,24 @@ impl Cluster {
             match stream.get_info().await {
                 Ok(info) => {
                     let head = info.state.last_sequence;
+                    let from = self.applied() + 1;
+                    let first = info.state.first_sequence;
+                    tracing::info!(
+                        from,
+                        head,
+                        first_retained = first,
+                        "reading the cluster's stream"
+                    );
+                    if from < first && info.state.messages > 0 && self.applied() > 0 {
+                        tracing::error!(
+                            applied = self.applied(),
+                            first_retained = first,
+                            "this node's saved state is older than the stream's retention: \
+                             changes between them are gone from the stream, so sessions made or \
+                             revoked meanwhile may be missing or back here; start it with an \
+                             empty state directory if that matters, and raise --cluster-retention"
+                        );
+                    }
                     self.start_head.send_replace(Some(head));
                     self.note_caught_up();
                     return;
@@ -386,6 +408,7 @@ impl Cluster {
     /// The consumer handled stream message `seq`.
     fn set_applied(&self, seq: u64) {
         self.applied.store(seq, Ordering::Release);
+        self.engine.set_stream_applied(seq);
         self.applied_tx.send_replace(seq);
         metrics::gauge!(crate::metrics::CLUSTER_APPLIED_SEQ).set(seq as f64);
         self.note_caught_up();

@@ -254,7 +254,9 @@ mod tests {
             .map(|e| match e {
                 record::Entry::Create(s) => s.id,
                 record::Entry::Activity { id, .. } | record::Entry::Remove { id, .. } => *id,
-                record::Entry::End { .. } | record::Entry::NotBefore { .. } => 0,
+                record::Entry::End { .. }
+                | record::Entry::NotBefore { .. }
+                | record::Entry::StreamSeq { .. } => 0,
             })
             .collect();
         // Shard 0's frames, then shard 1's; in order within each.

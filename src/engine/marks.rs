@@ -97,6 +97,16 @@ impl Engine {
             .sum()
     }
 
+    /// Every mark kept (a snapshot saves them).
+    pub fn marks_list(&self) -> Vec<(Scope, CompactString, u64)> {
+        self.marks
+            .read()
+            .map
+            .iter()
+            .map(|((s, id), b)| (*s, id.clone(), *b))
+            .collect()
+    }
+
     /// How many marks are kept.
     pub fn marks(&self) -> usize {
         self.marks.read().len()

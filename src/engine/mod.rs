@@ -71,6 +71,8 @@ pub struct Engine {
     stripe_hasher: DefaultHashBuilder,
     tick_ms: u64,
     keep_marks: bool,
+    /// A cluster node's last applied stream sequence (0: none); saved in snapshots.
+    stream_applied: std::sync::atomic::AtomicU64,
     /// User- and org-wide revocations as times (`marks`).
     marks: RwLock<marks::Marks>,
     has_marks: std::sync::atomic::AtomicBool,
@@ -121,9 +123,20 @@ impl Engine {
             stripe_hasher: DefaultHashBuilder::default(),
             tick_ms,
             keep_marks: cfg.keep_marks,
+            stream_applied: std::sync::atomic::AtomicU64::new(0),
             marks: RwLock::new(marks::Marks::default()),
             has_marks: std::sync::atomic::AtomicBool::new(false),
         }
+    }
+
+    /// A cluster node's last applied stream sequence (0: not a cluster node, or nothing yet).
+    pub fn stream_applied(&self) -> u64 {
+        self.stream_applied.load(Ordering::Acquire)
+    }
+
+    /// Records the stream sequence applied (the cluster's consumer, or a snapshot at start).
+    pub fn set_stream_applied(&self, seq: u64) {
+        self.stream_applied.fetch_max(seq, Ordering::AcqRel);
     }
 
     /// The shard count [`Engine::new`] makes of `cfg.shards`.

@@ -143,8 +143,15 @@ fn apply(engine: &Engine, e: Entry) {
         }
         Entry::Activity { id, last_ms } => engine.restore_activity(SessionId(id), last_ms),
         Entry::Remove { id, .. } => engine.restore_remove(SessionId(id)),
-        // Never in a file (`record`); a cluster node reads marks from the stream.
-        Entry::End { .. } | Entry::NotBefore { .. } => {}
+        Entry::NotBefore {
+            scope,
+            id,
+            before_ms,
+        } => {
+            engine.apply_not_before(scope, &id, before_ms);
+        }
+        Entry::StreamSeq { seq } => engine.set_stream_applied(seq),
+        Entry::End { .. } => {}
     }
 }
 
@@ -180,7 +187,9 @@ impl<'e> Sink<'e> {
         let id = match &e {
             Entry::Create(s) => s.id,
             Entry::Activity { id, .. } | Entry::Remove { id, .. } => *id,
-            Entry::End { .. } | Entry::NotBefore { .. } => return,
+            Entry::End { .. } => return,
+            // Not per session: applied here, before the sessions that follow in the file.
+            Entry::NotBefore { .. } | Entry::StreamSeq { .. } => return apply(self.engine, e),
         };
         let w = self.engine.shard_of(SessionId(id)) % self.senders.len();
         self.batches[w].push(e);
@@ -227,6 +236,10 @@ fn load_snapshot(
             Ok(Some((_, Entry::Create(saved)))) if !ended => {
                 sink.push(Entry::Create(saved));
                 report.from_snapshot += 1;
+                continue;
+            }
+            Ok(Some((_, e @ (Entry::NotBefore { .. } | Entry::StreamSeq { .. })))) if !ended => {
+                sink.push(e);
                 continue;
             }
             Ok(Some((_, Entry::End { count }))) if !ended => {

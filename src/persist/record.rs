@@ -14,7 +14,10 @@
 //! - `REMOVE`: id u128, reason u8 (revoked 0, idle 1, absolute 2, displaced 3).
 //! - `END`: count u64 (the snapshot's last frame: the number of `CREATE` frames before it).
 //! - `NOT_BEFORE`: scope u8 (user 0, org 1), id str, before_ms u64: a user- or org-wide
-//!   revocation as a time (`engine::marks`); in a cluster's stream only, never in a file.
+//!   revocation as a time (`engine::marks`); in a cluster's stream and in snapshots (a
+//!   snapshot keeps the marks in force), never in a journal.
+//! - `STREAM_SEQ`: seq u64: the cluster stream sequence a snapshot reflects (every message up
+//!   to it was applied before the walk); snapshots only.
 //!
 //! Invariants:
 //! 1. **No token is ever written**: a session is known by its id, a hash of its token.
@@ -43,6 +46,7 @@ const ACTIVITY: u8 = 2;
 const REMOVE: u8 = 3;
 const END: u8 = 4;
 const NOT_BEFORE: u8 = 5;
+const STREAM_SEQ: u8 = 6;
 
 /// The byte a `REMOVE` frame stores for `reason` (the reason is for the reader of a journal;
 /// replay ignores it).
@@ -84,6 +88,9 @@ pub enum Entry {
         scope: Scope,
         id: CompactString,
         before_ms: u64,
+    },
+    StreamSeq {
+        seq: u64,
     },
 }
 
@@ -173,6 +180,11 @@ pub fn put_not_before(buf: &mut Vec<u8>, scope: Scope, id: &str, before_ms: u64)
     });
 }
 
+/// Appends a `STREAM_SEQ` frame.
+pub fn put_stream_seq(buf: &mut Vec<u8>, seq: u64) {
+    frame(buf, STREAM_SEQ, |b| b.extend_from_slice(&seq.to_le_bytes()));
+}
+
 /// Appends an `END` frame.
 pub fn put_end(buf: &mut Vec<u8>, count: u64) {
     frame(buf, END, |b| b.extend_from_slice(&count.to_le_bytes()));
@@ -254,6 +266,7 @@ pub fn decode(body: &[u8]) -> Option<Entry> {
             reason: reason_of_code(c.u8()?)?,
         },
         END => Entry::End { count: c.u64()? },
+        STREAM_SEQ => Entry::StreamSeq { seq: c.u64()? },
         NOT_BEFORE => Entry::NotBefore {
             scope: match c.u8()? {
                 0 => Scope::User,
@@ -512,6 +525,7 @@ mod tests {
                     id,
                     before_ms,
                 } => put_not_before(&mut buf, *scope, id, *before_ms),
+                Entry::StreamSeq { seq } => put_stream_seq(&mut buf, *seq),
             }
         }
         buf

@@ -15,9 +15,12 @@
 //!    left by a failed write is cut and deleted at once (a full disk gets its space back).
 //! 4. Once it counts, the journal is told ([`Journal::snapshot_written`]): changes that had
 //!    not reached the disk before its generation are in it.
+//! 5. A cluster node's snapshot starts with the stream sequence it had applied before the walk
+//!    (every message up to it is in the table the walk sees; later ones are read from the
+//!    stream again at start, idempotently) and the "not before" marks in force.
 
 use super::journal::Journal;
-use super::record::{SNAPSHOT_MAGIC, put_end, put_saved};
+use super::record::{SNAPSHOT_MAGIC, put_end, put_not_before, put_saved, put_stream_seq};
 use crate::engine::Engine;
 use crate::metrics::{SNAPSHOT_BYTES, SNAPSHOT_DURATION, SNAPSHOT_LAST_SUCCESS, SNAPSHOT_SESSIONS};
 use std::io::{self, BufWriter, Write};
@@ -88,6 +91,18 @@ fn write(engine: &Engine, tmp: &Path) -> io::Result<(u64, u64)> {
     let mut buf = Vec::with_capacity(1 << 20);
     let mut sessions = 0;
     let mut bytes = SNAPSHOT_MAGIC.len() as u64;
+    // A cluster node's place in the stream, read before the walk (invariant 5), and the
+    // "not before" marks in force, so that a restart resumes the stream after it and still
+    // drops the older sessions they revoke.
+    let seq = engine.stream_applied();
+    if seq > 0 {
+        put_stream_seq(&mut buf, seq);
+    }
+    for (scope, id, before_ms) in engine.marks_list() {
+        put_not_before(&mut buf, scope, &id, before_ms);
+    }
+    w.write_all(&buf)?;
+    bytes += buf.len() as u64;
     for shard in 0..engine.shard_count() {
         let mut from = Some(0);
         while let Some(at) = from {

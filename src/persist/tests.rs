@@ -137,3 +137,57 @@ proptest! {
         let _ = std::fs::remove_dir_all(&dir);
     }
 }
+
+/// A cluster node's snapshot keeps its place in the stream and the "not before" marks in force:
+/// after a restart, a session older than a mark that reaches the node is still dropped.
+#[test]
+fn a_snapshot_keeps_the_stream_sequence_and_the_marks() {
+    let dir = temp_dir();
+    let clock = ManualClock::new(T0);
+    let journal = Arc::new(Journal::new(4, FsyncPolicy::No));
+    let cfg = || EngineConfig {
+        shards: 4,
+        keep_marks: true,
+        ..EngineConfig::default()
+    };
+    let e = Engine::with_changes(cfg(), clock.clone(), Some(journal.clone() as _));
+    journal.start(&dir, 1).unwrap();
+    e.create(NewSession {
+        user_id: "alice".into(),
+        ..Default::default()
+    })
+    .unwrap();
+    clock.advance(1_000);
+    assert_eq!(e.revoke_user("alice"), 1);
+    e.apply_not_before(crate::session::Scope::Org, "acme", T0 + 500);
+    e.set_stream_applied(1_234);
+    snapshot::take(&e, &journal, &dir).unwrap();
+    journal.flush(false).unwrap();
+
+    let fresh = Engine::new(cfg(), clock.clone());
+    load::load(&fresh, &dir, false).unwrap();
+    assert_eq!(fresh.stream_applied(), 1_234);
+    assert_eq!(fresh.marks(), 2);
+    let older = |id: u128, user: &str, org: Option<&str>| crate::session::Saved {
+        id,
+        created_ms: T0 + 100,
+        last_ms: T0 + 100,
+        user: user.into(),
+        org: org.map(Into::into),
+        metadata: None,
+    };
+    assert!(!fresh.restore(older(7, "alice", None)));
+    assert!(!fresh.restore(older(8, "bob", Some("acme"))));
+    assert!(fresh.restore(older(9, "bob", None)));
+    // A single node's snapshot has neither.
+    let single = Engine::new(EngineConfig::default(), clock.clone());
+    let dir2 = temp_dir();
+    let j2 = Arc::new(Journal::new(4, FsyncPolicy::No));
+    j2.start(&dir2, 1).unwrap();
+    snapshot::take(&single, &j2, &dir2).unwrap();
+    let fresh = Engine::new(EngineConfig::default(), clock);
+    load::load(&fresh, &dir2, false).unwrap();
+    assert_eq!((fresh.stream_applied(), fresh.marks()), (0, 0));
+    let _ = std::fs::remove_dir_all(&dir);
+    let _ = std::fs::remove_dir_all(&dir2);
+}

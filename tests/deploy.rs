@@ -351,6 +351,27 @@ fn kubernetes_manifests_pass_the_schemas_and_fit_together() {
 }
 
 #[test]
+fn kubernetes_cluster_manifests_pass_the_schemas_and_fit_together() {
+    let Some(validate) = tool("kubernetes-validate") else {
+        return;
+    };
+    let dir = deploy("kubernetes/cluster");
+    let files = [dir.join("statefulset.yaml"), dir.join("pdb.yaml")];
+    let out = run_ok(Command::new(validate).arg("--strict").args(&files));
+    for kind in ["statefulset/sessiond", "poddisruptionbudget/sessiond"] {
+        assert!(
+            out.contains(&format!("passed for resource {kind}")),
+            "{out}"
+        );
+    }
+    run_ok(
+        Command::new("python3")
+            .arg(deploy("kubernetes").join("check.py"))
+            .arg("--cluster"),
+    );
+}
+
+#[test]
 fn the_systemd_unit_verifies() {
     let Some(analyze) = tool("systemd-analyze") else {
         return;

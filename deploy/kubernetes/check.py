@@ -8,7 +8,12 @@ one of its ports, the StatefulSet's serviceName, ConfigMap and Secret exist, the
 under their mounts, and the probes hit sessiond's endpoints. With --policies-out FILE it writes
 the ConfigMap's policies.toml there so that the tests parse it with sessiond's own parser.
 
-Usage: check.py [--policies-out FILE]   (exit 1 with one line per problem)
+With --cluster it checks the three-node variant instead: cluster/statefulset.yaml and
+cluster/pdb.yaml in place of statefulset.yaml, with the same Services, ConfigMap and Secret;
+three replicas spread one per machine, the cluster settings, a PodDisruptionBudget that keeps
+two nodes up, and cluster/nats-values.yaml with JetStream on and sync_interval always.
+
+Usage: check.py [--cluster] [--policies-out FILE]   (exit 1 with one line per problem)
 """
 import pathlib
 import sys
@@ -16,8 +21,11 @@ import sys
 import yaml
 
 here = pathlib.Path(__file__).parent
+cluster = "--cluster" in sys.argv
 docs = []
-for f in sorted(here.glob("*.yaml")):
+for f in sorted(here.glob("*.yaml")) + (sorted((here / "cluster").glob("*.yaml")) if cluster else []):
+    if f.name == "nats-values.yaml" or (cluster and f.parent == here and f.name == "statefulset.yaml"):
+        continue
     for d in yaml.safe_load_all(f.read_text()):
         if d:
             docs.append((f.name, d))
@@ -95,6 +103,31 @@ for m in mons:
         need(e.get("path") == "/metrics", "ServiceMonitor must scrape /metrics")
         need(all(e["port"] in [p["name"] for p in s["spec"]["ports"]] for s in chosen),
              f"ServiceMonitor port {e['port']} is not a named port of the Service")
+
+if cluster:
+    need(sts["spec"]["replicas"] >= 3, "a cluster needs three nodes")
+    anti = pod["spec"].get("affinity", {}).get("podAntiAffinity", {})
+    rules = anti.get("requiredDuringSchedulingIgnoredDuringExecution", [])
+    need(any(r.get("topologyKey") == "kubernetes.io/hostname"
+             and selects(r["labelSelector"]["matchLabels"], pod_labels) for r in rules),
+         "pods are not spread one per machine (podAntiAffinity on kubernetes.io/hostname)")
+    need(env.get("SESSIOND_CLUSTER", "").startswith("nats://"), "SESSIOND_CLUSTER is not a nats:// URL")
+    node_name = next((e for e in c["env"] if e["name"] == "SESSIOND_NODE_NAME"), {})
+    need(node_name.get("valueFrom", {}).get("fieldRef", {}).get("fieldPath") == "metadata.name",
+         "SESSIOND_NODE_NAME must be the pod's name (unique per node)")
+    pdbs = by_kind("PodDisruptionBudget")
+    need(len(pdbs) == 1, f"expected one PodDisruptionBudget, found {len(pdbs)}")
+    for p in pdbs:
+        need(selects(p["spec"]["selector"]["matchLabels"], pod_labels), "the PodDisruptionBudget selects no sessiond pod")
+        need(p["spec"].get("minAvailable") == sts["spec"]["replicas"] - 1,
+             "the PodDisruptionBudget should let one node go at a time")
+    values = yaml.safe_load((here / "cluster" / "nats-values.yaml").read_text())
+    need(values["config"]["jetstream"]["enabled"] is True, "NATS values: JetStream is off")
+    need(values["config"]["cluster"]["replicas"] >= 3, "NATS values: fewer than three servers")
+    need(values["config"]["merge"]["jetstream"]["sync_interval"] == "always",
+         "NATS values: sync_interval must be always (acknowledged writes survive a power loss)")
+    replicas = next((e.get("value") for e in c["env"] if e["name"] == "SESSIOND_CLUSTER_REPLICAS"), None)
+    need(replicas == "3", "SESSIOND_CLUSTER_REPLICAS should be 3 with three NATS servers")
 
 if "--policies-out" in sys.argv and policies_text is not None:
     pathlib.Path(sys.argv[sys.argv.index("--policies-out") + 1]).write_text(policies_text)

@@ -6,6 +6,7 @@ mod common;
 mod access;
 mod api;
 mod cluster;
+mod cluster_faults;
 mod cookies;
 mod deploy;
 mod disk_faults;

@@ -109,6 +109,21 @@ impl Shared {
         }
     }
 
+    /// Before a revocation answers that there was nothing to revoke: whether to look again
+    /// (caught up with the cluster's stream), or a 503 when this node could not catch up, so
+    /// that a logout is never acknowledged for a session another node may still hold.
+    pub async fn caught_up_for_write(&self) -> Result<bool, ApiError> {
+        match &self.cluster {
+            None => Ok(false),
+            Some(c) if c.catch_up().await => Ok(true),
+            Some(_) => Err(ApiError::new(
+                axum::http::StatusCode::SERVICE_UNAVAILABLE,
+                "not_replicated",
+                "this node does not know the session and cannot reach the cluster's stream to look for it; nothing was revoked: retry",
+            )),
+        }
+    }
+
     /// After a lookup of a well-formed token missed: whether to look again, because this node
     /// has now applied the cluster's stream up to its head (`cluster`, invariant 2).
     pub async fn caught_up_after_miss(&self) -> bool {

@@ -206,11 +206,15 @@ pub async fn touch(State(st): State<AppState>, req: Request) -> Result<Response,
 pub async fn revoke(State(st): State<AppState>, req: Request) -> Result<Response, ApiError> {
     let bytes = gateway_body(&st, req).await?;
     let req: TokenRequest = parse_json(&bytes)?;
-    // A logout right after a login on another node: look again once caught up.
-    let revoked = st.engine.revoke(req.token.as_bytes())
-        || (st.engine.validate(req.token.as_bytes()) == Validation::Invalid(Invalid::NotFound)
-            && st.caught_up_after_miss().await
-            && st.engine.revoke(req.token.as_bytes()));
+    // A logout right after a login on another node: look again once caught up; never answer
+    // "done" for a session this node could not look for.
+    let mut revoked = st.engine.revoke(req.token.as_bytes());
+    if !revoked
+        && st.engine.validate(req.token.as_bytes()) == Validation::Invalid(Invalid::NotFound)
+        && st.caught_up_for_write().await?
+    {
+        revoked = st.engine.revoke(req.token.as_bytes());
+    }
     if revoked {
         st.metrics.revoked.increment(1);
     }
@@ -265,10 +269,10 @@ pub async fn delete_one(
 ) -> Result<Response, ApiError> {
     authorize(&st, &headers, Role::Admin)?;
     let id = parse_session_id(&id)?;
-    let revoked = st.engine.revoke_id(id)
-        || (st.engine.get(id).is_none()
-            && st.caught_up_after_miss().await
-            && st.engine.revoke_id(id));
+    let mut revoked = st.engine.revoke_id(id);
+    if !revoked && st.engine.get(id).is_none() && st.caught_up_for_write().await? {
+        revoked = st.engine.revoke_id(id);
+    }
     if revoked {
         st.metrics.revoked.increment(1);
         st.durable().await?;

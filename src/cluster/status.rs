@@ -147,29 +147,18 @@ fn now_ms() -> u64 {
 /// Reports this node, learns the stream's head and watches the others, forever.
 pub async fn run(c: Arc<Cluster>, js: jetstream::Context, stream: jetstream::stream::Stream) {
     let name = format!("{}_NODES", c.settings.stream);
-    let kv = loop {
-        let r = match js.get_key_value(&name).await {
-            Ok(kv) => Ok(kv),
-            Err(_) => js
-                .create_key_value(kv::Config {
-                    bucket: name.clone(),
-                    history: 1,
-                    max_age: NODE_TTL,
-                    storage: jetstream::stream::StorageType::Memory,
-                    num_replicas: c.settings.replicas,
-                    ..Default::default()
-                })
-                .await
-                .map_err(|e| e.to_string()),
-        };
-        match r {
-            Ok(kv) => break kv,
-            Err(error) => {
-                tracing::debug!(%error, bucket = %name, "cannot open the node bucket yet; retrying");
-                tokio::time::sleep(Duration::from_millis(500)).await;
-            }
-        }
-    };
+    let kv = super::open_bucket(
+        &js,
+        kv::Config {
+            bucket: name,
+            history: 1,
+            max_age: NODE_TTL,
+            storage: jetstream::stream::StorageType::Memory,
+            num_replicas: c.settings.replicas,
+            ..Default::default()
+        },
+    )
+    .await;
     let _ = c.nodes_bucket.set(kv.clone());
     tokio::spawn(watch(c.clone(), kv.clone()));
     loop {

@@ -624,3 +624,49 @@ fn cluster_a_revocation_made_without_nats_outlives_its_nodes_crash() {
     );
     eventually(10, "B's revocation reaches A", || !valid(&a, &token));
 }
+
+#[test]
+fn cluster_a_node_restarted_while_nats_is_down_serves_its_saved_state_after_a_while() {
+    let Some(bin) = find_nats() else { return };
+    let mut nats = Nats::start(bin, 1);
+    let state = scratch("cluster-stale").join("state");
+    let state_arg = state.to_str().unwrap().to_owned();
+    let urls = nats.urls();
+    let args = [
+        "--cluster",
+        urls.as_str(),
+        "--node-name",
+        "a",
+        "--cluster-replicas",
+        "1",
+        "--cluster-ready-timeout",
+        "2s",
+        "--state-dir",
+        state_arg.as_str(),
+    ];
+    let a = Daemon::start(&args);
+    let (token, _) = create(&a, &[], r#"{"user_id": "alice"}"#);
+    assert!(a.terminate().success());
+    nats.stop_server(0);
+    // Restarted with NATS gone: not ready while it may catch up, then ready with what it saved,
+    // so that authentication does not depend on NATS being up.
+    let a = Daemon::spawn_with_env(&args, &[]);
+    let started = Instant::now();
+    assert_eq!(a.call("GET", "/readyz", None).status, 503);
+    a.wait_ready();
+    assert!(
+        started.elapsed() >= Duration::from_millis(1_500),
+        "{:?}",
+        started.elapsed()
+    );
+    assert!(valid(&a, &token));
+    assert_eq!(
+        a.call("GET", "/v1/cluster", None).json()["caught_up"],
+        false
+    );
+    // NATS back: it catches up.
+    nats.start_server(0);
+    eventually(15, "caught up once NATS is back", || {
+        a.call("GET", "/v1/cluster", None).json()["caught_up"] == true
+    });
+}

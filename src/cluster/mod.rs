@@ -21,10 +21,12 @@
 //!    answered only once the stream has it ([`Cluster::replicated`]), else 503
 //!    `not_replicated` after [`REPLICATE_WAIT`], the change applied here and kept for the
 //!    stream. `async` answers at once.
-//! 4. **Ready after catching up**: `/readyz` says ready only once this node has applied the
-//!    stream up to its head as of start and, in API mode, the policy bucket's full set
-//!    ([`Cluster::caught_up`]); it never answers from a view that may miss revocations or
-//!    policies the cluster holds.
+//! 4. **Ready after catching up**: `/readyz` says ready once this node has applied the stream
+//!    up to its head as of start and, in API mode, the policy bucket's full set
+//!    ([`Cluster::caught_up`]), so a reachable cluster is never answered from a view that may
+//!    miss its revocations or policies. The one exception keeps auth independent of NATS: when
+//!    NATS has been unreachable for `--cluster-ready-timeout` (30 s) since start, the node says
+//!    ready with what it saved, and says so in its log ([`Cluster::ready`]).
 //! 5. Validate, touch and `/v1/auth` never wait for NATS beyond invariant 2's bounded miss.
 //! 6. **A revocation outlives a crash.** The revocations this node's journal holds since its
 //!    snapshot may never have reached the stream (NATS unreachable, then the node stopped):
@@ -132,6 +134,8 @@ pub struct Cluster {
     /// Revocations from this node's journal, applied again and published once caught up
     /// (invariant 6).
     journal_revocations: parking_lot::Mutex<Vec<u128>>,
+    /// NATS was unreachable for `ready_timeout` after start: serving from saved state.
+    serving_stale: AtomicBool,
 }
 
 impl Cluster {
@@ -181,6 +185,7 @@ impl Cluster {
             peers: Default::default(),
             nodes_bucket: tokio::sync::OnceCell::new(),
             journal_revocations: parking_lot::Mutex::new(Vec::new()),
+            serving_stale: AtomicBool::new(false),
         })
     }
 
@@ -247,6 +252,21 @@ impl Cluster {
             self.policies_from_bucket.store(true, Ordering::Release);
             tokio::spawn(policies::run(self.clone(), js.clone(), policies));
         }
+        // Without NATS for too long after start, serve what this node saved (invariant 4).
+        let c = self.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(c.settings.ready_timeout).await;
+            if !c.caught_up() && !c.connected() {
+                c.serving_stale.store(true, Ordering::Release);
+                tracing::warn!(
+                    waited_secs = c.settings.ready_timeout.as_secs(),
+                    sessions = c.engine.len(),
+                    "NATS is unreachable since start: serving from this node's saved state, which \
+                     misses what other nodes changed meanwhile (revocations included) until NATS \
+                     is back and the node has caught up"
+                );
+            }
+        });
         // Resume after what the loaded snapshot reflects (`persist::snapshot`, invariant 5).
         let resumed = self.engine.stream_applied();
         self.applied.store(resumed, Ordering::Release);
@@ -392,6 +412,12 @@ impl Cluster {
     /// Whether this node has applied the stream up to its head as of start (invariant 4).
     pub fn caught_up(&self) -> bool {
         self.caught_up.load(Ordering::Acquire)
+    }
+
+    /// Whether this node may say it is ready: caught up, or NATS unreachable for longer than
+    /// `--cluster-ready-timeout` since start (invariant 4).
+    pub fn ready(&self) -> bool {
+        self.caught_up() || self.serving_stale.load(Ordering::Acquire)
     }
 
     pub fn connected(&self) -> bool {

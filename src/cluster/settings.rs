@@ -55,6 +55,9 @@ pub struct Settings {
     pub replicas: usize,
     /// How long the stream keeps a message when this node creates it.
     pub retention: Duration,
+    /// How long a node waits for an unreachable NATS at start before it serves its saved
+    /// state anyway.
+    pub ready_timeout: Duration,
 }
 
 /// Whether `name` can be a node or stream name: a NATS subject token and stream name.

@@ -324,6 +324,26 @@ fn cluster_settings(s: &mut Settings, p: &mut Problems) -> Option<crate::cluster
         || std::time::Duration::from_secs(86_400),
         parse::parse_retention,
     );
+    let ready_timeout = p.parse(
+        s.cluster_ready_timeout.take(),
+        || std::time::Duration::from_secs(30),
+        |t: &str| {
+            parse::parse_retention(t)
+                .ok()
+                .or_else(|| {
+                    t.trim()
+                        .strip_suffix('s')
+                        .and_then(|n| n.trim().parse::<u64>().ok())
+                        .map(std::time::Duration::from_secs)
+                })
+                .filter(|d| (1..=3_600).contains(&d.as_secs()))
+                .ok_or_else(|| {
+                    format!(
+                        "cluster_ready_timeout {t:?} is not a duration between 1s and 1h, like \"30s\""
+                    )
+                })
+        },
+    );
     if let Some(creds) = &s.cluster_creds {
         p.check(creds.is_file(), || {
             format!("cluster_creds {} is not a readable file", creds.display())
@@ -337,6 +357,7 @@ fn cluster_settings(s: &mut Settings, p: &mut Problems) -> Option<crate::cluster
         creds: s.cluster_creds.take(),
         replicas,
         retention,
+        ready_timeout,
     })
 }
 

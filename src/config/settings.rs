@@ -201,6 +201,10 @@ settings! {
         /// (1m to 365d); at least the longest absolute session lifetime [default: 24h].
         #[arg(long, env = "SESSIOND_CLUSTER_RETENTION")]
         pub cluster_retention: Option<String>,
+        /// How long a starting node waits for an unreachable NATS before it serves from its
+        /// saved state anyway, e.g. `30s` (1s to 1h) [default: 30s].
+        #[arg(long, env = "SESSIOND_CLUSTER_READY_TIMEOUT")]
+        pub cluster_ready_timeout: Option<String>,
         /// The application policy (defaults to the built-in one, field by field); file only.
         #[arg(skip)]
         pub application: Option<PolicyPatch>,

@@ -217,3 +217,56 @@ fn flags_and_keys_of_one_side_only() {
     assert!(Settings::try_from_args(["sessiond", "--application", "x"]).is_err());
     std::fs::remove_dir_all(&dir).ok();
 }
+
+#[test]
+fn cluster_settings_are_checked_together() {
+    assert!(Config::load(cli(&[])).unwrap().cluster.is_none());
+    let c = Config::load(cli(&[
+        "--cluster",
+        "nats://a:4222, tls://b:4222",
+        "--node-name",
+        "node-1",
+        "--cluster-ack",
+        "async",
+        "--cluster-retention",
+        "7d",
+        "--cluster-ready-timeout",
+        "5s",
+    ]))
+    .unwrap();
+    let s = c.cluster.unwrap();
+    assert_eq!(s.urls, vec!["nats://a:4222", "tls://b:4222"]);
+    assert_eq!(s.node, "node-1");
+    assert_eq!(s.stream, "SESSIOND");
+    assert_eq!(s.ack, crate::cluster::Ack::Async);
+    assert_eq!(s.replicas, 3);
+    assert_eq!(s.retention, Duration::from_secs(7 * 86_400));
+    assert_eq!(s.ready_timeout, Duration::from_secs(5));
+    assert!(c.engine.keep_marks);
+    let e = Config::load(cli(&[
+        "--cluster",
+        "http://a:4222",
+        "--node-name",
+        "a.b",
+        "--cluster-ack",
+        "maybe",
+        "--cluster-replicas",
+        "7",
+        "--cluster-retention",
+        "10s",
+        "--cluster-ready-timeout",
+        "2h",
+    ]))
+    .unwrap_err()
+    .to_string();
+    for want in [
+        "cluster URL \"http://a:4222\"",
+        "node_name \"a.b\"",
+        "cluster_ack \"maybe\"",
+        "cluster_replicas 7",
+        "cluster_retention \"10s\"",
+        "cluster_ready_timeout \"2h\"",
+    ] {
+        assert!(e.contains(want), "{want} not in {e}");
+    }
+}

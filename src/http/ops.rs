@@ -47,7 +47,7 @@ pub async fn readyz(State(st): State<AppState>) -> Response {
     // Another daemon holds the state directory: this one refuses writes (see `persist`).
     let fenced = st.journal.as_ref().is_some_and(|j| j.fenced());
     // A cluster node is ready once it has caught up with the stream (`cluster`, invariant 4).
-    let behind = st.cluster.as_ref().is_some_and(|c| !c.caught_up());
+    let behind = st.cluster.as_ref().is_some_and(|c| !c.ready());
     if st.ready.load(Ordering::Acquire) && !fenced && !behind {
         (StatusCode::OK, "ready\n").into_response()
     } else {

@@ -46,7 +46,8 @@ const PACER_GRACE: Duration = Duration::from_millis(250);
 )]
 struct Args {
     /// What to load: `sessiond` (start the daemon built with this bench), `http://HOST:PORT`
-    /// (a running sessiond without API keys), `redis` (start redis-server from PATH) or
+    /// (a running sessiond without API keys), `http://A:PORT,http://B:PORT,...` (the nodes of
+    /// a cluster: connections spread over them), `redis` (start redis-server from PATH) or
     /// `redis://HOST:PORT`. Repeat to compare targets in one run.
     #[arg(long = "target", default_value = "sessiond")]
     targets: Vec<String>,
@@ -315,7 +316,8 @@ async fn drive(
         let mix = mix.clone();
         let shared = shared.clone();
         let gate = pacer.as_ref().map(|p| p.gate(i));
-        let target_addr = target.addr;
+        // A worker that lost its connection makes a new one to a node of the target.
+        let target_addr = target.addrs[i % target.addrs.len()];
         let kind = target.kind;
         handles.push(tokio::spawn(async move {
             let mut stats = Stats::new();

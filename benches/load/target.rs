@@ -1,6 +1,8 @@
 //! What the load generator talks to: a sessiond it started itself (the release binary built by
-//! `cargo bench`), a sessiond at `--url`, or a Redis server (started here, or at a
-//! `redis://host:port` URL). Also where memory and metrics are read from.
+//! `cargo bench`), a running sessiond at `http://host:port`, the nodes of a sessiond cluster
+//! (`http://a:port,http://b:port,...`: connections spread over them, round robin), or a Redis
+//! server (started here, or at a `redis://host:port` URL). Also where memory and metrics are
+//! read from (the first node of a list).
 
 use crate::conn::{Conn, HttpConn, RedisConn, Reply};
 use std::io::{BufRead, BufReader};
@@ -19,7 +21,11 @@ pub enum Kind {
 pub struct Target {
     pub label: String,
     pub kind: Kind,
+    /// The (first) node: metrics, memory and admin requests go here.
     pub addr: SocketAddr,
+    /// Every node; connection `i` goes to `addrs[i % len]`.
+    pub addrs: Vec<SocketAddr>,
+    next: std::sync::atomic::AtomicUsize,
     child: Option<Child>,
     /// The server's pid when known (to read its resident memory).
     pub pid: Option<u32>,
@@ -55,8 +61,30 @@ fn resolve(hostport: &str) -> Result<SocketAddr, String> {
 
 impl Target {
     /// Parses a `--target`: `sessiond` (start one), `http://host:port` (a running sessiond),
-    /// `redis` (start `redis-server`), or `redis://host:port` (a running Redis).
+    /// `http://a:port,http://b:port,...` (the nodes of a cluster), `redis` (start
+    /// `redis-server`), or `redis://host:port` (a running Redis).
     pub fn open(spec: &str, extra_args: &[String]) -> Result<Target, String> {
+        if spec.contains(',') {
+            let addrs = spec
+                .split(',')
+                .map(|s| {
+                    s.trim()
+                        .strip_prefix("http://")
+                        .ok_or_else(|| format!("{s:?}: a list of nodes is http://HOST:PORT,..."))
+                        .and_then(|r| resolve(r.trim_end_matches('/')))
+                })
+                .collect::<Result<Vec<_>, String>>()?;
+            return Ok(Target {
+                label: format!("sessiond cluster of {}", addrs.len()),
+                kind: Kind::Sessiond,
+                addr: addrs[0],
+                addrs,
+                next: Default::default(),
+                child: None,
+                pid: None,
+                scratch: None,
+            });
+        }
         if spec == "sessiond" {
             return start_sessiond(extra_args);
         }
@@ -69,6 +97,8 @@ impl Target {
                 label: format!("sessiond {addr}"),
                 kind: Kind::Sessiond,
                 addr,
+                addrs: vec![addr],
+                next: Default::default(),
                 child: None,
                 pid: None,
                 scratch: None,
@@ -80,6 +110,8 @@ impl Target {
                 label: format!("redis {addr}"),
                 kind: Kind::Redis,
                 addr,
+                addrs: vec![addr],
+                next: Default::default(),
                 child: None,
                 pid: None,
                 scratch: None,
@@ -92,10 +124,17 @@ impl Target {
         ))
     }
 
+    /// A connection to the next node, round robin (the one node of a single target).
     pub async fn connect(&self) -> Result<Conn, String> {
+        let i = self.next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        self.connect_to(self.addrs[i % self.addrs.len()]).await
+    }
+
+    /// A connection to `addr`, one of [`Target::addrs`].
+    pub async fn connect_to(&self, addr: SocketAddr) -> Result<Conn, String> {
         match self.kind {
-            Kind::Sessiond => HttpConn::connect(self.addr).await.map(Conn::Http),
-            Kind::Redis => RedisConn::connect(self.addr).await.map(Conn::Redis),
+            Kind::Sessiond => HttpConn::connect(addr).await.map(Conn::Http),
+            Kind::Redis => RedisConn::connect(addr).await.map(Conn::Redis),
         }
         .map_err(|e| format!("{}: {e:?}", self.label))
     }
@@ -246,6 +285,8 @@ fn start_sessiond(extra_args: &[String]) -> Result<Target, String> {
                 label: "sessiond".into(),
                 kind: Kind::Sessiond,
                 addr,
+                addrs: vec![addr],
+                next: Default::default(),
                 child: Some(child),
                 pid: Some(pid),
                 scratch: Some(dir),
@@ -293,6 +334,8 @@ fn start_redis() -> Result<Target, String> {
         label: "redis".into(),
         kind: Kind::Redis,
         addr,
+        addrs: vec![addr],
+        next: Default::default(),
         child: Some(child),
         pid: Some(pid),
         scratch: Some(dir),

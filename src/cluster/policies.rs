@@ -160,10 +160,14 @@ async fn seed(kv: &kv::Store, policies: &PolicyManager) {
             seeded += 1;
         }
     }
-    tracing::info!(
-        keys = seeded,
-        "the cluster's policy bucket was empty: seeded it with this node's policies"
-    );
+    if seeded > 0 {
+        tracing::info!(
+            keys = seeded,
+            "the cluster's policy bucket was empty: seeded it with this node's policies"
+        );
+    } else {
+        tracing::debug!("another node seeded the cluster's policy bucket first");
+    }
 }
 
 /// Watches the bucket: the full set first (invariant 2), then each change, until the watch

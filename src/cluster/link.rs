@@ -122,7 +122,7 @@ pub async fn publish(c: Arc<Cluster>, js: jetstream::Context) {
 /// Applies the stream to the table, forever (invariant 2).
 pub async fn consume(c: Arc<Cluster>, stream: jetstream::stream::Stream) {
     loop {
-        let from = c.applied.load(Ordering::Acquire) + 1;
+        let from = c.applied() + 1;
         let consumer = stream
             .create_consumer(pull::Config {
                 deliver_policy: DeliverPolicy::ByStartSequence {

@@ -107,7 +107,6 @@ pub struct Cluster {
     pub run: String,
     pub outbox: Arc<Outbox>,
     engine: Arc<Engine>,
-    applied: AtomicU64,
     applied_tx: watch::Sender<u64>,
     /// The stream's head as of start, once known; ready when applied reaches it (invariant 4).
     start_head: watch::Sender<Option<u64>>,
@@ -168,7 +167,6 @@ impl Cluster {
             run,
             outbox,
             engine,
-            applied: AtomicU64::new(0),
             applied_tx: watch::Sender::new(0),
             start_head: watch::Sender::new(None),
             caught_up: AtomicBool::new(false),
@@ -269,7 +267,6 @@ impl Cluster {
         });
         // Resume after what the loaded snapshot reflects (`persist::snapshot`, invariant 5).
         let resumed = self.engine.stream_applied();
-        self.applied.store(resumed, Ordering::Release);
         self.applied_tx.send_replace(resumed);
         let c = self.clone();
         tokio::spawn(async move {
@@ -366,7 +363,7 @@ impl Cluster {
         let policies_ready = !self.policies_from_bucket.load(Ordering::Acquire)
             || self.policies_synced.load(Ordering::Acquire);
         if let Some(head) = *self.start_head.borrow()
-            && self.applied.load(Ordering::Acquire) >= head
+            && self.applied() >= head
             && policies_ready
         {
             // Invariant 6: the journal's revocations win over what the stream brought back.
@@ -378,7 +375,7 @@ impl Cluster {
             self.caught_up.store(true, Ordering::Release);
             tracing::info!(
                 journal_revocations = revoked.len(),
-                applied = self.applied.load(Ordering::Relaxed),
+                applied = self.applied(),
                 sessions = self.engine.len(),
                 "caught up with the cluster's stream"
             );
@@ -387,7 +384,6 @@ impl Cluster {
 
     /// The consumer handled stream message `seq`.
     fn set_applied(&self, seq: u64) {
-        self.applied.store(seq, Ordering::Release);
         self.engine.set_stream_applied(seq);
         self.applied_tx.send_replace(seq);
         metrics::gauge!(crate::metrics::CLUSTER_APPLIED_SEQ).set(seq as f64);
@@ -406,7 +402,7 @@ impl Cluster {
 
     /// The last stream sequence applied here.
     pub fn applied(&self) -> u64 {
-        self.applied.load(Ordering::Acquire)
+        *self.applied_tx.borrow()
     }
 
     /// Whether this node has applied the stream up to its head as of start (invariant 4).

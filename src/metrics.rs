@@ -59,6 +59,9 @@ pub const CLUSTER_APPLIED_SEQ: &str = "sessiond_cluster_applied_sequence";
 pub const CLUSTER_BEHIND: &str = "sessiond_cluster_behind_messages";
 pub const CLUSTER_APPLY_LAG: &str = "sessiond_cluster_replication_lag_seconds";
 pub const CLUSTER_NODES: &str = "sessiond_cluster_nodes";
+pub const CLUSTER_SNAPSHOTS_PUBLISHED: &str = "sessiond_cluster_snapshots_published_total";
+pub const CLUSTER_SNAPSHOTS_LOADED: &str = "sessiond_cluster_snapshots_loaded_total";
+pub const CLUSTER_SNAPSHOT_ERRORS: &str = "sessiond_cluster_snapshot_errors_total";
 
 /// Replication lag: a loopback cluster applies in about a millisecond; seconds mean trouble.
 const CLUSTER_LAG_BUCKETS: &[f64] = &[
@@ -407,6 +410,18 @@ fn describe() {
     describe_gauge!(
         CLUSTER_NODES,
         "Nodes that reported to the cluster's node bucket within the last 30 s, this one included."
+    );
+    describe_counter!(
+        CLUSTER_SNAPSHOTS_PUBLISHED,
+        "Snapshots this node published to the object store for joining nodes."
+    );
+    describe_counter!(
+        CLUSTER_SNAPSHOTS_LOADED,
+        "Published snapshots this node loaded at start (its state was empty or older than the stream)."
+    );
+    describe_counter!(
+        CLUSTER_SNAPSHOT_ERRORS,
+        "Snapshots that could not be published or loaded."
     );
     describe_counter!(HTTP_REQUESTS, "HTTP requests by route template and status.");
     describe_gauge!(HTTP_CONNECTIONS, "Open HTTP connections.");

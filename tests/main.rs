@@ -7,6 +7,7 @@ mod access;
 mod api;
 mod cluster;
 mod cluster_faults;
+mod cluster_join;
 mod cookies;
 mod deploy;
 mod disk_faults;

@@ -6,7 +6,8 @@
 //! [`Outbox`]; the publisher (`link`) sends the outbox to the stream subject
 //! `<stream>.changes.<node>`; every node's consumer applies every other run's messages to its
 //! table (`apply`), in stream order. Policies set through the API live in a key-value bucket
-//! that every node watches (`policies`).
+//! that every node watches (`policies`). A snapshot in the object store lets a node whose
+//! state the stream no longer covers (or an empty one) start from it (`seed`).
 //!
 //! Invariants:
 //! 1. **Session state merges**: activity is a maximum, a revocation removes, a create is
@@ -39,6 +40,7 @@ mod link;
 mod model;
 pub mod outbox;
 pub mod policies;
+pub mod seed;
 mod settings;
 pub mod status;
 
@@ -135,6 +137,10 @@ pub struct Cluster {
     journal_revocations: parking_lot::Mutex<Vec<u128>>,
     /// NATS was unreachable for `ready_timeout` after start: serving from saved state.
     serving_stale: AtomicBool,
+    /// When this run started, by the engine's clock (`seed`, invariant 3).
+    started_ms: u64,
+    /// The object store's snapshot as last seen (`seed`).
+    snapshot: parking_lot::Mutex<Option<seed::Published>>,
 }
 
 impl Cluster {
@@ -159,6 +165,9 @@ impl Cluster {
             crate::metrics::CLUSTER_DAMAGED,
             crate::metrics::CLUSTER_CATCH_UPS,
             crate::metrics::CLUSTER_NOT_REPLICATED,
+            crate::metrics::CLUSTER_SNAPSHOTS_PUBLISHED,
+            crate::metrics::CLUSTER_SNAPSHOTS_LOADED,
+            crate::metrics::CLUSTER_SNAPSHOT_ERRORS,
         ] {
             metrics::counter!(c).increment(0);
         }
@@ -166,6 +175,8 @@ impl Cluster {
             settings,
             run,
             outbox,
+            started_ms: engine.now_ms(),
+            snapshot: parking_lot::Mutex::new(None),
             engine,
             applied_tx: watch::Sender::new(0),
             start_head: watch::Sender::new(None),
@@ -271,7 +282,9 @@ impl Cluster {
         let c = self.clone();
         tokio::spawn(async move {
             let stream = c.stream(&js).await;
-            c.learn_start_head(&stream).await;
+            let store = seed::open_store(&c, &js).await;
+            c.learn_start_head(&stream, &store).await;
+            tokio::spawn(seed::publish_every_interval(c.clone(), store));
             tokio::spawn(status::run(c.clone(), js.clone(), stream.clone()));
             tokio::spawn(link::publish(c.clone(), js));
             tokio::spawn(link::heads(c.clone(), stream.clone()));
@@ -321,27 +334,34 @@ impl Cluster {
         }
     }
 
-    async fn learn_start_head(&self, stream: &async_nats::jetstream::stream::Stream) {
+    /// Learns the stream's head as of start, after loading the published snapshot where this
+    /// node's state needs it (`seed`, invariant 3).
+    async fn learn_start_head(
+        self: &Arc<Self>,
+        stream: &async_nats::jetstream::stream::Stream,
+        store: &async_nats::jetstream::object_store::ObjectStore,
+    ) {
         loop {
             match stream.get_info().await {
                 Ok(info) => {
+                    let first = info.state.first_sequence;
+                    seed::load_if_needed(self, store, first).await;
                     let head = info.state.last_sequence;
                     let from = self.applied() + 1;
-                    let first = info.state.first_sequence;
                     tracing::info!(
                         from,
                         head,
                         first_retained = first,
                         "reading the cluster's stream"
                     );
-                    if from < first && info.state.messages > 0 && self.applied() > 0 {
+                    if from < first {
                         tracing::error!(
                             applied = self.applied(),
                             first_retained = first,
-                            "this node's saved state is older than the stream's retention: \
-                             changes between them are gone from the stream, so sessions made or \
-                             revoked meanwhile may be missing or back here; start it with an \
-                             empty state directory if that matters, and raise --cluster-retention"
+                            "the stream no longer holds the changes after this node's state, and \
+                             no newer published snapshot covers them: sessions made or revoked \
+                             meanwhile may be missing or back here; raise --cluster-retention \
+                             well above --cluster-snapshot-interval"
                         );
                     }
                     self.start_head.send_replace(Some(head));

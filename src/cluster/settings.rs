@@ -58,6 +58,8 @@ pub struct Settings {
     /// How long a node waits for an unreachable NATS at start before it serves its saved
     /// state anyway.
     pub ready_timeout: Duration,
+    /// How often a caught-up node publishes a snapshot for joining nodes (`seed`).
+    pub snapshot_interval: Duration,
 }
 
 /// Whether `name` can be a node or stream name: a NATS subject token and stream name.

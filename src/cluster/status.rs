@@ -61,6 +61,8 @@ pub struct ClusterView {
     pub applied_sequence: u64,
     pub behind: u64,
     pub outbox_bytes: u64,
+    /// The snapshot for joining nodes in the object store, as this node last saw it.
+    pub snapshot: Option<super::seed::Published>,
     /// Every node that reported within [`NODE_TTL`], this one included, by name.
     pub nodes: Vec<PeerView>,
 }
@@ -113,6 +115,7 @@ impl Cluster {
             applied_sequence: own.applied_sequence,
             behind: head.saturating_sub(own.applied_sequence),
             outbox_bytes: own.outbox_bytes,
+            snapshot: self.snapshot.lock().clone(),
             nodes: all
                 .into_values()
                 .map(|s| PeerView {

@@ -344,6 +344,34 @@ fn cluster_settings(s: &mut Settings, p: &mut Problems) -> Option<crate::cluster
                 })
         },
     );
+    let snapshot_interval = p.parse(
+        s.cluster_snapshot_interval.take(),
+        || std::time::Duration::from_secs(600),
+        |t: &str| {
+            parse::parse_retention(t)
+                .ok()
+                .or_else(|| {
+                    t.trim()
+                        .strip_suffix('s')
+                        .and_then(|n| n.trim().parse::<u64>().ok())
+                        .map(std::time::Duration::from_secs)
+                })
+                .filter(|d| (1..=86_400).contains(&d.as_secs()))
+                .ok_or_else(|| {
+                    format!(
+                        "cluster_snapshot_interval {t:?} is not a duration between 1s and 24h, like \"10m\""
+                    )
+                })
+        },
+    );
+    p.check(snapshot_interval < retention, || {
+        format!(
+            "cluster_snapshot_interval ({}s) must be shorter than cluster_retention ({}s): a \
+             joining node loads the last snapshot and reads the stream after it",
+            snapshot_interval.as_secs(),
+            retention.as_secs()
+        )
+    });
     if let Some(creds) = &s.cluster_creds {
         p.check(creds.is_file(), || {
             format!("cluster_creds {} is not a readable file", creds.display())
@@ -358,6 +386,7 @@ fn cluster_settings(s: &mut Settings, p: &mut Problems) -> Option<crate::cluster
         replicas,
         retention,
         ready_timeout,
+        snapshot_interval,
     })
 }
 

@@ -205,6 +205,11 @@ settings! {
         /// saved state anyway, e.g. `30s` (1s to 1h) [default: 30s].
         #[arg(long, env = "SESSIOND_CLUSTER_READY_TIMEOUT")]
         pub cluster_ready_timeout: Option<String>,
+        /// How often a node publishes a snapshot of its sessions to the NATS object store, for
+        /// nodes that join empty or with state older than the stream, e.g. `10m` (1s to 24h,
+        /// shorter than the retention) [default: 10m].
+        #[arg(long, env = "SESSIOND_CLUSTER_SNAPSHOT_INTERVAL")]
+        pub cluster_snapshot_interval: Option<String>,
         /// The application policy (defaults to the built-in one, field by field); file only.
         #[arg(skip)]
         pub application: Option<PolicyPatch>,

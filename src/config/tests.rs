@@ -232,6 +232,8 @@ fn cluster_settings_are_checked_together() {
         "7d",
         "--cluster-ready-timeout",
         "5s",
+        "--cluster-snapshot-interval",
+        "30m",
     ]))
     .unwrap();
     let s = c.cluster.unwrap();
@@ -242,6 +244,7 @@ fn cluster_settings_are_checked_together() {
     assert_eq!(s.replicas, 3);
     assert_eq!(s.retention, Duration::from_secs(7 * 86_400));
     assert_eq!(s.ready_timeout, Duration::from_secs(5));
+    assert_eq!(s.snapshot_interval, Duration::from_secs(1_800));
     assert!(c.engine.keep_marks);
     let e = Config::load(cli(&[
         "--cluster",
@@ -269,4 +272,16 @@ fn cluster_settings_are_checked_together() {
     ] {
         assert!(e.contains(want), "{want} not in {e}");
     }
+    // A joining node needs the stream to reach back past the last published snapshot.
+    let e = Config::load(cli(&[
+        "--cluster",
+        "nats://a:4222",
+        "--cluster-retention",
+        "1h",
+        "--cluster-snapshot-interval",
+        "2h",
+    ]))
+    .unwrap_err()
+    .to_string();
+    assert!(e.contains("must be shorter than cluster_retention"), "{e}");
 }

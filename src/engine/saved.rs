@@ -69,6 +69,28 @@ impl Engine {
         self.shard(id).write().restore_remove(id);
     }
 
+    /// Removes, unreported, every session created before `ms`: a cluster node whose saved state
+    /// the stream no longer covers replaces it by a published snapshot. Returns how many.
+    pub fn drop_made_before(&self, ms: u64) -> usize {
+        let mut dropped = 0;
+        for i in 0..self.shards.len() {
+            let mut ids = Vec::new();
+            let mut from = Some(0);
+            while let Some(at) = from {
+                from = self.visit_chunk(i, at, 4_096, &mut |s| {
+                    if s.created_ms < ms {
+                        ids.push(s.id);
+                    }
+                });
+            }
+            dropped += ids.len();
+            for id in ids {
+                self.restore_remove(SessionId(id));
+            }
+        }
+        dropped
+    }
+
     /// Hands `f` what is saved of each live session in a chunk of shard `i`, under its read
     /// lock (keep `f` short: that shard's writers wait for it). Returns where the next chunk
     /// starts, `None` at the end of the shard (see [`Shard::visit_chunk`]).

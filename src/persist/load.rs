@@ -65,6 +65,12 @@ pub enum LoadError {
         offset: u64,
         reason: String,
     },
+    #[error("the snapshot {file} is damaged at byte offset {offset}: {reason}; not loaded")]
+    DamagedImport {
+        file: PathBuf,
+        offset: u64,
+        reason: String,
+    },
     #[error("cannot read {file}: {source}")]
     Io {
         file: PathBuf,
@@ -228,16 +234,28 @@ fn load_snapshot(
     recover: bool,
     report: &mut Report,
 ) -> Result<(), LoadError> {
-    let damage = |offset: u64, reason: String| Damage::Corrupt { offset, reason };
-    let mut reader = match open(p, SNAPSHOT_MAGIC)? {
-        Ok(r) => r,
-        Err(d) => return damaged(p, d, recover, report, true),
+    let d = match open(p, SNAPSHOT_MAGIC)? {
+        Ok(reader) => match read_snapshot(sink, reader, report).map_err(io_err(p))? {
+            Ok(()) => return Ok(()),
+            Err(d) => d,
+        },
+        Err(d) => d,
     };
+    damaged(p, d, recover, report, true)
+}
+
+/// Reads one snapshot's frames into `sink`: the damage, if any (a torn snapshot is damaged: one
+/// is renamed into place, or published, only when complete).
+fn read_snapshot<R: io::Read>(
+    sink: &mut Sink<'_>,
+    mut reader: Reader<R>,
+    report: &mut Report,
+) -> io::Result<Result<(), Damage>> {
+    let damage = |offset: u64, reason: String| Damage::Corrupt { offset, reason };
     let mut ended = false;
     loop {
         let at = reader.offset();
-        let next = reader.read_next().map_err(io_err(p))?;
-        let d = match next {
+        let d = match reader.read_next()? {
             Ok(Some((_, Entry::Create(saved)))) if !ended => {
                 sink.push(Entry::Create(saved));
                 report.from_snapshot += 1;
@@ -261,14 +279,46 @@ fn load_snapshot(
                 )
             }
             Ok(Some(_)) => damage(at, "unexpected frame in a snapshot".into()),
-            Ok(None) if ended => return Ok(()),
+            Ok(None) if ended => return Ok(Ok(())),
             Ok(None) => damage(at, "the snapshot ends before its END frame".into()),
-            // A snapshot is renamed into place only when complete: a torn one is damaged.
             Err(Damage::Torn { offset }) => damage(offset, "the snapshot is cut short".into()),
             Err(d) => d,
         };
-        return damaged(p, d, recover, report, true);
+        return Ok(Err(d));
     }
+}
+
+/// Loads a snapshot of `len` bytes read from `r` (a cluster node's, from the object store)
+/// into `engine`, over what it holds; `name` says where it came from in errors. Returns the
+/// sessions it held. Nothing is dropped or recovered: damage is an error.
+pub fn import(
+    engine: &Engine,
+    r: impl io::Read + Send,
+    len: u64,
+    name: &Path,
+) -> Result<u64, LoadError> {
+    let mut report = Report::default();
+    let threads = std::thread::available_parallelism()
+        .map_or(1, |n| n.get())
+        .min(engine.shard_count());
+    let r = io::BufReader::with_capacity(1 << 20, r);
+    std::thread::scope(|scope| {
+        let mut sink = Sink::new(engine, threads, scope);
+        let d = match Reader::open(r, len, SNAPSHOT_MAGIC).map_err(io_err(name))? {
+            Ok(reader) => read_snapshot(&mut sink, reader, &mut report).map_err(io_err(name))?,
+            Err(d) => Err(d),
+        };
+        sink.finish();
+        d.map_err(|d| LoadError::DamagedImport {
+            file: name.to_owned(),
+            offset: d.offset(),
+            reason: match d {
+                Damage::Corrupt { reason, .. } => reason,
+                Damage::Torn { .. } => "the snapshot is cut short".into(),
+            },
+        })
+    })?;
+    Ok(report.from_snapshot)
 }
 
 fn replay_journal(

@@ -87,6 +87,15 @@ pub fn take(engine: &Engine, journal: &Journal, dir: &Path) -> io::Result<Stats>
 fn write(engine: &Engine, tmp: &Path) -> io::Result<(u64, u64)> {
     let file = super::state_dir::create_file(tmp, false)?;
     let mut w = BufWriter::with_capacity(1 << 20, file);
+    let written = encode(engine, &mut w)?;
+    let file = w.into_inner().map_err(|e| e.into_error())?;
+    file.sync_all().map_err(|e| with_path(tmp, e))?;
+    Ok(written)
+}
+
+/// Writes a snapshot of every session to `w` (invariants 1 and 5): (sessions, bytes). A
+/// cluster node publishes one this way (`cluster::seed`).
+pub fn encode(engine: &Engine, w: &mut impl Write) -> io::Result<(u64, u64)> {
     w.write_all(SNAPSHOT_MAGIC)?;
     let mut buf = Vec::with_capacity(1 << 20);
     let mut sessions = 0;
@@ -119,8 +128,7 @@ fn write(engine: &Engine, tmp: &Path) -> io::Result<(u64, u64)> {
     put_end(&mut buf, sessions);
     w.write_all(&buf)?;
     bytes += buf.len() as u64;
-    let file = w.into_inner().map_err(|e| e.into_error())?;
-    file.sync_all().map_err(|e| with_path(tmp, e))?;
+    w.flush()?;
     Ok((sessions, bytes))
 }
 

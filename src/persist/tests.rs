@@ -191,3 +191,49 @@ fn a_snapshot_keeps_the_stream_sequence_and_the_marks() {
     let _ = std::fs::remove_dir_all(&dir);
     let _ = std::fs::remove_dir_all(&dir2);
 }
+
+/// A snapshot encoded to bytes (as a cluster node publishes it) imports into another engine
+/// with every session, its stream sequence and marks; one cut anywhere short is refused.
+#[test]
+fn an_encoded_snapshot_imports_whole_or_not_at_all() {
+    let clock = ManualClock::new(T0);
+    let cfg = || EngineConfig {
+        shards: 4,
+        keep_marks: true,
+        ..EngineConfig::default()
+    };
+    let e = Engine::new(cfg(), clock.clone());
+    let ids: Vec<SessionId> = (0..200)
+        .map(|i| {
+            e.create(NewSession {
+                user_id: format!("user-{}", i % 7),
+                ..Default::default()
+            })
+            .unwrap()
+            .session
+            .id
+        })
+        .collect();
+    clock.advance(1_000);
+    e.revoke_user("user-3");
+    e.set_stream_applied(99);
+    let mut bytes = Vec::new();
+    let (sessions, len) = snapshot::encode(&e, &mut bytes).unwrap();
+    assert_eq!((sessions, len), (e.len() as u64, bytes.len() as u64));
+
+    let fresh = Engine::new(cfg(), clock.clone());
+    let name = std::path::Path::new("published");
+    let n = load::import(&fresh, &bytes[..], len, name).unwrap();
+    assert_eq!(n, e.len() as u64);
+    assert_eq!(state(&fresh, &ids), state(&e, &ids));
+    assert_eq!((fresh.stream_applied(), fresh.marks()), (99, 1));
+
+    for cut in [0, 10, 17, bytes.len() / 2, bytes.len() - 1] {
+        let other = Engine::new(cfg(), clock.clone());
+        let r = load::import(&other, &bytes[..cut], cut as u64, name);
+        assert!(
+            matches!(r, Err(load::LoadError::DamagedImport { .. })),
+            "cut at {cut}: {r:?}"
+        );
+    }
+}

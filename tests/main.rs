@@ -20,3 +20,4 @@ mod nginx;
 mod persist;
 mod policy_source;
 mod slow_clients;
+mod traefik;

@@ -21,3 +21,4 @@ mod nginx;
 mod persist;
 mod policy_source;
 mod slow_clients;
+mod traefik;

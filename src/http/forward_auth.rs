@@ -16,6 +16,13 @@
 //!    cookie ([`TokenTokenFrom::Cookie`]), never when it came from a bearer header.
 //! 5. No request body is read, and the headers are read as bytes (no UTF-8 check here: the
 //!    token parser refuses anything that is not base64url).
+//! 6. Every 401 of a request carrying `X-Original-URI` (the URI the browser asked the gateway
+//!    for; nginx sends `$request_uri`) also carries `X-Login-Next`: that URI percent-encoded for
+//!    a query value, every byte but `A-Z a-z 0-9 - . _ ~ /` as `%XX`, for the gateway's redirect
+//!    to the login page (`?next=`). Only a local path is carried ([`login_next`]: one leading
+//!    `/`, then neither `/` nor `\`, visible ASCII only, at most [`MAX_LOGIN_NEXT`] bytes
+//!    encoded), so the header never names another site; otherwise it is left out. Read only on
+//!    a refusal: a 200 costs nothing more.
 
 use super::AppState;
 use super::error::ApiError;
@@ -74,11 +81,7 @@ pub async fn auth(State(st): State<AppState>, req: Request) -> Result<Response, 
     let headers = req.headers();
     authorize_forward_auth(&st, headers, Role::Gateway)?;
     let Some((token, origin)) = token_and_origin(headers, &st.cookie.name) else {
-        return Err(ApiError::new(
-            StatusCode::UNAUTHORIZED,
-            "unauthenticated",
-            "no session cookie or bearer token",
-        ));
+        return Ok(refusal(headers, "no session cookie or bearer token".into()));
     };
     // The values are made while the shard's read lock is held (a few short copies); the
     // answer around them after it is released.
@@ -101,12 +104,7 @@ pub async fn auth(State(st): State<AppState>, req: Request) -> Result<Response, 
             Ok(resp)
         }
         Err(r) => {
-            let mut resp = ApiError::new(
-                StatusCode::UNAUTHORIZED,
-                "unauthenticated",
-                format!("session is not valid: {}", r.as_str()),
-            )
-            .into_response();
+            let mut resp = refusal(headers, format!("session is not valid: {}", r.as_str()));
             // The browser holds a dead cookie: tell gateways that relay refusals to clear it.
             if origin == TokenFrom::Cookie
                 && let Ok(v) = HeaderValue::from_str(&st.cookie.clear())
@@ -116,6 +114,54 @@ pub async fn auth(State(st): State<AppState>, req: Request) -> Result<Response, 
             Ok(resp)
         }
     }
+}
+
+/// The URI the browser asked the gateway for (invariant 6).
+static ORIGINAL_URI: HeaderName = HeaderName::from_static("x-original-uri");
+/// That URI, encoded for the login page's `?next=` (invariant 6).
+static LOGIN_NEXT: HeaderName = HeaderName::from_static("x-login-next");
+/// The longest `X-Login-Next` value: nginx reads a subrequest's answer head into one 4 KiB
+/// buffer (`proxy_buffer_size`, one memory page: 4 KiB on x86-64), which a longer value would
+/// overflow into an error.
+pub const MAX_LOGIN_NEXT: usize = 2048;
+
+/// A 401 `unauthenticated`, with `X-Login-Next` when the gateway sent `X-Original-URI`.
+fn refusal(headers: &HeaderMap, message: String) -> Response {
+    let mut resp =
+        ApiError::new(StatusCode::UNAUTHORIZED, "unauthenticated", message).into_response();
+    if let Some(next) = headers
+        .get(&ORIGINAL_URI)
+        .and_then(|v| login_next(v.as_bytes()))
+    {
+        resp.headers_mut().insert(LOGIN_NEXT.clone(), next);
+    }
+    resp
+}
+
+/// `original` percent-encoded for a query value, or `None` when it is not a local path or is
+/// too long (invariant 6). `//host/...` and `/\host/...` are refused because browsers follow
+/// both to another site; control characters because browsers drop tabs and line breaks from
+/// a URL, which could turn `/<tab>/host` into `//host` after the application decodes it.
+pub fn login_next(original: &[u8]) -> Option<HeaderValue> {
+    if original.first() != Some(&b'/') || matches!(original.get(1), Some(b'/' | b'\\')) {
+        return None;
+    }
+    let mut out = Vec::with_capacity(original.len() + 16);
+    for &b in original {
+        if !b.is_ascii_graphic() {
+            return None;
+        }
+        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~' | b'/') {
+            out.push(b);
+        } else {
+            const HEX: &[u8; 16] = b"0123456789ABCDEF";
+            out.extend_from_slice(&[b'%', HEX[usize::from(b >> 4)], HEX[usize::from(b & 15)]]);
+        }
+        if out.len() > MAX_LOGIN_NEXT {
+            return None;
+        }
+    }
+    HeaderValue::from_bytes(&out).ok()
 }
 
 /// The headers of a 200, in the order of [`identity_values`]: `X-Session-Id`, `X-User-Id`,
@@ -197,6 +243,41 @@ mod tests {
         assert_eq!(get(&h, "session"), Some(("tok", TokenFrom::Cookie)));
         assert_eq!(get(&h, "b"), Some(("2", TokenFrom::Cookie)));
         assert_eq!(get(&h, "session_id"), Some(("no", TokenFrom::Cookie)));
+    }
+
+    #[test]
+    fn login_next_encodes_a_local_path_for_a_query_value() {
+        let next = |s: &str| login_next(s.as_bytes()).map(|v| v.to_str().unwrap().to_owned());
+        assert_eq!(next("/").as_deref(), Some("/"));
+        assert_eq!(
+            next("/a/b-c_d.e~f?q=a%26b+c&x=1#y").as_deref(),
+            Some("/a/b-c_d.e~f%3Fq%3Da%2526b%2Bc%26x%3D1%23y")
+        );
+        // Never another site, never a byte a browser would drop or a header could not carry.
+        for bad in [
+            "",
+            "dash",
+            "//evil.example/",
+            "/\\evil.example/",
+            "http://evil.example/",
+        ] {
+            assert_eq!(next(bad), None, "{bad:?}");
+        }
+        for bad in [
+            &b"/a\tb"[..],
+            b"/a b",
+            b"/a\x7f",
+            b"/caf\xc3\xa9",
+            b"/a\r\nX-Evil: 1",
+        ] {
+            assert_eq!(login_next(bad), None, "{bad:?}");
+        }
+        // The longest value carried is MAX_LOGIN_NEXT bytes, encoded.
+        let fits = format!("/{}", "a".repeat(MAX_LOGIN_NEXT - 1));
+        assert_eq!(next(&fits).map(|v| v.len()), Some(MAX_LOGIN_NEXT));
+        assert_eq!(next(&format!("{fits}a")), None);
+        let encoded = format!("/{}", "&".repeat((MAX_LOGIN_NEXT - 1) / 3 + 1));
+        assert_eq!(next(&encoded), None, "the limit counts the encoded bytes");
     }
 
     fn who(org: Option<&str>, expires_in_ms: u64) -> Identity<'_> {

@@ -104,14 +104,15 @@ pub(super) async fn open_store(c: &Cluster, js: &jetstream::Context) -> object_s
     }
 }
 
-/// The published snapshot's description, if there is one (and NATS answers).
-async fn published(store: &object_store::ObjectStore) -> Option<Published> {
-    store
-        .info(OBJECT)
-        .await
-        .ok()
-        .as_ref()
-        .and_then(Published::of)
+/// The published snapshot's description, `None` when there is none.
+async fn published(
+    store: &object_store::ObjectStore,
+) -> Result<Option<Published>, object_store::InfoError> {
+    match store.info(OBJECT).await {
+        Ok(info) => Ok(Published::of(&info)),
+        Err(e) if e.kind() == object_store::InfoErrorKind::NotFound => Ok(None),
+        Err(e) => Err(e),
+    }
 }
 
 /// At start (invariant 3): loads the published snapshot when this node's state is empty or
@@ -125,8 +126,22 @@ pub(super) async fn load_if_needed(
     if applied > 0 && applied + 1 >= first {
         return;
     }
-    let Some(p) = published(store).await else {
-        return;
+    // NATS may still be settling (a new leader): ask a few times before going on without.
+    let mut tries = 0;
+    let p = loop {
+        match published(store).await {
+            Ok(Some(p)) => break p,
+            Ok(None) => return,
+            Err(error) if tries < 20 => {
+                tries += 1;
+                tracing::debug!(%error, "cannot ask for the published snapshot yet; retrying");
+                tokio::time::sleep(Duration::from_millis(500)).await;
+            }
+            Err(error) => {
+                tracing::warn!(%error, "cannot ask for the published snapshot; reading the stream alone");
+                return;
+            }
+        }
     };
     *c.snapshot.lock() = Some(p.clone());
     if p.sequence <= applied {
@@ -211,7 +226,9 @@ pub(super) async fn publish_every_interval(c: Arc<Cluster>, store: object_store:
         if !c.caught_up() || !c.connected() {
             continue;
         }
-        let last = published(&store).await;
+        let Ok(last) = published(&store).await else {
+            continue;
+        };
         *c.snapshot.lock() = last.clone();
         if let Some(p) = &last {
             let age_ms = c.engine.now_ms().saturating_sub(p.published_at_ms);

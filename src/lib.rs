@@ -26,3 +26,4 @@ pub mod probe;
 pub mod reaper;
 pub mod server;
 pub mod shutdown;
+pub mod suggest;

@@ -163,8 +163,8 @@ fn cluster_activity_on_one_node_keeps_a_session_alive_on_another() {
     )
     .unwrap();
     let config = config.to_str().unwrap();
-    let a = node(&nats, "a", 1, &["--config", config, "--tick", "10"]);
-    let b = node(&nats, "b", 1, &["--config", config, "--tick", "10"]);
+    let a = node(&nats, "a", 1, &["--config", config, "--tick", "10ms"]);
+    let b = node(&nats, "b", 1, &["--config", config, "--tick", "10ms"]);
     let (kept, _) = create(&a, &[], r#"{"user_id": "alice"}"#);
     let (left, _) = create(&a, &[], r#"{"user_id": "bob"}"#);
     assert!(valid(&b, &kept) && valid(&b, &left));
@@ -297,9 +297,9 @@ fn cluster_a_policy_written_on_one_node_applies_on_every_node() {
     let Some(bin) = find_nats() else { return };
     let nats = Nats::start(bin, 1);
     let nodes = [
-        node(&nats, "a", 1, &["--tick", "10"]),
-        node(&nats, "b", 1, &["--tick", "10"]),
-        node(&nats, "c", 1, &["--tick", "10"]),
+        node(&nats, "a", 1, &["--tick", "10ms"]),
+        node(&nats, "b", 1, &["--tick", "10ms"]),
+        node(&nats, "c", 1, &["--tick", "10ms"]),
     ];
     let acme: Vec<String> = (0..20)
         .map(|i| {
@@ -527,11 +527,7 @@ fn cluster_view_on_a_single_node_says_there_is_none() {
 fn cluster_behind_nginx_a_dead_node_costs_a_retry_not_an_error() {
     let Some(bin) = find_nats() else { return };
     let Some(nginx) = crate::nginx::find_nginx() else {
-        assert!(
-            std::env::var_os("CI").is_none(),
-            "nginx is not installed but CI must run this test"
-        );
-        eprintln!("SKIPPED: nginx not installed (apt-get install -y nginx)");
+        crate::common::missing_tool("nginx", "apt-get install -y nginx");
         return;
     };
     let nats = Nats::start(bin, 1);

@@ -118,3 +118,54 @@ fn insecure_cookies_are_for_local_development_and_say_so() {
     let logs = d.drain_logs().join("\n");
     assert!(logs.contains("cookie_secure is false"), "{logs}");
 }
+
+/// The cookies docs/http-api.md shows for its create examples are the daemon's, token aside: the
+/// default policy's is a browser-session cookie (no `Max-Age`), the persistent org's has one.
+#[test]
+fn the_documented_create_cookies_are_the_real_ones() {
+    let doc =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/docs/http-api.md")).unwrap();
+    let lines: Vec<&str> = doc.lines().collect();
+    let examples: Vec<(&str, &str)> = lines
+        .windows(2)
+        .filter(|w| w[0].starts_with("$ curl") && w[0].ends_with("| jq -r .cookie"))
+        .map(|w| {
+            let body = w[0]
+                .split("--json '")
+                .nth(1)
+                .unwrap()
+                .split('\'')
+                .next()
+                .unwrap();
+            (body, w[1])
+        })
+        .collect();
+    assert_eq!(examples.len(), 2, "{examples:?}");
+    let d = Daemon::start(&[]);
+    let token_aside = |cookie: &str| {
+        let (name, rest) = cookie.split_once('=').unwrap();
+        format!("{name}=TOKEN{}", &rest[rest.find(';').unwrap()..])
+    };
+    for (i, (body, shown)) in examples.iter().enumerate() {
+        if i == 1 {
+            // The persistent org of the second example: 8 hours, persistent (stricter mode needs
+            // the application policy to allow it too).
+            d.call(
+                "PUT",
+                "/v1/policy",
+                Some(r#"{"absolute_timeout": 86400, "idle_timeout": 1800, "persistent": true}"#),
+            );
+            d.call(
+                "PUT",
+                "/v1/orgs/kiosk/policy",
+                Some(r#"{"source": "CUSTOM", "absolute_timeout": "8h", "persistent": true}"#),
+            );
+        }
+        let (_, cookie) = cookie_of(&d, body);
+        assert_eq!(
+            token_aside(&cookie),
+            token_aside(shown),
+            "the example {body}"
+        );
+    }
+}

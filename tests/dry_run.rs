@@ -156,3 +156,126 @@ fn dry_run_is_allowed_when_policies_come_from_a_file() {
     );
     std::fs::remove_dir_all(dir).ok();
 }
+
+/// A dry run, then the real write on the same state: the write's `sessions` block says what it
+/// did with the dry run's fields (its evictions under `evicted`), and they are equal, for every
+/// kind of write. The policy fields of the answers are kept.
+#[test]
+fn a_write_reports_what_its_dry_run_predicted() {
+    let d = Daemon::start(&[]);
+    let org = |u: &str| format!(r#"{{"user_id": "{u}", "org_id": "acme"}}"#);
+    for u in ["old1", "old2"] {
+        create(&d, &[], &org(u));
+    }
+    // The old ones are past a 2 s lifetime, the new ones 2 s from it.
+    std::thread::sleep(Duration::from_millis(2_500));
+    let new: Vec<String> = ["new1", "new2"]
+        .iter()
+        .map(|u| create(&d, &[], &org(u)).0)
+        .collect();
+    let compare = |method: &str, path: &str, body: Option<&str>| {
+        let dry = d.call(method, &format!("{path}?dry_run=true"), body);
+        assert_eq!(dry.status, 200, "{}", dry.body);
+        let real = d.call(method, path, body);
+        assert_eq!(real.status, 200, "{}", real.body);
+        let (dry, real) = (dry.json(), real.json());
+        let (ds, rs) = (&dry["sessions"], &real["sessions"]);
+        for field in ["affected", "deadline_earlier", "deadline_later"] {
+            assert_eq!(
+                ds[field], rs[field],
+                "{method} {path}: {field}: {dry} vs {real}"
+            );
+        }
+        assert_eq!(
+            ds["would_evict"], rs["evicted"],
+            "{method} {path}: {dry} vs {real}"
+        );
+        assert!(rs.get("would_evict").is_none(), "{real}");
+        rs.clone()
+    };
+    let s = compare(
+        "PUT",
+        "/v1/orgs/acme/policy",
+        Some(r#"{"source": "CUSTOM", "absolute_timeout": 2, "idle_timeout_enabled": false}"#),
+    );
+    assert_eq!(
+        s,
+        serde_json::json!({"affected": 4, "evicted": {"idle": 0, "absolute": 2},
+                           "deadline_earlier": 2, "deadline_later": 0})
+    );
+    assert!(new.iter().all(|t| valid(&d, t)));
+    let s = compare(
+        "PATCH",
+        "/v1/orgs/acme/policy",
+        Some(r#"{"absolute_timeout": 3600}"#),
+    );
+    assert_eq!(
+        (s["affected"].clone(), s["deadline_later"].clone()),
+        (2.into(), 2.into())
+    );
+    // Back to the application policy: in `stricter` mode its 30-minute idle limit governed
+    // already, so the deadlines stay where they were.
+    let s = compare("DELETE", "/v1/orgs/acme/policy", None);
+    assert_eq!(
+        s,
+        serde_json::json!({"affected": 2, "evicted": {"idle": 0, "absolute": 0},
+                           "deadline_earlier": 0, "deadline_later": 0})
+    );
+    let s = compare(
+        "PUT",
+        "/v1/policy",
+        Some(r#"{"absolute_timeout": 7200, "idle_timeout_enabled": false}"#),
+    );
+    assert_eq!(
+        (s["affected"].clone(), s["deadline_later"].clone()),
+        (2.into(), 2.into())
+    );
+
+    // The answers keep their fields beside `sessions`.
+    let j = d
+        .call("PUT", "/v1/policy", Some(r#"{"absolute_timeout": 7200}"#))
+        .json();
+    assert_eq!(
+        (j["absolute_timeout"].clone(), j["persistent"].clone()),
+        (7200.into(), false.into())
+    );
+    assert_eq!(j["sessions"]["affected"], 0);
+    let j = d.call("DELETE", "/v1/orgs/acme/policy", None).json();
+    assert_eq!(
+        (j["org_id"].clone(), j["source"].clone()),
+        ("acme".into(), "APPLICATION".into())
+    );
+    assert_eq!(j["effective"]["absolute_timeout"], 7200);
+    // A read has no `sessions` block.
+    assert!(
+        d.call("GET", "/v1/orgs/acme/policy", None)
+            .json()
+            .get("sessions")
+            .is_none()
+    );
+}
+
+/// An unknown field of an org policy is named with the nearest one, `source` included.
+#[test]
+fn unknown_org_policy_fields_are_named_with_a_suggestion() {
+    let d = Daemon::start(&[]);
+    let r = d.call(
+        "PUT",
+        "/v1/orgs/acme/policy",
+        Some(r#"{"sorce": "CUSTOM", "absolute_timout": 60, "zzz": 1}"#),
+    );
+    assert_eq!(
+        (r.status, r.code()),
+        (400, "invalid_json".to_owned()),
+        "{}",
+        r.body
+    );
+    let msg = r.json()["error"]["message"].as_str().unwrap().to_owned();
+    for needle in [
+        "unknown field `sorce`; did you mean `source`?",
+        "unknown field `absolute_timout`; did you mean `absolute_timeout`?",
+        "unknown field `zzz`; expected one of `source`, `absolute_timeout`, `idle_timeout_enabled`, `idle_timeout`, `persistent`",
+    ] {
+        assert!(msg.contains(needle), "{needle} missing in {msg}");
+    }
+}

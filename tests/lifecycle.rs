@@ -74,6 +74,50 @@ fn every_config_problem_is_reported_before_exiting() {
     std::fs::remove_dir_all(dir).ok();
 }
 
+/// Three typos in the file, one in a flag and one in a variable: one start names them all, each
+/// with the nearest valid name, and exits 2, with a variable's bad value and a duration out of
+/// range (saying how it was read) in the same list.
+#[test]
+fn every_typo_is_named_with_a_suggestion_in_one_start() {
+    let dir = scratch("typos");
+    let path = dir.join("sessiond.toml");
+    std::fs::write(
+        &path,
+        "tikc = \"50ms\"\nmax_sesions_per_user = 5\n\n[application]\nidle_timout = 600\n",
+    )
+    .unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_sessiond"))
+        .args([
+            "--config",
+            path.to_str().unwrap(),
+            "--shrads",
+            "4",
+            "--tick",
+            "5",
+        ])
+        .env("SESSIOND_SNAPSHOT_INTERVALL", "1m")
+        .env("SESSIOND_HTTP_WORKERS", "many")
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    for needle in [
+        "line 1: unknown key `tikc`; did you mean `tick`?",
+        "line 2: unknown key `max_sesions_per_user`; did you mean `max_sessions_per_user`?",
+        "line 5: [application] unknown key `idle_timout`; did you mean `idle_timeout`?",
+        "unknown flag `--shrads`; did you mean `--shards`?",
+        "SESSIOND_SNAPSHOT_INTERVALL; did you mean SESSIOND_SNAPSHOT_INTERVAL?",
+        "invalid value 'many' for '--http-workers <HTTP_WORKERS>'",
+        "(from SESSIOND_HTTP_WORKERS)",
+        "tick \"5\" was read as 5s; it must be between 1ms and 1s (a bare number means seconds; \
+         write \"5ms\" for milliseconds)",
+    ] {
+        assert!(err.contains(needle), "{needle} missing in {err}");
+    }
+    assert_eq!(err.matches("\n  - ").count(), 7, "{err}");
+    std::fs::remove_dir_all(dir).ok();
+}
+
 #[test]
 fn non_loopback_without_keys_is_refused_unless_insecure() {
     let (code, err) = run_expecting_failure(&["--listen", "0.0.0.0:0"]);
@@ -159,4 +203,25 @@ fn a_port_in_use_fails_start_up() {
     assert_eq!(code, 1, "{err}");
     assert!(err.contains("cannot listen"), "{err}");
     std::fs::remove_dir_all(dir).ok();
+}
+
+/// `--help` states the duration rule and what the state directory holds.
+#[test]
+fn help_states_the_duration_rule_and_the_state_directory() {
+    let out = Command::new(env!("CARGO_BIN_EXE_sessiond"))
+        .arg("--help")
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let help = String::from_utf8_lossy(&out.stdout)
+        .split_whitespace()
+        .collect::<Vec<_>>()
+        .join(" ");
+    for needle in [
+        "the session journal and snapshots, and the policies set through the API",
+        "a bare number means seconds",
+        "write `5ms`",
+    ] {
+        assert!(help.contains(needle), "{needle} missing in {help}");
+    }
 }

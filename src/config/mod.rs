@@ -9,17 +9,24 @@
 //! 2. Precedence is field by field: the command line (a flag, else its environment variable)
 //!    over the file over the default; a file that cannot be read or parsed is a problem, and
 //!    the rest is still checked without it.
-//! 3. Unknown keys in the TOML file are errors (`deny_unknown_fields`), so a typo is not
-//!    silently ignored.
+//! 3. Unknown keys are errors wherever they are written, each with the nearest known name
+//!    (`crate::suggest`): keys of the TOML file and of its `[application]` table, flags, and
+//!    `SESSIOND_*` variables close to a setting's; they join the list of invariant 1, so one
+//!    start names every typo. A value of the wrong type in the file is one more problem.
 //! 4. A non-loopback listen address without API keys is refused unless `--insecure-no-auth`.
+//! 5. Every duration follows one rule (`parse::parse_duration`): a unit (`ms`, `s`, `m`, `h`,
+//!    `d`) is always accepted and a bare number means seconds.
 
 mod parse;
 mod settings;
+mod unknown;
 
 use crate::engine::{EngineConfig, UserLimitAction, default_shards};
 use crate::policy::{DEFAULT_POLICY, Mode, Policy};
 use parse::{Problems, parse_bool};
-pub use parse::{default_state_dir, parse_interval, parse_settle, parse_tick, valid_cookie_name};
+pub use parse::{
+    default_state_dir, parse_duration, parse_interval, parse_settle, parse_tick, valid_cookie_name,
+};
 pub use settings::Settings;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -69,7 +76,8 @@ pub struct Config {
 pub struct ConfigError(pub Vec<String>);
 
 /// The settings of the file at `path` (nothing when it is `None`, or cannot be read or
-/// parsed: then a problem is noted).
+/// parsed: then a problem is noted; a key that is unknown or of the wrong type is left out and
+/// noted, and the rest read).
 fn read_file(path: Option<&Path>, problems: &mut Problems) -> Settings {
     let Some(path) = path else {
         return Settings::default();
@@ -78,12 +86,14 @@ fn read_file(path: Option<&Path>, problems: &mut Problems) -> Settings {
         Err(e) => problems
             .0
             .push(format!("cannot read config file {}: {e}", path.display())),
-        Ok(text) => match Settings::from_toml(&text) {
-            Ok(file) => return file,
-            Err(e) => problems
+        Ok(text) => {
+            let (file, found) = Settings::from_toml(&text);
+            let at = path.display();
+            problems
                 .0
-                .push(format!("config file {}: {e}", path.display())),
-        },
+                .extend(found.into_iter().map(|e| format!("config file {at}: {e}")));
+            return file;
+        }
     }
     Settings::default()
 }
@@ -100,6 +110,8 @@ impl Config {
     /// Merges flags/env over the file over defaults and validates the result.
     pub fn load(cli: Settings) -> Result<Config, ConfigError> {
         let mut p = Problems::default();
+        let mut cli = cli;
+        p.0.extend(cli.problems.take().unwrap_or_default());
         let config_file = cli.config.clone();
         let file = read_file(config_file.as_deref(), &mut p);
         let mut s = cli.or(file);
@@ -188,15 +200,22 @@ impl Config {
                 "http_workers {http_workers} is out of range: 1 to 256 (one per core is right for most machines)"
             )
         });
-        let shutdown_grace = Duration::from_secs(s.shutdown_grace.unwrap_or(10));
-        let header_read_timeout = s.header_read_timeout.unwrap_or(10);
-        p.check((1..=3_600).contains(&header_read_timeout), || {
-            format!("header_read_timeout {header_read_timeout} is out of range: 1 to 3600 seconds")
-        });
-        let keepalive_timeout = s.keepalive_timeout.unwrap_or(180);
-        p.check((1..=86_400).contains(&keepalive_timeout), || {
-            format!("keepalive_timeout {keepalive_timeout} is out of range: 1 to 86400 seconds")
-        });
+        let secs = Duration::from_secs;
+        let shutdown_grace = p.parse(
+            s.shutdown_grace,
+            || secs(10),
+            |t| parse_duration("shutdown_grace", t, secs(0), secs(3_600), "10s"),
+        );
+        let header_read_timeout = p.parse(
+            s.header_read_timeout,
+            || secs(10),
+            |t| parse_duration("header_read_timeout", t, secs(1), secs(3_600), "10s"),
+        );
+        let keepalive_timeout = p.parse(
+            s.keepalive_timeout,
+            || secs(180),
+            |t| parse_duration("keepalive_timeout", t, secs(1), secs(86_400), "3m"),
+        );
         let max_connections = s.max_connections;
         p.check(max_connections != Some(0), || {
             "max_connections must be at least 1 (omit it to derive it from the open-file limit)"
@@ -269,8 +288,8 @@ impl Config {
             insecure_no_auth,
             http_workers,
             shutdown_grace,
-            header_read_timeout: Duration::from_secs(header_read_timeout),
-            keepalive_timeout: Duration::from_secs(keepalive_timeout),
+            header_read_timeout,
+            keepalive_timeout,
             max_connections,
             log_level,
             state_dir,
@@ -328,20 +347,8 @@ fn cluster_settings(s: &mut Settings, p: &mut Problems) -> Option<crate::cluster
         s.cluster_ready_timeout.take(),
         || std::time::Duration::from_secs(30),
         |t: &str| {
-            parse::parse_retention(t)
-                .ok()
-                .or_else(|| {
-                    t.trim()
-                        .strip_suffix('s')
-                        .and_then(|n| n.trim().parse::<u64>().ok())
-                        .map(std::time::Duration::from_secs)
-                })
-                .filter(|d| (1..=3_600).contains(&d.as_secs()))
-                .ok_or_else(|| {
-                    format!(
-                        "cluster_ready_timeout {t:?} is not a duration between 1s and 1h, like \"30s\""
-                    )
-                })
+            let secs = std::time::Duration::from_secs;
+            parse_duration("cluster_ready_timeout", t, secs(1), secs(3_600), "30s")
         },
     );
     let snapshot_interval = p.parse(

@@ -3,8 +3,11 @@
 //! Invariants:
 //! 1. A parser takes the text as given and returns the value or a message that names the
 //!    setting, quotes the text and says what would be accepted; it never panics.
-//! 2. Durations are bounded: the tick 1 ms to 1 s, the snapshot interval 10 s to 24 h, the
-//!    policy file's settle window 100 ms to 60 s.
+//! 2. Every duration follows one rule ([`parse_duration`]): a whole number with a unit, `ms`,
+//!    `s`, `m`, `h` or `d`, and a bare number means seconds (in the file an integer too). Each is
+//!    bounded (the tick 1 ms to 1 s, the snapshot interval 10 s to 24 h, the policy file's
+//!    settle window 100 ms to 60 s, ...), and a value out of range is refused with what it was
+//!    read as (`tick "5" was read as 5s`), and with the `ms` spelling when that would fit.
 //! 3. [`Problems`] keeps every message in the order found and hands back a default in place of
 //!    a bad value, so that checking goes on past the first problem.
 
@@ -78,97 +81,114 @@ pub fn default_state_dir() -> PathBuf {
     PathBuf::from("sessiond-state")
 }
 
-/// Parses `100ms`, `1s` or a bare number of milliseconds.
+/// One rule for every duration (invariant 2): a whole number with a unit, `ms`, `s`, `m`, `h`
+/// or `d`; a bare number means seconds. Between `min` and `max`; a message says what was read.
+pub fn parse_duration(
+    name: &str,
+    text: &str,
+    min: Duration,
+    max: Duration,
+    example: &str,
+) -> Result<Duration, String> {
+    let t = text.trim();
+    let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
+    let (num, unit) = (&t[..split], t[split..].trim());
+    let ms_per: Option<u64> = match unit {
+        "" | "s" => Some(1_000),
+        "ms" => Some(1),
+        "m" => Some(60_000),
+        "h" => Some(3_600_000),
+        "d" => Some(86_400_000),
+        _ => None,
+    };
+    let (Some(ms_per), Ok(n)) = (ms_per, num.parse::<u64>()) else {
+        return Err(format!(
+            "{name} {text:?} is not a duration: write a whole number with a unit (ms, s, m, h, \
+             d), e.g. \"{example}\"; a bare number means seconds"
+        ));
+    };
+    let read = Duration::from_millis(n.saturating_mul(ms_per));
+    if read < min || read > max {
+        let hint = if unit.is_empty() && (min..=max).contains(&Duration::from_millis(n)) {
+            format!(" (a bare number means seconds; write \"{n}ms\" for milliseconds)")
+        } else {
+            String::new()
+        };
+        return Err(format!(
+            "{name} {text:?} was read as {}; it must be between {} and {}{hint}",
+            show(read),
+            show(min),
+            show(max)
+        ));
+    }
+    Ok(read)
+}
+
+/// `d` in the largest unit that writes it whole: `5s`, `250ms`, `10m`, `24h`, `365d`.
+pub fn show(d: Duration) -> String {
+    let ms = d.as_millis();
+    for (unit, per) in [
+        ("d", 86_400_000),
+        ("h", 3_600_000),
+        ("m", 60_000),
+        ("s", 1_000),
+    ] {
+        if ms >= per && ms.is_multiple_of(per) {
+            return format!("{}{unit}", ms / per);
+        }
+    }
+    if ms == 0 {
+        return "0s".into();
+    }
+    format!("{ms}ms")
+}
+
+/// A duration setting's value from the file: a string (`"100ms"`) or a bare integer (seconds),
+/// kept as the text the command line would give, so one parser reads both.
+pub(super) fn duration_text<'de, D: Deserializer<'de>>(d: D) -> Result<Option<String>, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(
+        untagged,
+        expecting = "a duration like \"30s\" or a whole number of seconds"
+    )]
+    enum Text {
+        Int(u64),
+        Str(String),
+    }
+    Ok(Some(match Text::deserialize(d)? {
+        Text::Int(n) => n.to_string(),
+        Text::Str(s) => s,
+    }))
+}
+
+/// The timer wheel's tick in milliseconds, 1 ms to 1 s.
 pub fn parse_tick(s: &str) -> Result<u64, String> {
-    let s = s.trim();
-    let (num, mult) = if let Some(n) = s.strip_suffix("ms") {
-        (n, 1)
-    } else if let Some(n) = s.strip_suffix('s') {
-        (n, 1_000)
-    } else {
-        (s, 1)
-    };
-    let v: u64 = num
-        .trim()
-        .parse()
-        .map_err(|_| format!("tick {s:?} is not a duration like \"100ms\" or \"1s\""))?;
-    let ms = v.saturating_mul(mult);
-    if !(1..=1_000).contains(&ms) {
-        return Err(format!(
-            "tick {s:?} is out of range; it must be between 1ms and 1s"
-        ));
-    }
-    Ok(ms)
+    let d = parse_duration(
+        "tick",
+        s,
+        Duration::from_millis(1),
+        Duration::from_secs(1),
+        "100ms",
+    )?;
+    Ok(d.as_millis() as u64)
 }
 
-/// Parses a snapshot interval: `30s`, `10m`, `1h` or a bare number of seconds, 10 s to 24 h.
+/// The snapshot interval, 10 s to 24 h.
 pub fn parse_interval(s: &str) -> Result<Duration, String> {
-    let t = s.trim();
-    let (num, mult) = match t.char_indices().last() {
-        Some((i, 's')) => (&t[..i], 1),
-        Some((i, 'm')) => (&t[..i], 60),
-        Some((i, 'h')) => (&t[..i], 3_600),
-        _ => (t, 1),
-    };
-    let v: u64 = num.trim().parse().map_err(|_| {
-        format!("snapshot_interval {s:?} is not a duration like \"30s\", \"10m\" or \"1h\"")
-    })?;
-    let secs = v.saturating_mul(mult);
-    if !(10..=86_400).contains(&secs) {
-        return Err(format!(
-            "snapshot_interval {s:?} is out of range; it must be between 10s and 24h"
-        ));
-    }
-    Ok(Duration::from_secs(secs))
+    let (min, max) = (Duration::from_secs(10), Duration::from_secs(86_400));
+    parse_duration("snapshot_interval", s, min, max, "10m")
 }
 
-/// Parses the cluster stream's retention: `90m`, `24h`, `7d` or bare seconds, 1 minute to 365
-/// days.
+/// The cluster stream's retention, 1 minute to 365 days.
 pub fn parse_retention(s: &str) -> Result<Duration, String> {
-    let t = s.trim();
-    let (num, mult) = match t.char_indices().last() {
-        Some((i, 's')) => (&t[..i], 1),
-        Some((i, 'm')) => (&t[..i], 60),
-        Some((i, 'h')) => (&t[..i], 3_600),
-        Some((i, 'd')) => (&t[..i], 86_400),
-        _ => (t, 1),
-    };
-    let v: u64 = num.trim().parse().map_err(|_| {
-        format!("cluster_retention {s:?} is not a duration like \"90m\", \"24h\" or \"7d\"")
-    })?;
-    let secs = v.saturating_mul(mult);
-    if !(60..=365 * 86_400).contains(&secs) {
-        return Err(format!(
-            "cluster_retention {s:?} is out of range; it must be between 1m and 365d"
-        ));
-    }
-    Ok(Duration::from_secs(secs))
+    let (min, max) = (Duration::from_secs(60), Duration::from_secs(365 * 86_400));
+    parse_duration("cluster_retention", s, min, max, "24h")
 }
 
-/// Parses the policy file's settle window: `500ms`, `1s` or a bare number of milliseconds,
-/// 100 ms to 60 s.
+/// The policy file's settle window, 100 ms to 60 s.
 pub fn parse_settle(s: &str) -> Result<Duration, String> {
-    let t = s.trim();
-    let (num, mult) = if let Some(n) = t.strip_suffix("ms") {
-        (n, 1)
-    } else if let Some(n) = t.strip_suffix('s') {
-        (n, 1_000)
-    } else {
-        (t, 1)
-    };
-    let ms = num
-        .trim()
-        .parse::<u64>()
-        .map_err(|_| {
-            format!("policy_file_settle {s:?} is not a duration like \"1s\" or \"500ms\"")
-        })?
-        .saturating_mul(mult);
-    if !(100..=60_000).contains(&ms) {
-        return Err(format!(
-            "policy_file_settle {s:?} is out of range; it must be between 100ms and 60s"
-        ));
-    }
-    Ok(Duration::from_millis(ms))
+    let (min, max) = (Duration::from_millis(100), Duration::from_secs(60));
+    parse_duration("policy_file_settle", s, min, max, "1s")
 }
 
 /// Whether `name` is a valid cookie name (an RFC 6265 token).
@@ -184,12 +204,45 @@ mod tests {
     use super::*;
 
     #[test]
+    fn one_rule_for_every_duration() {
+        let secs = Duration::from_secs;
+        let p = |t| parse_duration("x", t, Duration::ZERO, secs(400 * 86_400), "1s");
+        assert_eq!(p("250ms"), Ok(Duration::from_millis(250)));
+        assert_eq!(p("30s"), Ok(secs(30)));
+        assert_eq!(p("30"), Ok(secs(30)));
+        assert_eq!(p(" 10m "), Ok(secs(600)));
+        assert_eq!(p("24h"), Ok(secs(86_400)));
+        assert_eq!(p("7d"), Ok(secs(7 * 86_400)));
+        for bad in ["", "s", "1.5s", "-1s", "1w", "1 hour", "ms5"] {
+            let e = p(bad).unwrap_err();
+            assert!(
+                e.contains("is not a duration") && e.contains("bare number means seconds"),
+                "{e}"
+            );
+        }
+        assert_eq!(show(Duration::from_millis(1_500)), "1500ms");
+        assert_eq!(show(secs(7_200)), "2h");
+        assert_eq!(show(Duration::ZERO), "0s");
+    }
+
+    #[test]
     fn tick_forms() {
         assert_eq!(parse_tick("100ms"), Ok(100));
         assert_eq!(parse_tick("1s"), Ok(1_000));
-        assert_eq!(parse_tick("250"), Ok(250));
+        assert_eq!(parse_tick("1"), Ok(1_000));
+        assert_eq!(
+            parse_tick("5"),
+            Err(
+                "tick \"5\" was read as 5s; it must be between 1ms and 1s (a bare number means \
+                 seconds; write \"5ms\" for milliseconds)"
+                    .into()
+            )
+        );
+        assert_eq!(
+            parse_tick("5000ms"),
+            Err("tick \"5000ms\" was read as 5s; it must be between 1ms and 1s".into())
+        );
         assert!(parse_tick("0ms").is_err());
-        assert!(parse_tick("2s").is_err());
         assert!(parse_tick("fast").is_err());
     }
 
@@ -197,12 +250,17 @@ mod tests {
     fn policy_file_settle_is_a_bounded_duration() {
         assert_eq!(parse_settle("1s"), Ok(Duration::from_secs(1)));
         assert_eq!(parse_settle("250ms"), Ok(Duration::from_millis(250)));
-        assert_eq!(parse_settle("2000"), Ok(Duration::from_secs(2)));
+        assert_eq!(parse_settle("2"), Ok(Duration::from_secs(2)));
         assert!(
             parse_settle("50ms")
                 .unwrap_err()
-                .contains("between 100ms and 60s")
+                .contains("between 100ms and 1m")
         );
         assert!(parse_settle("2m").is_err());
+        assert!(
+            parse_settle("2000")
+                .unwrap_err()
+                .contains("write \"2000ms\"")
+        );
     }
 }

@@ -14,9 +14,16 @@
 //!    keys), `persist` and `application` file only (`#[arg(skip)]`).
 //! 4. The file rejects unknown keys (`deny_unknown_fields`), so a typo is not silently ignored;
 //!    fields keep the order in which `--help` and the file's "expected one of" list show them.
+//!    [`Settings::from_toml`] reads key by key, so it names every unknown key (in
+//!    `[application]` too) and every value of the wrong type, not only the first.
 //! 5. Nothing here is checked beyond its type: values are validated in `Config::load`.
+//! 6. An unknown flag does not stop the parse: it is dropped (with the value after it) and
+//!    named, with the nearest flag, in [`Settings::problems`]; so is a `SESSIOND_*` variable
+//!    that is not a setting's but close to one. A duration's text is kept as given, an integer
+//!    in the file as its digits (`parse::duration_text`).
 
 use crate::policy::PolicyPatch;
+use clap::error::ErrorKind;
 use clap::{ArgAction, FromArgMatches, Parser};
 use serde::Deserialize;
 use std::path::PathBuf;
@@ -40,6 +47,9 @@ macro_rules! settings {
                 $name { $( $field: self.$field.or(lower.$field), )* }
             }
 
+            /// Every field's name, in declaration order.
+            pub const FIELDS: &'static [&'static str] = &[$(stringify!($field)),*];
+
             /// Forgets the field named `id` (invariant 2).
             fn forget(&mut self, id: &str) {
                 match id {
@@ -58,7 +68,10 @@ settings! {
     #[command(
         name = "sessiond",
         version,
-        about = "In-memory login-session daemon for auth gateways"
+        about = "In-memory login-session daemon for auth gateways",
+        after_help = "Durations, everywhere (flags, SESSIOND_* variables, the --config file): a whole \
+                      number with a unit, ms, s, m, h or d (`100ms`, `30s`, `10m`, `24h`, `7d`); \
+                      a bare number means seconds."
     )]
     #[serde(deny_unknown_fields)]
     pub struct Settings {
@@ -77,8 +90,10 @@ settings! {
         /// Number of shards, a power of two [default: 8 per core].
         #[arg(long, env = "SESSIOND_SHARDS")]
         pub shards: Option<usize>,
-        /// Timer wheel tick, e.g. `100ms` or `1s` (1 ms to 1 s) [default: 100ms].
+        /// Timer wheel tick, e.g. `100ms` (1ms to 1s; a bare number is seconds, so `5` is refused:
+        /// write `5ms`) [default: 100ms].
         #[arg(long, env = "SESSIOND_TICK")]
+        #[serde(default, deserialize_with = "super::parse::duration_text")]
         pub tick: Option<String>,
         /// How org policies combine with the application policy: stricter|override [default: stricter].
         #[arg(long, env = "SESSIOND_ORG_POLICY_MODE")]
@@ -119,17 +134,22 @@ settings! {
         /// HTTP worker threads, each an event loop of its own [default: one per core].
         #[arg(long, env = "SESSIOND_HTTP_WORKERS")]
         pub http_workers: Option<usize>,
-        /// Seconds to let in-flight requests finish after SIGTERM/SIGINT [default: 10].
+        /// How long in-flight requests may finish after SIGTERM/SIGINT, e.g. `10s` (0s to 1h)
+        /// [default: 10s].
         #[arg(long, env = "SESSIOND_SHUTDOWN_GRACE")]
-        pub shutdown_grace: Option<u64>,
-        /// Seconds a client has to send a request's whole head, from its first byte (or from
-        /// connecting); slower connections are closed [default: 10].
+        #[serde(default, deserialize_with = "super::parse::duration_text")]
+        pub shutdown_grace: Option<String>,
+        /// How long a client has to send a request's whole head, from its first byte (or from
+        /// connecting), e.g. `10s` (1s to 1h); slower connections are closed [default: 10s].
         #[arg(long, env = "SESSIOND_HEADER_READ_TIMEOUT")]
-        pub header_read_timeout: Option<u64>,
-        /// Seconds an idle keep-alive connection (no request in flight) stays open; keep it above
-        /// the gateway's own idle timeout for its upstream pool [default: 180].
+        #[serde(default, deserialize_with = "super::parse::duration_text")]
+        pub header_read_timeout: Option<String>,
+        /// How long an idle keep-alive connection (no request in flight) stays open, e.g. `3m` (1s
+        /// to 1d); keep it above the gateway's own idle timeout for its upstream pool
+        /// [default: 180s].
         #[arg(long, env = "SESSIOND_KEEPALIVE_TIMEOUT")]
-        pub keepalive_timeout: Option<u64>,
+        #[serde(default, deserialize_with = "super::parse::duration_text")]
+        pub keepalive_timeout: Option<String>,
         /// Most open HTTP connections; past it new ones get a 503 and are closed [default: the
         /// open-file limit less a reserve for files].
         #[arg(long, env = "SESSIOND_MAX_CONNECTIONS")]
@@ -137,8 +157,9 @@ settings! {
         /// Log level: error|warn|info|debug|trace [default: info].
         #[arg(long, env = "SESSIOND_LOG_LEVEL")]
         pub log_level: Option<String>,
-        /// Directory for durable state (API-set policies) [default: $STATE_DIRECTORY, else
-        /// $XDG_STATE_HOME/sessiond, else ~/.local/state/sessiond].
+        /// Directory for durable state: the session journal and snapshots, and the policies set
+        /// through the API [default: $STATE_DIRECTORY, else $XDG_STATE_HOME/sessiond, else
+        /// ~/.local/state/sessiond].
         #[arg(long, env = "SESSIOND_STATE_DIR")]
         pub state_dir: Option<PathBuf>,
         /// Take every policy from this TOML file (watched for changes) instead of the admin API.
@@ -147,6 +168,7 @@ settings! {
         /// How long the policy file must stay unchanged before it is read, e.g. `1s`, `500ms`
         /// (100ms to 60s) [default: 1s].
         #[arg(long, env = "SESSIOND_POLICY_FILE_SETTLE")]
+        #[serde(default, deserialize_with = "super::parse::duration_text")]
         pub policy_file_settle: Option<String>,
         /// Keep sessions in memory only: no journal or snapshot in the state directory (a restart
         /// signs everyone out).
@@ -163,6 +185,7 @@ settings! {
         /// Time between snapshots of all sessions, e.g. `10m`, `1h`, `30s` (10s to 24h)
         /// [default: 10m]. One is also taken at shutdown.
         #[arg(long, env = "SESSIOND_SNAPSHOT_INTERVAL")]
+        #[serde(default, deserialize_with = "super::parse::duration_text")]
         pub snapshot_interval: Option<String>,
         /// Start even if a snapshot or the journal is damaged, keeping everything before the
         /// damage (and saying how much was dropped).
@@ -200,10 +223,12 @@ settings! {
         /// How long the stream keeps changes, when this node creates it, e.g. `24h`, `7d`
         /// (1m to 365d); at least the longest absolute session lifetime [default: 24h].
         #[arg(long, env = "SESSIOND_CLUSTER_RETENTION")]
+        #[serde(default, deserialize_with = "super::parse::duration_text")]
         pub cluster_retention: Option<String>,
         /// How long a starting node waits for an unreachable NATS before it serves from its
         /// saved state anyway, e.g. `30s` (1s to 1h) [default: 30s].
         #[arg(long, env = "SESSIOND_CLUSTER_READY_TIMEOUT")]
+        #[serde(default, deserialize_with = "super::parse::duration_text")]
         pub cluster_ready_timeout: Option<String>,
         /// How often a node publishes a snapshot of its sessions to the NATS object store, for
         /// nodes that join empty or with state older than the stream, e.g. `10m` (1s to 24h,
@@ -213,12 +238,24 @@ settings! {
         /// The application policy (defaults to the built-in one, field by field); file only.
         #[arg(skip)]
         pub application: Option<PolicyPatch>,
+        /// Problems found while reading the command line and environment (unknown flags, a
+        /// misspelt `SESSIOND_*` variable), reported by `Config::load` with all the others.
+        #[arg(skip)]
+        #[serde(skip)]
+        pub problems: Option<Vec<String>>,
     }
 }
 
+/// Names of the command line only: no file key has them (invariant 3).
+const CLI_ONLY: &[&str] = &["config", "probe", "no_persist", "problems"];
+
+/// Flags clap adds itself.
+const BUILT_IN_FLAGS: &[&str] = &["help", "version"];
+
 impl Settings {
     /// The command line and environment of this process; exits with clap's message (and code
-    /// 2) on a flag it cannot parse, as `Parser::parse` does.
+    /// 2) on a value it cannot parse, as `Parser::parse` does. Unknown flags and misspelt
+    /// variables are kept in [`Settings::problems`] instead (invariant 6).
     pub fn from_cli() -> Settings {
         Self::try_from_args(std::env::args_os()).unwrap_or_else(|e| e.exit())
     }
@@ -230,7 +267,64 @@ impl Settings {
         T: Into<std::ffi::OsString> + Clone,
     {
         let mut command = <Settings as clap::CommandFactory>::command();
-        let matches = command.try_get_matches_from_mut(args)?;
+        let longs: Vec<String> = command
+            .get_arguments()
+            .filter_map(|a| a.get_long().map(str::to_owned))
+            .chain(BUILT_IN_FLAGS.iter().map(|s| (*s).to_owned()))
+            .collect();
+        let envs: Vec<String> = command
+            .get_arguments()
+            .filter_map(|a| a.get_env().map(|e| e.to_string_lossy().into_owned()))
+            .collect();
+        let (args, mut problems) =
+            super::unknown::drop_unknown_flags(args.into_iter().map(Into::into), &longs);
+        problems.extend(super::unknown::misspelt_variables(
+            std::env::vars_os().map(|(k, _)| k),
+            &envs,
+        ));
+        let mut args = args;
+        // A value clap refuses (`--shards x`) is a problem like the others: noted, and the
+        // parse tried again without it (invariant 6). Each round drops a flag or a variable.
+        let matches = loop {
+            let e = match command.try_get_matches_from_mut(args.clone()) {
+                Ok(m) => break m,
+                Err(e) => e,
+            };
+            let refused = matches!(
+                e.kind(),
+                ErrorKind::InvalidValue | ErrorKind::ValueValidation
+            )
+            .then(|| super::unknown::refused_flag(&e))
+            .flatten();
+            let Some(long) = refused.filter(|_| problems.len() < 100) else {
+                return Err(e);
+            };
+            let message = e.to_string();
+            let message = message.lines().next().unwrap_or_default();
+            let message = message
+                .strip_prefix("error: ")
+                .unwrap_or(message)
+                .to_owned();
+            let before = args.len();
+            args = super::unknown::drop_flag(args, &long);
+            if args.len() == before {
+                // The value came from the flag's variable: read on without it.
+                let Some(arg) = command
+                    .get_arguments()
+                    .find(|a| a.get_long() == Some(&long))
+                else {
+                    return Err(e);
+                };
+                let (id, var) = (arg.get_id().clone(), arg.get_env().map(|v| v.to_owned()));
+                command = command.mut_arg(id, |a| a.env(None::<&str>));
+                let var = var
+                    .map(|v| v.to_string_lossy().into_owned())
+                    .unwrap_or_default();
+                problems.push(format!("{message} (from {var})"));
+            } else {
+                problems.push(message);
+            }
+        };
         let mut settings = <Settings as FromArgMatches>::from_arg_matches(&matches)
             .map_err(|e| e.format(&mut command))?;
         for arg in command.get_arguments() {
@@ -239,16 +333,113 @@ impl Settings {
                 settings.forget(id);
             }
         }
+        settings.problems = Some(problems);
         Ok(settings)
     }
 
-    /// The TOML text of a configuration file.
-    pub fn from_toml(text: &str) -> Result<Settings, toml::de::Error> {
-        toml::from_str(text)
+    /// The keys a configuration file may hold (invariant 3).
+    pub fn file_keys() -> impl Iterator<Item = &'static str> {
+        Self::FIELDS
+            .iter()
+            .copied()
+            .filter(|f| !CLI_ONLY.contains(f))
+    }
+
+    /// The TOML text of a configuration file, and every problem in it (invariant 4): each
+    /// unknown key (with the nearest known one), in `[application]` too, and each value of the
+    /// wrong type. What is wrong is left out; the rest is read.
+    pub fn from_toml(text: &str) -> (Settings, Vec<String>) {
+        let table: toml::Table = match toml::from_str(text) {
+            Ok(t) => t,
+            Err(e) => return (Settings::default(), vec![e.to_string().trim().to_owned()]),
+        };
+        let keys: Vec<&str> = Self::file_keys().collect();
+        // (line, message), sorted by line at the end: the table is sorted by key, not by line.
+        let mut problems: Vec<(usize, String)> = Vec::new();
+        let mut note = |table: Option<&str>, key: &str, message: String| {
+            let line = crate::suggest::key_line(text, table, key);
+            problems.push((line, format!("line {line}: {message}")));
+        };
+        let mut good = toml::Table::new();
+        for (key, mut value) in table {
+            if !keys.contains(&key.as_str()) {
+                note(None, &key, crate::suggest::unknown("key", &key, &keys, ""));
+                continue;
+            }
+            if key == "application"
+                && let toml::Value::Table(app) = &mut value
+            {
+                app.retain(|k, _| {
+                    let known = PolicyPatch::FIELDS.contains(&k);
+                    if !known {
+                        let m = crate::suggest::unknown("key", k, PolicyPatch::FIELDS, "");
+                        note(Some("application"), k, format!("[application] {m}"));
+                    }
+                    known
+                });
+            }
+            let one = toml::Table::from_iter([(key.clone(), value.clone())]);
+            match Settings::deserialize(toml::Value::Table(one)) {
+                Ok(_) => {
+                    good.insert(key, value);
+                }
+                Err(e) => note(None, &key, format!("`{key}`: {}", e.message().trim())),
+            }
+        }
+        problems.sort_by_key(|(line, _)| *line);
+        let mut problems: Vec<String> = problems.into_iter().map(|(_, m)| m).collect();
+        let settings = Settings::deserialize(toml::Value::Table(good)).unwrap_or_else(|e| {
+            problems.push(e.message().trim().to_owned());
+            Settings::default()
+        });
+        (settings, problems)
     }
 
     /// Whether the `--probe` flag was given.
     pub fn probe(&self) -> bool {
         self.probe == Some(true)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// `file_keys` is the list serde's own "expected one of" gives: no key the file takes is
+    /// missing from it, and no command-line-only name is in it.
+    #[test]
+    fn file_keys_are_the_deserializers() {
+        let e = toml::from_str::<Settings>("zzz = 1")
+            .unwrap_err()
+            .to_string();
+        let expected: Vec<String> = Settings::file_keys().map(|k| format!("`{k}`")).collect();
+        assert!(e.contains(&expected.join(", ")), "{e}");
+        let e = toml::from_str::<PolicyPatch>("zzz = 1")
+            .unwrap_err()
+            .to_string();
+        let expected: Vec<String> = PolicyPatch::FIELDS
+            .iter()
+            .map(|k| format!("`{k}`"))
+            .collect();
+        assert!(e.contains(&expected.join(", ")), "{e}");
+    }
+
+    #[test]
+    fn every_file_problem_at_once() {
+        let (s, problems) = Settings::from_toml(
+            "tikc = \"5ms\"\nshards = \"x\"\nmax_sesions_per_user = 3\nlisten = \"a\"\n\
+             [application]\nidle_timout = 60\npersistent = true\n",
+        );
+        assert_eq!(
+            problems,
+            [
+                "line 1: unknown key `tikc`; did you mean `tick`?",
+                "line 2: `shards`: invalid type: string \"x\", expected usize",
+                "line 3: unknown key `max_sesions_per_user`; did you mean `max_sessions_per_user`?",
+                "line 6: [application] unknown key `idle_timout`; did you mean `idle_timeout`?",
+            ],
+        );
+        assert_eq!(s.listen.as_deref(), Some("a"));
+        assert_eq!(s.application.unwrap().persistent, Some(true));
     }
 }

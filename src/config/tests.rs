@@ -63,6 +63,33 @@ fn every_problem_is_reported_at_once() {
     }
 }
 
+/// Values clap refuses and unknown flags are problems like the others: all of them at once.
+#[test]
+fn flags_clap_refuses_are_reported_with_the_rest() {
+    let s = Settings::try_from_args([
+        "sessiond",
+        "--shards",
+        "x",
+        "--max-sessions=-1",
+        "--tikc",
+        "5ms",
+        "--org-policy-mode",
+        "loose",
+    ])
+    .unwrap();
+    let e = Config::load(s).unwrap_err();
+    let text = e.to_string();
+    assert_eq!(e.0.len(), 4, "{text}");
+    for needle in [
+        "invalid value 'x' for '--shards <SHARDS>'",
+        "invalid value '-1' for '--max-sessions <MAX_SESSIONS>'",
+        "unknown flag `--tikc`; did you mean `--tick`?",
+        "loose",
+    ] {
+        assert!(text.contains(needle), "{needle} missing from {text}");
+    }
+}
+
 #[test]
 fn non_loopback_needs_keys_or_explicit_insecure() {
     let e = Config::load(cli(&["--listen", "0.0.0.0:8080"])).unwrap_err();
@@ -213,8 +240,14 @@ fn flags_and_keys_of_one_side_only() {
         let e = load(bad, &[]).unwrap_err();
         assert_eq!(e.0.len(), 1, "{bad}: {e}");
     }
-    assert!(Settings::try_from_args(["sessiond", "--persist"]).is_err());
-    assert!(Settings::try_from_args(["sessiond", "--application", "x"]).is_err());
+    for flag in ["--persist", "--application"] {
+        let s = Settings::try_from_args(["sessiond", flag, "x"]).unwrap();
+        let problems = s.problems.unwrap();
+        assert!(
+            problems[0].starts_with(&format!("unknown flag `{flag}`")),
+            "{problems:?}"
+        );
+    }
     std::fs::remove_dir_all(&dir).ok();
 }
 

@@ -163,7 +163,7 @@ fn dry_run_then_check(engine: &Engine, write: PolicyWrite) -> DryRun {
 }
 
 /// The dry run predicted the real change: the same evictions by reason (and the model's count),
-/// and every affected session either evicted or re-filed.
+/// every affected session either evicted or re-filed, and the write's own report equal to it.
 fn check_dry_run(dry: &DryRun, change: &PolicyChange, model_evicted: u64) {
     assert_eq!(
         dry.sessions.would_evict, change.reapplied.evicted,
@@ -176,6 +176,12 @@ fn check_dry_run(dry: &DryRun, change: &PolicyChange, model_evicted: u64) {
     );
     assert!(
         dry.sessions.deadline_earlier + dry.sessions.deadline_later <= change.reapplied.refiled
+    );
+    // What the write reports of itself is what its dry run said, field by field.
+    assert_eq!(
+        dry.sessions,
+        change.reapplied.as_counts(),
+        "the write's report"
     );
 }
 

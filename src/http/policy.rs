@@ -1,4 +1,12 @@
 //! Policy endpoints: the application policy and each org's (admin only).
+//!
+//! Invariants:
+//! 1. A write answers the policy as before and, beside it, a `sessions` block with the fields
+//!    of its dry run's (`affected`, evictions by reason, `deadline_earlier`, `deadline_later`;
+//!    the evictions are `evicted` in the write, `would_evict` in the dry run), counted by the
+//!    write itself (`Reapplied::as_counts`): a dry run and the write that follows it on the same
+//!    state answer equal counts.
+//! 2. A dry run changes nothing and is allowed whatever the policy source.
 
 use super::AppState;
 use super::error::ApiError;
@@ -19,9 +27,13 @@ struct OrgPolicyJson<'a> {
     source: &'static str,
     custom: Option<Policy>,
     effective: Policy,
+    /// After a write: what it did to the live sessions, as its dry run counts it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    sessions: Option<SessionsJson>,
 }
 
-fn org_view(st: &AppState, org: &str) -> Response {
+/// The org's policy now, and, after a write, what the write did (`sessions`).
+fn org_view(st: &AppState, org: &str, sessions: Option<SessionsJson>) -> Response {
     let v = st.engine.org_policy(org);
     json_response(
         StatusCode::OK,
@@ -30,8 +42,17 @@ fn org_view(st: &AppState, org: &str) -> Response {
             source: v.org_policy.source(),
             custom: v.org_policy.custom().copied(),
             effective: v.effective,
+            sessions,
         },
     )
+}
+
+/// The answer to `PUT /v1/policy`: the policy's fields, and what the write did.
+#[derive(Serialize)]
+struct AppWriteJson {
+    #[serde(flatten)]
+    policy: Policy,
+    sessions: SessionsJson,
 }
 
 pub async fn get_app(State(st): State<AppState>, headers: HeaderMap) -> Result<Response, ApiError> {
@@ -52,10 +73,15 @@ struct DryRunJson<'a> {
     sessions: SessionsJson,
 }
 
+/// What a policy write did, or its dry run would do, to the live sessions: the same fields,
+/// but the evictions are `would_evict` in a dry run and `evicted` in the write (invariant 1).
 #[derive(Serialize)]
 struct SessionsJson {
     affected: u64,
-    would_evict: EvictJson,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    would_evict: Option<EvictJson>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    evicted: Option<EvictJson>,
     deadline_earlier: u64,
     deadline_later: u64,
 }
@@ -64,6 +90,28 @@ struct SessionsJson {
 struct EvictJson {
     idle: u64,
     absolute: u64,
+}
+
+impl SessionsJson {
+    /// `c` as a dry run's block (`dry`: `would_evict`) or a write's (`evicted`).
+    fn new(c: DryRunCounts, dry: bool) -> SessionsJson {
+        let evict = EvictJson {
+            idle: c.would_evict.idle,
+            absolute: c.would_evict.absolute,
+        };
+        let (would_evict, evicted) = if dry {
+            (Some(evict), None)
+        } else {
+            (None, Some(evict))
+        };
+        SessionsJson {
+            affected: c.affected,
+            would_evict,
+            evicted,
+            deadline_earlier: c.deadline_earlier,
+            deadline_later: c.deadline_later,
+        }
+    }
 }
 
 /// Answers a `?dry_run=true` write: what it would do to the live sessions now, changing
@@ -79,12 +127,6 @@ async fn dry_run(st: &AppState, write: PolicyWrite) -> Result<Response, ApiError
     // A walk over up to every session: off the async workers, like a real write.
     let dry = blocking(move || engine.dry_run(&w)).await?;
     st.metrics.policy_dry_run(target);
-    let DryRunCounts {
-        affected,
-        would_evict,
-        deadline_earlier,
-        deadline_later,
-    } = dry.sessions;
     Ok(json_response(
         StatusCode::OK,
         &DryRunJson {
@@ -96,15 +138,7 @@ async fn dry_run(st: &AppState, write: PolicyWrite) -> Result<Response, ApiError
             source: dry.org_policy.source(),
             custom: dry.org_policy.custom().copied(),
             effective: dry.effective,
-            sessions: SessionsJson {
-                affected,
-                would_evict: EvictJson {
-                    idle: would_evict.idle,
-                    absolute: would_evict.absolute,
-                },
-                deadline_earlier,
-                deadline_later,
-            },
+            sessions: SessionsJson::new(dry.sessions, true),
         },
     ))
 }
@@ -125,8 +159,14 @@ pub async fn put_app(
     }
     publish(&st, &PolicyWrite::Application(policy)).await?;
     let p = st.policies.clone();
-    blocking(move || p.write_application(policy)).await?;
-    Ok(json_response(StatusCode::OK, &policy))
+    let change = blocking(move || p.write_application(policy)).await?;
+    Ok(json_response(
+        StatusCode::OK,
+        &AppWriteJson {
+            policy,
+            sessions: SessionsJson::new(change.reapplied.as_counts(), false),
+        },
+    ))
 }
 
 pub async fn get_org(
@@ -136,7 +176,7 @@ pub async fn get_org(
 ) -> Result<Response, ApiError> {
     authorize(&st, &headers, Role::Admin)?;
     path_id("org_id", &org)?;
-    Ok(org_view(&st, &org))
+    Ok(org_view(&st, &org, None))
 }
 
 /// Splits `{"source": ..., ...policy fields}` into the source and the policy fields.
@@ -152,6 +192,19 @@ fn split_source(bytes: &[u8]) -> Result<(Option<String>, PolicyPatch, bool), Api
             ));
         }
     };
+    // Every unknown field at once, each with the nearest one; the list includes `source`, which
+    // serde's own message (it reads only the policy fields) would leave out.
+    let unknown: Vec<String> = map
+        .keys()
+        .filter(|k| !PolicyPatch::FIELDS.contains(&k.as_str()))
+        .map(|k| crate::suggest::unknown("field", k, PolicyPatch::ORG_FIELDS, ""))
+        .collect();
+    if !unknown.is_empty() {
+        return Err(ApiError::bad_request(
+            "invalid_json",
+            format!("invalid policy: {}", unknown.join("; ")),
+        ));
+    }
     let has_fields = !map.is_empty();
     let patch: PolicyPatch = serde_json::from_value(serde_json::Value::Object(map))
         .map_err(|e| ApiError::bad_request("invalid_json", format!("invalid policy: {e}")))?;
@@ -201,8 +254,9 @@ async fn apply(
     };
     publish(st, &write).await?;
     let (p, o) = (st.policies.clone(), org.to_owned());
-    blocking(move || p.write_org(&o, policy)).await?;
-    Ok(org_view(st, org))
+    let change = blocking(move || p.write_org(&o, policy)).await?;
+    let sessions = SessionsJson::new(change.reapplied.as_counts(), false);
+    Ok(org_view(st, org, Some(sessions)))
 }
 
 #[derive(Serialize)]

@@ -1,5 +1,6 @@
-//! Policy durations as people write them: integer seconds, or `{value, unit}` with unit
-//! `SECONDS`, `MINUTES`, `HOURS` or `DAYS`.
+//! Policy durations as people write them: integer seconds, a string with a unit as the daemon's
+//! settings take it (`"8h"`, `"30m"`, `"90s"`, `"7d"`), or `{value, unit}` with unit `SECONDS`,
+//! `MINUTES`, `HOURS` or `DAYS`. A bare number means seconds, as everywhere in sessiond.
 //!
 //! Invariants:
 //! 1. A parsed [`DurationSecs`] is a whole number of seconds that did not overflow; range checks
@@ -56,8 +57,8 @@ impl Unit {
     }
 }
 
-const EXPECTED: &str =
-    "a whole number of seconds or {\"value\": N, \"unit\": \"SECONDS|MINUTES|HOURS|DAYS\"}";
+const EXPECTED: &str = "a whole number of seconds, a string like \"8h\" (s, m, h, d) or \
+                        {\"value\": N, \"unit\": \"SECONDS|MINUTES|HOURS|DAYS\"}";
 
 impl<'de> Deserialize<'de> for DurationSecs {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
@@ -84,6 +85,22 @@ impl<'de> Visitor<'de> for DurationVisitor {
                 "duration {v} is negative; expected {EXPECTED}"
             ))
         })
+    }
+
+    fn visit_str<E: de::Error>(self, v: &str) -> Result<Self::Value, E> {
+        let t = v.trim();
+        let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
+        let per = match t[split..].trim() {
+            "" | "s" => Some(1),
+            "m" => Some(60),
+            "h" => Some(3_600),
+            "d" => Some(86_400),
+            _ => None,
+        };
+        per.zip(t[..split].parse::<u64>().ok())
+            .and_then(|(per, n)| n.checked_mul(per))
+            .map(DurationSecs)
+            .ok_or_else(|| E::custom(format_args!("duration {v:?} is not {EXPECTED}")))
     }
 
     fn visit_f64<E: de::Error>(self, v: f64) -> Result<Self::Value, E> {
@@ -144,6 +161,15 @@ mod tests {
     }
 
     #[test]
+    fn strings_with_a_unit() {
+        assert_eq!(parse(r#""8h""#).unwrap(), DurationSecs(28_800));
+        assert_eq!(parse(r#""30m""#).unwrap(), DurationSecs(1_800));
+        assert_eq!(parse(r#""90s""#).unwrap(), DurationSecs(90));
+        assert_eq!(parse(r#""7d""#).unwrap(), DurationSecs(604_800));
+        assert_eq!(parse(r#""600""#).unwrap(), DurationSecs(600));
+    }
+
+    #[test]
     fn value_and_unit() {
         assert_eq!(
             parse(r#"{"value": 24, "unit": "HOURS"}"#).unwrap(),
@@ -168,10 +194,12 @@ mod tests {
         assert!(parse("-5").unwrap_err().contains("negative"));
         assert!(parse("1.5").unwrap_err().contains("whole number"));
         assert!(
-            parse(r#""1h""#)
+            parse(r#""1 hour""#)
                 .unwrap_err()
                 .contains("whole number of seconds")
         );
+        assert!(parse(r#""500ms""#).is_err());
+        assert!(parse(r#""-1h""#).is_err());
         assert!(
             parse(r#"{"value": 1, "unit": "WEEKS"}"#)
                 .unwrap_err()

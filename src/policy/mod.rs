@@ -61,6 +61,26 @@ pub struct PolicyPatch {
     pub persistent: Option<bool>,
 }
 
+impl PolicyPatch {
+    /// The policy fields, as the API and the files spell them (the order of serde's own list).
+    pub const FIELDS: &'static [&'static str] = &[
+        "absolute_timeout",
+        "idle_timeout_enabled",
+        "idle_timeout",
+        "persistent",
+    ];
+
+    /// The keys of an org's policy (the admin API's and the policy file's): `source`, then the
+    /// policy fields.
+    pub const ORG_FIELDS: &'static [&'static str] = &[
+        "source",
+        "absolute_timeout",
+        "idle_timeout_enabled",
+        "idle_timeout",
+        "persistent",
+    ];
+}
+
 /// Why a policy was refused. Every variant names the field.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum PolicyError {

@@ -8,8 +8,9 @@
 //!    TOML parser ([`read_toml`]); validation is shared, so a file means the same and gets the
 //!    same errors whichever reader read it.
 //! 2. The fast path is tried first and gives up on anything outside its subset of TOML; the TOML
-//!    parser then reads the file, so every syntax, type or unknown-field error is toml's own
-//!    message with its line. A differential property test (`tests.rs`) checks on generated
+//!    parser then reads the file, so every syntax or type error is toml's own message with its
+//!    line, and every unknown key is named at once, each with its line and the nearest known
+//!    key (`crate::suggest`). A differential property test (`tests.rs`) checks on generated
 //!    files that whenever the fast path answers, its `RawFile` is the one the TOML parser gives.
 //! 3. Every validation problem is reported at once, each with its line: the line of the field
 //!    at fault ([`field_line`]) or of the table's header.
@@ -60,10 +61,18 @@ struct FilePolicies {
     orgs: BTreeMap<String, toml::Spanned<FileOrg>>,
 }
 
-/// Reads the file with the full TOML parser; the error is toml's message on one line.
-pub(super) fn read_toml(text: &str) -> Result<RawFile, String> {
-    let file: FilePolicies =
-        toml::from_str(text).map_err(|e| e.to_string().trim().replace('\n', " "))?;
+/// Reads the file with the full TOML parser. The error is toml's message on one line, except
+/// that every unknown key is named, each with its line and the nearest known key ([`unknown_keys`]),
+/// where toml stops at the first.
+pub(super) fn read_toml(text: &str) -> Result<RawFile, Vec<String>> {
+    let file: FilePolicies = toml::from_str(text).map_err(|e| {
+        let first = e.to_string().trim().replace('\n', " ");
+        let mut unknown = unknown_keys(text);
+        if unknown.is_empty() || !e.message().starts_with("unknown field") {
+            unknown.push(first);
+        }
+        unknown
+    })?;
     fn table<T>(sp: toml::Spanned<T>) -> Table<T> {
         Table {
             start: sp.span().start,
@@ -78,6 +87,46 @@ pub(super) fn read_toml(text: &str) -> Result<RawFile, String> {
             .map(|(name, sp)| (name, table(sp)))
             .collect(),
     })
+}
+
+/// Every unknown key of a file that is valid TOML, with its line and the nearest known key
+/// (nothing for a file that is not TOML: toml's own message says why).
+fn unknown_keys(text: &str) -> Vec<String> {
+    use crate::suggest::{key_line, unknown};
+    let Ok(table) = toml::from_str::<toml::Table>(text) else {
+        return Vec::new();
+    };
+    let mut out = Vec::new();
+    for (key, value) in &table {
+        let fields: &[&str] = match key.as_str() {
+            "application" => PolicyPatch::FIELDS,
+            "orgs" => &[],
+            _ => {
+                let line = key_line(text, None, key);
+                let m = unknown("table", key, &["application", "orgs"], "");
+                out.push((line, format!("line {line}: {m}")));
+                continue;
+            }
+        };
+        let tables: Vec<(String, &toml::Value, &[&str])> = match value {
+            _ if key == "application" => vec![(key.clone(), value, fields)],
+            toml::Value::Table(orgs) => orgs
+                .iter()
+                .map(|(org, t)| (format!("orgs.{org}"), t, PolicyPatch::ORG_FIELDS))
+                .collect(),
+            _ => Vec::new(),
+        };
+        for (name, t, fields) in tables {
+            let toml::Value::Table(t) = t else { continue };
+            for k in t.keys().filter(|k| !fields.contains(&k.as_str())) {
+                let line = key_line(text, Some(&name), k);
+                let m = unknown("key", k, fields, "");
+                out.push((line, format!("line {line}: [{name}] {m}")));
+            }
+        }
+    }
+    out.sort();
+    out.into_iter().map(|(_, m)| m).collect()
 }
 
 /// Line numbers of byte offsets: the start of every line, found in one pass (invariant 4).
@@ -141,7 +190,7 @@ pub fn parse_policy_file(
     }
     let raw = match super::fast::read(text) {
         Some(raw) => raw,
-        None => read_toml(text).map_err(|e| vec![e])?,
+        None => read_toml(text)?,
     };
     validate(text, raw, base)
 }

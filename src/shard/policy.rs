@@ -9,6 +9,9 @@
 //! 2. The dry run visits exactly the org slots the real change would ([`Shard::governed_slots`])
 //!    and computes deadlines with the same [`Deadlines::compute`] / [`Deadlines::expired`], so
 //!    at the same `now_ms` its `would_evict` equals the real eviction.
+//! 3. [`Shard::reapply`] counts what it did in the dry run's terms too (sessions affected,
+//!    evicted by reason, deadlines moved earlier / later, [`Reapplied::as_counts`]), by the same
+//!    comparisons, so a write's report and its dry run's can be compared field by field.
 
 use super::{Evictions, NO_ORG, Shard};
 use crate::policy::Effective;
@@ -21,12 +24,28 @@ use std::sync::atomic::Ordering;
 pub struct Reapplied {
     pub refiled: u64,
     pub evicted: Evictions,
+    /// Of the re-filed, those whose deadline moved earlier / later (as [`DryRunCounts`] counts).
+    pub deadline_earlier: u64,
+    pub deadline_later: u64,
 }
 
 impl Reapplied {
     pub fn merge(&mut self, other: Reapplied) {
         self.refiled += other.refiled;
         self.evicted.merge(other.evicted);
+        self.deadline_earlier += other.deadline_earlier;
+        self.deadline_later += other.deadline_later;
+    }
+
+    /// The same counts in the dry run's shape: what the write did, to compare with what its dry
+    /// run said it would do (invariant 3).
+    pub fn as_counts(&self) -> DryRunCounts {
+        DryRunCounts {
+            affected: self.refiled + self.evicted.total(),
+            would_evict: self.evicted,
+            deadline_earlier: self.deadline_earlier,
+            deadline_later: self.deadline_later,
+        }
     }
 }
 
@@ -71,6 +90,11 @@ impl Shard {
                         report.evicted.add(reason);
                     }
                     None => {
+                        let r = &self.slab.records[idx as usize];
+                        let last = r.last_ms.load(Ordering::Relaxed);
+                        let before = Deadlines::compute(&old, r.created_ms, last);
+                        report.deadline_earlier += u64::from(d.expires < before.expires);
+                        report.deadline_later += u64::from(d.expires > before.expires);
                         self.wheel.remove(&mut self.slab, idx);
                         self.wheel
                             .insert(&mut self.slab, idx, self.scale.deadline_tick(d.expires));

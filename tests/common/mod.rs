@@ -411,3 +411,24 @@ pub fn valid(d: &Daemon, token: &str) -> bool {
     .json()["valid"]
         == true
 }
+
+/// Called when a tool a test needs (nginx, nats-server, promtool, ...) is not installed; the
+/// caller then returns. A test that did not run must not print a plain `ok` as if it had: so
+/// this fails the test, saying how to install the tool, unless `SESSIOND_SKIP_MISSING_TOOLS=1`
+/// asks to skip such tests, and then it says SKIPPED on stderr (`cargo test -- --nocapture`
+/// shows it). In CI (`CI` set) it always fails: `.ci/run` installs every tool.
+pub fn missing_tool(name: &str, install: &str) {
+    let ci = std::env::var_os("CI").is_some();
+    let skip = std::env::var("SESSIOND_SKIP_MISSING_TOOLS").is_ok_and(|v| v == "1");
+    assert!(
+        skip && !ci,
+        "{name} is not installed and this test needs it: {install} (`.ci/run` installs every tool \
+         the tests use){}",
+        if ci {
+            ""
+        } else {
+            "; or set SESSIOND_SKIP_MISSING_TOOLS=1 to skip the tests whose tool is missing"
+        }
+    );
+    eprintln!("SKIPPED (SESSIOND_SKIP_MISSING_TOOLS=1): {name} is not installed ({install})");
+}

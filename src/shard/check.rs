@@ -2,7 +2,8 @@
 //! step: what invariant 1 of `shard` names, checked exhaustively (O(n)).
 
 use super::Shard;
-use super::record::{LONG_USER_BIT, user_of};
+use super::record::{USER_LONG, USER_SHAPE0, key_of};
+use super::user_id::pack;
 use crate::wheel::NIL;
 
 impl Shard {
@@ -45,7 +46,7 @@ impl Shard {
         // User lists: each live record in exactly one, the one of its own user.
         let mut seen = vec![false; recs.len()];
         for &head in self.users.iter() {
-            let user = user_of(recs, &self.long_users, head);
+            let user = key_of(recs, &self.long_users, head);
             let (mut c, mut prev) = (head, NIL);
             while c != NIL {
                 let r = &recs[c as usize];
@@ -55,7 +56,7 @@ impl Shard {
                     "record {c} in two user lists"
                 );
                 assert_eq!(
-                    user_of(recs, &self.long_users, c),
+                    key_of(recs, &self.long_users, c),
                     user,
                     "record {c} in another user's list"
                 );
@@ -101,11 +102,41 @@ impl Shard {
                 "metadata of record {i}"
             );
             assert_eq!(
-                r.org_flags & LONG_USER_BIT != 0,
+                r.user_code() == USER_LONG,
                 self.long_users.contains_key(&i),
                 "long user id of record {i}"
             );
+            // A packed id reads back to text that packs to the very same form.
+            if r.user_code() >= USER_SHAPE0 {
+                let text = self.user_text(i);
+                let p = pack(&text).expect("a packed id's text packs");
+                assert_eq!(p.value, r.user.value(), "packed user id of record {i}");
+                assert_eq!(
+                    self.shapes.find(&p),
+                    Some(r.user_code() - USER_SHAPE0),
+                    "shape of record {i}"
+                );
+            }
         }
+        // Shapes: each counted by exactly the live records that use it.
+        let mut refs = [0u32; 64];
+        for r in recs.iter().filter(|r| r.live()) {
+            refs[r.user_code() as usize] += 1;
+        }
+        for code in 0..64 - USER_SHAPE0 {
+            assert_eq!(
+                self.shapes.refs(code),
+                refs[(code + USER_SHAPE0) as usize],
+                "uses of shape {code}"
+            );
+        }
+        assert_eq!(
+            self.shapes.len(),
+            refs[USER_SHAPE0 as usize..]
+                .iter()
+                .filter(|&&n| n > 0)
+                .count()
+        );
         assert_eq!(
             self.metadata.len(),
             recs.iter().filter(|r| r.live() && r.has_metadata()).count()
@@ -113,8 +144,20 @@ impl Shard {
         assert_eq!(
             self.long_users.len(),
             recs.iter()
-                .filter(|r| r.live() && r.org_flags & LONG_USER_BIT != 0)
+                .filter(|r| r.live() && r.user_code() == USER_LONG)
                 .count()
         );
+    }
+}
+
+impl Shard {
+    /// How many live records hold their user id inline, in `long_users` and packed (tests).
+    #[cfg(test)]
+    pub fn user_forms(&self) -> [usize; 3] {
+        let mut n = [0; 3];
+        for r in self.slab.records.iter().filter(|r| r.live()) {
+            n[usize::from(r.user_code()).min(2)] += 1;
+        }
+        n
     }
 }

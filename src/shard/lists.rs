@@ -4,12 +4,17 @@
 //! and revoked without a scan.
 //!
 //! Invariants:
-//! 1. A user list's head is in `users`; the list holds exactly that user's live records.
+//! 1. A user list's head is in `users`; the list holds exactly that user's live records, and
+//!    they all hold the user id in the same form (text, or packed with the same shape), so a
+//!    list is found by its key ([`UserKey`]: text, or shape code and value) and a lookup
+//!    compares keys, never unpacked text. A new record takes the form of its user's list when
+//!    there is one, else packs when its shape is in the table or has room (`user_id`).
 //! 2. An org slot lives while it has sessions (slot 0 always); `org_index` finds it by name, and
 //!    a freed slot goes to `org_free` for reuse. `len` is the length of its list.
 //! 3. The lists are changed only under the shard's write lock, at insert and removal.
 
-use super::record::user_of;
+use super::record::{USER_INLINE, USER_LONG, USER_SHAPE0, UserBytes, UserKey, key_of};
+use super::user_id::pack;
 use super::{NO_ORG, Shard};
 use crate::policy::Effective;
 use crate::session::{RemoveReason, Scope, SessionView};
@@ -75,13 +80,49 @@ impl Shard {
             .copied()
     }
 
+    /// The user code and bytes a new record of `user` gets (invariant 1): inline text up to 16
+    /// bytes; else the form of the user's list if it has one; else packed if it packs and its
+    /// shape is in the table or fits in it; else text in `long_users`.
+    pub(super) fn user_form(&mut self, user: &str) -> (u8, UserBytes) {
+        if let Some(b) = UserBytes::text(user) {
+            return (USER_INLINE, b);
+        }
+        let long = (USER_LONG, UserBytes::EMPTY);
+        let Some(p) = pack(user) else {
+            return long;
+        };
+        let packed = |code: u8| (USER_SHAPE0 + code, UserBytes::packed(p.value));
+        if let Some(code) = self.shapes.find(&p) {
+            if self.head_of(UserKey::Packed(USER_SHAPE0 + code, p.value)) != NIL
+                || self.head_of(UserKey::Text(user)) == NIL
+            {
+                return packed(code);
+            }
+            return long;
+        }
+        if self.head_of(UserKey::Text(user)) != NIL {
+            return long;
+        }
+        self.shapes.intern(&p).map_or(long, packed)
+    }
+
+    fn head_of(&self, key: UserKey<'_>) -> u32 {
+        let (recs, long) = (&self.slab.records, &self.long_users);
+        self.users
+            .find(key.hash(&self.hasher), |&head| {
+                key_of(recs, long, head) == key
+            })
+            .copied()
+            .unwrap_or(NIL)
+    }
+
     pub(super) fn link_user(&mut self, idx: u32) {
         let (recs, long) = (&self.slab.records, &self.long_users);
-        let user = user_of(recs, long, idx);
-        let h = self.hasher.hash_one(user);
+        let key = key_of(recs, long, idx);
+        let h = key.hash(&self.hasher);
         match self
             .users
-            .find_mut(h, |&head| user_of(recs, long, head) == user)
+            .find_mut(h, |&head| key_of(recs, long, head) == key)
         {
             Some(head) => {
                 let old = *head;
@@ -92,7 +133,7 @@ impl Shard {
             None => {
                 let hasher = &self.hasher;
                 self.users
-                    .insert_unique(h, idx, |&i| hasher.hash_one(user_of(recs, long, i)));
+                    .insert_unique(h, idx, |&i| key_of(recs, long, i).hash(hasher));
             }
         }
     }
@@ -105,7 +146,7 @@ impl Shard {
         if prev != NIL {
             self.slab.records[prev as usize].user_next = next;
         } else {
-            let h = self.hash_str(user_of(&self.slab.records, &self.long_users, idx));
+            let h = key_of(&self.slab.records, &self.long_users, idx).hash(&self.hasher);
             let entry = self
                 .users
                 .find_entry(h, |&head| head == idx)
@@ -159,13 +200,19 @@ impl Shard {
         }
     }
 
+    /// The head of `user`'s list: under its packed key if its shape is in the table, else (or
+    /// if not found there) under its text (invariant 1).
     pub(super) fn user_head(&self, user: &str) -> u32 {
-        let h = self.hash_str(user);
-        let recs = &self.slab.records;
-        self.users
-            .find(h, |&head| user_of(recs, &self.long_users, head) == user)
-            .copied()
-            .unwrap_or(NIL)
+        if user.len() > 16
+            && let Some(p) = pack(user)
+            && let Some(code) = self.shapes.find(&p)
+        {
+            let head = self.head_of(UserKey::Packed(USER_SHAPE0 + code, p.value));
+            if head != NIL {
+                return head;
+            }
+        }
+        self.head_of(UserKey::Text(user))
     }
 
     pub(super) fn user_indices(&self, user: &str) -> Vec<u32> {

@@ -3,8 +3,8 @@
 //! one `parking_lot::RwLock` owned by the engine. This file holds the shard and its write
 //! operations (insert, restore, remove, the wheel's advance, the sweep); `read` the lookups
 //! under the read lock (validate, touch, the snapshot's visit); `record` the record layout and
-//! slab, `lists` the user and org lists, `policy` policy re-application and its dry run,
-//! `check` the structural self-check.
+//! slab, `user_id` how user ids are packed, `lists` the user and org lists, `policy` policy
+//! re-application and its dry run, `check` the structural self-check.
 //!
 //! Invariants:
 //! 1. A record is live iff it is in `ids`; every live record is in exactly one user list, one org
@@ -29,8 +29,12 @@ mod lists;
 mod policy;
 mod read;
 mod record;
+mod user_id;
 
 pub use policy::{DryRunCounts, Reapplied};
+/// Ids near the packers' shapes, for property tests beyond the shard (`persist`).
+#[cfg(test)]
+pub(crate) use user_id::tests::arb_user_id;
 
 use crate::changes::{Change, Changes};
 use crate::id_index::IdIndex;
@@ -42,12 +46,10 @@ use compact_str::CompactString;
 use hashbrown::DefaultHashBuilder;
 use hashbrown::HashTable;
 use lists::OrgSlot;
-use record::{
-    InlineUser, LONG_USER_BIT, METADATA_BIT, PERSISTENT_BIT, Record, Slab, live_ids, user_of,
-};
-use std::hash::BuildHasher;
+use record::{Record, Slab, USER_INLINE, USER_LONG, USER_SHAPE0, key_of, live_ids};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use user_id::Shapes;
 
 /// Org slot of sessions that belong to no org; it follows the application policy.
 pub const NO_ORG: u32 = 0;
@@ -99,8 +101,10 @@ pub struct Shard {
     /// Metadata of the (few) sessions that have any, by record index: a pointer in every
     /// record would cost 8 bytes per session for the many that have none.
     metadata: hashbrown::HashMap<u32, Arc<Metadata>>,
-    /// User ids over 16 bytes, by record index (see [`InlineUser`]).
+    /// User ids over 16 bytes that do not pack, by record index (`record`, invariant 2).
     long_users: hashbrown::HashMap<u32, Box<str>>,
+    /// The shapes of this shard's packed user ids (see `user_id`).
+    shapes: Shapes,
     wheel: Wheel,
     hasher: DefaultHashBuilder,
     scale: TickScale,
@@ -132,6 +136,7 @@ impl Shard {
             org_free: Vec::new(),
             metadata: hashbrown::HashMap::new(),
             long_users: hashbrown::HashMap::new(),
+            shapes: Shapes::default(),
             wheel: Wheel::new(),
             hasher: DefaultHashBuilder::default(),
             scale,
@@ -236,7 +241,7 @@ impl Shard {
         let (recs, long, hasher) = (&self.slab.records, &self.long_users, &self.hasher);
         self.ids.reserve(n, || live_ids(recs, NIL));
         self.users
-            .reserve(n, |&i| hasher.hash_one(user_of(recs, long, i)));
+            .reserve(n, |&i| key_of(recs, long, i).hash(hasher));
     }
 
     /// Replays saved activity: moves `id`'s last activity forward if it is here.
@@ -266,6 +271,7 @@ impl Shard {
             None => NO_ORG,
             Some(name) => self.org_slot_or_insert(name, eff_for),
         };
+        let (code, bytes) = self.user_form(user);
         let idx = self.slab.alloc();
         let eff = self.orgs[org_slot as usize].as_ref().expect("live").eff;
         {
@@ -274,17 +280,17 @@ impl Shard {
             r.id_hi = id.shard_bits();
             r.created_ms = created_ms;
             r.last_ms = AtomicU64::new(last_ms);
-            let inline = InlineUser::new(user);
-            r.user = inline.unwrap_or(InlineUser::EMPTY);
-            r.org_flags = org_slot
-                | if eff.persistent { PERSISTENT_BIT } else { 0 }
-                | if metadata.is_some() { METADATA_BIT } else { 0 }
-                | if inline.is_none() { LONG_USER_BIT } else { 0 };
-            if inline.is_none() {
-                self.long_users.insert(idx, user.into());
-            }
+            r.user = bytes;
+            r.org_flags = Record::flags(org_slot, code, eff.persistent, metadata.is_some());
             r.user_next = NIL;
             r.user_prev = NIL;
+        }
+        match code {
+            USER_INLINE => {}
+            USER_LONG => {
+                self.long_users.insert(idx, user.into());
+            }
+            code => self.shapes.add_ref(code - USER_SHAPE0),
         }
         if let Some(m) = metadata {
             self.metadata.insert(idx, m);
@@ -322,8 +328,12 @@ impl Shard {
         if self.slab.records[idx as usize].has_metadata() {
             self.metadata.remove(&idx);
         }
-        if self.slab.records[idx as usize].org_flags & LONG_USER_BIT != 0 {
-            self.long_users.remove(&idx);
+        match self.slab.records[idx as usize].user_code() {
+            USER_INLINE => {}
+            USER_LONG => {
+                self.long_users.remove(&idx);
+            }
+            code => self.shapes.release(code - USER_SHAPE0),
         }
         self.slab.release(idx);
         self.len -= 1;

@@ -11,8 +11,11 @@
 //!    second, so the reported time is less than 1 s behind (`changes`, invariant 2).
 //! 4. The snapshot's walk hands out only live records, each as it is at that moment, and never
 //!    holds the lock past one chunk.
+//! 5. A packed user id is unpacked only to answer (the view, the identity, the snapshot's
+//!    walk), on the stack: nothing here allocates for it.
 
 use super::record::user_of;
+use super::user_id::UserText;
 use super::{NO_ORG, Shard};
 use crate::changes::Change;
 use crate::session::{Deadlines, ExpiryReason, Identity, SavedRef, SessionView};
@@ -26,7 +29,7 @@ impl Shard {
         let org = r.org();
         SessionView {
             id: SessionId(r.id()),
-            user_id: CompactString::from(user_of(&self.slab.records, &self.long_users, idx)),
+            user_id: CompactString::from(&*self.user_text(idx)),
             org_id: (org != NO_ORG).then(|| self.org_slot(org).name.clone()),
             created_at_ms: r.created_ms,
             last_activity_at_ms: last_ms,
@@ -40,6 +43,12 @@ impl Shard {
                 None
             },
         }
+    }
+
+    /// Record `idx`'s user id as text (unpacked on the stack if packed).
+    #[inline]
+    pub(super) fn user_text(&self, idx: u32) -> UserText<'_> {
+        user_of(&self.slab.records, &self.long_users, &self.shapes, idx)
     }
 
     pub(super) fn view(&self, idx: u32) -> SessionView {
@@ -90,9 +99,10 @@ impl Shard {
     ) -> Result<R, Option<ExpiryReason>> {
         let (idx, last, d) = self.touch_at(id, now_ms)?;
         let org = self.slab.records[idx as usize].org();
+        let user = self.user_text(idx);
         Ok(f(&Identity {
             id,
-            user_id: user_of(&self.slab.records, &self.long_users, idx),
+            user_id: &user,
             org_id: (org != NO_ORG).then(|| self.org_slot(org).name.as_str()),
             last_activity_at_ms: last,
             expires_at_ms: d.expires,
@@ -160,11 +170,12 @@ impl Shard {
             } else {
                 None
             };
+            let user = user_of(recs, &self.long_users, &self.shapes, idx as u32);
             f(SavedRef {
                 id: r.id(),
                 created_ms: r.created_ms,
                 last_ms: r.last_ms.load(Ordering::Relaxed),
-                user: user_of(recs, &self.long_users, idx as u32),
+                user: &user,
                 org,
                 metadata,
             });

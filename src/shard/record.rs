@@ -1,16 +1,22 @@
-//! A session as a shard stores it: the 80-byte [`Record`] (user id inline up to 16 bytes, org
-//! slot and flags packed in one word, the links of its user list, org list and wheel slot),
-//! and the [`Slab`] that holds them with a free list.
+//! A session as a shard stores it: the 80-byte [`Record`] (16 user bytes, org slot, user code
+//! and flags packed in one word, the links of its user list, org list and wheel slot), and the
+//! [`Slab`] that holds them with a free list.
 //!
 //! Invariants:
 //! 1. A record is live iff its `org_flags` is not [`VACANT`]; free records form a list through
 //!    `user_next`, headed by `Slab::free`.
-//! 2. A record's user id is inline ([`InlineUser`]) unless [`LONG_USER_BIT`] is set, and then
-//!    it is in the shard's `long_users` under the record's index; likewise [`METADATA_BIT`] and
-//!    the shard's `metadata`.
+//! 2. A record's user id is said by its 6-bit user code (bits 24-29 of `org_flags`):
+//!    [`USER_INLINE`], text of at most 16 bytes in `user`; [`USER_LONG`], text in the shard's
+//!    `long_users` under the record's index; any other code `c`, a packed id whose value is
+//!    `user` and whose shape is `c - USER_SHAPE0` in the shard's `shapes` (see `user_id`).
+//!    Likewise [`METADATA_BIT`] and the shard's `metadata`.
 //! 3. The record is 80 bytes on 64-bit targets (asserted at compile time): it is the table's
 //!    memory per session.
+//! 4. The org slot takes the low 24 bits: a shard holds fewer than 2^24 - 2 records
+//!    (`id_index::MAX_RECORDS`), and an org slot lives only while it has one, so slots stay
+//!    below `ORG_MASK` (= [`VACANT`]).
 
+use super::user_id::{Shapes, UserText};
 use crate::id_index;
 use crate::wheel::{LinkStore, NIL, WheelLinks};
 use std::sync::atomic::AtomicU64;
@@ -23,10 +29,10 @@ pub(super) struct Record {
     pub(super) created_ms: u64,
     /// Moved forward only (`fetch_max`), possibly under the read lock.
     pub(super) last_ms: AtomicU64,
-    /// The user id if it fits in 16 bytes; else in the shard's `long_users` ([`LONG_USER_BIT`]).
-    pub(super) user: InlineUser,
-    /// Org slot in the low 30 bits, then [`METADATA_BIT`] and [`PERSISTENT_BIT`]; [`VACANT`]
-    /// when free.
+    /// The user id as text if it fits in 16 bytes, or packed (invariant 2).
+    pub(super) user: UserBytes,
+    /// Org slot in the low 24 bits, the user code in the next 6, then [`METADATA_BIT`] and
+    /// [`PERSISTENT_BIT`]; [`VACANT`] when free.
     pub(super) org_flags: u32,
     pub(super) user_next: u32,
     pub(super) user_prev: u32,
@@ -42,42 +48,93 @@ const _: () = assert!(std::mem::size_of::<Record>() == 80);
 pub(super) const PERSISTENT_BIT: u32 = 1 << 31;
 /// The record has an entry in the shard's `metadata` side table.
 pub(super) const METADATA_BIT: u32 = 1 << 30;
-/// The record's user id is longer than 16 bytes and lives in the shard's `long_users`.
-pub(super) const LONG_USER_BIT: u32 = 1 << 29;
-pub(super) const ORG_MASK: u32 = LONG_USER_BIT - 1;
+const USER_SHIFT: u32 = 24;
+pub(super) const ORG_MASK: u32 = (1 << USER_SHIFT) - 1;
+/// User code: text of at most 16 bytes inline.
+pub(super) const USER_INLINE: u8 = 0;
+/// User code: text in the shard's `long_users`.
+pub(super) const USER_LONG: u8 = 1;
+/// User code of shape 0; shape `k` is `USER_SHAPE0 + k`.
+pub(super) const USER_SHAPE0: u8 = 2;
 
-/// A user id of at most 16 bytes kept in the record itself; `0xFF`, a byte that never occurs in
-/// UTF-8, pads the rest. Typical ids (16-byte opaque ids, short names) need no allocation.
-#[derive(Debug, Clone, Copy)]
-pub(super) struct InlineUser([u8; 16]);
+/// The record's 16 user bytes: text of at most 16 bytes, `0xFF` (a byte that never occurs in
+/// UTF-8) padding the rest, or a packed id's value (little-endian).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) struct UserBytes([u8; 16]);
 
-impl InlineUser {
-    pub(super) const EMPTY: InlineUser = InlineUser([0xFF; 16]);
+impl UserBytes {
+    pub(super) const EMPTY: UserBytes = UserBytes([0xFF; 16]);
 
-    pub(super) fn new(s: &str) -> Option<InlineUser> {
+    pub(super) fn text(s: &str) -> Option<UserBytes> {
         let mut b = [0xFF; 16];
         b.get_mut(..s.len())?.copy_from_slice(s.as_bytes());
-        Some(InlineUser(b))
+        Some(UserBytes(b))
     }
 
+    pub(super) fn packed(value: u128) -> UserBytes {
+        UserBytes(value.to_le_bytes())
+    }
+
+    #[inline]
     pub(super) fn as_str(&self) -> &str {
         let len = self.0.iter().position(|&b| b == 0xFF).unwrap_or(16);
         std::str::from_utf8(&self.0[..len]).expect("built from a str, cut at a char boundary")
     }
+
+    #[inline]
+    pub(super) fn value(&self) -> u128 {
+        u128::from_le_bytes(self.0)
+    }
 }
 
-/// The user id of record `idx` (inline, or in the long-id side table).
+/// What a user list is keyed by: an id's text, or its packed form (shape code, value). A user's
+/// records in one shard all have the same key (`lists`, invariant 1), so lists compare keys,
+/// never unpacked text.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum UserKey<'a> {
+    Text(&'a str),
+    Packed(u8, u128),
+}
+
+impl UserKey<'_> {
+    #[inline]
+    pub(super) fn hash(&self, hasher: &impl std::hash::BuildHasher) -> u64 {
+        match *self {
+            UserKey::Text(s) => hasher.hash_one(s),
+            UserKey::Packed(code, value) => hasher.hash_one((code, value)),
+        }
+    }
+}
+
+/// The user key of record `idx`.
+#[inline]
+pub(super) fn key_of<'a>(
+    recs: &'a [Record],
+    long: &'a hashbrown::HashMap<u32, Box<str>>,
+    idx: u32,
+) -> UserKey<'a> {
+    let r = &recs[idx as usize];
+    match r.user_code() {
+        USER_INLINE => UserKey::Text(r.user.as_str()),
+        USER_LONG => UserKey::Text(long.get(&idx).map_or("", |u| u)),
+        code => UserKey::Packed(code, r.user.value()),
+    }
+}
+
+/// The user id of record `idx` as text (inline, in the long-id side table, or unpacked on the
+/// stack).
 #[inline]
 pub(super) fn user_of<'a>(
     recs: &'a [Record],
     long: &'a hashbrown::HashMap<u32, Box<str>>,
+    shapes: &Shapes,
     idx: u32,
-) -> &'a str {
+) -> UserText<'a> {
     let r = &recs[idx as usize];
-    if r.org_flags & LONG_USER_BIT != 0 {
-        long.get(&idx).map_or("", |u| u)
-    } else {
-        r.user.as_str()
+    match r.user_code() {
+        USER_INLINE => UserText::Str(r.user.as_str()),
+        USER_LONG => UserText::Str(long.get(&idx).map_or("", |u| u)),
+        code => shapes.unpack(code - USER_SHAPE0, r.user.value()),
     }
 }
 /// The (hash, index) of every live record but `except`, in slab order, for an id index rebuild.
@@ -98,7 +155,7 @@ impl Record {
             id_hi: 0,
             created_ms: 0,
             last_ms: AtomicU64::new(0),
-            user: InlineUser::EMPTY,
+            user: UserBytes::EMPTY,
             org_flags: VACANT,
             user_next: next_free,
             user_prev: NIL,
@@ -111,6 +168,21 @@ impl Record {
     #[inline]
     pub(super) fn org(&self) -> u32 {
         self.org_flags & ORG_MASK
+    }
+
+    /// The user code (invariant 2).
+    #[inline]
+    pub(super) fn user_code(&self) -> u8 {
+        ((self.org_flags >> USER_SHIFT) & 0x3F) as u8
+    }
+
+    /// `org_flags` of a live record (invariants 2, 4).
+    pub(super) fn flags(org: u32, user_code: u8, persistent: bool, metadata: bool) -> u32 {
+        assert!(org < ORG_MASK, "org slot {org} out of range");
+        debug_assert!(user_code < 64);
+        org | (u32::from(user_code) << USER_SHIFT)
+            | if persistent { PERSISTENT_BIT } else { 0 }
+            | if metadata { METADATA_BIT } else { 0 }
     }
 
     pub(super) fn persistent(&self) -> bool {
@@ -179,9 +251,23 @@ mod tests {
             "Zoë-ünïcødé",
             "exactly-16-bytes",
         ] {
-            assert_eq!(InlineUser::new(u).unwrap().as_str(), u);
+            assert_eq!(UserBytes::text(u).unwrap().as_str(), u);
         }
-        assert!(InlineUser::new("seventeen-bytes-x").is_none());
+        assert!(UserBytes::text("seventeen-bytes-x").is_none());
+        assert_eq!(UserBytes::packed(u128::MAX - 7).value(), u128::MAX - 7);
+    }
+
+    #[test]
+    fn flags_keep_their_fields_apart() {
+        for (org, code, p, m) in [(0, 0, false, false), (ORG_MASK - 1, 63, true, true)] {
+            let mut r = Record::vacant(NIL);
+            r.org_flags = Record::flags(org, code, p, m);
+            assert!(r.live());
+            assert_eq!(
+                (r.org(), r.user_code(), r.persistent(), r.has_metadata()),
+                (org, code, p, m)
+            );
+        }
     }
 
     #[test]

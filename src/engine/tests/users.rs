@@ -154,3 +154,76 @@ fn long_user_ids_work_like_short_ones() {
     assert_eq!(e.list_user(short).len(), 2);
     e.check();
 }
+
+fn forms(e: &Engine) -> [usize; 3] {
+    e.shards.iter().fold([0; 3], |a, s| {
+        let f = s.read().user_forms();
+        [a[0] + f[0], a[1] + f[1], a[2] + f[2]]
+    })
+}
+
+#[test]
+fn packed_user_ids_read_back_exactly_and_list_like_text_ones() {
+    let (e, _) = engine(policy(3_600, None, false));
+    let users = [
+        "0b6f2c1e-9a4d-4c3b-8e2f-1a2b3c4d5e6f",
+        "0B6F2C1E-9A4D-4C3B-8E2F-1A2B3C4D5E6F",
+        "kp_0a1b2c3d4e5f60718293a4b5c6d7e8f9",
+        "auth0|5f7c8ec7c33c6c004bbafe82",
+        "usr_000123456789012345",
+        "109876543210987654321",
+    ];
+    let mut tokens = Vec::new();
+    for user in users.iter().chain(&users) {
+        let c = e.create(new(user, Some("org_000000000000000042"))).unwrap();
+        assert_eq!(c.session.user_id, *user);
+        tokens.push(c.token);
+    }
+    assert_eq!(forms(&e), [0, 0, 12], "all packed");
+    e.check();
+    for (t, user) in tokens.iter().zip(users.iter().chain(&users)) {
+        let got = e.touch_identity(t.expose(), |i| i.user_id.to_owned());
+        assert_eq!(got.ok().as_deref(), Some(*user));
+        let Validation::Valid(v) = e.validate(t.expose()) else {
+            panic!()
+        };
+        assert_eq!(v.user_id, *user);
+    }
+    for user in users {
+        assert_eq!(e.list_user(user).len(), 2, "{user}");
+    }
+    // Same value, other case: another user.
+    assert!(e.list_user(&users[0].replace('b', "B")).is_empty());
+    assert_eq!(e.revoke_user(users[1]), 2);
+    assert_eq!(e.list_user(users[0]).len(), 2);
+    e.check();
+}
+
+#[test]
+fn a_full_shape_table_falls_back_to_text_and_a_user_keeps_one_form() {
+    let (e, _) = engine_with(EngineConfig {
+        shards: 1,
+        ..EngineConfig::default()
+    });
+    // 62 shapes (prefixes) fill the shard's table; the 63rd keeps the text path.
+    let shaped: Vec<String> = (0..62).map(|i| format!("p{i}_{:018}", i)).collect();
+    for u in &shaped {
+        e.create(new(u, None)).unwrap();
+    }
+    let late = "late_000000000000000001";
+    e.create(new(late, None)).unwrap();
+    assert_eq!(forms(&e), [0, 1, 62]);
+    e.check();
+    // A shape freed: the late user's next session joins its list as text, not packed.
+    assert_eq!(e.revoke_user(&shaped[0]), 1);
+    e.create(new(late, None)).unwrap();
+    assert_eq!(forms(&e), [0, 2, 61]);
+    assert_eq!(e.list_user(late).len(), 2);
+    e.check();
+    // Once its text list is gone, the user packs.
+    assert_eq!(e.revoke_user(late), 2);
+    let c = e.create(new(late, None)).unwrap();
+    assert_eq!(forms(&e), [0, 0, 62]);
+    assert_eq!(e.get(c.session.id).unwrap().user_id, late);
+    e.check();
+}

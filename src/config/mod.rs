@@ -11,17 +11,20 @@
 //!    the rest is still checked without it.
 //! 3. Unknown keys in the TOML file are errors (`deny_unknown_fields`), so a typo is not
 //!    silently ignored.
-//! 4. A non-loopback listen address without API keys is refused unless `--insecure-no-auth`.
+//! 4. A non-loopback listen address without API keys is refused unless `--insecure-no-auth`
+//!    (a Unix socket counts as local: its file mode, `listen_mode`, says who may connect).
+//! 5. `listen_mode` is an octal file mode up to 0777 and is given only with a `unix:` listen
+//!    address (with a TCP one it would silently do nothing).
 
 mod parse;
 mod settings;
 
 use crate::engine::{EngineConfig, UserLimitAction, default_shards};
 use crate::policy::{DEFAULT_POLICY, Mode, Policy};
+use crate::server::Listen;
 use parse::{Problems, parse_bool};
 pub use parse::{default_state_dir, parse_interval, parse_settle, parse_tick, valid_cookie_name};
 pub use settings::Settings;
-use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -36,7 +39,9 @@ pub const DEFAULT_LISTEN: &str = "127.0.0.1:8080";
 /// Validated configuration.
 #[derive(Debug, Clone)]
 pub struct Config {
-    pub listen: SocketAddr,
+    pub listen: Listen,
+    /// The socket file's mode when `listen` is a Unix socket.
+    pub listen_mode: u32,
     pub engine: EngineConfig,
     pub cookie: crate::cookie::CookieSettings,
     pub api_keys_file: Option<PathBuf>,
@@ -88,12 +93,9 @@ fn read_file(path: Option<&Path>, problems: &mut Problems) -> Settings {
     Settings::default()
 }
 
-/// The listen address `given`, else the default.
-pub fn parse_listen(given: Option<String>) -> Result<SocketAddr, String> {
-    let listen = given.unwrap_or_else(|| DEFAULT_LISTEN.into());
-    listen.parse().map_err(|_| {
-        format!("listen {listen:?} is not an address like 127.0.0.1:8080 or [::1]:8080")
-    })
+/// The listen address (or `unix:` socket path) `given`, else the default.
+pub fn parse_listen(given: Option<String>) -> Result<Listen, String> {
+    Listen::parse(&given.unwrap_or_else(|| DEFAULT_LISTEN.into()))
 }
 
 impl Config {
@@ -107,8 +109,17 @@ impl Config {
 
         let listen = parse_listen(s.listen).unwrap_or_else(|e| {
             p.0.push(e);
-            DEFAULT_LISTEN.parse().expect("literal")
+            Listen::parse(DEFAULT_LISTEN).expect("literal")
         });
+        p.check(
+            s.listen_mode.is_none() || matches!(listen, Listen::Unix(_)),
+            || format!("listen_mode is for a Unix socket (listen = \"unix:PATH\"), and listen is {listen}"),
+        );
+        let listen_mode = p.parse(
+            s.listen_mode,
+            || crate::server::listen::DEFAULT_UNIX_MODE,
+            crate::server::listen::parse_mode,
+        );
 
         let shards = s.shards.unwrap_or_else(default_shards);
         p.check(
@@ -163,7 +174,7 @@ impl Config {
         let api_keys_file = s.api_keys_file;
         let insecure_no_auth = s.insecure_no_auth.unwrap_or(false);
         p.check(
-            api_keys_file.is_some() || listen.ip().is_loopback() || insecure_no_auth,
+            api_keys_file.is_some() || listen.is_local() || insecure_no_auth,
             || {
                 format!(
                     "listen {listen} is not a loopback address and no --api-keys-file is set: anyone who can \
@@ -254,6 +265,7 @@ impl Config {
         }
         Ok(Config {
             listen,
+            listen_mode,
             engine: EngineConfig {
                 shards,
                 tick_ms,

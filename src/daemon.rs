@@ -102,7 +102,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
             "cookie_secure is false: session cookies will be sent over plain HTTP; use this only for local development"
         );
     }
-    if keys.is_none() && !config.listen.ip().is_loopback() {
+    if keys.is_none() && !config.listen.is_local() {
         tracing::warn!(listen = %config.listen, "serving without API keys on a non-loopback address (--insecure-no-auth): anyone who can connect is admin");
     }
     if config.policy_file.is_none() || config.persist.is_some() {
@@ -129,9 +129,9 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         )?;
     }
     tokio::spawn(reload_on_sighup(st.policies.clone()));
-    let listener = server::bind(config.listen)
-        .with_context(|| format!("cannot listen on {}", config.listen))?;
-    let local = listener.local_addr()?;
+    // The socket file (of a `unix:` listen address) is removed when `run` returns.
+    let (listener, _socket_file) = server::bind(&config.listen, config.listen_mode)?;
+    let local = listener.describe(&config.listen);
 
     let limits = connection_limits(&config);
     tracing::info!(

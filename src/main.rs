@@ -13,7 +13,7 @@ fn main() -> std::process::ExitCode {
                 return std::process::ExitCode::from(2);
             }
         };
-        return match sessiond::probe::probe(listen, std::time::Duration::from_secs(3)) {
+        return match sessiond::probe::probe(&listen, std::time::Duration::from_secs(3)) {
             Ok(()) => std::process::ExitCode::SUCCESS,
             Err(e) => {
                 eprintln!("sessiond: not ready: {e}");

@@ -3,7 +3,8 @@
 //!
 //! Invariants:
 //! 1. It connects to the configured `--listen` address (an unspecified address such as
-//!    `0.0.0.0` is probed on the loopback of the same family), sends `GET /readyz`, and
+//!    `0.0.0.0` is probed on the loopback of the same family; a `unix:` socket at its path),
+//!    sends `GET /readyz`, and
 //!    succeeds only on a 200 within the timeout: a daemon that is starting, loading or draining
 //!    answers 503.
 //! 2. Of the configuration it reads only the listen address ([`listen_address`]), with the
@@ -13,13 +14,14 @@
 //!    fail.
 
 use crate::config::{ConfigError, Settings, parse_listen};
+use crate::server::Listen;
 use std::io::{Read, Write};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, TcpStream};
 use std::time::Duration;
 
 /// The listen address of the configuration `cli` names (invariant 2); the same messages as
 /// `Config::load` for an unreadable file or a bad address.
-pub fn listen_address(cli: &Settings) -> Result<SocketAddr, ConfigError> {
+pub fn listen_address(cli: &Settings) -> Result<Listen, ConfigError> {
     /// Only the key the probe needs: any other key, good or bad, is not looked at.
     #[derive(serde::Deserialize)]
     struct ListenOnly {
@@ -53,29 +55,51 @@ pub fn target(listen: SocketAddr) -> SocketAddr {
     SocketAddr::new(ip, listen.port())
 }
 
+/// A connected socket of either kind.
+trait ReadWrite: Read + Write {}
+impl<T: Read + Write> ReadWrite for T {}
+
 /// Why the daemon is not ready, as the probe saw it. `main` prints it with `{}` (one line for
 /// the health check's log), so the socket's error is in the message as well as the `source`.
 #[derive(Debug, thiserror::Error)]
 pub enum ProbeError {
     #[error("{addr}: {source}")]
     Io {
-        addr: SocketAddr,
+        /// The address probed, or `unix:PATH`.
+        addr: String,
         #[source]
         source: std::io::Error,
     },
-    #[error(transparent)]
-    Socket(#[from] std::io::Error),
     #[error("{addr}: /readyz answered {line:?}")]
-    NotReady { addr: SocketAddr, line: String },
+    NotReady { addr: String, line: String },
 }
 
 /// `Ok(())` if the daemon at `listen` answers `/readyz` with 200 within `timeout`.
-pub fn probe(listen: SocketAddr, timeout: Duration) -> Result<(), ProbeError> {
-    let addr = target(listen);
-    let io = |source| ProbeError::Io { addr, source };
-    let mut s = TcpStream::connect_timeout(&addr, timeout).map_err(io)?;
-    s.set_read_timeout(Some(timeout))?;
-    s.set_write_timeout(Some(timeout))?;
+pub fn probe(listen: &Listen, timeout: Duration) -> Result<(), ProbeError> {
+    let (addr, connected) = match listen {
+        Listen::Tcp(a) => {
+            let addr = target(*a);
+            let s = TcpStream::connect_timeout(&addr, timeout).and_then(|s| {
+                s.set_read_timeout(Some(timeout))?;
+                s.set_write_timeout(Some(timeout))?;
+                Ok(Box::new(s) as Box<dyn ReadWrite>)
+            });
+            (addr.to_string(), s)
+        }
+        Listen::Unix(path) => {
+            let s = std::os::unix::net::UnixStream::connect(path).and_then(|s| {
+                s.set_read_timeout(Some(timeout))?;
+                s.set_write_timeout(Some(timeout))?;
+                Ok(Box::new(s) as Box<dyn ReadWrite>)
+            });
+            (listen.to_string(), s)
+        }
+    };
+    let io = |source| ProbeError::Io {
+        addr: addr.clone(),
+        source,
+    };
+    let mut s = connected.map_err(io)?;
     s.write_all(b"GET /readyz HTTP/1.1\r\nHost: sessiond\r\nConnection: close\r\n\r\n")
         .map_err(io)?;
     let mut head = [0u8; 64];
@@ -148,6 +172,16 @@ mod tests {
         let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         let addr = l.local_addr().unwrap();
         drop(l);
-        assert!(probe(addr, Duration::from_secs(1)).is_err());
+        assert!(probe(&Listen::Tcp(addr), Duration::from_secs(1)).is_err());
+        let e = probe(
+            &Listen::Unix("/nonexistent/sessiond.sock".into()),
+            Duration::from_secs(1),
+        )
+        .unwrap_err();
+        assert!(
+            e.to_string()
+                .starts_with("unix:/nonexistent/sessiond.sock: "),
+            "{e}"
+        );
     }
 }

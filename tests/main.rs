@@ -22,3 +22,4 @@ mod persist;
 mod policy_source;
 mod slow_clients;
 mod traefik;
+mod unix_socket;

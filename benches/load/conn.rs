@@ -6,8 +6,42 @@
 use axum::body::Bytes;
 use std::io::Write as _;
 use std::net::SocketAddr;
-use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
-use tokio::net::TcpStream;
+use std::path::PathBuf;
+use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, BufReader};
+use tokio::net::{TcpStream, UnixStream};
+
+/// Where a target listens: a TCP address, or a Unix domain socket's path (sessiond's
+/// `--listen unix:PATH`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Addr {
+    Tcp(SocketAddr),
+    Unix(PathBuf),
+}
+
+impl Addr {
+    /// `unix:PATH`, or a socket address such as `127.0.0.1:8080`.
+    pub fn parse(s: &str) -> Option<Addr> {
+        match s.strip_prefix("unix:") {
+            Some(p) if !p.is_empty() => Some(Addr::Unix(p.into())),
+            Some(_) => None,
+            None => s.parse().ok().map(Addr::Tcp),
+        }
+    }
+}
+
+impl std::fmt::Display for Addr {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Addr::Tcp(a) => write!(f, "{a}"),
+            Addr::Unix(p) => write!(f, "unix:{}", p.display()),
+        }
+    }
+}
+
+/// A connected stream of either kind; one indirect call per read or write costs nothing
+/// beside the syscall it makes.
+trait Io: AsyncRead + AsyncWrite + Unpin + Send {}
+impl<T: AsyncRead + AsyncWrite + Unpin + Send> Io for T {}
 
 /// An operation of the mix.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -119,7 +153,7 @@ impl Conn {
 /// `Content-Length` (or no body at all); anything else is reported as an I/O failure rather
 /// than guessed at.
 pub struct HttpConn {
-    stream: TcpStream,
+    stream: Box<dyn Io>,
     host: String,
     /// The request being written.
     out: Vec<u8>,
@@ -133,12 +167,23 @@ pub struct HttpConn {
 const MAX_HEAD: usize = 64 * 1024;
 
 impl HttpConn {
-    pub async fn connect(addr: SocketAddr) -> Result<HttpConn, Failure> {
-        let stream = TcpStream::connect(addr).await.map_err(io)?;
-        stream.set_nodelay(true).map_err(io)?;
+    pub async fn connect(addr: &Addr) -> Result<HttpConn, Failure> {
+        let (stream, host): (Box<dyn Io>, String) = match addr {
+            Addr::Tcp(a) => {
+                let s = TcpStream::connect(a).await.map_err(io)?;
+                s.set_nodelay(true).map_err(io)?;
+                (Box::new(s), a.to_string())
+            }
+            // What nginx sends to a `unix:` upstream; sessiond without API keys answers only a
+            // local host name (its DNS-rebinding guard).
+            Addr::Unix(p) => (
+                Box::new(UnixStream::connect(p).await.map_err(io)?),
+                "localhost".into(),
+            ),
+        };
         Ok(HttpConn {
             stream,
-            host: addr.to_string(),
+            host,
             out: Vec::with_capacity(512),
             inp: Vec::with_capacity(4096),
             closing: false,
@@ -352,7 +397,12 @@ pub struct RedisConn {
 }
 
 impl RedisConn {
-    pub async fn connect(addr: SocketAddr) -> Result<RedisConn, Failure> {
+    pub async fn connect(addr: &Addr) -> Result<RedisConn, Failure> {
+        let Addr::Tcp(addr) = addr else {
+            return Err(Failure::Io(format!(
+                "{addr}: Redis is reached over TCP here"
+            )));
+        };
         let stream = TcpStream::connect(addr).await.map_err(io)?;
         stream.set_nodelay(true).map_err(io)?;
         let (r, w) = stream.into_split();

@@ -21,6 +21,7 @@
 //! timer slack) is counted too, so the open-loop figures err against the server.
 
 mod conn;
+mod cpu;
 mod pace;
 mod target;
 
@@ -45,9 +46,10 @@ const PACER_GRACE: Duration = Duration::from_millis(250);
     about = "Load generator for sessiond (and Redis, for comparison)"
 )]
 struct Args {
-    /// What to load: `sessiond` (start the daemon built with this bench), `http://HOST:PORT`
-    /// (a running sessiond without API keys), `http://A:PORT,http://B:PORT,...` (the nodes of
-    /// a cluster: connections spread over them), `redis` (start redis-server from PATH) or
+    /// What to load: `sessiond` (start the daemon built with this bench), `sessiond+unix` (the
+    /// same on a Unix domain socket), `http://HOST:PORT` or `unix:PATH` (a running sessiond
+    /// without API keys), `http://A:PORT,http://B:PORT,...` (the nodes of a cluster:
+    /// connections spread over them), `redis` (start redis-server from PATH) or
     /// `redis://HOST:PORT`. Repeat to compare targets in one run.
     #[arg(long = "target", default_value = "sessiond")]
     targets: Vec<String>,
@@ -98,6 +100,10 @@ struct Args {
     /// Worker threads of the load generator itself.
     #[arg(long, default_value_t = 1)]
     threads: usize,
+    /// The pid of a sessiond given as a URL (`http://`, `unix:`), to report its CPU time per
+    /// request as for the targets this tool starts.
+    #[arg(long)]
+    pid: Option<u32>,
     /// Extra argument for a sessiond this tool starts (repeat).
     #[arg(long = "sessiond-arg", allow_hyphen_values = true)]
     sessiond_args: Vec<String>,
@@ -319,7 +325,7 @@ async fn drive(
         let shared = shared.clone();
         let gate = pacer.as_ref().map(|p| p.gate(i));
         // A worker that lost its connection makes a new one to a node of the target.
-        let target_addr = target.addrs[i % target.addrs.len()];
+        let target_addr = target.addrs[i % target.addrs.len()].clone();
         let kind = target.kind;
         handles.push(tokio::spawn(async move {
             let mut stats = Stats::new();
@@ -397,15 +403,7 @@ async fn drive(
                     Err(f) => {
                         stats.fail(op, &f);
                         if matches!(f, Failure::Io(_)) {
-                            let fresh = match kind {
-                                Kind::Sessiond => {
-                                    conn::HttpConn::connect(target_addr).await.map(Conn::Http)
-                                }
-                                Kind::Redis => {
-                                    conn::RedisConn::connect(target_addr).await.map(Conn::Redis)
-                                }
-                            };
-                            match fresh {
+                            match target::connect(kind, &target_addr).await {
                                 Ok(c) => w.conn = c,
                                 Err(_) => break,
                             }
@@ -632,6 +630,7 @@ async fn steady(args: &Args, t: &Target, mix: &Mix) -> Result<Value, String> {
         d,
         sh.clone(),
     );
+    let meter = cpu::Meter::start(t.pid);
     let (stats, _ws, elapsed) = drive(t, ws, mix, d, args.rate, pace(args), sh.clone()).await;
     sh.stop.store(true, Ordering::Relaxed);
     let _ = bar.await;
@@ -641,6 +640,7 @@ async fn steady(args: &Args, t: &Target, mix: &Mix) -> Result<Value, String> {
         _ => None,
     };
     let mut run = run_json(&stats, elapsed);
+    cpu::attach(&mut run, &meter);
     run["mix"] = mix.describe().into();
     run["connections"] = args.connections.into();
     run["rate"] = args.rate.into();
@@ -687,6 +687,7 @@ async fn ceiling(args: &Args, t: &Target) -> Result<Value, String> {
             let sh = shared();
             let label = format!("{} {} ({}/{rounds})", t.label, op.name(), round + 1);
             let bar = progress(label, None, d, sh.clone());
+            let meter = cpu::Meter::start(t.pid);
             let (stats, back, elapsed) =
                 drive(t, ws, &Mix(vec![(op, 1)]), d, None, pace(args), sh.clone()).await;
             sh.stop.store(true, Ordering::Relaxed);
@@ -694,10 +695,12 @@ async fn ceiling(args: &Args, t: &Target) -> Result<Value, String> {
             ws = back;
             count_errors(&stats);
             let n = stats.hist.get(&op).map_or(0, |h| h.len());
+            let mut run = run_json(&stats, elapsed);
+            cpu::attach(&mut run, &meter);
             peaks
                 .entry(op)
                 .or_default()
-                .push((n as f64 / elapsed.as_secs_f64(), run_json(&stats, elapsed)));
+                .push((n as f64 / elapsed.as_secs_f64(), run));
         }
     }
     let median = |mut v: Vec<f64>| {
@@ -710,6 +713,7 @@ async fn ceiling(args: &Args, t: &Target) -> Result<Value, String> {
             .collect()
     };
     let (auth_ratios, validate_ratios) = (ratio_rounds(Op::Auth), ratio_rounds(Op::Validate));
+    let cpu_ratios = cpu_over_healthz(&peaks, rounds);
     let mut peak = BTreeMap::new();
     for (op, runs) in &peaks {
         let mut runs = runs.clone();
@@ -739,6 +743,7 @@ async fn ceiling(args: &Args, t: &Target) -> Result<Value, String> {
         let sh = shared();
         let label = format!("{} auth at {half:.0}/s ({}/{rounds})", t.label, round + 1);
         let bar = progress(label, None, d, sh.clone());
+        let meter = cpu::Meter::start(t.pid);
         let (stats, back, elapsed) = drive(
             t,
             ws,
@@ -761,6 +766,7 @@ async fn ceiling(args: &Args, t: &Target) -> Result<Value, String> {
             None => pooled = Some(h.clone()),
         }
         let mut run = run_json(&stats, elapsed);
+        cpu::attach(&mut run, &meter);
         run["rate"] = half.round().into();
         halves.push((pct(h, 0.99), run));
     }
@@ -788,7 +794,24 @@ async fn ceiling(args: &Args, t: &Target) -> Result<Value, String> {
             "validate_over_healthz_by_round": validate_ratios,
         }),
     );
+    out.insert("cpu_over_healthz".into(), cpu_ratios);
     Ok(json!({"target": t.label, "ceiling": out}))
+}
+
+/// auth's and validate's CPU per request over healthz's, each the median of the rounds' ratios
+/// (a round compares runs measured back to back).
+fn cpu_over_healthz(peaks: &BTreeMap<Op, Vec<(f64, Value)>>, rounds: usize) -> Value {
+    let mut out = serde_json::Map::new();
+    for op in [Op::Auth, Op::Validate] {
+        let mut by_round: Vec<f64> = (0..rounds)
+            .filter_map(|r| cpu::ratio(&peaks[&op][r].1, &peaks[&Op::Healthz][r].1))
+            .collect();
+        let key = format!("{}_over_healthz", op.name());
+        out.insert(format!("{key}_by_round"), json!(by_round.clone()));
+        by_round.sort_by(f64::total_cmp);
+        out.insert(key, json!(by_round.get(by_round.len() / 2)));
+    }
+    Value::Object(out)
 }
 
 /// Waits until the target holds at most `level` sessions; returns when (None on timeout).
@@ -811,7 +834,7 @@ fn background(
     max: Duration,
     sh: Arc<Shared>,
 ) -> tokio::task::JoinHandle<(Stats, Vec<Worker>, Duration)> {
-    let target = Target::open(&format!("http://{}", t.addr), &[]).expect("address");
+    let target = t.view();
     tokio::spawn(async move {
         drive(
             &target,
@@ -872,6 +895,7 @@ async fn storm(args: &Args, t: &Target) -> Result<Value, String> {
     .await?;
     let sh = shared();
     let max = (last_deadline - Instant::now()) + Duration::from_secs(30);
+    let meter = cpu::Meter::start(t.pid);
     let bg = background(t, ws, max, sh.clone());
     let bar = progress(format!("{} storm", t.label), None, max, sh.clone());
     tokio::time::sleep_until((first_deadline - Duration::from_millis(500)).into()).await;
@@ -886,6 +910,8 @@ async fn storm(args: &Args, t: &Target) -> Result<Value, String> {
     tokio::time::sleep(Duration::from_millis(500)).await;
     sh.stop.store(true, Ordering::Relaxed);
     let (stats, _, elapsed) = bg.await.map_err(|e| e.to_string())?;
+    let mut traffic = run_json(&stats, elapsed);
+    cpu::attach(&mut traffic, &meter);
     let _ = bar.await;
     let after_last = all_gone.map(|g| g.saturating_duration_since(last_deadline).as_secs_f64());
     Ok(json!({
@@ -898,7 +924,7 @@ async fn storm(args: &Args, t: &Target) -> Result<Value, String> {
             "all_evicted_seconds_after_last_deadline": after_last,
             "validate_p99_ms_before": tagged_p99(&stats, 0, Op::Validate).or_else(|| stats.hist.get(&Op::Validate).map(|h| pct(h, 0.99))),
             "validate_p99_ms_during": tagged_p99(&stats, 1, Op::Validate),
-            "traffic": run_json(&stats, elapsed),
+            "traffic": traffic,
         },
         "eviction_lag": eviction_lag(t).await,
     }))
@@ -928,6 +954,7 @@ async fn policy(args: &Args, t: &Target) -> Result<Value, String> {
     .await?;
     drop(pw);
     let sh = shared();
+    let meter = cpu::Meter::start(t.pid);
     let bg = background(t, ws, Duration::from_secs(60), sh.clone());
     // Older than the new policy allows by the time it lands.
     tokio::time::sleep(Duration::from_millis(2_000)).await;
@@ -947,6 +974,8 @@ async fn policy(args: &Args, t: &Target) -> Result<Value, String> {
     tokio::time::sleep(Duration::from_millis(500)).await;
     sh.stop.store(true, Ordering::Relaxed);
     let (stats, _, elapsed) = bg.await.map_err(|e| e.to_string())?;
+    let mut traffic = run_json(&stats, elapsed);
+    cpu::attach(&mut traffic, &meter);
     Ok(json!({
         "target": t.label,
         "policy_change": {
@@ -957,7 +986,7 @@ async fn policy(args: &Args, t: &Target) -> Result<Value, String> {
             "validate_p99_ms_before": tagged_p99(&stats, 0, Op::Validate),
             "validate_p99_ms_around": tagged_p99(&stats, 1, Op::Validate),
             "validate_p99_ms_after": tagged_p99(&stats, 2, Op::Validate),
-            "traffic": run_json(&stats, elapsed),
+            "traffic": traffic,
         },
     }))
 }
@@ -995,6 +1024,9 @@ fn print_summary(r: &Value) {
             run["seconds"].as_f64().unwrap_or(0.0),
             run["errors"]
         );
+        if let Some(line) = cpu::describe(run) {
+            println!("  {line}");
+        }
     };
     if let Some(p) = r.get("preload") {
         println!(
@@ -1030,6 +1062,10 @@ fn print_summary(r: &Value) {
         }
         println!("  req/s by round: {}", c["rounds"]);
         println!("  ratios (median of the rounds): {}", c["ratios"]);
+        println!(
+            "  target CPU per request over healthz's (median of the rounds): {}",
+            c["cpu_over_healthz"]
+        );
         println!(
             "  auth p99 at half peak, ms: {}",
             c["auth_at_half_peak_p99_ms"]
@@ -1133,6 +1169,13 @@ fn smoke_problems(results: &[Value]) -> Vec<String> {
         let t = r["target"].as_str().unwrap_or("?");
         walk_errors(&r["preload"]["errors"], &format!("{t} preload"), &mut p);
         walk_errors(&r["run"]["errors"], &format!("{t} run"), &mut p);
+        // The smoke run starts every target itself, so every one has a pid.
+        let runs = [&r["run"], &r["ceiling"]["auth"], &r["storm"]["traffic"]];
+        if runs.iter().any(|run| cpu::missing(run, true)) {
+            p.push(format!(
+                "{t}: no CPU time per request (from /proc/PID/stat)"
+            ));
+        }
         short_of_rate(&r["run"], &format!("{t} run"), &mut p);
         if let Some(c) = r.get("ceiling") {
             walk_errors(&c["errors_all_runs"], &format!("{t} ceiling"), &mut p);
@@ -1227,7 +1270,10 @@ fn main() {
         for sc in &scenarios {
             // A fresh target per scenario, so that one's sessions do not skew the next.
             let t = match Target::open(spec, &args.sessiond_args) {
-                Ok(t) => t,
+                Ok(mut t) => {
+                    t.pid = t.pid.or(args.pid);
+                    t
+                }
                 Err(e) => {
                     eprintln!("error: {e}");
                     std::process::exit(2);

@@ -1,10 +1,11 @@
 //! What the load generator talks to: a sessiond it started itself (the release binary built by
 //! `cargo bench`), a running sessiond at `http://host:port`, the nodes of a sessiond cluster
-//! (`http://a:port,http://b:port,...`: connections spread over them, round robin), or a Redis
+//! (`http://a:port,http://b:port,...`: connections spread over them, round robin), a sessiond
+//! on a Unix domain socket (`unix:PATH` running, or `sessiond+unix` started here), or a Redis
 //! server (started here, or at a `redis://host:port` URL). Also where memory and metrics are
 //! read from (the first node of a list).
 
-use crate::conn::{Conn, HttpConn, RedisConn, Reply};
+use crate::conn::{Addr, Conn, HttpConn, RedisConn, Reply};
 use std::io::{BufRead, BufReader};
 use std::net::{SocketAddr, TcpListener, ToSocketAddrs};
 use std::path::PathBuf;
@@ -22,9 +23,9 @@ pub struct Target {
     pub label: String,
     pub kind: Kind,
     /// The (first) node: metrics, memory and admin requests go here.
-    pub addr: SocketAddr,
+    pub addr: Addr,
     /// Every node; connection `i` goes to `addrs[i % len]`.
-    pub addrs: Vec<SocketAddr>,
+    pub addrs: Vec<Addr>,
     next: std::sync::atomic::AtomicUsize,
     child: Option<Child>,
     /// The server's pid when known (to read its resident memory).
@@ -72,12 +73,13 @@ impl Target {
                         .strip_prefix("http://")
                         .ok_or_else(|| format!("{s:?}: a list of nodes is http://HOST:PORT,..."))
                         .and_then(|r| resolve(r.trim_end_matches('/')))
+                        .map(Addr::Tcp)
                 })
                 .collect::<Result<Vec<_>, String>>()?;
             return Ok(Target {
                 label: format!("sessiond cluster of {}", addrs.len()),
                 kind: Kind::Sessiond,
-                addr: addrs[0],
+                addr: addrs[0].clone(),
                 addrs,
                 next: Default::default(),
                 child: None,
@@ -86,17 +88,32 @@ impl Target {
             });
         }
         if spec == "sessiond" {
-            return start_sessiond(extra_args);
+            return start_sessiond(extra_args, false);
+        }
+        if spec == "sessiond+unix" {
+            return start_sessiond(extra_args, true);
+        }
+        if let Some(addr) = spec.strip_prefix("unix:").and_then(|_| Addr::parse(spec)) {
+            return Ok(Target {
+                label: format!("sessiond {addr}"),
+                kind: Kind::Sessiond,
+                addr: addr.clone(),
+                addrs: vec![addr],
+                next: Default::default(),
+                child: None,
+                pid: None,
+                scratch: None,
+            });
         }
         if spec == "redis" {
             return start_redis();
         }
         if let Some(rest) = spec.strip_prefix("http://") {
-            let addr = resolve(rest.trim_end_matches('/'))?;
+            let addr = Addr::Tcp(resolve(rest.trim_end_matches('/'))?);
             return Ok(Target {
                 label: format!("sessiond {addr}"),
                 kind: Kind::Sessiond,
-                addr,
+                addr: addr.clone(),
                 addrs: vec![addr],
                 next: Default::default(),
                 child: None,
@@ -106,37 +123,44 @@ impl Target {
         }
         if let Some(rest) = spec.strip_prefix("redis://") {
             let addr = resolve(rest.trim_end_matches('/'))?;
-            let mut t = Target {
+            return Ok(Target {
                 label: format!("redis {addr}"),
                 kind: Kind::Redis,
-                addr,
-                addrs: vec![addr],
+                addr: Addr::Tcp(addr),
+                addrs: vec![Addr::Tcp(addr)],
                 next: Default::default(),
                 child: None,
-                pid: None,
+                pid: redis_pid(addr),
                 scratch: None,
-            };
-            t.pid = redis_pid(addr);
-            return Ok(t);
+            });
         }
         Err(format!(
-            "unknown target {spec:?}: use sessiond, http://HOST:PORT, redis or redis://HOST:PORT"
+            "unknown target {spec:?}: use sessiond, sessiond+unix, http://HOST:PORT, unix:PATH, redis \
+             or redis://HOST:PORT"
         ))
     }
 
     /// A connection to the next node, round robin (the one node of a single target).
     pub async fn connect(&self) -> Result<Conn, String> {
         let i = self.next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        self.connect_to(self.addrs[i % self.addrs.len()]).await
+        connect(self.kind, &self.addrs[i % self.addrs.len()])
+            .await
+            .map_err(|e| format!("{}: {e:?}", self.label))
     }
 
-    /// A connection to `addr`, one of [`Target::addrs`].
-    pub async fn connect_to(&self, addr: SocketAddr) -> Result<Conn, String> {
-        match self.kind {
-            Kind::Sessiond => HttpConn::connect(addr).await.map(Conn::Http),
-            Kind::Redis => RedisConn::connect(addr).await.map(Conn::Redis),
+    /// The same target without the process behind it (which stays this one's): for traffic
+    /// driven from a task of its own.
+    pub fn view(&self) -> Target {
+        Target {
+            label: self.label.clone(),
+            kind: self.kind,
+            addr: self.addr.clone(),
+            addrs: self.addrs.clone(),
+            next: Default::default(),
+            child: None,
+            pid: self.pid,
+            scratch: None,
         }
-        .map_err(|e| format!("{}: {e:?}", self.label))
     }
 
     /// The server's resident set size in bytes, when its pid is known.
@@ -152,7 +176,7 @@ impl Target {
         if self.kind != Kind::Sessiond {
             return None;
         }
-        let mut c = HttpConn::connect(self.addr).await.ok()?;
+        let mut c = HttpConn::connect(&self.addr).await.ok()?;
         let (s, b) = c.send("GET", "/metrics", &[], None).await.ok()?;
         (s == 200).then(|| String::from_utf8_lossy(&b).into_owned())
     }
@@ -164,7 +188,7 @@ impl Target {
                 metric(&self.metrics().await?, "sessiond_sessions_active").map(|v| v as u64)
             }
             Kind::Redis => {
-                let mut c = RedisConn::connect(self.addr).await.ok()?;
+                let mut c = RedisConn::connect(&self.addr).await.ok()?;
                 match c.cmd(&[b"DBSIZE"]).await.ok()? {
                     Reply::Int(n) => Some(n as u64),
                     _ => None,
@@ -175,7 +199,7 @@ impl Target {
 
     /// An admin request to sessiond (policy writes in the scenarios).
     pub async fn admin(&self, method: &str, path: &str, body: &str) -> Result<String, String> {
-        let mut c = HttpConn::connect(self.addr)
+        let mut c = HttpConn::connect(&self.addr)
             .await
             .map_err(|e| format!("{e:?}"))?;
         let (s, b) = c
@@ -188,6 +212,14 @@ impl Target {
         } else {
             Err(format!("{method} {path}: {s} {text}"))
         }
+    }
+}
+
+/// A connection of `kind` to `addr` (a worker's, and a worker's again after a reset).
+pub async fn connect(kind: Kind, addr: &Addr) -> Result<Conn, crate::conn::Failure> {
+    match kind {
+        Kind::Sessiond => HttpConn::connect(addr).await.map(Conn::Http),
+        Kind::Redis => RedisConn::connect(addr).await.map(Conn::Redis),
     }
 }
 
@@ -234,11 +266,16 @@ fn free_port() -> u16 {
         .expect("a free port")
 }
 
-fn start_sessiond(extra_args: &[String]) -> Result<Target, String> {
-    let dir = scratch_dir("sessiond");
+fn start_sessiond(extra_args: &[String], unix: bool) -> Result<Target, String> {
+    let dir = scratch_dir(if unix { "sessiond-unix" } else { "sessiond" });
     let bin = env!("CARGO_BIN_EXE_sessiond");
+    let listen = if unix {
+        format!("unix:{}", dir.join("sessiond.sock").display())
+    } else {
+        "127.0.0.1:0".into()
+    };
     let mut child = Command::new(bin)
-        .args(["--listen", "127.0.0.1:0", "--log-level", "info"])
+        .args(["--listen", &listen, "--log-level", "info"])
         .arg("--state-dir")
         .arg(dir.join("state"))
         .args(extra_args)
@@ -267,7 +304,7 @@ fn start_sessiond(extra_args: &[String]) -> Result<Target, String> {
                 .split("listen=")
                 .nth(1)
                 .and_then(|r| r.split_whitespace().next())
-                .and_then(|a| a.parse().ok())
+                .and_then(Addr::parse)
         {
             // With persistence (the default) the session routes answer 503 until the saved
             // sessions are loaded: wait for that line.
@@ -282,9 +319,14 @@ fn start_sessiond(extra_args: &[String]) -> Result<Target, String> {
             }
             let pid = child.id();
             return Ok(Target {
-                label: "sessiond".into(),
+                label: if unix {
+                    "sessiond (unix socket)"
+                } else {
+                    "sessiond"
+                }
+                .into(),
                 kind: Kind::Sessiond,
-                addr,
+                addr: addr.clone(),
                 addrs: vec![addr],
                 next: Default::default(),
                 child: Some(child),
@@ -333,8 +375,8 @@ fn start_redis() -> Result<Target, String> {
     Ok(Target {
         label: "redis".into(),
         kind: Kind::Redis,
-        addr,
-        addrs: vec![addr],
+        addr: Addr::Tcp(addr),
+        addrs: vec![Addr::Tcp(addr)],
         next: Default::default(),
         child: Some(child),
         pid: Some(pid),
@@ -352,7 +394,7 @@ fn redis_pid(addr: SocketAddr) -> Option<u32> {
         .build()
         .ok()?;
     rt.block_on(async {
-        let mut c = RedisConn::connect(addr).await.ok()?;
+        let mut c = RedisConn::connect(&Addr::Tcp(addr)).await.ok()?;
         match c.cmd(&[b"INFO", b"server"]).await.ok()? {
             Reply::Bulk(Some(b)) => String::from_utf8_lossy(&b)
                 .lines()

@@ -13,9 +13,12 @@
 //!    (`crate::suggest`): keys of the TOML file and of its `[application]` table, flags, and
 //!    `SESSIOND_*` variables close to a setting's; they join the list of invariant 1, so one
 //!    start names every typo. A value of the wrong type in the file is one more problem.
-//! 4. A non-loopback listen address without API keys is refused unless `--insecure-no-auth`.
+//! 4. A non-loopback listen address without API keys is refused unless `--insecure-no-auth`
+//!    (a Unix socket counts as local: its file mode, `listen_mode`, says who may connect).
 //! 5. Every duration follows one rule (`parse::parse_duration`): a unit (`ms`, `s`, `m`, `h`,
 //!    `d`) is always accepted and a bare number means seconds.
+//! 6. `listen_mode` is an octal file mode up to 0777 and is given only with a `unix:` listen
+//!    address (with a TCP one it would silently do nothing).
 
 mod parse;
 mod settings;
@@ -23,12 +26,12 @@ mod unknown;
 
 use crate::engine::{EngineConfig, UserLimitAction, default_shards};
 use crate::policy::{DEFAULT_POLICY, Mode, Policy};
+use crate::server::Listen;
 use parse::{Problems, parse_bool};
 pub use parse::{
     default_state_dir, parse_duration, parse_interval, parse_settle, parse_tick, valid_cookie_name,
 };
 pub use settings::Settings;
-use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -43,7 +46,9 @@ pub const DEFAULT_LISTEN: &str = "127.0.0.1:8080";
 /// Validated configuration.
 #[derive(Debug, Clone)]
 pub struct Config {
-    pub listen: SocketAddr,
+    pub listen: Listen,
+    /// The socket file's mode when `listen` is a Unix socket.
+    pub listen_mode: u32,
     pub engine: EngineConfig,
     pub cookie: crate::cookie::CookieSettings,
     pub api_keys_file: Option<PathBuf>,
@@ -98,12 +103,9 @@ fn read_file(path: Option<&Path>, problems: &mut Problems) -> Settings {
     Settings::default()
 }
 
-/// The listen address `given`, else the default.
-pub fn parse_listen(given: Option<String>) -> Result<SocketAddr, String> {
-    let listen = given.unwrap_or_else(|| DEFAULT_LISTEN.into());
-    listen.parse().map_err(|_| {
-        format!("listen {listen:?} is not an address like 127.0.0.1:8080 or [::1]:8080")
-    })
+/// The listen address (or `unix:` socket path) `given`, else the default.
+pub fn parse_listen(given: Option<String>) -> Result<Listen, String> {
+    Listen::parse(&given.unwrap_or_else(|| DEFAULT_LISTEN.into()))
 }
 
 impl Config {
@@ -119,8 +121,17 @@ impl Config {
 
         let listen = parse_listen(s.listen).unwrap_or_else(|e| {
             p.0.push(e);
-            DEFAULT_LISTEN.parse().expect("literal")
+            Listen::parse(DEFAULT_LISTEN).expect("literal")
         });
+        p.check(
+            s.listen_mode.is_none() || matches!(listen, Listen::Unix(_)),
+            || format!("listen_mode is for a Unix socket (listen = \"unix:PATH\"), and listen is {listen}"),
+        );
+        let listen_mode = p.parse(
+            s.listen_mode,
+            || crate::server::listen::DEFAULT_UNIX_MODE,
+            crate::server::listen::parse_mode,
+        );
 
         let shards = s.shards.unwrap_or_else(default_shards);
         p.check(
@@ -175,7 +186,7 @@ impl Config {
         let api_keys_file = s.api_keys_file;
         let insecure_no_auth = s.insecure_no_auth.unwrap_or(false);
         p.check(
-            api_keys_file.is_some() || listen.ip().is_loopback() || insecure_no_auth,
+            api_keys_file.is_some() || listen.is_local() || insecure_no_auth,
             || {
                 format!(
                     "listen {listen} is not a loopback address and no --api-keys-file is set: anyone who can \
@@ -273,6 +284,7 @@ impl Config {
         }
         Ok(Config {
             listen,
+            listen_mode,
             engine: EngineConfig {
                 shards,
                 tick_ms,

@@ -84,9 +84,14 @@ settings! {
         #[arg(long, action = ArgAction::SetTrue)]
         #[serde(skip)]
         pub probe: Option<bool>,
-        /// Address to listen on [default: 127.0.0.1:8080].
+        /// Address to listen on, or `unix:PATH` for a Unix domain socket (a gateway on the same
+        /// host) [default: 127.0.0.1:8080].
         #[arg(long, env = "SESSIOND_LISTEN")]
         pub listen: Option<String>,
+        /// File mode of the `unix:` socket, octal, e.g. `0660` (who may connect: give the socket's
+        /// group to the gateway, see docs/gateways.md) [default: 0660].
+        #[arg(long, env = "SESSIOND_LISTEN_MODE")]
+        pub listen_mode: Option<String>,
         /// Number of shards, a power of two [default: 8 per core].
         #[arg(long, env = "SESSIOND_SHARDS")]
         pub shards: Option<usize>,

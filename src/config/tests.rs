@@ -110,7 +110,7 @@ fn file_is_read_and_flags_win() {
     .unwrap();
     let p = path.to_str().unwrap();
     let c = Config::load(cli(&["--config", p, "--tick", "200ms"])).unwrap();
-    assert_eq!(c.listen.port(), 9000);
+    assert_eq!(c.listen.to_string(), "127.0.0.1:9000");
     assert_eq!(c.engine.tick_ms, 200);
     assert_eq!(c.engine.application_policy.absolute_timeout_secs, 28_800);
     assert!(c.engine.application_policy.persistent);

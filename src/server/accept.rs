@@ -1,5 +1,5 @@
-//! The acceptor: takes each new connection and hands it to the worker with the fewest open
-//! ones, or refuses it past the cap.
+//! The acceptor: takes each new connection (TCP or Unix socket, `listen`) and hands it to the
+//! worker with the fewest open ones, or refuses it past the cap.
 //!
 //! Invariants (numbered as in `server`):
 //! 1. A worker's count is incremented here when a connection is handed to it, and decremented
@@ -8,21 +8,79 @@
 //!    logged at most once per [`LOG_EVERY`].
 //! 5. A failing `accept` pauses [`ACCEPT_PAUSE`] and is logged at most once per [`LOG_EVERY`].
 
+use super::listen::Listener;
 use super::{ACCEPT_PAUSE, LOG_EVERY, Limits};
 use crate::shutdown::Stop;
-use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 
 /// A connection on its way to a worker.
-pub(super) type Handoff = (std::net::TcpStream, SocketAddr, OpenGuard);
+pub(super) type Handoff = (Stream, OpenGuard);
+
+/// A connection as it travels between threads (a plain socket, registered with no runtime).
+pub(super) enum Stream {
+    Tcp(std::net::TcpStream),
+    Unix(std::os::unix::net::UnixStream),
+}
+
+/// The listening socket, registered with the acceptor's runtime.
+pub(super) enum Accepting {
+    Tcp(tokio::net::TcpListener),
+    Unix(tokio::net::UnixListener),
+}
+
+/// A connection just accepted, on the acceptor's runtime.
+pub(super) enum Accepted {
+    Tcp(tokio::net::TcpStream),
+    Unix(tokio::net::UnixStream),
+}
+
+impl Accepting {
+    /// Registers `l` with the current runtime.
+    pub(super) fn new(l: Listener) -> std::io::Result<Accepting> {
+        Ok(match l {
+            Listener::Tcp(l) => Accepting::Tcp(tokio::net::TcpListener::from_std(l)?),
+            Listener::Unix(l) => Accepting::Unix(tokio::net::UnixListener::from_std(l)?),
+        })
+    }
+
+    async fn accept(&self) -> std::io::Result<Accepted> {
+        match self {
+            Accepting::Tcp(l) => l.accept().await.map(|(s, _)| Accepted::Tcp(s)),
+            Accepting::Unix(l) => l.accept().await.map(|(s, _)| Accepted::Unix(s)),
+        }
+    }
+}
+
+impl Accepted {
+    /// Best effort: a fresh socket's send buffer takes a short answer whole, or the peer is
+    /// gone.
+    fn try_write(&self, b: &[u8]) {
+        let _ = match self {
+            Accepted::Tcp(s) => s.try_write(b),
+            Accepted::Unix(s) => s.try_write(b),
+        };
+    }
+
+    /// Out of this runtime, to be handed to a worker's.
+    fn into_std(self) -> std::io::Result<Stream> {
+        Ok(match self {
+            Accepted::Tcp(s) => {
+                // Answers are written whole; no reason to let Nagle hold any back.
+                let _ = s.set_nodelay(true);
+                Stream::Tcp(s.into_std()?)
+            }
+            Accepted::Unix(s) => Stream::Unix(s.into_std()?),
+        })
+    }
+}
 
 /// Accepts until `stop` is set: each connection is handed to a worker, or refused past the
 /// cap (invariant 4); a failing `accept` pauses (invariant 5).
 pub(super) async fn run(
-    listener: tokio::net::TcpListener,
+    listener: Accepting,
     open: &Arc<[AtomicUsize]>,
     inboxes: &[mpsc::UnboundedSender<Handoff>],
     limits: Limits,
@@ -33,11 +91,11 @@ pub(super) async fn run(
     loop {
         tokio::select! {
             r = listener.accept() => match r {
-                Ok((stream, peer)) => {
+                Ok(stream) => {
                     if total(open) >= limits.max_connections {
                         refuse(stream, limits.max_connections, &mut refused);
                     } else {
-                        hand_over(stream, peer, open, inboxes);
+                        hand_over(stream, open, inboxes);
                     }
                 }
                 Err(e) => accept_error(e, limits.max_connections, &mut failed).await,
@@ -53,16 +111,13 @@ fn total(open: &[AtomicUsize]) -> usize {
 
 /// Gives `stream` to the worker with the fewest open connections (invariant 1).
 pub(super) fn hand_over(
-    stream: tokio::net::TcpStream,
-    peer: SocketAddr,
+    stream: Accepted,
     open: &Arc<[AtomicUsize]>,
     inboxes: &[mpsc::UnboundedSender<Handoff>],
 ) {
     let i = (0..open.len())
         .min_by_key(|&i| open[i].load(Ordering::Relaxed))
         .expect("at least one worker");
-    // Answers are written whole; no reason to let Nagle hold any back.
-    let _ = stream.set_nodelay(true);
     let std = match stream.into_std() {
         Ok(s) => s,
         Err(e) => {
@@ -77,7 +132,7 @@ pub(super) fn hand_over(
         worker: i,
     };
     // A worker that has stopped drops the connection, and the guard with it.
-    let _ = inboxes[i].send((std, peer, guard));
+    let _ = inboxes[i].send((std, guard));
 }
 
 /// Counts events and says whether one should be logged now (at most one line per
@@ -107,10 +162,9 @@ Content-Type: application/json\r\nContent-Length: 120\r\n\r\n\
 {\"error\":{\"code\":\"too_many_connections\",\"message\":\"sessiond is at its connection limit (max_connections); retry later\"}}";
 
 /// Closes a connection past the cap at once (invariant 4).
-fn refuse(stream: tokio::net::TcpStream, max: usize, log: &mut RateLimited) {
+fn refuse(stream: Accepted, max: usize, log: &mut RateLimited) {
     metrics::counter!(crate::metrics::HTTP_CONNECTIONS_REFUSED).increment(1);
-    // Best effort: a fresh socket's send buffer takes this whole, or the peer is gone.
-    let _ = stream.try_write(REFUSED);
+    stream.try_write(REFUSED);
     drop(stream);
     if let Some(n) = log.tick(Instant::now()) {
         tracing::warn!(

@@ -1,5 +1,5 @@
-//! A connection with its deadlines: the socket, as hyper reads and writes it, following where
-//! the request stands from the bytes that pass.
+//! A connection with its deadlines: the socket (TCP or Unix, the same code for either), as
+//! hyper reads and writes it, following where the request stands from the bytes that pass.
 //!
 //! Invariants (numbered as in `server`):
 //! 1. It holds its worker's [`OpenGuard`], so the count drops when it does, however it ends.
@@ -37,8 +37,8 @@ enum Phase {
 /// a head, a write (the answer) ends the request, and a changed count of request heads (from
 /// [`Service`]) means a head was parsed. Deadlines are only checked where they matter, when a
 /// read finds nothing to read.
-pub(super) struct Conn {
-    io: tokio::net::TcpStream,
+pub(super) struct Conn<S> {
+    io: S,
     _guard: OpenGuard,
     heads: Arc<AtomicU32>,
     /// The count of heads when the phase was last followed.
@@ -51,13 +51,8 @@ pub(super) struct Conn {
     limits: Limits,
 }
 
-impl Conn {
-    pub(super) fn new(
-        io: tokio::net::TcpStream,
-        guard: OpenGuard,
-        heads: Arc<AtomicU32>,
-        l: Limits,
-    ) -> Conn {
+impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
+    pub(super) fn new(io: S, guard: OpenGuard, heads: Arc<AtomicU32>, l: Limits) -> Conn<S> {
         let now = Instant::now();
         Conn {
             io,
@@ -132,7 +127,7 @@ impl Conn {
     }
 }
 
-impl AsyncRead for Conn {
+impl<S: AsyncRead + AsyncWrite + Unpin> AsyncRead for Conn<S> {
     fn poll_read(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
@@ -153,7 +148,7 @@ impl AsyncRead for Conn {
     }
 }
 
-impl AsyncWrite for Conn {
+impl<S: AsyncRead + AsyncWrite + Unpin> AsyncWrite for Conn<S> {
     fn poll_write(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,

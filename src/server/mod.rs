@@ -39,19 +39,23 @@
 //!    store, one load and one clock read (vDSO, no syscall); the timer is per connection and
 //!    is re-armed only when it fires or a deadline moves earlier.
 //!
-//! Files: `accept` (the acceptor: hand-over to the least-loaded worker, refusal past the cap,
-//! accept errors), `worker` (a worker's loop and the router as a hyper service), `conn` (a
-//! connection with its deadlines), `tests`.
+//! 7-10. Where it listens (TCP or a Unix socket) and the socket file's life: see `listen`.
+//!
+//! Files: `listen` (the address or socket path, binding, the socket file), `accept` (the
+//! acceptor: hand-over to the least-loaded worker, refusal past the cap, accept errors),
+//! `worker` (a worker's loop and the router as a hyper service), `conn` (a connection with its
+//! deadlines), `tests`.
 
 mod accept;
 mod conn;
+pub mod listen;
 #[cfg(test)]
 mod tests;
 mod worker;
 
 use crate::shutdown::Stop;
 use axum::Router;
-use std::net::SocketAddr;
+pub use listen::{BindError, Listen, Listener, SocketFile, bind};
 use std::sync::Arc;
 use std::sync::atomic::AtomicUsize;
 use std::time::Duration;
@@ -70,15 +74,6 @@ pub struct Limits {
     pub max_connections: usize,
 }
 
-/// Binds and listens on `addr` (before any worker starts, so that a port in use fails start-up
-/// at once). std sets `SO_REUSEADDR`, so a restart is not refused by old connections in
-/// TIME_WAIT.
-pub fn bind(addr: SocketAddr) -> std::io::Result<std::net::TcpListener> {
-    let listener = std::net::TcpListener::bind(addr)?;
-    listener.set_nonblocking(true)?;
-    Ok(listener)
-}
-
 /// The running acceptor and HTTP workers.
 pub struct Workers {
     done: mpsc::UnboundedReceiver<std::io::Result<()>>,
@@ -88,7 +83,7 @@ pub struct Workers {
 /// Starts one worker per router in `apps` and the acceptor that feeds them from `listener`;
 /// they drain and end when `stop` is set (invariant 2).
 pub fn start(
-    listener: std::net::TcpListener,
+    listener: Listener,
     apps: Vec<Router>,
     limits: Limits,
     stop: Stop,
@@ -121,7 +116,7 @@ pub fn start(
                 Err(e) => return drop(started_tx.send(Err(e))),
             };
             rt.block_on(async move {
-                let listener = match tokio::net::TcpListener::from_std(listener) {
+                let listener = match accept::Accepting::new(listener) {
                     Ok(l) => l,
                     Err(e) => return drop(started_tx.send(Err(e))),
                 };

@@ -1,6 +1,6 @@
 //! Tests of the workers against real sockets: the hand-over, the deadlines, the cap, the drain.
 
-use super::accept::{Handoff, RateLimited, hand_over};
+use super::accept::{Accepted, Handoff, RateLimited, hand_over};
 use super::*;
 use crate::shutdown::{Shutdown, Stage};
 use axum::routing::get;
@@ -20,8 +20,8 @@ fn connections_are_spread_evenly_and_counted_until_closed() {
         let mut clients = Vec::new();
         for _ in 0..7 {
             clients.push(tokio::net::TcpStream::connect(addr).await.unwrap());
-            let (s, peer) = listener.accept().await.unwrap();
-            hand_over(s, peer, &open, &txs);
+            let (s, _) = listener.accept().await.unwrap();
+            hand_over(Accepted::Tcp(s), &open, &txs);
         }
         let counts: Vec<usize> = open.iter().map(|c| c.load(Ordering::Relaxed)).collect();
         assert_eq!(counts, [3, 2, 2]);
@@ -32,12 +32,49 @@ fn connections_are_spread_evenly_and_counted_until_closed() {
         assert_eq!(open[1].load(Ordering::Relaxed), 0);
         for _ in 0..2 {
             clients.push(tokio::net::TcpStream::connect(addr).await.unwrap());
-            let (s, peer) = listener.accept().await.unwrap();
-            hand_over(s, peer, &open, &txs);
+            let (s, _) = listener.accept().await.unwrap();
+            hand_over(Accepted::Tcp(s), &open, &txs);
         }
         assert_eq!(open[1].load(Ordering::Relaxed), 2);
         assert_eq!(rxs[1].len(), 2);
     });
+}
+
+/// A listener on a free loopback port, and its address.
+fn bind_tcp() -> (Listener, std::net::SocketAddr) {
+    let (l, file) = bind(&Listen::Tcp("127.0.0.1:0".parse().unwrap()), 0).unwrap();
+    assert!(file.is_none());
+    let Listener::Tcp(t) = &l else {
+        unreachable!("a TCP address binds a TCP listener")
+    };
+    let addr = t.local_addr().unwrap();
+    (l, addr)
+}
+
+/// The same workers serve a Unix socket: a request is answered, and the drain ends them.
+#[test]
+fn serves_over_a_unix_socket() {
+    use std::io::{Read, Write};
+    let dir = std::env::temp_dir().join(format!("sessiond-server-unix-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("s.sock");
+    let (listener, file) = bind(&Listen::Unix(path.clone()), 0o600).unwrap();
+    let app = Router::new().route("/", get(|| async { "ok over unix" }));
+    let shutdown = Shutdown::new();
+    let workers = start(listener, vec![app], LIMITS, shutdown.at(Stage::Draining)).unwrap();
+    let mut s = std::os::unix::net::UnixStream::connect(&path).unwrap();
+    s.write_all(b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        .unwrap();
+    let mut answer = String::new();
+    s.read_to_string(&mut answer).unwrap();
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    assert!(answer.ends_with("ok over unix"), "{answer}");
+    shutdown.advance(Stage::Draining);
+    let rt = current_thread().unwrap();
+    rt.block_on(workers.wait()).unwrap();
+    drop(file);
+    assert!(!path.exists());
+    std::fs::remove_dir_all(dir).unwrap();
 }
 
 const LIMITS: Limits = Limits {
@@ -65,8 +102,7 @@ fn read_to_close(s: &mut std::net::TcpStream, within: Duration) -> Result<String
 #[test]
 fn slow_heads_and_idle_connections_are_closed_but_slow_handlers_are_not() {
     use std::io::{Read, Write};
-    let listener = bind("127.0.0.1:0".parse().unwrap()).unwrap();
-    let addr = listener.local_addr().unwrap();
+    let (listener, addr) = bind_tcp();
     let app = Router::new().route("/", get(|| async { "ok" })).route(
         "/slow",
         get(|| async {
@@ -120,8 +156,7 @@ fn slow_heads_and_idle_connections_are_closed_but_slow_handlers_are_not() {
 #[test]
 fn connections_past_the_cap_are_refused_at_once() {
     use std::io::{Read, Write};
-    let listener = bind("127.0.0.1:0".parse().unwrap()).unwrap();
-    let addr = listener.local_addr().unwrap();
+    let (listener, addr) = bind_tcp();
     let app = Router::new().route("/", get(|| async { "ok" }));
     let limits = Limits {
         max_connections: 2,
@@ -189,8 +224,7 @@ fn refusals_are_logged_at_most_once_per_period() {
 /// A request through the acceptor and a worker, then a drain that ends both.
 #[test]
 fn serves_and_drains() {
-    let listener = bind("127.0.0.1:0".parse().unwrap()).unwrap();
-    let addr = listener.local_addr().unwrap();
+    let (listener, addr) = bind_tcp();
     let app = || Router::new().route("/", get(|| async { "ok" }));
     let shutdown = Shutdown::new();
     let workers = start(

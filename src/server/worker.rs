@@ -10,7 +10,7 @@
 //!    count), as `axum::serve` does.
 
 use super::Limits;
-use super::accept::Handoff;
+use super::accept::{Handoff, OpenGuard, Stream};
 use super::conn::Conn;
 use crate::shutdown::Stop;
 use axum::Router;
@@ -30,6 +30,7 @@ pub(super) async fn serve(
     stop: Stop,
 ) {
     let mut http = hyper::server::conn::http1::Builder::new();
+    let http = &mut http;
     // Ours ([`Conn`]) starts at a request's first byte; hyper's would also close idle
     // keep-alive connections.
     http.header_read_timeout(None);
@@ -41,42 +42,58 @@ pub(super) async fn serve(
             _ = stop.wait() => break,
         };
         // The acceptor has ended: the shutdown has begun, or it could not start.
-        let Some((std, _peer, guard)) = handoff else {
+        let Some((std, guard)) = handoff else {
             break;
         };
-        let io = match tokio::net::TcpStream::from_std(std) {
-            Ok(io) => io,
-            Err(e) => {
-                tracing::warn!(error = %e, "cannot register a connection; closing it");
-                continue;
-            }
+        let spawned = match std {
+            Stream::Tcp(s) => tokio::net::TcpStream::from_std(s)
+                .map(|io| spawn(http, io, guard, &app, limits, &stop, &drained_rx)),
+            Stream::Unix(s) => tokio::net::UnixStream::from_std(s)
+                .map(|io| spawn(http, io, guard, &app, limits, &stop, &drained_rx)),
         };
-        let heads = Arc::new(AtomicU32::new(0));
-        let conn = Conn::new(io, guard, heads.clone(), limits);
-        let service = Service {
-            app: app.clone(),
-            heads,
-        };
-        let conn = http.serve_connection(TokioIo::new(conn), service);
-        let stop = stop.clone();
-        let drained = drained_rx.clone();
-        tokio::spawn(async move {
-            let mut conn = std::pin::pin!(conn);
-            let result = tokio::select! {
-                r = conn.as_mut() => r,
-                _ = stop.wait() => {
-                    conn.as_mut().graceful_shutdown();
-                    conn.await
-                }
-            };
-            if let Err(e) = result {
-                tracing::trace!(error = %e, "connection ended with an error");
-            }
-            drop(drained);
-        });
+        if let Err(e) = spawned {
+            tracing::warn!(error = %e, "cannot register a connection; closing it");
+        }
     }
     drop(drained_rx);
     drained_tx.closed().await;
+}
+
+/// Serves one connection on a task of its own until it ends or the shutdown drains it.
+fn spawn<S>(
+    http: &hyper::server::conn::http1::Builder,
+    io: S,
+    guard: OpenGuard,
+    app: &Router,
+    limits: Limits,
+    stop: &Stop,
+    drained: &watch::Receiver<()>,
+) where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let heads = Arc::new(AtomicU32::new(0));
+    let conn = Conn::new(io, guard, heads.clone(), limits);
+    let service = Service {
+        app: app.clone(),
+        heads,
+    };
+    let conn = http.serve_connection(TokioIo::new(conn), service);
+    let stop = stop.clone();
+    let drained = drained.clone();
+    tokio::spawn(async move {
+        let mut conn = std::pin::pin!(conn);
+        let result = tokio::select! {
+            r = conn.as_mut() => r,
+            _ = stop.wait() => {
+                conn.as_mut().graceful_shutdown();
+                conn.await
+            }
+        };
+        if let Err(e) = result {
+            tracing::trace!(error = %e, "connection ended with an error");
+        }
+        drop(drained);
+    });
 }
 
 /// The router as a hyper service that counts the request heads it is handed, so that the

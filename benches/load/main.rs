@@ -60,6 +60,10 @@ struct Args {
     /// policy scenario tightens one more org of its own.
     #[arg(long, default_value_t = 1_000)]
     orgs: usize,
+    /// The shape of the user ids sessions are created with: `short` (`u123`) or `uuid`
+    /// (canonical lower-case UUIDs, as most identity providers hand out; issue #25).
+    #[arg(long, default_value = "short", value_parser = ["short", "uuid"])]
+    user_ids: String,
     /// Keep-alive connections, one request in flight on each.
     #[arg(long, default_value_t = 64)]
     connections: usize,
@@ -292,6 +296,32 @@ impl PoolToken {
     }
 }
 
+/// Whether user ids are UUIDs (`--user-ids uuid`), set once at start.
+static UUID_USERS: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// User number `i`'s id in the shape `--user-ids` asks for (the same `i`, the same id).
+fn user_name(i: u64) -> String {
+    if !UUID_USERS.load(Ordering::Relaxed) {
+        return format!("u{i}");
+    }
+    // Two rounds of splitmix64 spread `i` over the UUID's 128 bits.
+    let mix = |mut z: u64| {
+        z = z.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^ (z >> 31)
+    };
+    let (a, b) = (mix(i), mix(!i));
+    format!(
+        "{:08x}-{:04x}-{:04x}-{:04x}-{:012x}",
+        a >> 32,
+        (a >> 16) & 0xffff,
+        a & 0xffff,
+        b >> 48,
+        b & 0xffff_ffff_ffff
+    )
+}
+
 struct Worker {
     conn: Conn,
     pool: Vec<PoolToken>,
@@ -387,7 +417,7 @@ async fn drive(
                 };
                 let (user, org) = match op {
                     Op::Create => (
-                        format!("u{}", w.rng.next() % w.users),
+                        user_name(w.rng.next() % w.users),
                         format!("org{}", w.rng.next() % w.orgs),
                     ),
                     _ => (String::new(), String::new()),
@@ -525,7 +555,7 @@ async fn preload(
             let mut stats = Stats::new();
             for i in lo..hi {
                 let t0 = Instant::now();
-                let user = format!("u{i}");
+                let user = user_name(i as u64);
                 match w.conn.run(Op::Create, None, &user, &org_name(i)).await {
                     Ok(Some(t)) => {
                         stats.record(Op::Create, 0, t0.elapsed().as_micros() as u64);
@@ -1223,6 +1253,8 @@ fn main() {
         args.connections = args.connections.min(8);
         args.orgs = args.orgs.min(50);
         args.scenario = "all".into();
+        // The packed user-id path (issue #25) through HTTP, journal and snapshot.
+        args.user_ids = "uuid".into();
         let has_redis = std::process::Command::new("redis-server")
             .arg("--version")
             .output()
@@ -1244,6 +1276,7 @@ fn main() {
             eprintln!("SKIPPED (SESSIOND_SKIP_MISSING_TOOLS=1): redis-server is not installed");
         }
     }
+    UUID_USERS.store(args.user_ids == "uuid", Ordering::Relaxed);
     let mix = match Mix::parse(&args.mix) {
         Ok(m) => m,
         Err(e) => {

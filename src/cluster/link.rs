@@ -7,12 +7,15 @@
 //!    acknowledgement of each before the next; a failure retries the same message, with the
 //!    same `Nats-Msg-Id`, so the stream's duplicate window drops a copy that did land (a late
 //!    copy of a create could otherwise arrive after another node's revocation of it).
-//! 2. **Everything, in stream order**: the consumer reads from the sequence after the last one
-//!    applied, and starts again from there after a gap in its own sequence, an error, two
-//!    missed heartbeats ([`HEARTBEAT`]), a reconnect, or a catch-up that found it behind and
-//!    not moving (its server may be gone while the connection is not); it applies every message except this
-//!    run's own (already applied here), and publishes the last sequence it handled in
-//!    `applied`.
+//! 2. **Everything, in stream order, once**: the consumer reads from the sequence after the
+//!    last one applied, and starts again from there after a gap in its own sequence, an error
+//!    or two missed heartbeats ([`HEARTBEAT`]; its server may be gone while the connection is
+//!    not). Making a consumer needs JetStream's meta leader, which a lost NATS server may have
+//!    been; until a new one is elected, a catch-up that finds this node behind (or a consumer
+//!    that cannot be made) wakes the direct reader, which gets the next messages by sequence
+//!    from any live replica. Both apply every message except this run's own (already applied
+//!    here) under one lock, each only past `applied`, and publish the last sequence handled
+//!    in `applied`.
 //! 3. **Misses share one question**: a lookup that misses asks for the stream's head; while
 //!    one question is in flight, later misses wait for the next answer, so at most one request
 //!    per round trip reaches NATS, however many unknown tokens arrive.
@@ -37,6 +40,12 @@ pub const RUN_HEADER: &str = "Sessiond-Run";
 
 /// The consumer's idle heartbeat: a consumer lost with its server is noticed after two.
 const HEARTBEAT: Duration = Duration::from_millis(500);
+
+/// Longest the consumer waits for JetStream to make it before reading directly meanwhile.
+const OPEN_WAIT: Duration = Duration::from_secs(1);
+
+/// Most messages one direct catch-up reads; the consumer, in batches, is for the rest.
+const DIRECT_MAX: u64 = 10_000;
 
 /// Pause before retrying a publish that failed.
 const RETRY: Duration = Duration::from_millis(200);
@@ -119,12 +128,15 @@ pub async fn publish(c: Arc<Cluster>, js: jetstream::Context) {
     }
 }
 
-/// Applies the stream to the table, forever (invariant 2).
+/// Applies the stream to the table through a consumer, forever (invariant 2).
 pub async fn consume(c: Arc<Cluster>, stream: jetstream::stream::Stream) {
     loop {
         let from = c.applied() + 1;
-        let consumer = stream
-            .create_consumer(pull::Config {
+        // Making a consumer needs JetStream's meta leader, which a lost NATS server may have
+        // been: while a new one is elected (seconds), direct reads keep this node current.
+        let consumer = tokio::time::timeout(
+            OPEN_WAIT,
+            stream.create_consumer(pull::Config {
                 deliver_policy: DeliverPolicy::ByStartSequence {
                     start_sequence: from,
                 },
@@ -132,8 +144,14 @@ pub async fn consume(c: Arc<Cluster>, stream: jetstream::stream::Stream) {
                 inactive_threshold: Duration::from_secs(30),
                 memory_storage: true,
                 ..Default::default()
-            })
-            .await;
+            }),
+        )
+        .await
+        .unwrap_or_else(|_| {
+            Err(jetstream::stream::ConsumerError::new(
+                jetstream::stream::ConsumerErrorKind::TimedOut,
+            ))
+        });
         let messages = match consumer {
             Ok(consumer) => consumer
                 .stream()
@@ -149,30 +167,19 @@ pub async fn consume(c: Arc<Cluster>, stream: jetstream::stream::Stream) {
             Ok(m) => m,
             Err(error) => {
                 tracing::debug!(%error, from, "cannot read the cluster's stream; retrying");
+                c.resync.notify_one();
                 tokio::time::sleep(RETRY).await;
                 continue;
             }
         };
         let mut expected = 1;
-        loop {
-            let m = tokio::select! {
-                m = messages.next() => m,
-                _ = c.reconnected.notified() => {
-                    tracing::debug!("reconnected to NATS: reading the stream again from where this node is");
-                    break;
-                }
-                _ = c.resync.notified() => {
-                    tracing::debug!("behind the stream's head and not moving: reading it again from where this node is");
-                    break;
-                }
-            };
+        while let Some(m) = messages.next().await {
             let m = match m {
-                Some(Ok(m)) => m,
-                Some(Err(error)) => {
+                Ok(m) => m,
+                Err(error) => {
                     tracing::debug!(%error, "reading the cluster's stream failed; resuming");
                     break;
                 }
-                None => break,
             };
             let Ok((seq, consumer_seq, published)) = m.info().map(|i| {
                 (
@@ -193,35 +200,88 @@ pub async fn consume(c: Arc<Cluster>, stream: jetstream::stream::Stream) {
                 break;
             }
             expected += 1;
-            let own = m
-                .headers
-                .as_ref()
-                .and_then(|h| h.get(RUN_HEADER))
-                .is_some_and(|r| r.as_str() == c.run);
-            if !own {
-                let now = std::time::SystemTime::now()
-                    .duration_since(std::time::UNIX_EPOCH)
-                    .unwrap_or_default()
-                    .as_nanos() as i128;
-                // Seconds from the stream taking the batch to this node applying it (clocks
-                // of NATS and this machine: in sync within NTP's error).
-                metrics::histogram!(crate::metrics::CLUSTER_APPLY_LAG)
-                    .record((now - published).max(0) as f64 / 1e9);
-                let applied = apply::apply(&c.engine, &m.payload);
-                metrics::counter!(crate::metrics::CLUSTER_APPLIED).increment(applied.frames);
-                if let Some(offset) = applied.damaged_at {
-                    metrics::counter!(crate::metrics::CLUSTER_DAMAGED).increment(1);
-                    tracing::error!(
-                        seq,
-                        offset,
-                        "a damaged message in the cluster's stream; applied up to the damage"
-                    );
-                }
-            }
-            c.set_applied(seq);
+            handle(&c, seq, published, m.headers.as_ref(), &m.payload, false);
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
+}
+
+/// Reads the stream forward by direct gets (any live replica answers them, no leader needed)
+/// whenever a catch-up finds this node behind, or the consumer cannot be made (invariant 2).
+pub async fn read_direct(c: Arc<Cluster>, stream: jetstream::stream::Stream) {
+    loop {
+        c.resync.notified().await;
+        let mut read = 0u64;
+        while read < DIRECT_MAX {
+            let seq = c.applied() + 1;
+            match stream.direct_get(seq).await {
+                Ok(m) => {
+                    let published = m.time.unix_timestamp_nanos();
+                    handle(&c, seq, published, Some(&m.headers), &m.payload, true);
+                    read += 1;
+                }
+                Err(error) => {
+                    if !matches!(
+                        error.kind(),
+                        jetstream::stream::DirectGetErrorKind::NotFound
+                    ) {
+                        tracing::debug!(%error, seq, "cannot read the cluster's stream directly");
+                    }
+                    break;
+                }
+            }
+        }
+        if read > 0 {
+            metrics::counter!(crate::metrics::CLUSTER_DIRECT_READS).increment(read);
+            tracing::debug!(
+                read,
+                applied = c.applied(),
+                "read the cluster's stream directly"
+            );
+        }
+    }
+}
+
+/// Applies stream message `seq` unless this node has it already: the consumer skips what the
+/// direct reader applied, and the direct reader applies only the message right after the last
+/// one applied (`exact`), so neither skips one the other has not seen (invariant 2).
+fn handle(
+    c: &Cluster,
+    seq: u64,
+    published_nanos: i128,
+    headers: Option<&async_nats::HeaderMap>,
+    payload: &[u8],
+    exact: bool,
+) {
+    let _one_at_a_time = c.apply_lock.lock();
+    let applied = c.applied();
+    if seq <= applied || (exact && seq != applied + 1) {
+        return;
+    }
+    let own = headers
+        .and_then(|h| h.get(RUN_HEADER))
+        .is_some_and(|r| r.as_str() == c.run);
+    if !own {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap_or_default()
+            .as_nanos() as i128;
+        // Seconds from the stream taking the batch to this node applying it (clocks of NATS
+        // and this machine: in sync within NTP's error).
+        metrics::histogram!(crate::metrics::CLUSTER_APPLY_LAG)
+            .record((now - published_nanos).max(0) as f64 / 1e9);
+        let applied = apply::apply(&c.engine, payload);
+        metrics::counter!(crate::metrics::CLUSTER_APPLIED).increment(applied.frames);
+        if let Some(offset) = applied.damaged_at {
+            metrics::counter!(crate::metrics::CLUSTER_DAMAGED).increment(1);
+            tracing::error!(
+                seq,
+                offset,
+                "a damaged message in the cluster's stream; applied up to the damage"
+            );
+        }
+    }
+    c.set_applied(seq);
 }
 
 /// Answers the questions for the stream's head, one at a time (invariant 3).

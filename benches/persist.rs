@@ -1,8 +1,9 @@
 //! Persistence figures (#6): snapshot of N sessions with validate latency measured beside it,
 //! then start-up (load + replay + sweep) from that snapshot plus M journal records.
 //!
-//! `cargo bench --bench persist -- [--sessions 10000000] [--journal 1000000] [--dir PATH]`
-//! (`--smoke` runs 20k/2k for CI-style checks). Runs on the library directly: the daemon's
+//! `cargo bench --bench persist -- [--sessions 10000000] [--journal 1000000] [--loads 1]
+//! [--dir PATH]` (`--smoke` runs 20k/2k for CI-style checks; `--loads N` starts up N times from
+//! the same files, each into a fresh engine). Runs on the library directly: the daemon's
 //! start-up is exactly `persist::load::load` + `Engine::sweep_expired` on a fresh engine, and
 //! validate's only contention with a snapshot is the shard lock measured here.
 
@@ -20,6 +21,7 @@ use std::time::{Duration, Instant};
 struct Args {
     sessions: usize,
     journal: usize,
+    loads: usize,
     dir: std::path::PathBuf,
 }
 
@@ -27,6 +29,7 @@ fn args() -> Args {
     let mut a = Args {
         sessions: 10_000_000,
         journal: 1_000_000,
+        loads: 1,
         dir: std::env::temp_dir().join(format!("sessiond-persist-bench-{}", std::process::id())),
     };
     let mut it = std::env::args().skip(1);
@@ -39,6 +42,7 @@ fn args() -> Args {
                     .expect("--sessions N")
             }
             "--journal" => a.journal = it.next().and_then(|v| v.parse().ok()).expect("--journal N"),
+            "--loads" => a.loads = it.next().and_then(|v| v.parse().ok()).expect("--loads N"),
             "--dir" => a.dir = it.next().expect("--dir PATH").into(),
             "--smoke" => {
                 a.sessions = 20_000;
@@ -170,21 +174,23 @@ fn main() {
     let want = engine.len();
     drop(engine);
 
-    let rss0 = rss_bytes();
-    let fresh = Engine::new(cfg(max), Arc::new(SystemClock));
-    let t = Instant::now();
-    let report = load::load(&fresh, &a.dir, false).unwrap();
-    let expired = fresh.sweep_expired().total();
-    let took = t.elapsed();
-    println!(
-        "start-up: {} sessions ({} from the snapshot, {} journal records) in {:.2} s ({} dropped as expired); RSS +{:.0} MB",
-        report.sessions,
-        report.from_snapshot,
-        report.replayed,
-        took.as_secs_f64(),
-        expired,
-        (rss_bytes() - rss0) as f64 / 1e6
-    );
-    assert_eq!(fresh.len(), want, "the load lost or invented sessions");
+    for _ in 0..a.loads {
+        let rss0 = rss_bytes();
+        let fresh = Engine::new(cfg(max), Arc::new(SystemClock));
+        let t = Instant::now();
+        let report = load::load(&fresh, &a.dir, false).unwrap();
+        let expired = fresh.sweep_expired().total();
+        let took = t.elapsed();
+        println!(
+            "start-up: {} sessions ({} from the snapshot, {} journal records) in {:.2} s ({} dropped as expired); RSS +{:.0} MB",
+            report.sessions,
+            report.from_snapshot,
+            report.replayed,
+            took.as_secs_f64(),
+            expired,
+            (rss_bytes().saturating_sub(rss0)) as f64 / 1e6
+        );
+        assert_eq!(fresh.len(), want, "the load lost or invented sessions");
+    }
     let _ = std::fs::remove_dir_all(&a.dir);
 }

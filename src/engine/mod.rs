@@ -419,6 +419,7 @@ mod saved;
 
 pub use config::{EngineConfig, UserLimitAction, default_shards};
 pub use policies::{DryRun, OrgChange, PolicyChange};
+pub use saved::Replay;
 
 #[cfg(test)]
 mod model;

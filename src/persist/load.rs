@@ -9,8 +9,10 @@
 //!    everything before the damage is kept, the damaged file is copied aside as
 //!    `<name>.damaged` and cut, and the report says how many bytes were dropped.
 //! 3. Entries are applied by one thread per core, each owning the shards `i % threads == its
-//!    number`: a session's entries all go to one thread, in file order, and no two threads
-//!    contend for a shard lock.
+//!    number`, in batches of one shard's: a session's entries all go to one thread, in file
+//!    order, and no two threads contend for a shard lock. A user- or org-wide mark is applied
+//!    when read, so it also reaches the sessions before it still waiting in a batch (a mark
+//!    revokes what was made before it, wherever it stands in the file).
 //! 4. Sessions whose deadlines passed while the daemon was down are *not* dropped here: the
 //!    caller sweeps them once replay is complete (a later `ACTIVITY` frame may still save one)
 //!    and counts them.
@@ -19,7 +21,7 @@
 
 use super::record::{Damage, Entry, JOURNAL_MAGIC, Reader, SNAPSHOT_MAGIC};
 use super::{Kind, list};
-use crate::engine::Engine;
+use crate::engine::{Engine, Replay};
 use crate::session::RemoveReason;
 use crate::token::SessionId;
 use std::fs::File;
@@ -138,45 +140,27 @@ pub fn load(engine: &Engine, dir: &Path, recover: bool) -> Result<Report, LoadEr
     Ok(report)
 }
 
-/// Routes entries to the replay threads (invariant 3).
+/// Routes entries to the replay threads, in batches of one shard's (invariant 3).
 struct Sink<'e> {
     engine: &'e Engine,
-    batches: Vec<Vec<Entry>>,
-    senders: Vec<std::sync::mpsc::SyncSender<Vec<Entry>>>,
+    /// One batch per shard.
+    batches: Vec<Vec<Replay>>,
+    /// One per replay thread; none when replay runs on the reading thread.
+    senders: Vec<std::sync::mpsc::SyncSender<(usize, Vec<Replay>)>>,
 }
 
-const BATCH: usize = 1_024;
-
-fn apply(engine: &Engine, e: Entry) {
-    match e {
-        Entry::Create(saved) => {
-            engine.restore(saved);
-        }
-        Entry::Activity { id, last_ms } => engine.restore_activity(SessionId(id), last_ms),
-        Entry::Remove { id, .. } => engine.restore_remove(SessionId(id)),
-        Entry::NotBefore {
-            scope,
-            id,
-            before_ms,
-        } => {
-            engine.apply_not_before(scope, &id, before_ms);
-        }
-        Entry::StreamSeq { seq } => engine.set_stream_applied(seq),
-        Entry::End { .. } => {}
-    }
-}
+/// Entries per batch: enough that a shard's locks are taken once per many sessions.
+const BATCH: usize = 512;
 
 impl<'e> Sink<'e> {
     fn new<'s>(engine: &'e Engine, threads: usize, scope: &'s std::thread::Scope<'s, 'e>) -> Self {
         let mut senders = Vec::new();
         if threads > 1 {
             for _ in 0..threads {
-                let (tx, rx) = std::sync::mpsc::sync_channel::<Vec<Entry>>(16);
+                let (tx, rx) = std::sync::mpsc::sync_channel::<(usize, Vec<Replay>)>(16);
                 scope.spawn(move || {
-                    for batch in rx {
-                        for e in batch {
-                            apply(engine, e);
-                        }
+                    for (shard, batch) in rx {
+                        engine.restore_in_shard(shard, batch);
                     }
                 });
                 senders.push(tx);
@@ -184,39 +168,54 @@ impl<'e> Sink<'e> {
         }
         Sink {
             engine,
-            batches: (0..senders.len())
-                .map(|_| Vec::with_capacity(BATCH))
-                .collect(),
+            batches: (0..engine.shard_count()).map(|_| Vec::new()).collect(),
             senders,
         }
     }
 
     fn push(&mut self, e: Entry) {
-        if self.senders.is_empty() {
-            return apply(self.engine, e);
-        }
-        let id = match &e {
-            Entry::Create(s) => s.id,
-            Entry::Activity { id, .. } | Entry::Remove { id, .. } => *id,
+        let (id, r) = match e {
+            Entry::Create(s) => (s.id, Replay::Create(s)),
+            Entry::Activity { id, last_ms } => (id, Replay::Activity { id, last_ms }),
+            Entry::Remove { id, .. } => (id, Replay::Remove { id }),
             Entry::End { .. } => return,
             // Not per session: applied here, before the sessions that follow in the file.
-            Entry::NotBefore { .. } | Entry::StreamSeq { .. } => return apply(self.engine, e),
+            Entry::NotBefore {
+                scope,
+                id,
+                before_ms,
+            } => {
+                self.engine.apply_not_before(scope, &id, before_ms);
+                return;
+            }
+            Entry::StreamSeq { seq } => return self.engine.set_stream_applied(seq),
         };
-        let w = self.engine.shard_of(SessionId(id)) % self.senders.len();
-        self.batches[w].push(e);
-        if self.batches[w].len() >= BATCH {
-            let full = std::mem::replace(&mut self.batches[w], Vec::with_capacity(BATCH));
-            // A worker only stops when its sender is dropped (or it panicked, which the
-            // scope re-raises).
-            let _ = self.senders[w].send(full);
+        let shard = self.engine.shard_of(SessionId(id));
+        let batch = &mut self.batches[shard];
+        if batch.capacity() == 0 {
+            batch.reserve_exact(BATCH);
+        }
+        batch.push(r);
+        if batch.len() >= BATCH {
+            let full = std::mem::replace(batch, Vec::with_capacity(BATCH));
+            self.send(shard, full);
         }
     }
 
+    fn send(&self, shard: usize, batch: Vec<Replay>) {
+        if self.senders.is_empty() {
+            return self.engine.restore_in_shard(shard, batch);
+        }
+        // A worker only stops when its sender is dropped (or it panicked, which the scope
+        // re-raises).
+        let _ = self.senders[shard % self.senders.len()].send((shard, batch));
+    }
+
     /// Sends what is left and lets the threads finish (the scope joins them).
-    fn finish(self) {
-        for (batch, tx) in self.batches.into_iter().zip(self.senders) {
+    fn finish(mut self) {
+        for (shard, batch) in std::mem::take(&mut self.batches).into_iter().enumerate() {
             if !batch.is_empty() {
-                let _ = tx.send(batch);
+                self.send(shard, batch);
             }
         }
     }

@@ -150,7 +150,7 @@ struct Sink<'e> {
 }
 
 /// Entries per batch: enough that a shard's locks are taken once per many sessions.
-const BATCH: usize = 512;
+const BATCH: usize = 2_048;
 
 impl<'e> Sink<'e> {
     fn new<'s>(engine: &'e Engine, threads: usize, scope: &'s std::thread::Scope<'s, 'e>) -> Self {

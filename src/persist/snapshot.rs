@@ -18,6 +18,9 @@
 //! 5. A cluster node's snapshot starts with the stream sequence it had applied before the walk
 //!    (every message up to it is in the table the walk sees; later ones are read from the
 //!    stream again at start, idempotently) and the "not before" marks in force.
+//! 6. **Shards interleaved**: the walk takes one chunk of each shard in turn, so the file
+//!    feeds every replay thread of a start-up at once (each owns some shards); written shard
+//!    after shard, it kept one thread busy at a time. Any order loads the same table.
 
 use super::journal::Journal;
 use super::record::{SNAPSHOT_MAGIC, put_end, put_not_before, put_saved, put_stream_seq};
@@ -112,11 +115,13 @@ pub fn encode(engine: &Engine, w: &mut impl Write) -> io::Result<(u64, u64)> {
     }
     w.write_all(&buf)?;
     bytes += buf.len() as u64;
-    for shard in 0..engine.shard_count() {
-        let mut from = Some(0);
-        while let Some(at) = from {
+    // One chunk of each shard in turn (invariant 6).
+    let mut next: Vec<Option<u32>> = vec![Some(0); engine.shard_count()];
+    while next.iter().any(Option::is_some) {
+        for (shard, from) in next.iter_mut().enumerate() {
+            let Some(at) = *from else { continue };
             buf.clear();
-            from = engine.visit_chunk(shard, at, CHUNK, &mut |s| {
+            *from = engine.visit_chunk(shard, at, CHUNK, &mut |s| {
                 put_saved(&mut buf, s);
                 sessions += 1;
             });

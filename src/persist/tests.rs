@@ -284,3 +284,46 @@ fn an_encoded_snapshot_imports_whole_or_not_at_all() {
         );
     }
 }
+
+/// A snapshot takes one chunk of each shard in turn (`snapshot`, invariant 6), so that a
+/// start-up's replay threads, each owning some shards, all have work from the first chunks on.
+#[test]
+fn a_snapshot_interleaves_the_shards_chunk_by_chunk() {
+    use super::record::{Entry, Reader, SNAPSHOT_MAGIC};
+    let clock = ManualClock::new(T0);
+    let e = engine(clock, None);
+    let per_shard = snapshot::CHUNK + 100;
+    let n = e.shard_count() * per_shard;
+    let mut filled = vec![0; e.shard_count()];
+    while filled.iter().any(|&f| f < per_shard) {
+        let c = e
+            .create(NewSession {
+                user_id: "u".into(),
+                ..Default::default()
+            })
+            .unwrap();
+        filled[e.shard_of(c.session.id)] += 1;
+    }
+    let mut bytes = Vec::new();
+    snapshot::encode(&e, &mut bytes).unwrap();
+    let mut r = Reader::open(&bytes[..], bytes.len() as u64, SNAPSHOT_MAGIC)
+        .unwrap()
+        .unwrap();
+    // The shard of each session in file order, as runs.
+    let mut runs: Vec<(usize, usize)> = Vec::new();
+    while let Some((_, entry)) = r.read_next().unwrap().unwrap() {
+        if let Entry::Create(s) = entry {
+            let shard = e.shard_of(SessionId(s.id));
+            match runs.last_mut() {
+                Some((last, len)) if *last == shard => *len += 1,
+                _ => runs.push((shard, 1)),
+            }
+        }
+    }
+    let shards: Vec<usize> = runs.iter().map(|r| r.0).collect();
+    let first: Vec<usize> = (0..e.shard_count()).collect();
+    assert_eq!(&shards[..e.shard_count()], &first[..], "{runs:?}");
+    assert!(runs[..e.shard_count()].iter().all(|r| r.1 == snapshot::CHUNK));
+    assert_eq!(runs.iter().map(|r| r.1).sum::<usize>(), e.len());
+    assert!(e.len() >= n);
+}

@@ -1,7 +1,8 @@
 //! Joining a cluster whose stream no longer holds its beginning: a node that starts empty, and
 //! one whose saved state is older than the stream's first message, both start from the
 //! snapshot the nodes publish to the JetStream object store, then read the stream after it.
-//! The stream's beginning is cut as retention would cut it, by purging it (real NATS).
+//! The stream's beginning is cut as retention would cut it, by purging it (real NATS). And a
+//! stream made by a release before direct reads is brought up to date by the first node.
 
 use crate::common::nats::{Nats, find_nats, node};
 use crate::common::{Daemon, create, eventually, scratch, valid};
@@ -106,4 +107,46 @@ fn cluster_nodes_join_from_the_published_snapshot_when_the_stream_lost_its_begin
     }
     // GET /v1/cluster says which snapshot a node saw.
     assert!(snapshot_sequence(&b) >= published);
+}
+
+/// A node that finds the stream made by an earlier release (without direct gets) allows them,
+/// so that it and the others can read the stream while JetStream has no meta leader.
+#[test]
+fn cluster_a_stream_made_before_direct_reads_is_updated_to_allow_them() {
+    let Some(bin) = find_nats() else { return };
+    let nats = Nats::start(bin, 1);
+    let urls = nats.urls();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let allow_direct = |create: bool| {
+        rt.block_on(async {
+            let client = async_nats::connect(urls.as_str()).await.expect("connect");
+            let js = async_nats::jetstream::new(client);
+            if create {
+                js.create_stream(async_nats::jetstream::stream::Config {
+                    name: "SESSIOND".into(),
+                    subjects: vec!["SESSIOND.changes.*".into()],
+                    ..Default::default()
+                })
+                .await
+                .expect("create the stream as an earlier release did");
+            }
+            let mut stream = js.get_stream("SESSIOND").await.expect("the stream");
+            let direct = stream.info().await.expect("info").config.allow_direct;
+            let first = if direct {
+                stream.direct_get(1).await.ok().map(|m| m.sequence)
+            } else {
+                None
+            };
+            (direct, first)
+        })
+    };
+    assert_eq!(allow_direct(true), (false, None));
+    let a = node(&nats, "a", 1, &[]);
+    let b = node(&nats, "b", 1, &[]);
+    let (token, _) = create(&a, &[], r#"{"user_id": "alice"}"#);
+    assert!(valid(&b, &token));
+    assert_eq!(allow_direct(false), (true, Some(1)));
 }

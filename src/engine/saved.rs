@@ -90,7 +90,8 @@ impl Engine {
                 }
                 &mut Replay::Remove { id } => {
                     // The shard counts a removal down itself: count the creates before it in.
-                    self.active.fetch_add(std::mem::take(&mut added), Ordering::Relaxed);
+                    self.active
+                        .fetch_add(std::mem::take(&mut added), Ordering::Relaxed);
                     shard.restore_remove(SessionId(id));
                 }
             }

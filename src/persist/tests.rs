@@ -323,7 +323,11 @@ fn a_snapshot_interleaves_the_shards_chunk_by_chunk() {
     let shards: Vec<usize> = runs.iter().map(|r| r.0).collect();
     let first: Vec<usize> = (0..e.shard_count()).collect();
     assert_eq!(&shards[..e.shard_count()], &first[..], "{runs:?}");
-    assert!(runs[..e.shard_count()].iter().all(|r| r.1 == snapshot::CHUNK));
+    assert!(
+        runs[..e.shard_count()]
+            .iter()
+            .all(|r| r.1 == snapshot::CHUNK)
+    );
     assert_eq!(runs.iter().map(|r| r.1).sum::<usize>(), e.len());
     assert!(e.len() >= n);
 }

@@ -484,8 +484,10 @@ impl Cluster {
                 _ => return false,
             };
         let mut applied = self.applied_tx.subscribe();
-        // A live consumer brings the head within a round trip; past that, read directly too
-        // (`link`, invariant 2).
+        let before = self.applied();
+        // A live consumer brings the head within a round trip; one that has not moved at all
+        // by then may be gone with its server: read directly too (`link`, invariant 2). One
+        // that moves but lags (a busy cluster) is left to catch up alone.
         let soon = (tokio::time::Instant::now() + CATCH_UP_WAIT / 5).min(deadline);
         if tokio::time::timeout_at(soon, applied.wait_for(|a| *a >= head))
             .await
@@ -493,7 +495,9 @@ impl Cluster {
         {
             return true;
         }
-        self.resync.notify_one();
+        if self.applied() == before {
+            self.resync.notify_one();
+        }
         tokio::time::timeout_at(deadline, applied.wait_for(|a| *a >= head))
             .await
             .is_ok_and(|r| r.is_ok())

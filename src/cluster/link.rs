@@ -12,10 +12,10 @@
 //!    or two missed heartbeats ([`HEARTBEAT`]; its server may be gone while the connection is
 //!    not). Making a consumer needs JetStream's meta leader, which a lost NATS server may have
 //!    been; until a new one is elected, a catch-up that finds this node behind and not moving
-//!    (or a consumer that cannot be made) wakes the direct reader, which gets the next messages by sequence
-//!    from any live replica. Both apply every message except this run's own (already applied
-//!    here) under one lock, each only past `applied`, and publish the last sequence handled
-//!    in `applied`.
+//!    (or a consumer that cannot be made) wakes the direct reader, which gets the next
+//!    messages by sequence from any live replica. Both apply every message except this run's
+//!    own (already applied here) under one lock, each only past `applied`, and publish the
+//!    last sequence handled in `applied`.
 //! 3. **Misses share one question**: a lookup that misses asks for the stream's head; while
 //!    one question is in flight, later misses wait for the next answer, so at most one request
 //!    per round trip reaches NATS, however many unknown tokens arrive.

@@ -160,6 +160,13 @@ fn launch(
     assert!(check.status.success(), "nginx -t: {said}");
     // Beside a default site too, the shipped server has a name of its own: no server is ignored.
     assert!(!said.contains("[warn]"), "nginx -t: {said}");
+    run_nginx(nginx, dir, port)
+}
+
+/// Runs `nginx` on `dir/nginx.conf` (prefix and error log in `dir`) and waits until it listens
+/// on `port`; stopped when the guard drops.
+pub(crate) fn run_nginx(nginx: &Path, dir: &Path, port: u16) -> Nginx {
+    let d = dir.display();
     let child = Command::new(nginx)
         .args([
             "-p",
@@ -173,6 +180,7 @@ fn launch(
         .stderr(Stdio::null())
         .spawn()
         .unwrap();
+    let guard = Nginx(child);
     let deadline = Instant::now() + Duration::from_secs(10);
     while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
         assert!(
@@ -182,7 +190,7 @@ fn launch(
         );
         std::thread::sleep(Duration::from_millis(50));
     }
-    Nginx(child)
+    guard
 }
 
 #[test]

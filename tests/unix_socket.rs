@@ -6,12 +6,12 @@
 //! nginx is missing; in CI a missing nginx fails it.
 
 use crate::common::{GATEWAY_KEY, free_port, keys_file, request, scratch};
-use crate::nginx::{Nginx, echo_upstream, find_nginx};
+use crate::nginx::{Nginx, echo_upstream, find_nginx, run_nginx};
 use std::io::{Read, Write};
 use std::os::unix::fs::{FileTypeExt, PermissionsExt};
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command};
 use std::time::{Duration, Instant};
 
 /// A sessiond on a Unix socket; killed on drop.
@@ -273,22 +273,5 @@ fn start_nginx(
          proxy_pass http://{app};\n    }}\n  }}\n}}\n"
     );
     std::fs::write(dir.join("nginx.conf"), conf).unwrap();
-    let child = Command::new(nginx)
-        .args(["-p", &d.to_string(), "-e", &format!("{d}/error.log")])
-        .args(["-c", &format!("{d}/nginx.conf")])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let guard = Nginx(child);
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-        assert!(
-            Instant::now() < deadline,
-            "nginx did not start: {}",
-            std::fs::read_to_string(dir.join("error.log")).unwrap_or_default()
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    guard
+    run_nginx(nginx, dir, port)
 }

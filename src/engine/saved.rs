@@ -14,8 +14,9 @@
 //!    session count are touched once per batch), which made them bounce between cores.
 
 use super::Engine;
+use crate::policy::store::PolicyState;
 use crate::session::{Saved, SavedRef};
-use crate::shard::NewRecord;
+use crate::shard::{NewRecord, Shard};
 use crate::token::SessionId;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
@@ -32,23 +33,11 @@ impl Engine {
     /// limits: the sessions were admitted once). Returns whether it was new; false too for a
     /// session a "not before" mark revokes.
     pub fn restore(&self, saved: Saved) -> bool {
-        // Revoked by a user- or org-wide revocation made after it was created (`marks`).
-        if self.marked(&saved.user, saved.org.as_deref(), saved.created_ms) {
-            return false;
-        }
-        let id = SessionId(saved.id);
         let policies = self.policies.read();
-        let org = saved.org.as_deref();
-        let new = self.shard(id).write().restore(
-            NewRecord {
-                id,
-                user: &saved.user,
-                org,
-                metadata: saved.metadata.map(Arc::new),
-                created_ms: saved.created_ms,
-                last_ms: saved.last_ms,
-            },
-            || policies.effective(org).effective(),
+        let new = self.put_back(
+            &mut self.shard(SessionId(saved.id)).write(),
+            &policies,
+            saved,
         );
         if new {
             self.active.fetch_add(1, Ordering::Relaxed);
@@ -60,35 +49,20 @@ impl Engine {
     /// the same as [`Engine::restore`], [`Engine::restore_activity`] and
     /// [`Engine::restore_remove`] one at a time, with the policies and the shard locked once
     /// and the shared session count updated once, not per session (invariant 4).
-    pub fn restore_in_shard(&self, i: usize, mut items: Vec<Replay>) {
+    pub fn restore_in_shard(&self, i: usize, items: Vec<Replay>) {
         let policies = self.policies.read();
         let mut shard = self.shards[i].write();
         let mut added = 0;
-        for item in &mut items {
+        for item in items {
             match item {
                 Replay::Create(saved) => {
                     debug_assert_eq!(self.shard_of(SessionId(saved.id)), i);
-                    if self.marked(&saved.user, saved.org.as_deref(), saved.created_ms) {
-                        continue;
-                    }
-                    let org = saved.org.as_deref();
-                    let new = shard.restore(
-                        NewRecord {
-                            id: SessionId(saved.id),
-                            user: &saved.user,
-                            org,
-                            metadata: saved.metadata.take().map(Arc::new),
-                            created_ms: saved.created_ms,
-                            last_ms: saved.last_ms,
-                        },
-                        || policies.effective(org).effective(),
-                    );
-                    added += usize::from(new);
+                    added += usize::from(self.put_back(&mut shard, &policies, saved));
                 }
-                &mut Replay::Activity { id, last_ms } => {
+                Replay::Activity { id, last_ms } => {
                     shard.restore_activity(SessionId(id), last_ms);
                 }
-                &mut Replay::Remove { id } => {
+                Replay::Remove { id } => {
                     // The shard counts a removal down itself: count the creates before it in.
                     self.active
                         .fetch_add(std::mem::take(&mut added), Ordering::Relaxed);
@@ -97,6 +71,27 @@ impl Engine {
             }
         }
         self.active.fetch_add(added, Ordering::Relaxed);
+    }
+
+    /// Puts `saved` back into its shard, held by the caller, unless a "not before" mark
+    /// revokes it (a user- or org-wide revocation made after it was created, `marks`);
+    /// whether it was new. The caller counts it.
+    fn put_back(&self, shard: &mut Shard, policies: &PolicyState, saved: Saved) -> bool {
+        if self.marked(&saved.user, saved.org.as_deref(), saved.created_ms) {
+            return false;
+        }
+        let org = saved.org.as_deref();
+        shard.restore(
+            NewRecord {
+                id: SessionId(saved.id),
+                user: &saved.user,
+                org,
+                metadata: saved.metadata.map(Arc::new),
+                created_ms: saved.created_ms,
+                last_ms: saved.last_ms,
+            },
+            || policies.effective(org).effective(),
+        )
     }
 
     /// Makes room for about `n` more sessions across the shards (start-up).

@@ -91,11 +91,20 @@ pub fn state(config: &Config, keys: Option<ApiKeys>, journal: Option<Arc<Journal
     })
 }
 
+/// A start refused for a problem in a file the operator writes (the API keys file, the policy
+/// file): the binary exits 2 for it, as for any other configuration problem, where a failure
+/// of the machine (the state directory, the port) exits 1.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct ConfigFileError(&'static str);
+
 /// Serves until a shutdown signal, then drains.
 pub async fn run(config: Config) -> anyhow::Result<()> {
     let keys = match &config.api_keys_file {
         None => None,
-        Some(path) => Some(ApiKeys::load(path)?),
+        Some(path) => {
+            Some(ApiKeys::load(path).context(ConfigFileError("cannot load the API keys file"))?)
+        }
     };
     if !config.cookie.secure {
         tracing::warn!(
@@ -120,7 +129,12 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     let st = state(&config, keys, persist.as_ref().map(|p| p.journal()));
     let engine = st.engine.clone();
     let policies = st.policies.clone();
-    st.policies.load_initial().context("cannot load policies")?;
+    let loaded = st.policies.load_initial();
+    if config.policy_file.is_some() {
+        loaded.context(ConfigFileError("cannot load the policy file"))?;
+    } else {
+        loaded.context("cannot load policies")?;
+    }
     if let Some(path) = &config.policy_file {
         crate::policy_source::watch::spawn(
             path.clone(),

@@ -76,7 +76,13 @@ fn main() -> std::process::ExitCode {
         Err(e) => {
             tracing::error!("sessiond failed: {e:#}");
             eprintln!("sessiond: {e:#}");
-            std::process::ExitCode::FAILURE
+            if e.downcast_ref::<sessiond::daemon::ConfigFileError>()
+                .is_some()
+            {
+                std::process::ExitCode::from(2)
+            } else {
+                std::process::ExitCode::FAILURE
+            }
         }
     }
 }

@@ -97,6 +97,7 @@ fn every_typo_is_named_with_a_suggestion_in_one_start() {
         ])
         .env("SESSIOND_SNAPSHOT_INTERVALL", "1m")
         .env("SESSIOND_HTTP_WORKERS", "many")
+        .env("SESSIOND_SNAPSHOT_INTERVAL", "5")
         .output()
         .unwrap();
     let err = String::from_utf8_lossy(&out.stderr);
@@ -111,10 +112,12 @@ fn every_typo_is_named_with_a_suggestion_in_one_start() {
         "(from SESSIOND_HTTP_WORKERS)",
         "tick \"5\" was read as 5s; it must be between 1ms and 1s (a bare number means seconds; \
          write \"5ms\" for milliseconds)",
+        "snapshot_interval \"5\" was read as 5s; it must be between 10s and 1d (from \
+         SESSIOND_SNAPSHOT_INTERVAL)",
     ] {
         assert!(err.contains(needle), "{needle} missing in {err}");
     }
-    assert_eq!(err.matches("\n  - ").count(), 7, "{err}");
+    assert_eq!(err.matches("\n  - ").count(), 8, "{err}");
     std::fs::remove_dir_all(dir).ok();
 }
 

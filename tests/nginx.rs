@@ -390,10 +390,15 @@ fn nginx_site_login_journey_with_a_stand_in_application() {
     );
     assert_eq!(r.status, 200, "{r:?}");
     assert!(r.body.starts_with("page\r\n"), "{}", r.body);
+    let host = format!("host: {SITE}\r\n");
     for line in [
         "x-user-id: alice\r\n",
         "x-org-id: acme\r\n",
         "x-session-id: ",
+        // The host and scheme the browser asked for, not the upstream's name.
+        &host,
+        "x-forwarded-proto: http\r\n",
+        "x-forwarded-for: 127.0.0.1\r\n",
     ] {
         assert!(r.body.contains(line), "{line:?} missing: {}", r.body);
     }

@@ -88,6 +88,30 @@ fn configmap_symlink_swap() {
     std::fs::remove_dir_all(dir).ok();
 }
 
+/// A policy file with a typo stops the start with exit 2, a configuration problem like a bad
+/// flag (systemd's `RestartPreventExitStatus=2` then does not restart it in a loop), naming the
+/// line, the key and the nearest valid one.
+#[test]
+fn a_broken_file_at_start_exits_2_with_its_line_and_a_suggestion() {
+    let dir = scratch("pf-broken-start");
+    let file = dir.join("policy.toml");
+    write(&file, "[orgs.acme]\nabsolute_timout = \"1h\"\n");
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_sessiond"))
+        .args(["--listen", "127.0.0.1:0", "--no-persist", "--policy-file"])
+        .arg(&file)
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(
+        err.contains(
+            "line 2: [orgs.acme] unknown key `absolute_timout`; did you mean `absolute_timeout`?"
+        ),
+        "{err}"
+    );
+    std::fs::remove_dir_all(dir).ok();
+}
+
 #[test]
 fn broken_file_keeps_the_last_good_policies() {
     let dir = scratch("pf-broken");

@@ -103,6 +103,24 @@ fn read_file(path: Option<&Path>, problems: &mut Problems) -> Settings {
     Settings::default()
 }
 
+/// `problems`, each about a setting whose value came from its variable naming that variable
+/// (`tick "5" was read as 5s; ... (from SESSIOND_TICK)`): a message names its setting first.
+fn name_variables(problems: Vec<String>, from_env: &[(String, String)]) -> Vec<String> {
+    problems
+        .into_iter()
+        .map(|m| {
+            let var = from_env.iter().find(|(name, _)| {
+                m.strip_prefix(name.as_str())
+                    .is_some_and(|rest| rest.starts_with([' ', ':']))
+            });
+            match var {
+                Some((_, var)) if !m.contains("(from ") => format!("{m} (from {var})"),
+                _ => m,
+            }
+        })
+        .collect()
+}
+
 /// The listen address (or `unix:` socket path) `given`, else the default.
 pub fn parse_listen(given: Option<String>) -> Result<Listen, String> {
     Listen::parse(&given.unwrap_or_else(|| DEFAULT_LISTEN.into()))
@@ -114,6 +132,7 @@ impl Config {
         let mut p = Problems::default();
         let mut cli = cli;
         p.0.extend(cli.problems.take().unwrap_or_default());
+        let from_env = cli.from_env.take().unwrap_or_default();
         let config_file = cli.config.clone();
         let file = read_file(config_file.as_deref(), &mut p);
         let mut s = cli.or(file);
@@ -280,7 +299,7 @@ impl Config {
         });
 
         if !p.0.is_empty() {
-            return Err(ConfigError(p.0));
+            return Err(ConfigError(name_variables(p.0, &from_env)));
         }
         Ok(Config {
             listen,

@@ -24,6 +24,7 @@
 
 use crate::policy::PolicyPatch;
 use clap::error::ErrorKind;
+use clap::parser::ValueSource;
 use clap::{ArgAction, FromArgMatches, Parser};
 use serde::Deserialize;
 use std::path::PathBuf;
@@ -239,6 +240,7 @@ settings! {
         /// nodes that join empty or with state older than the stream, e.g. `10m` (1s to 24h,
         /// shorter than the retention) [default: 10m].
         #[arg(long, env = "SESSIOND_CLUSTER_SNAPSHOT_INTERVAL")]
+        #[serde(default, deserialize_with = "super::parse::duration_text")]
         pub cluster_snapshot_interval: Option<String>,
         /// The application policy (defaults to the built-in one, field by field); file only.
         #[arg(skip)]
@@ -248,11 +250,16 @@ settings! {
         #[arg(skip)]
         #[serde(skip)]
         pub problems: Option<Vec<String>>,
+        /// The settings whose value came from their `SESSIOND_*` variable, with its name: a
+        /// problem with such a value names the variable (`Config::load`).
+        #[arg(skip)]
+        #[serde(skip)]
+        pub from_env: Option<Vec<(String, String)>>,
     }
 }
 
 /// Names of the command line only: no file key has them (invariant 3).
-const CLI_ONLY: &[&str] = &["config", "probe", "no_persist", "problems"];
+const CLI_ONLY: &[&str] = &["config", "probe", "no_persist", "problems", "from_env"];
 
 /// Flags clap adds itself.
 const BUILT_IN_FLAGS: &[&str] = &["help", "version"];
@@ -339,6 +346,18 @@ impl Settings {
             }
         }
         settings.problems = Some(problems);
+        settings.from_env = Some(
+            command
+                .get_arguments()
+                .filter(|a| {
+                    matches.value_source(a.get_id().as_str()) == Some(ValueSource::EnvVariable)
+                })
+                .filter_map(|a| {
+                    let var = a.get_env()?.to_string_lossy().into_owned();
+                    Some((a.get_id().to_string(), var))
+                })
+                .collect(),
+        );
         Ok(settings)
     }
 

@@ -318,3 +318,31 @@ fn cluster_settings_are_checked_together() {
     .to_string();
     assert!(e.contains("must be shorter than cluster_retention"), "{e}");
 }
+
+/// The one duration rule holds in the file for every duration key: a bare integer is seconds
+/// (a key that took only strings refused `cluster_snapshot_interval = 600`).
+#[test]
+fn every_duration_key_takes_a_bare_number_of_seconds_in_the_file() {
+    let dir = std::env::temp_dir().join(format!("sessiond-cfg-bare-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("c.toml");
+    std::fs::write(
+        &path,
+        "shutdown_grace = 7\nheader_read_timeout = 5\nkeepalive_timeout = 100\n\
+         policy_file_settle = 2\nsnapshot_interval = 120\ncluster = \"nats://a:4222\"\n\
+         cluster_retention = 86400\ncluster_ready_timeout = 9\ncluster_snapshot_interval = 600\n",
+    )
+    .unwrap();
+    let c = Config::load(cli(&["--config", path.to_str().unwrap()])).unwrap();
+    assert_eq!(c.policy_file_settle, Duration::from_secs(2));
+    assert_eq!(c.keepalive_timeout, Duration::from_secs(100));
+    let s = c.cluster.unwrap();
+    assert_eq!(s.retention, Duration::from_secs(86_400));
+    assert_eq!(s.ready_timeout, Duration::from_secs(9));
+    assert_eq!(s.snapshot_interval, Duration::from_secs(600));
+    // `tick` takes one too, and refuses 5 s as out of its range, saying what it read.
+    std::fs::write(&path, "tick = 5\n").unwrap();
+    let e = Config::load(cli(&["--config", path.to_str().unwrap()])).unwrap_err();
+    assert!(e.to_string().contains("was read as 5s"), "{e}");
+    std::fs::remove_dir_all(&dir).ok();
+}

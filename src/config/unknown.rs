@@ -4,13 +4,17 @@
 //!
 //! Invariants:
 //! 1. An unknown flag is dropped before clap sees it, with the value after it (a token not
-//!    starting with `-`: the daemon takes no positional argument); everything after `--` is
+//!    starting with `-`, or a number: the daemon takes no positional argument); so is a short
+//!    flag other than `-h` and `-V` (every setting's flag is long). Everything after `--` is
 //!    left to clap.
 //! 2. A value clap refuses (`--shards x`) is noted too, and the flag dropped ([`drop_flag`]),
 //!    or its variable no longer read when the value came from there, and the parse tried again.
 //! 3. A `SESSIOND_*` variable is a problem only when it is not a setting's and is close to one
 //!    (compared without the prefix): other tools (the tests, the benchmarks) use the prefix
 //!    for variables of their own.
+
+/// The short flags clap knows: help and version.
+const SHORTS: &[&str] = &["h", "V"];
 
 /// `args` without the flags that are not in `longs`, nor the value that follows one (a token
 /// not starting with `-`: the daemon takes no positional argument), and a problem for each
@@ -30,6 +34,17 @@ pub(super) fn drop_unknown_flags(
             .filter(|_| !rest)
             .and_then(|a| a.strip_prefix("--"))
             .map(|a| a.split_once('=').map_or((a, false), |(n, _)| (n, true)));
+        let short = arg
+            .to_str()
+            .filter(|a| !rest && a.len() > 1 && !a.starts_with("--"))
+            .and_then(|a| a.strip_prefix('-'))
+            .filter(|a| !SHORTS.iter().any(|s| a.starts_with(*s)));
+        if let Some(short) = short {
+            problems.push(format!(
+                "unknown flag `-{short}`; sessiond's flags are long (`--tick`), apart from -h and -V"
+            ));
+            continue;
+        }
         match name {
             Some(("", false)) => {
                 rest = true;
@@ -37,9 +52,10 @@ pub(super) fn drop_unknown_flags(
             }
             Some((flag, has_value)) if !valid.contains(&flag) => {
                 problems.push(crate::suggest::unknown("flag", flag, &valid, "--"));
-                let value_follows = args
-                    .peek()
-                    .is_some_and(|next| !next.to_string_lossy().starts_with('-'));
+                let value_follows = args.peek().is_some_and(|next| {
+                    let next = next.to_string_lossy();
+                    !next.starts_with('-') || next.parse::<f64>().is_ok()
+                });
                 if !has_value && value_follows {
                     args.next();
                 }
@@ -139,6 +155,16 @@ mod tests {
                 "unknown flag `--tikc`; did you mean `--tick`?",
                 "unknown flag `--recovr`; did you mean `--recover`?",
                 "unknown flag `--shrads`; expected one of `--tick`, `--recover`",
+            ]
+        );
+        let (kept, problems) =
+            drop_unknown_flags(os(&["sessiond", "-x", "--tikc", "-5", "-h"]), &longs);
+        assert_eq!(kept, ["sessiond", "-h"]);
+        assert_eq!(
+            problems,
+            [
+                "unknown flag `-x`; sessiond's flags are long (`--tick`), apart from -h and -V",
+                "unknown flag `--tikc`; did you mean `--tick`?",
             ]
         );
         let (kept, problems) = drop_unknown_flags(os(&["sessiond", "--", "--tikc"]), &longs);

@@ -8,6 +8,7 @@ mod api;
 mod cluster;
 mod cluster_faults;
 mod cluster_join;
+mod cluster_tls;
 mod cookies;
 mod deploy;
 mod disk_faults;

@@ -46,7 +46,7 @@ pub mod status;
 
 use crate::engine::Engine;
 pub use outbox::{NotReplicated, Outbox};
-pub use settings::{Ack, Settings, default_node_name, valid_name};
+pub use settings::{Ack, Settings, Tls, default_node_name, valid_name};
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -244,6 +244,15 @@ impl Cluster {
                     path: path.clone(),
                     source,
                 })?;
+        }
+        if let Some(tls) = &s.tls {
+            opts = opts.require_tls(true);
+            if let Some(ca) = &tls.ca {
+                opts = opts.add_root_certificates(ca.clone());
+            }
+            if let Some((cert, key)) = &tls.client {
+                opts = opts.add_client_certificate(cert.clone(), key.clone());
+            }
         }
         let client =
             opts.connect(s.urls.clone())

@@ -51,6 +51,9 @@ pub struct Settings {
     pub ack: Ack,
     /// A NATS credentials file.
     pub creds: Option<PathBuf>,
+    /// TLS to the NATS servers (`--cluster-tls-*`); `None` leaves it to the URLs' schemes and
+    /// the servers, with the system's trusted roots.
+    pub tls: Option<Tls>,
     /// The stream's replicas when this node creates it.
     pub replicas: usize,
     /// How long the stream keeps a message when this node creates it.
@@ -60,6 +63,15 @@ pub struct Settings {
     pub ready_timeout: Duration,
     /// How often a caught-up node publishes a snapshot for joining nodes (`seed`).
     pub snapshot_interval: Duration,
+}
+
+/// TLS to the NATS servers: required once any of these is set.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Tls {
+    /// PEM certificates to trust for the servers (a private CA), beside the system's roots.
+    pub ca: Option<PathBuf>,
+    /// A PEM client certificate and its key, for servers that verify clients (`verify: true`).
+    pub client: Option<(PathBuf, PathBuf)>,
 }
 
 /// Whether `name` can be a node or stream name: a NATS subject token and stream name.

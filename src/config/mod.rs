@@ -335,6 +335,32 @@ impl Config {
 
 /// The cluster's settings, when `cluster` names NATS servers.
 fn cluster_settings(s: &mut Settings, p: &mut Problems) -> Option<crate::cluster::Settings> {
+    if s.cluster.is_none() {
+        // A companion without `cluster` would be silently ignored: say so instead.
+        let given = [
+            ("node_name", s.node_name.is_some()),
+            ("cluster_stream", s.cluster_stream.is_some()),
+            ("cluster_ack", s.cluster_ack.is_some()),
+            ("cluster_creds", s.cluster_creds.is_some()),
+            ("cluster_tls_ca", s.cluster_tls_ca.is_some()),
+            ("cluster_tls_cert", s.cluster_tls_cert.is_some()),
+            ("cluster_tls_key", s.cluster_tls_key.is_some()),
+            ("cluster_replicas", s.cluster_replicas.is_some()),
+            ("cluster_retention", s.cluster_retention.is_some()),
+            ("cluster_ready_timeout", s.cluster_ready_timeout.is_some()),
+            (
+                "cluster_snapshot_interval",
+                s.cluster_snapshot_interval.is_some(),
+            ),
+        ];
+        for (name, _) in given.iter().filter(|g| g.1) {
+            p.0.push(format!(
+                "{name} is set but cluster is not: it is a cluster node's setting, and without \
+                 cluster (the NATS servers' URLs) this is a single node"
+            ));
+        }
+        return None;
+    }
     let urls: Vec<String> = s
         .cluster
         .take()?
@@ -398,17 +424,42 @@ fn cluster_settings(s: &mut Settings, p: &mut Problems) -> Option<crate::cluster
             retention.as_secs()
         )
     });
-    if let Some(creds) = &s.cluster_creds {
-        p.check(creds.is_file(), || {
-            format!("cluster_creds {} is not a readable file", creds.display())
-        });
+    for (name, file) in [
+        ("cluster_creds", &s.cluster_creds),
+        ("cluster_tls_ca", &s.cluster_tls_ca),
+        ("cluster_tls_cert", &s.cluster_tls_cert),
+        ("cluster_tls_key", &s.cluster_tls_key),
+    ] {
+        if let Some(file) = file {
+            p.check(file.is_file(), || {
+                format!("{name} {} is not a readable file", file.display())
+            });
+        }
     }
+    let client = match (s.cluster_tls_cert.take(), s.cluster_tls_key.take()) {
+        (Some(cert), Some(key)) => Some((cert, key)),
+        (None, None) => None,
+        (cert, _) => {
+            let (given, missing) = if cert.is_some() {
+                ("cluster_tls_cert", "cluster_tls_key")
+            } else {
+                ("cluster_tls_key", "cluster_tls_cert")
+            };
+            p.0.push(format!(
+                "{given} is set without {missing}: a client certificate needs its key"
+            ));
+            None
+        }
+    };
+    let ca = s.cluster_tls_ca.take();
+    let tls = (ca.is_some() || client.is_some()).then_some(crate::cluster::Tls { ca, client });
     Some(crate::cluster::Settings {
         urls,
         node,
         stream,
         ack,
         creds: s.cluster_creds.take(),
+        tls,
         replicas,
         retention,
         ready_timeout,

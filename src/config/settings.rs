@@ -222,6 +222,17 @@ settings! {
         /// A NATS credentials file (`.creds`) for the cluster's connection.
         #[arg(long, env = "SESSIOND_CLUSTER_CREDS")]
         pub cluster_creds: Option<PathBuf>,
+        /// PEM certificates of the CA that signed the NATS servers' certificates (a private
+        /// CA), trusted beside the system's roots; setting it requires TLS.
+        #[arg(long, env = "SESSIOND_CLUSTER_TLS_CA")]
+        pub cluster_tls_ca: Option<PathBuf>,
+        /// A PEM client certificate for NATS servers that verify clients (`verify: true`), with
+        /// `--cluster-tls-key`; setting it requires TLS.
+        #[arg(long, env = "SESSIOND_CLUSTER_TLS_CERT")]
+        pub cluster_tls_cert: Option<PathBuf>,
+        /// The PEM private key of `--cluster-tls-cert`.
+        #[arg(long, env = "SESSIOND_CLUSTER_TLS_KEY")]
+        pub cluster_tls_key: Option<PathBuf>,
         /// The stream's replicas, when this node is the one that creates it (1 to 5)
         /// [default: 3].
         #[arg(long, env = "SESSIOND_CLUSTER_REPLICAS")]

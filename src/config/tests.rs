@@ -346,3 +346,61 @@ fn every_duration_key_takes_a_bare_number_of_seconds_in_the_file() {
     assert!(e.to_string().contains("was read as 5s"), "{e}");
     std::fs::remove_dir_all(&dir).ok();
 }
+
+/// TLS to NATS: a private CA and a client certificate with its key; a certificate without its
+/// key, or a file that is not there, is named; a cluster node's setting without `cluster` is
+/// named too, not silently ignored.
+#[test]
+fn cluster_tls_files_and_companions_without_a_cluster() {
+    let dir = std::env::temp_dir().join(format!("sessiond-cfg-tls-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let f = |name: &str| {
+        let p = dir.join(name);
+        std::fs::write(&p, "pem").unwrap();
+        p.to_str().unwrap().to_owned()
+    };
+    let (ca, cert, key) = (f("ca.pem"), f("client.pem"), f("client.key"));
+    let c = Config::load(cli(&[
+        "--cluster",
+        "tls://a:4222",
+        "--cluster-tls-ca",
+        &ca,
+        "--cluster-tls-cert",
+        &cert,
+        "--cluster-tls-key",
+        &key,
+    ]))
+    .unwrap();
+    let tls = c.cluster.unwrap().tls.unwrap();
+    assert_eq!(tls.ca.unwrap().to_str(), Some(ca.as_str()));
+    assert_eq!(tls.client.unwrap().1.to_str(), Some(key.as_str()));
+    let c = Config::load(cli(&["--cluster", "nats://a:4222"])).unwrap();
+    assert_eq!(c.cluster.unwrap().tls, None);
+
+    let e = Config::load(cli(&[
+        "--cluster",
+        "tls://a:4222",
+        "--cluster-tls-cert",
+        &cert,
+        "--cluster-tls-ca",
+        "/nonexistent/ca.pem",
+    ]))
+    .unwrap_err()
+    .to_string();
+    assert!(
+        e.contains("cluster_tls_cert is set without cluster_tls_key"),
+        "{e}"
+    );
+    assert!(
+        e.contains("cluster_tls_ca /nonexistent/ca.pem is not a readable file"),
+        "{e}"
+    );
+
+    let e = Config::load(cli(&["--cluster-ack", "async", "--cluster-tls-ca", &ca])).unwrap_err();
+    assert_eq!(e.0.len(), 2, "{e}");
+    assert!(
+        e.0[0].starts_with("cluster_ack is set but cluster is not"),
+        "{e}"
+    );
+    std::fs::remove_dir_all(&dir).ok();
+}

@@ -16,7 +16,7 @@ fn revoke(d: &Daemon, token: &str) {
 }
 
 /// How long until `token` stops validating on `d` (panics past 5 s).
-fn refused_after(d: &Daemon, token: &str, since: Instant) -> Duration {
+pub(crate) fn refused_after(d: &Daemon, token: &str, since: Instant) -> Duration {
     loop {
         if !valid(d, token) {
             return since.elapsed();

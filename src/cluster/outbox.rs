@@ -14,7 +14,10 @@
 //! 3. **Counted for `sync`.** `appended` is bumped after a frame is in its buffer and read by the
 //!    publisher *before* it drains; once everything drained is acknowledged by the stream,
 //!    everything up to that reading is replicated (`acked`). A create or revoke waits until
-//!    `acked` reaches the count it saw ([`Outbox::wait_replicated`]): group commit.
+//!    `acked` reaches the count it saw ([`Outbox::wait_replicated`]): group commit. A frame
+//!    counted just after a drain read the count may still be drained by it: the next drain
+//!    then finds nothing, and its reading is acknowledged at once (`link`), so that count too
+//!    is reached without waiting for another change.
 //! 4. **Quick** (`changes`, invariant 4): encode under a mutex of its own, never I/O.
 //! 5. **Bounded.** Past [`MAX_BACKLOG`] bytes waiting (NATS unreachable for long), new frames
 //!    are dropped and counted (`dropped`); a create or revoke under `sync` is refused meanwhile

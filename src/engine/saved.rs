@@ -12,6 +12,9 @@
 //! 4. Start-up puts sessions back a shard's batch at a time ([`Engine::restore_in_shard`]):
 //!    the replay threads then share no cache line per session (the policies' lock and the
 //!    session count are touched once per batch), which made them bounce between cores.
+//! 5. A batch is put back [`WARM`] sessions at a time, after reading the index entries of all
+//!    of them ([`Shard::warm`]): their cache misses then overlap, where inserting one after
+//!    the other waits for each in turn (start-up is bound by those misses).
 
 use super::Engine;
 use crate::policy::store::PolicyState;
@@ -20,6 +23,9 @@ use crate::shard::{NewRecord, Shard};
 use crate::token::SessionId;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
+
+/// Sessions whose index entries are read together before they are put back (invariant 5).
+const WARM: usize = 8;
 
 /// One saved change of a session, to put back (start-up replay).
 pub enum Replay {
@@ -53,20 +59,32 @@ impl Engine {
         let policies = self.policies.read();
         let mut shard = self.shards[i].write();
         let mut added = 0;
-        for item in items {
-            match item {
-                Replay::Create(saved) => {
-                    debug_assert_eq!(self.shard_of(SessionId(saved.id)), i);
-                    added += usize::from(self.put_back(&mut shard, &policies, saved));
-                }
-                Replay::Activity { id, last_ms } => {
-                    shard.restore_activity(SessionId(id), last_ms);
-                }
-                Replay::Remove { id } => {
-                    // The shard counts a removal down itself: count the creates before it in.
-                    self.active
-                        .fetch_add(std::mem::take(&mut added), Ordering::Relaxed);
-                    shard.restore_remove(SessionId(id));
+        let mut items = items.into_iter().peekable();
+        let mut group = Vec::with_capacity(WARM);
+        while items.peek().is_some() {
+            group.extend(items.by_ref().take(WARM));
+            for item in &group {
+                let (id, user) = match item {
+                    Replay::Create(s) => (s.id, Some(s.user.as_str())),
+                    Replay::Activity { id, .. } | Replay::Remove { id } => (*id, None),
+                };
+                shard.warm(SessionId(id), user);
+            }
+            for item in group.drain(..) {
+                match item {
+                    Replay::Create(saved) => {
+                        debug_assert_eq!(self.shard_of(SessionId(saved.id)), i);
+                        added += usize::from(self.put_back(&mut shard, &policies, saved));
+                    }
+                    Replay::Activity { id, last_ms } => {
+                        shard.restore_activity(SessionId(id), last_ms);
+                    }
+                    Replay::Remove { id } => {
+                        // The shard counts a removal down itself: count the creates before it in.
+                        self.active
+                            .fetch_add(std::mem::take(&mut added), Ordering::Relaxed);
+                        shard.restore_remove(SessionId(id));
+                    }
                 }
             }
         }

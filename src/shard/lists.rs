@@ -106,6 +106,22 @@ impl Shard {
         self.shapes.intern(&p).map_or(long, packed)
     }
 
+    /// Reads the index entries a replayed session `id` of `user` will touch, and nothing
+    /// else: start-up calls it for a group of sessions before putting them back, so that the
+    /// group's cache misses overlap instead of coming one after the other.
+    pub(crate) fn warm(&self, id: SessionId, user: Option<&str>) {
+        std::hint::black_box(self.find(id));
+        let Some(user) = user else { return };
+        let key = match UserBytes::text(user) {
+            Some(_) => UserKey::Text(user),
+            None => match pack(user).and_then(|p| Some((self.shapes.find(&p)?, p.value))) {
+                Some((code, value)) => UserKey::Packed(USER_SHAPE0 + code, value),
+                None => UserKey::Text(user),
+            },
+        };
+        std::hint::black_box(self.head_of(key));
+    }
+
     fn head_of(&self, key: UserKey<'_>) -> u32 {
         let (recs, long) = (&self.slab.records, &self.long_users);
         self.users

@@ -2,7 +2,7 @@
 //! on loopback (`sync_interval: always`) and three sessiond nodes replicating through them.
 //! The NATS harness is `common::nats`.
 
-use crate::common::nats::{Nats, find_nats, node};
+use crate::common::nats::{Nats, find_nats, node, three_nodes};
 use crate::common::{Daemon, create, eventually, free_port, scratch, valid};
 use std::time::{Duration, Instant};
 
@@ -38,11 +38,7 @@ fn p99(mut v: Vec<Duration>) -> Duration {
 fn cluster_any_node_answers_for_every_session_and_revocations_reach_all() {
     let Some(bin) = find_nats() else { return };
     let nats = Nats::start(bin, 3);
-    let nodes = [
-        node(&nats, "a", 3, &[]),
-        node(&nats, "b", 3, &[]),
-        node(&nats, "c", 3, &[]),
-    ];
+    let nodes = three_nodes(&nats);
 
     // Read-your-writes: a session created on one node validates on the others at once (no
     // sleep between), through the API and through forward-auth.

@@ -8,7 +8,7 @@
 //! `cluster::refused_after` puts on each observation (5 s).
 
 use crate::cluster::refused_after;
-use crate::common::nats::{Nats, find_nats, node};
+use crate::common::nats::{Nats, find_nats, three_nodes};
 use crate::common::{Daemon, create, valid};
 use std::time::{Duration, Instant};
 
@@ -41,11 +41,7 @@ fn revoke(nodes: &[Daemon], revoker: usize, kind: &str, tokens: &[String], tag: 
 fn cluster_revocation_lag_by_token_user_and_org_is_bounded() {
     let Some(bin) = find_nats() else { return };
     let nats = Nats::start(bin, 3);
-    let nodes = [
-        node(&nats, "a", 3, &[]),
-        node(&nats, "b", 3, &[]),
-        node(&nats, "c", 3, &[]),
-    ];
+    let nodes = three_nodes(&nats);
     for kind in ["token", "user", "org"] {
         let mut lags = Vec::new();
         for round in 0..ROUNDS {

@@ -5,7 +5,7 @@
 //! unreachable"). `cluster.rs`'s `cluster_without_nats_...` covers one server, validation and
 //! the `async` mode; this one covers the whole cluster's outage, `/v1/auth` and convergence.
 
-use crate::common::nats::{Nats, find_nats, node};
+use crate::common::nats::{Nats, find_nats, three_nodes};
 use crate::common::{Daemon, Response, create, eventually, request, valid};
 use std::time::{Duration, Instant};
 
@@ -47,11 +47,7 @@ fn quickly<T>(what: &str, limit: Duration, f: impl FnOnce() -> T) -> T {
 fn cluster_with_every_nats_server_down_auth_answers_and_kept_changes_reach_every_node_after() {
     let Some(bin) = find_nats() else { return };
     let mut nats = Nats::start(bin, 3);
-    let nodes = [
-        node(&nats, "a", 3, &[]),
-        node(&nats, "b", 3, &[]),
-        node(&nats, "c", 3, &[]),
-    ];
+    let nodes = three_nodes(&nats);
     // One session made on each node before the outage, and one that c will revoke during it.
     let before: Vec<(String, String)> = (0..3)
         .map(|i| {

@@ -148,6 +148,11 @@ pub fn node(nats: &Nats, name: &str, replicas: usize, extra: &[&str]) -> Daemon 
     node_at(&nats.urls(), name, replicas, extra)
 }
 
+/// Nodes `a`, `b` and `c` of `nats`'s cluster (stream replicas 3), with default settings.
+pub fn three_nodes(nats: &Nats) -> [Daemon; 3] {
+    ["a", "b", "c"].map(|name| node(nats, name, 3, &[]))
+}
+
 /// A sessiond node that knows only the NATS servers at `urls`.
 pub fn node_at(urls: &str, name: &str, replicas: usize, extra: &[&str]) -> Daemon {
     let replicas = replicas.to_string();

@@ -3,6 +3,13 @@
 use super::*;
 use crate::policy::{DEFAULT_POLICY, Mode};
 
+/// A fresh directory for one test's files.
+fn scratch(name: &str) -> std::path::PathBuf {
+    let dir = std::env::temp_dir().join(format!("sessiond-cfg-{name}-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
 fn cli(args: &[&str]) -> Settings {
     let mut v = vec!["sessiond"];
     v.extend_from_slice(args);
@@ -100,8 +107,7 @@ fn non_loopback_needs_keys_or_explicit_insecure() {
 
 #[test]
 fn file_is_read_and_flags_win() {
-    let dir = std::env::temp_dir().join(format!("sessiond-cfg-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
+    let dir = scratch("file");
     let path = dir.join("c.toml");
     std::fs::write(
         &path,
@@ -180,8 +186,7 @@ fn connection_limits() {
     ]))
     .unwrap_err();
     assert_eq!(e.0.len(), 3, "{e}");
-    let dir = std::env::temp_dir().join(format!("sessiond-cfg-conn-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
+    let dir = scratch("conn");
     let path = dir.join("c.toml");
     std::fs::write(
         &path,
@@ -211,8 +216,7 @@ fn policy_file_settle_is_a_bounded_duration() {
 /// file's key, a given one wins over it, and a command-line-only name is an unknown file key.
 #[test]
 fn flags_and_keys_of_one_side_only() {
-    let dir = std::env::temp_dir().join(format!("sessiond-cfg-sides-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
+    let dir = scratch("sides");
     let path = dir.join("c.toml");
     let p = path.to_str().unwrap();
     let load = |text: &str, args: &[&str]| {
@@ -323,8 +327,7 @@ fn cluster_settings_are_checked_together() {
 /// (a key that took only strings refused `cluster_snapshot_interval = 600`).
 #[test]
 fn every_duration_key_takes_a_bare_number_of_seconds_in_the_file() {
-    let dir = std::env::temp_dir().join(format!("sessiond-cfg-bare-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
+    let dir = scratch("bare");
     let path = dir.join("c.toml");
     std::fs::write(
         &path,
@@ -352,8 +355,7 @@ fn every_duration_key_takes_a_bare_number_of_seconds_in_the_file() {
 /// named too, not silently ignored.
 #[test]
 fn cluster_tls_files_and_companions_without_a_cluster() {
-    let dir = std::env::temp_dir().join(format!("sessiond-cfg-tls-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
+    let dir = scratch("tls");
     let f = |name: &str| {
         let p = dir.join(name);
         std::fs::write(&p, "pem").unwrap();

@@ -3,7 +3,8 @@
 //!
 //! `cargo bench --bench persist -- [--sessions 10000000] [--journal 1000000] [--loads 1]
 //! [--dir PATH]` (`--smoke` runs 20k/2k for CI-style checks; `--loads N` starts up N times from
-//! the same files, each into a fresh engine). Runs on the library directly: the daemon's
+//! the same files, each into a fresh engine; `--keep` leaves the files in `--dir`, and
+//! `--load-only` starts up from files a `--keep` run left there, to profile start-up alone). Runs on the library directly: the daemon's
 //! start-up is exactly `persist::load::load` + `Engine::sweep_expired` on a fresh engine, and
 //! validate's only contention with a snapshot is the shard lock measured here.
 
@@ -23,6 +24,8 @@ struct Args {
     journal: usize,
     loads: usize,
     dir: std::path::PathBuf,
+    keep: bool,
+    load_only: bool,
 }
 
 fn args() -> Args {
@@ -30,6 +33,8 @@ fn args() -> Args {
         sessions: 10_000_000,
         journal: 1_000_000,
         loads: 1,
+        keep: false,
+        load_only: false,
         dir: std::env::temp_dir().join(format!("sessiond-persist-bench-{}", std::process::id())),
     };
     let mut it = std::env::args().skip(1);
@@ -48,6 +53,8 @@ fn args() -> Args {
                 a.sessions = 20_000;
                 a.journal = 2_000;
             }
+            "--keep" => a.keep = true,
+            "--load-only" => a.load_only = true,
             "--bench" => {}
             other => panic!("unknown argument {other}"),
         }
@@ -71,9 +78,59 @@ fn rss_bytes() -> u64 {
 
 fn main() {
     let a = args();
+    let max = a.sessions + a.journal + 1;
+    let want = if a.load_only {
+        let marker = a.dir.join("expected-sessions");
+        let age = std::fs::metadata(&marker)
+            .and_then(|m| m.modified())
+            .ok()
+            .and_then(|t| t.elapsed().ok())
+            .expect("--load-only needs the files of an earlier run with --keep in --dir");
+        // Past the default idle timeout (30 min) the sweep would drop every session.
+        assert!(
+            age < Duration::from_secs(29 * 60),
+            "the files in --dir were written {} min ago: their sessions have expired; write them again with --keep",
+            age.as_secs() / 60
+        );
+        std::fs::read_to_string(&marker)
+            .ok()
+            .and_then(|s| s.trim().parse().ok())
+            .expect("a --keep run writes the session count in expected-sessions")
+    } else {
+        let want = write_files(&a, max);
+        if a.keep {
+            std::fs::write(a.dir.join("expected-sessions"), want.to_string()).unwrap();
+        }
+        want
+    };
+    for _ in 0..a.loads {
+        let rss0 = rss_bytes();
+        let fresh = Engine::new(cfg(max), Arc::new(SystemClock));
+        let t = Instant::now();
+        let report = load::load(&fresh, &a.dir, false).unwrap();
+        let expired = fresh.sweep_expired().total();
+        let took = t.elapsed();
+        println!(
+            "start-up: {} sessions ({} from the snapshot, {} journal records) in {:.2} s ({} dropped as expired); RSS +{:.0} MB",
+            report.sessions,
+            report.from_snapshot,
+            report.replayed,
+            took.as_secs_f64(),
+            expired,
+            (rss_bytes().saturating_sub(rss0)) as f64 / 1e6
+        );
+        assert_eq!(fresh.len(), want, "the load lost or invented sessions");
+    }
+    if !a.keep && !a.load_only {
+        let _ = std::fs::remove_dir_all(&a.dir);
+    }
+}
+
+/// Creates the sessions, snapshots them with validate beside it, journals more after it, and
+/// stops the journal: the files a start-up loads. Returns how many sessions they hold.
+fn write_files(a: &Args, max: usize) -> usize {
     let _ = std::fs::remove_dir_all(&a.dir);
     std::fs::create_dir_all(&a.dir).unwrap();
-    let max = a.sessions + a.journal + 1;
     let shards = Engine::shards_for(&cfg(max));
     let journal = Arc::new(Journal::new(shards, FsyncPolicy::Everysec));
     let engine = Arc::new(Engine::with_changes(
@@ -171,26 +228,5 @@ fn main() {
     }
     shutdown.advance(Stage::Exiting);
     writer.join().unwrap();
-    let want = engine.len();
-    drop(engine);
-
-    for _ in 0..a.loads {
-        let rss0 = rss_bytes();
-        let fresh = Engine::new(cfg(max), Arc::new(SystemClock));
-        let t = Instant::now();
-        let report = load::load(&fresh, &a.dir, false).unwrap();
-        let expired = fresh.sweep_expired().total();
-        let took = t.elapsed();
-        println!(
-            "start-up: {} sessions ({} from the snapshot, {} journal records) in {:.2} s ({} dropped as expired); RSS +{:.0} MB",
-            report.sessions,
-            report.from_snapshot,
-            report.replayed,
-            took.as_secs_f64(),
-            expired,
-            (rss_bytes().saturating_sub(rss0)) as f64 / 1e6
-        );
-        assert_eq!(fresh.len(), want, "the load lost or invented sessions");
-    }
-    let _ = std::fs::remove_dir_all(&a.dir);
+    engine.len()
 }

@@ -112,12 +112,10 @@ impl Engine {
         )
     }
 
-    /// Makes room for about `n` more sessions across the shards (start-up).
-    pub fn reserve(&self, n: usize) {
-        let per = n / self.shards.len() + 1;
-        for s in self.shards.iter() {
-            s.write().reserve(per);
-        }
+    /// Makes room for about `n` more sessions in shard `i` (start-up: each replay thread
+    /// sizes its own shards' tables, in parallel).
+    pub fn reserve_in_shard(&self, i: usize, n: usize) {
+        self.shards[i].write().reserve(n);
     }
 
     /// The shard index of session `id` (start-up routes each shard's records to one thread).

@@ -25,7 +25,7 @@ use crate::engine::{Engine, Replay};
 use crate::session::RemoveReason;
 use crate::token::SessionId;
 use std::fs::File;
-use std::io::{self, BufReader};
+use std::io;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
@@ -106,13 +106,11 @@ pub fn load(engine: &Engine, dir: &Path, recover: bool) -> Result<Report, LoadEr
         .iter()
         .filter(|f| f.0 == Kind::Snapshot)
         .max_by_key(|f| f.1);
-    if let Some(len) = snapshot
+    // Room for the snapshot's sessions, made by the replay threads: a session with 16-byte
+    // user and org ids takes 78 bytes in a snapshot.
+    let expected = snapshot
         .and_then(|s| std::fs::metadata(&s.2).ok())
-        .map(|m| m.len())
-    {
-        // A session with 16-byte user and org ids takes 78 bytes in a snapshot.
-        engine.reserve((len / 72) as usize);
-    }
+        .map_or(0, |m| (m.len() / 72) as usize);
     let from = snapshot.map_or(0, |s| s.1);
     let mut journals: Vec<_> = files
         .iter()
@@ -123,7 +121,7 @@ pub fn load(engine: &Engine, dir: &Path, recover: bool) -> Result<Report, LoadEr
         .map_or(1, |n| n.get())
         .min(engine.shard_count());
     std::thread::scope(|scope| {
-        let mut sink = Sink::new(engine, threads, scope);
+        let mut sink = Sink::new(engine, threads, expected, scope);
         if let Some((_, g, p)) = snapshot {
             report.snapshot = Some(*g);
             load_snapshot(&mut sink, p, recover, &mut report)?;
@@ -153,22 +151,38 @@ struct Sink<'e> {
 const BATCH: usize = 2_048;
 
 impl<'e> Sink<'e> {
-    fn new<'s>(engine: &'e Engine, threads: usize, scope: &'s std::thread::Scope<'s, 'e>) -> Self {
+    /// Starts `threads` replay threads (none if 1) in `scope`, each first making room for its
+    /// shards' share of `expected` sessions.
+    fn new<'s>(
+        engine: &'e Engine,
+        threads: usize,
+        expected: usize,
+        scope: &'s std::thread::Scope<'s, 'e>,
+    ) -> Self {
+        let shards = engine.shard_count();
+        let per_shard = expected.div_ceil(shards);
         let mut senders = Vec::new();
         if threads > 1 {
-            for _ in 0..threads {
+            for t in 0..threads {
                 let (tx, rx) = std::sync::mpsc::sync_channel::<(usize, Vec<Replay>)>(16);
                 scope.spawn(move || {
+                    for shard in (t..shards).step_by(threads).filter(|_| per_shard > 0) {
+                        engine.reserve_in_shard(shard, per_shard);
+                    }
                     for (shard, batch) in rx {
                         engine.restore_in_shard(shard, batch);
                     }
                 });
                 senders.push(tx);
             }
+        } else {
+            for shard in (0..shards).filter(|_| per_shard > 0) {
+                engine.reserve_in_shard(shard, per_shard);
+            }
         }
         Sink {
             engine,
-            batches: (0..engine.shard_count()).map(|_| Vec::new()).collect(),
+            batches: (0..shards).map(|_| Vec::new()).collect(),
             senders,
         }
     }
@@ -221,10 +235,10 @@ impl<'e> Sink<'e> {
     }
 }
 
-fn open(p: &Path, magic: &[u8; 16]) -> Result<Result<Reader<BufReader<File>>, Damage>, LoadError> {
+fn open(p: &Path, magic: &[u8; 16]) -> Result<Result<Reader<File>, Damage>, LoadError> {
     let file = File::open(p).map_err(io_err(p))?;
     let len = file.metadata().map_err(io_err(p))?.len();
-    Reader::open(BufReader::with_capacity(1 << 20, file), len, magic).map_err(io_err(p))
+    Reader::open(file, len, magic).map_err(io_err(p))
 }
 
 fn load_snapshot(
@@ -300,9 +314,8 @@ pub fn import(
     let threads = std::thread::available_parallelism()
         .map_or(1, |n| n.get())
         .min(engine.shard_count());
-    let r = io::BufReader::with_capacity(1 << 20, r);
     std::thread::scope(|scope| {
-        let mut sink = Sink::new(engine, threads, scope);
+        let mut sink = Sink::new(engine, threads, 0, scope);
         let d = match Reader::open(r, len, SNAPSHOT_MAGIC).map_err(io_err(name))? {
             Ok(reader) => read_snapshot(&mut sink, reader, &mut report).map_err(io_err(name))?,
             Err(d) => Err(d),

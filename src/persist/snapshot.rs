@@ -18,9 +18,14 @@
 //! 5. A cluster node's snapshot starts with the stream sequence it had applied before the walk
 //!    (every message up to it is in the table the walk sees; later ones are read from the
 //!    stream again at start, idempotently) and the "not before" marks in force.
-//! 6. **Shards interleaved**: the walk takes one chunk of each shard in turn, so the file
-//!    feeds every replay thread of a start-up at once (each owns some shards); written shard
-//!    after shard, it kept one thread busy at a time. Any order loads the same table.
+//! 6. **Shards interleaved, a group at a time**: the walk takes one chunk of each shard of a
+//!    group in turn, and the groups one after the other; a group is as many consecutive shards
+//!    as this machine has cores. A start-up on the same machine runs one replay thread per
+//!    core, each owning the shards `i % threads`, so the file feeds every thread at once
+//!    (written shard after shard, it kept one busy at a time), and each thread fills one
+//!    shard's tables at a time instead of going round all of its own (fewer cache and TLB
+//!    misses: a 10M start-up took ~9% less time on a 2-core machine). Any order loads the
+//!    same table; a start-up on another machine is only a little slower.
 
 use super::journal::Journal;
 use super::record::{SNAPSHOT_MAGIC, put_end, put_not_before, put_saved, put_stream_seq};
@@ -115,18 +120,24 @@ pub fn encode(engine: &Engine, w: &mut impl Write) -> io::Result<(u64, u64)> {
     }
     w.write_all(&buf)?;
     bytes += buf.len() as u64;
-    // One chunk of each shard in turn (invariant 6).
-    let mut next: Vec<Option<u32>> = vec![Some(0); engine.shard_count()];
-    while next.iter().any(Option::is_some) {
-        for (shard, from) in next.iter_mut().enumerate() {
-            let Some(at) = *from else { continue };
-            buf.clear();
-            *from = engine.visit_chunk(shard, at, CHUNK, &mut |s| {
-                put_saved(&mut buf, s);
-                sessions += 1;
-            });
-            w.write_all(&buf)?;
-            bytes += buf.len() as u64;
+    // One chunk of each shard of a group in turn, a group after the other (invariant 6).
+    let shards = engine.shard_count();
+    let group = std::thread::available_parallelism()
+        .map_or(1, |n| n.get())
+        .clamp(1, shards);
+    for first in (0..shards).step_by(group) {
+        let mut next: Vec<Option<u32>> = vec![Some(0); group.min(shards - first)];
+        while next.iter().any(Option::is_some) {
+            for (k, from) in next.iter_mut().enumerate() {
+                let Some(at) = *from else { continue };
+                buf.clear();
+                *from = engine.visit_chunk(first + k, at, CHUNK, &mut |s| {
+                    put_saved(&mut buf, s);
+                    sessions += 1;
+                });
+                w.write_all(&buf)?;
+                bytes += buf.len() as u64;
+            }
         }
     }
     buf.clear();

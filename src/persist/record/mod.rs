@@ -336,13 +336,21 @@ impl Damage {
     }
 }
 
-/// Reads frames from a file of known length, streaming.
+/// Reads frames from a file of known length, streaming: a frame is checked and decoded where
+/// it lies in the reader's own buffer, never copied out first (start-up reads millions).
 pub struct Reader<R> {
     inner: R,
+    /// Offset in the file of `buf[at]`.
     pos: u64,
     len: u64,
-    body: Vec<u8>,
+    buf: Vec<u8>,
+    /// Unread bytes are `buf[at..end]`.
+    at: usize,
+    end: usize,
 }
+
+/// Bytes a [`Reader`] asks of its source at once.
+const READ_AHEAD: usize = 1 << 20;
 
 impl<R: Read> Reader<R> {
     /// Checks the magic header; `Ok(None)` if the file is shorter than it (a file created just
@@ -363,13 +371,36 @@ impl<R: Read> Reader<R> {
             inner,
             pos: magic.len() as u64,
             len,
-            body: Vec::new(),
+            buf: vec![0; READ_AHEAD + MAX_BODY + 8],
+            at: 0,
+            end: 0,
         }))
     }
 
     /// Offset of the next frame.
     pub fn offset(&self) -> u64 {
         self.pos
+    }
+
+    /// Makes the next `n` bytes of the file (the caller knows they exist) readable at
+    /// `buf[at..]`, reading ahead as far as the buffer and the file allow.
+    fn fill(&mut self, n: usize) -> io::Result<()> {
+        if self.end - self.at >= n {
+            return Ok(());
+        }
+        self.buf.copy_within(self.at..self.end, 0);
+        self.end -= self.at;
+        self.at = 0;
+        let in_file = (self.len - self.pos) as usize;
+        let want = in_file.min(self.buf.len());
+        while self.end < n {
+            let got = self.inner.read(&mut self.buf[self.end..want])?;
+            if got == 0 {
+                return Err(io::ErrorKind::UnexpectedEof.into());
+            }
+            self.end += got;
+        }
+        Ok(())
     }
 
     /// The next entry with its offset, `Ok(None)` at a clean end, or the damage found.
@@ -382,43 +413,49 @@ impl<R: Read> Reader<R> {
         if left < 8 {
             return Ok(Err(Damage::Torn { offset: at }));
         }
-        let mut head = [0u8; 8];
-        self.inner.read_exact(&mut head)?;
+        self.fill(8)?;
+        let head: [u8; 8] = self.buf[self.at..self.at + 8].try_into().expect("8");
         let len = u32::from_le_bytes(head[..4].try_into().expect("4")) as u64;
         let crc = u32::from_le_bytes(head[4..].try_into().expect("4"));
         if len == 0 || len > MAX_BODY as u64 {
             let zeros = head == [0; 8];
-            return self.bad(at, 8, zeros, format!("frame length {len} is out of range"));
+            return self.bad(8, zeros, format!("frame length {len} is out of range"));
         }
         if 8 + len > left {
             return Ok(Err(Damage::Torn { offset: at }));
         }
-        self.body.resize(len as usize, 0);
-        self.inner.read_exact(&mut self.body)?;
-        if crc32fast::hash(&self.body) != crc {
-            let zeros = head == [0; 8] && self.body.iter().all(|&b| b == 0);
-            return self.bad(at, 8 + len, zeros, "checksum mismatch".into());
+        let size = 8 + len as usize;
+        self.fill(size)?;
+        let body = &self.buf[self.at + 8..self.at + size];
+        if crc32fast::hash(body) != crc {
+            let zeros = head == [0; 8] && body.iter().all(|&b| b == 0);
+            return self.bad(size as u64, zeros, "checksum mismatch".into());
         }
-        let Some(entry) = decode(&self.body) else {
-            return self.bad(at, 8 + len, false, "frame does not decode".into());
+        let Some(entry) = decode(body) else {
+            return self.bad(size as u64, false, "frame does not decode".into());
         };
-        self.pos = at + 8 + len;
+        self.at += size;
+        self.pos += size as u64;
         Ok(Ok(Some((at, entry))))
     }
 
-    /// A bad frame at `at` of which `consumed` bytes were read: torn if nothing but zeros
-    /// follows (invariant 3), else corrupt.
+    /// A bad frame at the current offset of which `consumed` bytes were read: torn if nothing
+    /// but zeros follows (invariant 3), else corrupt.
     fn bad(
         &mut self,
-        at: u64,
         consumed: u64,
         frame_is_zeros: bool,
         reason: String,
     ) -> io::Result<Result<Option<(u64, Entry)>, Damage>> {
+        let at = self.pos;
         let rest_from = at + consumed;
         let mut only_zeros = frame_is_zeros;
-        let mut chunk = [0u8; 64 * 1024];
         let mut left = self.len - rest_from;
+        // What the buffer holds past the frame, then the rest of the file.
+        let buffered = &self.buf[self.at + consumed as usize..self.end];
+        only_zeros = only_zeros && buffered.iter().all(|&b| b == 0);
+        left -= buffered.len() as u64;
+        let mut chunk = [0u8; 64 * 1024];
         while only_zeros && left > 0 {
             let n = (left as usize).min(chunk.len());
             self.inner.read_exact(&mut chunk[..n])?;

@@ -172,3 +172,88 @@ fn a_foreign_file_is_refused_at_offset_zero() {
         Some(Damage::Corrupt { offset: 0, .. })
     ));
 }
+
+/// A source that hands out at most 777 bytes a read, as a pipe or a slow disk may.
+struct Trickle<'a>(&'a [u8]);
+
+impl std::io::Read for Trickle<'_> {
+    fn read(&mut self, out: &mut [u8]) -> std::io::Result<usize> {
+        let n = out.len().min(777).min(self.0.len());
+        out[..n].copy_from_slice(&self.0[..n]);
+        self.0 = &self.0[n..];
+        Ok(n)
+    }
+}
+
+fn read_trickled(bytes: &[u8]) -> (Vec<Entry>, Option<Damage>) {
+    let mut r = Reader::open(Trickle(bytes), bytes.len() as u64, JOURNAL_MAGIC)
+        .unwrap()
+        .unwrap();
+    let mut out = vec![];
+    loop {
+        match r.read_next().unwrap() {
+            Ok(Some((_, e))) => out.push(e),
+            Ok(None) => return (out, None),
+            Err(d) => return (out, Some(d)),
+        }
+    }
+}
+
+#[test]
+fn frames_across_the_readers_buffer_refills_read_alike() {
+    // Over 3 MiB of frames of varying length: several refills, frames cut by each, from a
+    // source that answers in short reads.
+    let entries: Vec<Entry> = (0..45_000u128)
+        .map(|i| {
+            Entry::Create(Saved {
+                id: i,
+                created_ms: i as u64,
+                last_ms: i as u64 + 1,
+                user: "u".repeat(1 + (i % 97) as usize).into(),
+                org: (i % 3 == 0).then(|| "org".into()),
+                metadata: None,
+            })
+        })
+        .collect();
+    let bytes = encode(&entries);
+    assert!(bytes.len() > 3 * READ_AHEAD);
+    assert_eq!(read_trickled(&bytes), (entries.clone(), None));
+
+    // Damage in a frame that straddles the first refill is found at that frame's offset.
+    let mut at = JOURNAL_MAGIC.len();
+    let mut n = 0;
+    while at + encode_one(&entries[n]).len() <= READ_AHEAD {
+        at += encode_one(&entries[n]).len();
+        n += 1;
+    }
+    let mut bad = bytes.clone();
+    bad[at + 10] ^= 0x01;
+    let (got, damage) = read_trickled(&bad);
+    assert_eq!(got, entries[..n]);
+    assert!(
+        matches!(damage, Some(Damage::Corrupt { offset, .. }) if offset == at as u64),
+        "{damage:?}"
+    );
+
+    // Zeros from inside the buffer to well past it are a torn tail.
+    let mut zeroed = bytes.clone();
+    zeroed[at..].fill(0);
+    assert_eq!(
+        read_trickled(&zeroed),
+        (
+            entries[..n].to_vec(),
+            Some(Damage::Torn { offset: at as u64 })
+        )
+    );
+    // ... but a good frame after them is not.
+    let mut late = zeroed.clone();
+    late.extend_from_slice(&encode_one(&entries[0]));
+    assert!(matches!(
+        read_trickled(&late).1,
+        Some(Damage::Corrupt { offset, .. }) if offset == at as u64
+    ));
+}
+
+fn encode_one(e: &Entry) -> Vec<u8> {
+    encode(std::slice::from_ref(e))[JOURNAL_MAGIC.len()..].to_vec()
+}

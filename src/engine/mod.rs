@@ -58,9 +58,22 @@ pub struct Created {
     pub displaced: usize,
 }
 
+/// A shard's lock and table on cache lines of their own (128 bytes: the line and the one the
+/// prefetcher pairs with it), so that threads working on neighbouring shards never write to
+/// one line (without it, the end of one shard's table and the next one's lock shared a line).
+#[repr(align(128))]
+struct ShardCell(RwLock<Shard>);
+
+impl std::ops::Deref for ShardCell {
+    type Target = RwLock<Shard>;
+    fn deref(&self) -> &RwLock<Shard> {
+        &self.0
+    }
+}
+
 /// The engine (see the module doc).
 pub struct Engine {
-    shards: Box<[RwLock<Shard>]>,
+    shards: Box<[ShardCell]>,
     mask: u64,
     policies: RwLock<PolicyState>,
     clock: Arc<dyn Clock>,
@@ -108,7 +121,7 @@ impl Engine {
             shards: (0..n)
                 .map(|i| {
                     let c = changes.as_ref().map(|c| (c.clone(), i));
-                    RwLock::new(Shard::new(scale, app_eff, active.clone(), c))
+                    ShardCell(RwLock::new(Shard::new(scale, app_eff, active.clone(), c)))
                 })
                 .collect(),
             mask: (n - 1) as u64,

@@ -1,0 +1,15 @@
+#!/bin/bash
+# Builds and packs into .devperf/ (ignored by git) what benches/scripts/device_plan.sh needs on
+# the lent 16-core machine: the release daemon, the load generator, redis-server with its
+# libraries (../shared/devperf/prepare.sh does those), the start-up bench, and the plan itself.
+# Then: run(command="bash .devperf/device_plan.sh", carry=[".devperf"], timeout_s=560)
+# Check the plan here first, at small sizes: SMOKE=1 bash .devperf/device_plan.sh
+set -euo pipefail
+root=$(git rev-parse --show-toplevel); cd "$root"
+bash "$root/../shared/devperf/prepare.sh"
+cargo bench --bench persist --no-run 2>&1 | tail -1
+tgt=${CARGO_TARGET_DIR:-target}
+persist=$(ls -t "$tgt"/release/deps/persist-* | grep -v "\.d$" | head -1)
+cp "$persist" .devperf/persist && strip .devperf/persist
+cp benches/scripts/device_plan.sh .devperf/
+du -sh .devperf

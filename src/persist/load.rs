@@ -19,10 +19,10 @@
 //! 5. Loading needs no free space: tidying that a full or read-only disk refuses (deleting an
 //!    unfinished snapshot, cutting a torn tail) is left as it is, with a warning.
 
-use super::record::{Damage, Entry, JOURNAL_MAGIC, Reader, SNAPSHOT_MAGIC};
+use super::record::{Damage, Entry, JOURNAL_MAGIC, Reader, SNAPSHOT_MAGIC, decode, decode_create};
 use super::{Kind, list};
 use crate::engine::{Engine, Replay};
-use crate::session::RemoveReason;
+use crate::session::{RemoveReason, Saved};
 use crate::token::SessionId;
 use std::fs::File;
 use std::io;
@@ -187,6 +187,11 @@ impl<'e> Sink<'e> {
         }
     }
 
+    /// Routes a saved session (a snapshot's frame) to its shard's batch.
+    fn push_create(&mut self, s: Saved) {
+        self.route(s.id, Replay::Create(s));
+    }
+
     fn push(&mut self, e: Entry) {
         let (id, r) = match e {
             Entry::Create(s) => (s.id, Replay::Create(s)),
@@ -204,6 +209,11 @@ impl<'e> Sink<'e> {
             }
             Entry::StreamSeq { seq } => return self.engine.set_stream_applied(seq),
         };
+        self.route(id, r);
+    }
+
+    /// Adds `r`, an entry of session `id`, to its shard's batch, sent once full.
+    fn route(&mut self, id: u128, r: Replay) {
         let shard = self.engine.shard_of(SessionId(id));
         let batch = &mut self.batches[shard];
         if batch.capacity() == 0 {
@@ -268,12 +278,22 @@ fn read_snapshot<R: io::Read>(
     let mut ended = false;
     loop {
         let at = reader.offset();
-        let d = match reader.read_next()? {
-            Ok(Some((_, Entry::Create(saved)))) if !ended => {
-                sink.push(Entry::Create(saved));
+        // A session goes straight into its batch; any other frame comes back here.
+        let next = reader.read_next_with(|body| {
+            if !ended && let Some(saved) = decode_create(body) {
+                sink.push_create(saved);
                 report.from_snapshot += 1;
-                continue;
+                return Some(None);
             }
+            decode(body).map(|e| Some(Box::new(e)))
+        })?;
+        let next = match next {
+            Ok(Some((_, None))) => continue,
+            Ok(Some((at, Some(e)))) => Ok(Some((at, *e))),
+            Ok(None) => Ok(None),
+            Err(d) => Err(d),
+        };
+        let d = match next {
             Ok(Some((_, e @ (Entry::NotBefore { .. } | Entry::StreamSeq { .. })))) if !ended => {
                 sink.push(e);
                 continue;

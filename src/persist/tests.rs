@@ -349,3 +349,79 @@ fn a_snapshot_interleaves_the_shards_of_a_group_chunk_by_chunk() {
     assert_eq!(runs, want);
     assert_eq!(runs.iter().map(|r| r.1).sum::<usize>(), e.len());
 }
+
+/// Every way a snapshot's frames can be well formed yet wrong is damage at the frame that shows
+/// it, with a reason, never a partial load taken for a whole one.
+#[test]
+fn a_snapshot_whose_frames_are_out_of_place_is_damaged_at_the_right_frame() {
+    use super::record::{SNAPSHOT_MAGIC, put_create, put_end};
+    let create = |buf: &mut Vec<u8>, id: u128| put_create(buf, id, T0, T0, "u", None, None);
+    // A CREATE frame whose checksum holds but whose user id is not UTF-8.
+    let not_utf8 = |buf: &mut Vec<u8>| {
+        let mut body = vec![1u8];
+        body.extend_from_slice(&9u128.to_le_bytes());
+        body.extend_from_slice(&T0.to_le_bytes());
+        body.extend_from_slice(&T0.to_le_bytes());
+        body.extend_from_slice(&2u16.to_le_bytes());
+        body.extend_from_slice(&[0xff, 0xfe]);
+        body.extend_from_slice(&u16::MAX.to_le_bytes());
+        body.push(0);
+        buf.extend_from_slice(&(body.len() as u32).to_le_bytes());
+        buf.extend_from_slice(&crc32fast::hash(&body).to_le_bytes());
+        buf.extend_from_slice(&body);
+    };
+    // Where each case goes wrong: after the magic, one session's frame, and an END frame.
+    let mut one = Vec::new();
+    create(&mut one, 1);
+    let (first, end_len) = (SNAPSHOT_MAGIC.len() + one.len(), 17);
+    type Build = Box<dyn Fn(&mut Vec<u8>)>;
+    let cases: Vec<(&str, Build, usize, &str)> = vec![
+        (
+            "a session after the end",
+            Box::new(move |b| {
+                create(b, 1);
+                put_end(b, 1);
+                create(b, 2);
+            }),
+            first + end_len,
+            "unexpected frame",
+        ),
+        (
+            "a count that does not match",
+            Box::new(move |b| {
+                create(b, 1);
+                put_end(b, 2);
+            }),
+            first,
+            "precede its end",
+        ),
+        (
+            "no end",
+            Box::new(move |b| create(b, 1)),
+            first,
+            "ends before its END frame",
+        ),
+        (
+            "a user id that is not UTF-8",
+            Box::new(move |b| {
+                create(b, 1);
+                not_utf8(b);
+                put_end(b, 2);
+            }),
+            first,
+            "does not decode",
+        ),
+    ];
+    for (what, build, at, want) in cases {
+        let mut bytes = SNAPSHOT_MAGIC.to_vec();
+        build(&mut bytes);
+        let e = Engine::new(EngineConfig::default(), ManualClock::new(T0));
+        match load::import(&e, &bytes[..], bytes.len() as u64, "test".as_ref()) {
+            Err(load::LoadError::DamagedImport { offset, reason, .. }) => {
+                assert!(reason.contains(want), "{what}: {reason}");
+                assert_eq!(offset, at as u64, "{what}: {reason}");
+            }
+            other => panic!("{what}: {other:?}"),
+        }
+    }
+}

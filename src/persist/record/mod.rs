@@ -225,38 +225,52 @@ impl<'a> Cursor<'a> {
     }
 }
 
+/// A `CREATE` frame's payload.
+fn create(c: &mut Cursor<'_>) -> Option<Saved> {
+    let id = c.u128()?;
+    let created_ms = c.u64()?;
+    let last_ms = c.u64()?;
+    let user = c.str()?;
+    let org = match c.u16()? {
+        u16::MAX => None,
+        len => Some(c.str_of(len)?),
+    };
+    let n = c.u8()?;
+    let mut pairs = Vec::with_capacity(n as usize);
+    for _ in 0..n {
+        pairs.push((c.str()?.into_string(), c.str()?.into_string()));
+    }
+    let metadata = if pairs.is_empty() {
+        None
+    } else {
+        Some(Metadata::new(pairs).ok()?)
+    };
+    Some(Saved {
+        id,
+        created_ms,
+        last_ms,
+        user,
+        org,
+        metadata,
+    })
+}
+
+/// Decodes one body if it is a `CREATE` frame that parses; `None` otherwise (any other kind,
+/// or one that does not parse: [`decode`] tells them apart).
+pub fn decode_create(body: &[u8]) -> Option<Saved> {
+    let mut c = Cursor(body);
+    if c.u8()? != CREATE {
+        return None;
+    }
+    let saved = create(&mut c)?;
+    c.0.is_empty().then_some(saved)
+}
+
 /// Decodes one body (its checksum already checked); `None` if it does not parse.
 pub fn decode(body: &[u8]) -> Option<Entry> {
     let mut c = Cursor(body);
     let entry = match c.u8()? {
-        CREATE => {
-            let id = c.u128()?;
-            let created_ms = c.u64()?;
-            let last_ms = c.u64()?;
-            let user = c.str()?;
-            let org = match c.u16()? {
-                u16::MAX => None,
-                len => Some(c.str_of(len)?),
-            };
-            let n = c.u8()?;
-            let mut pairs = Vec::with_capacity(n as usize);
-            for _ in 0..n {
-                pairs.push((c.str()?.into_string(), c.str()?.into_string()));
-            }
-            let metadata = if pairs.is_empty() {
-                None
-            } else {
-                Some(Metadata::new(pairs).ok()?)
-            };
-            Entry::Create(Saved {
-                id,
-                created_ms,
-                last_ms,
-                user,
-                org,
-                metadata,
-            })
-        }
+        CREATE => Entry::Create(create(&mut c)?),
         ACTIVITY => Entry::Activity {
             id: c.u128()?,
             last_ms: c.u64()?,
@@ -405,6 +419,17 @@ impl<R: Read> Reader<R> {
 
     /// The next entry with its offset, `Ok(None)` at a clean end, or the damage found.
     pub fn read_next(&mut self) -> io::Result<Result<Option<(u64, Entry)>, Damage>> {
+        self.read_next_with(decode)
+    }
+
+    /// The next frame, handed to `decode` where it lies (its checksum checked): what `decode`
+    /// returns with the frame's offset, `Ok(None)` at a clean end, or the damage found. A frame
+    /// `decode` answers `None` for is damage ("does not decode"). Start-up reads millions of
+    /// sessions this way, each put where it goes by `decode` instead of passed back by value.
+    pub fn read_next_with<T>(
+        &mut self,
+        decode: impl FnOnce(&[u8]) -> Option<T>,
+    ) -> io::Result<Result<Option<(u64, T)>, Damage>> {
         let at = self.pos;
         let left = self.len - at;
         if left == 0 {
@@ -431,22 +456,22 @@ impl<R: Read> Reader<R> {
             let zeros = head == [0; 8] && body.iter().all(|&b| b == 0);
             return self.bad(size as u64, zeros, "checksum mismatch".into());
         }
-        let Some(entry) = decode(body) else {
+        let Some(decoded) = decode(body) else {
             return self.bad(size as u64, false, "frame does not decode".into());
         };
         self.at += size;
         self.pos += size as u64;
-        Ok(Ok(Some((at, entry))))
+        Ok(Ok(Some((at, decoded))))
     }
 
     /// A bad frame at the current offset of which `consumed` bytes were read: torn if nothing
     /// but zeros follows (invariant 3), else corrupt.
-    fn bad(
+    fn bad<T>(
         &mut self,
         consumed: u64,
         frame_is_zeros: bool,
         reason: String,
-    ) -> io::Result<Result<Option<(u64, Entry)>, Damage>> {
+    ) -> io::Result<Result<Option<(u64, T)>, Damage>> {
         let at = self.pos;
         let rest_from = at + consumed;
         let mut only_zeros = frame_is_zeros;

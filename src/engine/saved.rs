@@ -38,12 +38,12 @@ impl Engine {
     /// Puts a saved session back (start-up replay, another node's create; not reported, no
     /// limits: the sessions were admitted once). Returns whether it was new; false too for a
     /// session a "not before" mark revokes.
-    pub fn restore(&self, saved: Saved) -> bool {
+    pub fn restore(&self, mut saved: Saved) -> bool {
         let policies = self.policies.read();
         let new = self.put_back(
             &mut self.shard(SessionId(saved.id)).write(),
             &policies,
-            saved,
+            &mut saved,
         );
         if new {
             self.active.fetch_add(1, Ordering::Relaxed);
@@ -55,35 +55,34 @@ impl Engine {
     /// the same as [`Engine::restore`], [`Engine::restore_activity`] and
     /// [`Engine::restore_remove`] one at a time, with the policies and the shard locked once
     /// and the shared session count updated once, not per session (invariant 4).
-    pub fn restore_in_shard(&self, i: usize, items: Vec<Replay>) {
+    pub fn restore_in_shard(&self, i: usize, mut items: Vec<Replay>) {
         let policies = self.policies.read();
         let mut shard = self.shards[i].write();
         let mut added = 0;
-        let mut items = items.into_iter().peekable();
-        let mut group = Vec::with_capacity(WARM);
-        while items.peek().is_some() {
-            group.extend(items.by_ref().take(WARM));
-            for item in &group {
+        // Read in place, a group at a time: copying each group out first cost two moves of
+        // every entry.
+        for group in items.chunks_mut(WARM) {
+            for item in group.iter() {
                 let (id, user) = match item {
                     Replay::Create(s) => (s.id, Some(s.user.as_str())),
                     Replay::Activity { id, .. } | Replay::Remove { id } => (*id, None),
                 };
                 shard.warm(SessionId(id), user);
             }
-            for item in group.drain(..) {
+            for item in group.iter_mut() {
                 match item {
                     Replay::Create(saved) => {
                         debug_assert_eq!(self.shard_of(SessionId(saved.id)), i);
                         added += usize::from(self.put_back(&mut shard, &policies, saved));
                     }
                     Replay::Activity { id, last_ms } => {
-                        shard.restore_activity(SessionId(id), last_ms);
+                        shard.restore_activity(SessionId(*id), *last_ms);
                     }
                     Replay::Remove { id } => {
                         // The shard counts a removal down itself: count the creates before it in.
                         self.active
                             .fetch_add(std::mem::take(&mut added), Ordering::Relaxed);
-                        shard.restore_remove(SessionId(id));
+                        shard.restore_remove(SessionId(*id));
                     }
                 }
             }
@@ -91,10 +90,10 @@ impl Engine {
         self.active.fetch_add(added, Ordering::Relaxed);
     }
 
-    /// Puts `saved` back into its shard, held by the caller, unless a "not before" mark
+    /// Puts `saved` back into its shard (taking its metadata), held by the caller, unless a "not before" mark
     /// revokes it (a user- or org-wide revocation made after it was created, `marks`);
     /// whether it was new. The caller counts it.
-    fn put_back(&self, shard: &mut Shard, policies: &PolicyState, saved: Saved) -> bool {
+    fn put_back(&self, shard: &mut Shard, policies: &PolicyState, saved: &mut Saved) -> bool {
         if self.marked(&saved.user, saved.org.as_deref(), saved.created_ms) {
             return false;
         }
@@ -104,7 +103,7 @@ impl Engine {
                 id: SessionId(saved.id),
                 user: &saved.user,
                 org,
-                metadata: saved.metadata.map(Arc::new),
+                metadata: saved.metadata.take().map(Arc::new),
                 created_ms: saved.created_ms,
                 last_ms: saved.last_ms,
             },

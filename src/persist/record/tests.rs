@@ -95,7 +95,12 @@ fn encode(entries: &[Entry]) -> Vec<u8> {
 }
 
 fn read_all(bytes: &[u8]) -> (Vec<Entry>, Option<Damage>) {
-    let mut r = match Reader::open(bytes, bytes.len() as u64, JOURNAL_MAGIC).unwrap() {
+    read_from(bytes, bytes.len())
+}
+
+/// Every entry a reader of `len` bytes from `src` finds, and the damage that stopped it.
+fn read_from(src: impl std::io::Read, len: usize) -> (Vec<Entry>, Option<Damage>) {
+    let mut r = match Reader::open(src, len as u64, JOURNAL_MAGIC).unwrap() {
         Ok(r) => r,
         Err(d) => return (vec![], Some(d)),
     };
@@ -186,17 +191,7 @@ impl std::io::Read for Trickle<'_> {
 }
 
 fn read_trickled(bytes: &[u8]) -> (Vec<Entry>, Option<Damage>) {
-    let mut r = Reader::open(Trickle(bytes), bytes.len() as u64, JOURNAL_MAGIC)
-        .unwrap()
-        .unwrap();
-    let mut out = vec![];
-    loop {
-        match r.read_next().unwrap() {
-            Ok(Some((_, e))) => out.push(e),
-            Ok(None) => return (out, None),
-            Err(d) => return (out, Some(d)),
-        }
-    }
+    read_from(Trickle(bytes), bytes.len())
 }
 
 #[test]

@@ -4,9 +4,10 @@
 //! `cargo bench --bench persist -- [--sessions 10000000] [--journal 1000000] [--loads 1]
 //! [--dir PATH]` (`--smoke` runs 20k/2k for CI-style checks; `--loads N` starts up N times from
 //! the same files, each into a fresh engine; `--keep` leaves the files in `--dir`, and
-//! `--load-only` starts up from files a `--keep` run left there, to profile start-up alone). Runs on the library directly: the daemon's
-//! start-up is exactly `persist::load::load` + `Engine::sweep_expired` on a fresh engine, and
-//! validate's only contention with a snapshot is the shard lock measured here.
+//! `--load-only` starts up from files a `--keep` run left there, to profile start-up alone).
+//! Runs on the library directly: the daemon's start-up is exactly `persist::load::load` +
+//! `Engine::sweep_expired` on a fresh engine, and validate's only contention with a snapshot
+//! is the shard lock measured here.
 
 use hdrhistogram::Histogram;
 use sessiond::clock::SystemClock;

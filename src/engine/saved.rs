@@ -90,9 +90,9 @@ impl Engine {
         self.active.fetch_add(added, Ordering::Relaxed);
     }
 
-    /// Puts `saved` back into its shard (taking its metadata), held by the caller, unless a "not before" mark
-    /// revokes it (a user- or org-wide revocation made after it was created, `marks`);
-    /// whether it was new. The caller counts it.
+    /// Puts `saved` back into its shard, held by the caller (taking its metadata), unless a
+    /// "not before" mark revokes it (a user- or org-wide revocation made after it was
+    /// created, `marks`); whether it was new. The caller counts it.
     fn put_back(&self, shard: &mut Shard, policies: &PolicyState, saved: &mut Saved) -> bool {
         if self.marked(&saved.user, saved.org.as_deref(), saved.created_ms) {
             return false;

@@ -151,6 +151,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     tracing::info!(
         listen = %local,
         http_workers = config.http_workers,
+        pin_workers = %config.pin_workers,
         header_read_timeout_secs = limits.header_read_timeout.as_secs(),
         keepalive_timeout_secs = limits.keepalive_timeout.as_secs(),
         max_connections = limits.max_connections,
@@ -175,8 +176,15 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     let apps = (0..config.http_workers)
         .map(|_| router(st.for_worker()))
         .collect();
-    let workers = server::start(listener, apps, limits, shutdown.at(Stage::Draining))
-        .context("cannot start the HTTP workers")?;
+    let pinning = config.pin_workers;
+    let workers = server::start(
+        listener,
+        apps,
+        limits,
+        pinning,
+        shutdown.at(Stage::Draining),
+    )
+    .context("cannot start the HTTP workers")?;
 
     if let Some(p) = &persist {
         let (p, e) = (p.clone(), engine.clone());

@@ -228,3 +228,103 @@ fn help_states_the_duration_rule_and_the_state_directory() {
         assert!(help.contains(needle), "{needle} missing in {help}");
     }
 }
+
+/// `Cpus_allowed_list` of a process or thread, from `/proc/.../status`: `0-1`, `3`.
+fn allowed_list(status_path: &str) -> String {
+    let status = std::fs::read_to_string(status_path).unwrap();
+    let line = status
+        .lines()
+        .find_map(|l| l.strip_prefix("Cpus_allowed_list:"))
+        .unwrap();
+    line.trim().to_owned()
+}
+
+/// Each thread of `pid` by name, with the cores it may run on.
+fn threads_and_cores(pid: u32) -> Vec<(String, String)> {
+    let mut out = Vec::new();
+    for t in std::fs::read_dir(format!("/proc/{pid}/task")).unwrap() {
+        let t = t.unwrap().path();
+        let name = std::fs::read_to_string(t.join("comm")).unwrap();
+        let cores = allowed_list(&t.join("status").display().to_string());
+        out.push((name.trim().to_owned(), cores));
+    }
+    out.sort();
+    out
+}
+
+/// The cores listed as `0-3,6` expanded, ascending.
+fn expand(list: &str) -> Vec<usize> {
+    list.split(',')
+        .flat_map(|part| {
+            let (a, b) = part.split_once('-').unwrap_or((part, part));
+            a.parse::<usize>().unwrap()..=b.parse::<usize>().unwrap()
+        })
+        .collect()
+}
+
+/// The daemon's log up to its "sessions loaded" line, which comes after the workers started.
+fn logs_through_load(d: &Daemon) -> String {
+    let mut lines = d.drain_logs();
+    while !lines.iter().any(|l| l.contains("sessions loaded")) {
+        match d.logs.recv_timeout(std::time::Duration::from_secs(20)) {
+            Ok(l) => lines.push(l),
+            Err(_) => panic!("no \"sessions loaded\" line: {lines:?}"),
+        }
+    }
+    lines.join("\n")
+}
+
+/// `--pin-workers on` puts HTTP worker i on the i-th core the daemon may use and leaves every
+/// other thread free; `auto` pins only a daemon confined to some of the machine's cores
+/// (here by `taskset`), and `off` never.
+#[test]
+fn http_workers_are_pinned_one_per_core_and_no_other_thread_is() {
+    let mine = allowed_list("/proc/self/status");
+    let cores = expand(&mine);
+    let online = std::fs::read_to_string("/sys/devices/system/cpu/online").unwrap();
+    let online = expand(online.trim()).len();
+
+    let d = Daemon::start(&["--pin-workers", "on", "--http-workers", "2"]);
+    let threads = threads_and_cores(d.child.id());
+    for (i, want) in [cores[0], cores[1 % cores.len()]].into_iter().enumerate() {
+        let name = format!("sessiond-http-{i}");
+        assert!(
+            threads.contains(&(name, want.to_string())),
+            "worker {i} should be on core {want}: {threads:?}"
+        );
+    }
+    for (name, list) in &threads {
+        if !name.starts_with("sessiond-http-") {
+            assert_eq!(list, &mine, "{name} was pinned: {threads:?}");
+        }
+    }
+    assert!(
+        threads.iter().any(|(n, _)| n == "sessiond-journa"),
+        "{threads:?}"
+    );
+    d.terminate();
+
+    // auto: a daemon free to run wherever the test runs is pinned only if the test itself is
+    // confined to some of the machine's cores.
+    let d = Daemon::start(&["--http-workers", "1"]);
+    let pinned = logs_through_load(&d).contains("HTTP workers pinned");
+    assert_eq!(pinned, cores.len() < online, "confined: {mine} of {online}");
+    d.terminate();
+
+    if online >= 2 {
+        let last = cores[cores.len() - 1].to_string();
+        let d = Daemon::start_wrapped(&["taskset", "-c", &last], &["--http-workers", "1"]);
+        let logs = logs_through_load(&d);
+        assert!(
+            logs.contains(&format!("HTTP workers pinned cores=[{last}]")),
+            "{logs}"
+        );
+        d.terminate();
+        let d = Daemon::start_wrapped(
+            &["taskset", "-c", &last],
+            &["--http-workers", "1", "--pin-workers", "off"],
+        );
+        assert!(!logs_through_load(&d).contains("HTTP workers pinned"));
+        d.terminate();
+    }
+}

@@ -35,10 +35,10 @@ rm -rf /tmp/sd-persist
 taskset -c "$RC" ./redis-server --port 16379 --save "" --appendonly no > "$O/redis.log" 2>&1 &
 RP=$!
 SP=
-start_sd() { # $1: cores, $2: workers, $3: listen address
+start_sd() { # $1: cores, $2: workers, $3: listen address, then any other flags
   rm -rf /tmp/sd-state
   taskset -c "$1" ./sessiond --listen "$3" --http-workers "$2" --state-dir /tmp/sd-state \
-    --log-level warn > "$O/sessiond.log" 2>&1 &
+    --log-level warn "${@:4}" > "$O/sessiond.log" 2>&1 &
   SP=$!
   for _ in $(seq 100); do
     if [ -S "${3#unix:}" ] || curl -sf "http://$3/readyz" > /dev/null 2>&1; then return; fi
@@ -47,6 +47,12 @@ start_sd() { # $1: cores, $2: workers, $3: listen address
   echo "sessiond did not come up on $3"; cat "$O/sessiond.log"
 }
 stop_sd() { kill "$SP"; wait "$SP" 2>/dev/null; }
+threads() { # $1: a label; each daemon thread's CPU seconds (utime + stime) so far
+  echo "  threads, $1 (name: CPU s):"
+  for t in /proc/"$SP"/task/*; do
+    awk -v n="$(cat "$t"/comm)" '{printf "    %s: %.2f\n", n, ($14 + $15) / 100}' "$t"/stat
+  done | sort | uniq -c | sort -rn | head -12
+}
 L=(taskset -c "$LC" ./load --threads "$TH" --connections 128 --sessions "$SESS" --json)
 summary() { # $1: the JSON file of a ceiling run
   python3 - "$1" << 'PY'
@@ -70,6 +76,7 @@ start_sd "$DC" 2 127.0.0.1:18080
 timeout 200 "${L[@]}" --target http://127.0.0.1:18080 --pid "$SP" --scenario ceiling \
   --rounds "$ROUNDS" --duration "$DUR" > "$O/ceiling-tcp.json" 2> "$O/ceiling-tcp.err"
 summary "$O/ceiling-tcp.json"
+threads "after the TCP ceiling"
 stop_sd
 RATE=$(python3 -c "import json; print(int(json.load(open('$O/ceiling-tcp.json'))['results'][0]['ceiling']['auth_at_half_peak']['rate']))")
 
@@ -105,6 +112,26 @@ start_sd "$DC" 2 unix:/tmp/sd.sock
 timeout 200 "${L[@]}" --target unix:/tmp/sd.sock --pid "$SP" --scenario ceiling \
   --rounds "$ROUNDS" --duration "$DUR" > "$O/ceiling-unix.json" 2> "$O/ceiling-unix.err"
 summary "$O/ceiling-unix.json"
+stop_sd
+open_auth() { # $1: a label; auth open loop at $RATE/s against the daemon started last
+  for _ in $(seq "$ROUNDS"); do
+    timeout 60 "${L[@]}" --target http://127.0.0.1:18080 --pid "$SP" --mix auth --rate "$RATE" \
+      --duration "$DUR" 2> /dev/null > "$O/open.json"
+    python3 - "$O/open.json" "$1" << 'PY'
+import json, sys
+r = json.load(open(sys.argv[1]))["results"][0]["run"]; o = r["ops"]["auth"]
+print(f"  {sys.argv[2]}: {o['ops_per_sec']:.0f}/s p50 {o['p50_ms']} p99 {o['p99_ms']} p99.9 {o['p999_ms']}"
+      f" max {o['max_ms']} ms, daemon CPU {r['cpu']['us_per_request']} us/request")
+PY
+  done
+}
+echo "== 6. the tail's suspects: auth open loop at $RATE/s, journal off, then on with 4 cores"
+start_sd "$DC" 2 127.0.0.1:18080 --no-persist
+open_auth "2 cores, --no-persist"
+stop_sd
+start_sd 0-3 2 127.0.0.1:18080
+open_auth "4 cores (2 workers), journal on"
+threads "after the 4-core runs"
 stop_sd
 kill "$RP"; wait "$RP" 2>/dev/null
 echo "done; raw output in $O"

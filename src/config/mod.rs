@@ -55,6 +55,8 @@ pub struct Config {
     pub insecure_no_auth: bool,
     /// HTTP worker threads (see `server`).
     pub http_workers: usize,
+    /// Which core each HTTP worker runs on (`server::pin`).
+    pub pin_workers: crate::server::pin::PinWorkers,
     pub shutdown_grace: Duration,
     /// A request's head must arrive within this of its first byte (see `server`).
     pub header_read_timeout: Duration,
@@ -230,6 +232,7 @@ impl Config {
                 "http_workers {http_workers} is out of range: 1 to 256 (one per core is right for most machines)"
             )
         });
+        let pin_workers = p.parse(s.pin_workers, Default::default, str::parse);
         let secs = Duration::from_secs;
         let shutdown_grace = p.parse(
             s.shutdown_grace,
@@ -318,6 +321,7 @@ impl Config {
             api_keys_file,
             insecure_no_auth,
             http_workers,
+            pin_workers,
             shutdown_grace,
             header_read_timeout,
             keepalive_timeout,

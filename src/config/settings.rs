@@ -140,6 +140,11 @@ settings! {
         /// HTTP worker threads, each an event loop of its own [default: one per core].
         #[arg(long, env = "SESSIOND_HTTP_WORKERS")]
         pub http_workers: Option<usize>,
+        /// Pin each HTTP worker to a core of its own: auto (when the daemon is confined to some
+        /// of the machine's cores and has no more workers than those), on, or off
+        /// [default: auto].
+        #[arg(long, env = "SESSIOND_PIN_WORKERS")]
+        pub pin_workers: Option<String>,
         /// How long in-flight requests may finish after SIGTERM/SIGINT, e.g. `10s` (0s to 1h)
         /// [default: 10s].
         #[arg(long, env = "SESSIOND_SHUTDOWN_GRACE")]

@@ -40,15 +40,18 @@
 //!    is re-armed only when it fires or a deadline moves earlier.
 //!
 //! 7-10. Where it listens (TCP or a Unix socket) and the socket file's life: see `listen`.
+//! 11. Each worker is pinned to its core, if any (`pin`), before it serves anything; [`start`]
+//!     returns once every worker has tried, and fails if one could not be pinned under `on`.
 //!
 //! Files: `listen` (the address or socket path, binding, the socket file), `accept` (the
 //! acceptor: hand-over to the least-loaded worker, refusal past the cap, accept errors),
 //! `worker` (a worker's loop and the router as a hyper service), `conn` (a connection with its
-//! deadlines), `tests`.
+//! deadlines), `pin` (which core each worker runs on), `tests`.
 
 mod accept;
 mod conn;
 pub mod listen;
+pub mod pin;
 #[cfg(test)]
 mod tests;
 mod worker;
@@ -80,30 +83,58 @@ pub struct Workers {
     count: usize,
 }
 
-/// Starts one worker per router in `apps` and the acceptor that feeds them from `listener`;
-/// they drain and end when `stop` is set (invariant 2).
+/// Starts one worker per router in `apps`, pinned as `pinning` says (invariant 11), and the
+/// acceptor that feeds them from `listener`; they drain and end when `stop` is set
+/// (invariant 2).
 pub fn start(
     listener: Listener,
     apps: Vec<Router>,
     limits: Limits,
+    pinning: pin::PinWorkers,
     stop: Stop,
 ) -> std::io::Result<Workers> {
     let (done_tx, done) = mpsc::unbounded_channel();
     let open: Arc<[AtomicUsize]> = apps.iter().map(|_| AtomicUsize::new(0)).collect();
     let mut inboxes = Vec::with_capacity(apps.len());
     let count = apps.len();
+    let cores = pin::plan_here(pinning, count).unwrap_or_else(|e| {
+        tracing::warn!(error = %e, "cannot read which cores the daemon may use; the HTTP workers are not pinned");
+        None
+    });
+    let (pinned_tx, pinned) = std::sync::mpsc::channel::<(usize, usize, std::io::Result<()>)>();
     for (i, app) in apps.into_iter().enumerate() {
         let (tx, rx) = mpsc::unbounded_channel::<accept::Handoff>();
         inboxes.push(tx);
         let stop = stop.clone();
         let done_tx = done_tx.clone();
+        let core = cores.as_ref().map(|c| c[i]);
+        let pinned_tx = pinned_tx.clone();
         std::thread::Builder::new()
             .name(format!("sessiond-http-{i}"))
             .spawn(move || {
+                if let Some(core) = core {
+                    let _ = pinned_tx.send((i, core, pin::pin_current_thread(core)));
+                }
+                drop(pinned_tx);
                 let result =
                     current_thread().map(|rt| rt.block_on(worker::serve(rx, app, limits, stop)));
                 let _ = done_tx.send(result);
             })?;
+    }
+    drop(pinned_tx);
+    // Every worker has reported once the channel closes (invariant 11, and 3 of `pin`).
+    for (i, core, r) in pinned {
+        if let Err(e) = r {
+            if pinning == pin::PinWorkers::On {
+                return Err(std::io::Error::other(format!(
+                    "cannot pin HTTP worker {i} to core {core} (--pin-workers on): {e}"
+                )));
+            }
+            tracing::warn!(worker = i, core, error = %e, "cannot pin an HTTP worker; it runs unpinned");
+        }
+    }
+    if let Some(cores) = &cores {
+        tracing::info!(cores = ?cores, "HTTP workers pinned");
     }
     // The acceptor reports whether it could start, so that start-up fails instead of a daemon
     // that answers nothing.

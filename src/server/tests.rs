@@ -1,6 +1,7 @@
 //! Tests of the workers against real sockets: the hand-over, the deadlines, the cap, the drain.
 
 use super::accept::{Accepted, Handoff, RateLimited, hand_over};
+use super::pin::PinWorkers::Off;
 use super::*;
 use crate::shutdown::{Shutdown, Stage};
 use axum::routing::get;
@@ -61,7 +62,14 @@ fn serves_over_a_unix_socket() {
     let (listener, file) = bind(&Listen::Unix(path.clone()), 0o600).unwrap();
     let app = Router::new().route("/", get(|| async { "ok over unix" }));
     let shutdown = Shutdown::new();
-    let workers = start(listener, vec![app], LIMITS, shutdown.at(Stage::Draining)).unwrap();
+    let workers = start(
+        listener,
+        vec![app],
+        LIMITS,
+        Off,
+        shutdown.at(Stage::Draining),
+    )
+    .unwrap();
     let mut s = std::os::unix::net::UnixStream::connect(&path).unwrap();
     s.write_all(b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
         .unwrap();
@@ -111,7 +119,14 @@ fn slow_heads_and_idle_connections_are_closed_but_slow_handlers_are_not() {
         }),
     );
     let shutdown = Shutdown::new();
-    let workers = start(listener, vec![app], LIMITS, shutdown.at(Stage::Draining)).unwrap();
+    let workers = start(
+        listener,
+        vec![app],
+        LIMITS,
+        Off,
+        shutdown.at(Stage::Draining),
+    )
+    .unwrap();
     let t0 = std::time::Instant::now();
     let mut silent = std::net::TcpStream::connect(addr).unwrap();
     let mut slow = std::net::TcpStream::connect(addr).unwrap();
@@ -167,6 +182,7 @@ fn connections_past_the_cap_are_refused_at_once() {
         listener,
         vec![app.clone(), app],
         limits,
+        Off,
         shutdown.at(Stage::Draining),
     )
     .unwrap();
@@ -231,6 +247,7 @@ fn serves_and_drains() {
         listener,
         vec![app(), app()],
         LIMITS,
+        Off,
         shutdown.at(Stage::Draining),
     )
     .unwrap();

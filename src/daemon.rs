@@ -16,7 +16,7 @@ use crate::clock::SystemClock;
 use crate::cluster::{Cluster, Outbox};
 use crate::config::Config;
 use crate::engine::Engine;
-use crate::http::{AppState, router};
+use crate::http::AppState;
 use crate::metrics::Metrics;
 use crate::persist::Persistence;
 use crate::persist::journal::Journal;
@@ -174,7 +174,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     let loaded = st.loaded.clone();
     let metrics = st.metrics.clone();
     let apps = (0..config.http_workers)
-        .map(|_| router(st.for_worker()))
+        .map(|_| crate::http::App::new(st.for_worker()))
         .collect();
     let pinning = config.pin_workers;
     let workers = server::start(

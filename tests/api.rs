@@ -292,3 +292,43 @@ fn ops_endpoints_and_metrics() {
     d.call("GET", "/v1/users/secret-user/sessions", None);
     assert!(!d.call("GET", "/metrics", None).body.contains("secret-user"));
 }
+
+/// The gateway's per-request routes are answered before the router (`http/hot.rs`): each
+/// answers as through the router (Envoy's `/v1/auth/<path>` too) and is counted under its
+/// route template; their other methods still get the router's 405.
+#[test]
+fn hot_routes_answer_and_are_counted_as_through_the_router() {
+    let d = Daemon::start(&[]);
+    let (token, _) = create(&d, &[], r#"{"user_id": "u", "org_id": "o"}"#);
+    let bearer = format!("Bearer {token}");
+    let auth = [("authorization", bearer.as_str())];
+    for path in ["/v1/auth", "/v1/auth/", "/v1/auth/app/page?x=1"] {
+        let r = d.request("GET", path, &auth, None);
+        assert_eq!(r.status, 200, "{path}: {}", r.body);
+        assert_eq!(r.header("x-user-id"), Some("u"), "{path}");
+        assert_eq!(d.request("GET", path, &[], None).status, 401, "{path}");
+    }
+    let body = format!(r#"{{"token": "{token}"}}"#);
+    for path in ["/v1/sessions/validate", "/v1/sessions/touch"] {
+        let r = d.call("POST", path, Some(&body));
+        assert_eq!(r.json()["valid"], true, "{path}: {}", r.body);
+        assert_eq!(d.call("GET", path, None).status, 405, "{path}");
+        let bad = d.call("POST", path, Some("{"));
+        assert_eq!((bad.status, bad.code().as_str()), (400, "invalid_json"));
+    }
+    assert_eq!(d.call("POST", "/v1/auth", None).status, 405);
+    let count = |route: &str, status: u16| {
+        d.metric(&format!(
+            "sessiond_http_requests_total{{route=\"{route}\",status=\"{status}\"}}"
+        ))
+    };
+    assert_eq!(count("/v1/auth", 200), 1.0);
+    assert_eq!(count("/v1/auth", 401), 1.0);
+    assert_eq!(count("/v1/auth/", 200), 1.0);
+    assert_eq!(count("/v1/auth/{*original_path}", 200), 1.0);
+    assert_eq!(count("/v1/auth/{*original_path}", 401), 1.0);
+    assert_eq!(count("/v1/sessions/validate", 200), 1.0);
+    assert_eq!(count("/v1/sessions/validate", 400), 1.0);
+    assert_eq!(count("/v1/sessions/touch", 200), 1.0);
+    assert_eq!(count("/v1/sessions/touch", 400), 1.0);
+}

@@ -24,6 +24,7 @@ else
   S=10000000; J=1000000; DUR=5; ROUNDS=3; SESS=100000; DC=0,1; RC=2; LC=4-15; TH=6
 fi
 { date -u; uname -r; nproc; grep -m1 "model name" /proc/cpuinfo; free -g | head -2
+  echo "CPU flags: $(grep -m1 -o -w "sha_ni\|avx2\|avx512f\|aes" /proc/cpuinfo | sort -u | tr "\n" " ")"
   ./redis-server --version; } 2>&1 | tee "$O/machine.txt"
 
 echo "== 1. start-up: snapshot of $S sessions + $J journal records, every core, 3 loads"

@@ -1,4 +1,5 @@
-//! The HTTP surface: axum router and shared state; every route is wrapped in [`track`].
+//! The HTTP surface: axum router and shared state; every route is wrapped in [`track`], and
+//! the gateway's per-request routes are answered before the router ([`hot`]).
 //!
 //! Invariants:
 //! 1. Every route's role is checked first thing in its handler ([`extract::authorize`], which
@@ -14,6 +15,7 @@
 pub mod error;
 pub mod extract;
 mod forward_auth;
+mod hot;
 mod ops;
 mod policy;
 mod session_json;
@@ -28,6 +30,7 @@ use axum::extract::Request;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use error::ApiError;
+pub use hot::App;
 use std::sync::Arc;
 use std::sync::atomic::AtomicBool;
 

@@ -12,6 +12,8 @@
 //!    matched route template (never the raw path, which holds user and org ids).
 //! 2. While `loaded` is false a gated route answers 503 `loading` without running its handler:
 //!    "unknown session" before the sessions are loaded would sign people out.
+//! 3. The hot routes answered before the router (`hot`) go through the same future
+//!    ([`TrackFuture::hot`]): gated, counted and labelled alike, their template given as text.
 
 use super::error::ApiError;
 use axum::extract::{MatchedPath, Request};
@@ -76,7 +78,10 @@ where
     }
 
     fn call(&mut self, req: Request) -> Self::Future {
-        let route = req.extensions().get::<MatchedPath>().cloned();
+        let route = match req.extensions().get::<MatchedPath>() {
+            Some(m) => Route::Matched(m.clone()),
+            None => Route::Static("unmatched"),
+        };
         let start = Instant::now();
         let state = match &self.gate {
             Some(loaded) if !loaded.load(Ordering::Acquire) => State::Answered(Some(loading())),
@@ -88,6 +93,28 @@ where
             start,
         }
     }
+}
+
+impl<F> TrackFuture<F> {
+    /// A gated route's answer from `run`, labelled `route` (invariant 3).
+    pub fn hot(route: &'static str, loaded: &AtomicBool, run: impl FnOnce() -> F) -> Self {
+        let start = Instant::now();
+        let state = match loaded.load(Ordering::Acquire) {
+            false => State::Answered(Some(loading())),
+            true => State::Running(run()),
+        };
+        TrackFuture {
+            state,
+            route: Route::Static(route),
+            start,
+        }
+    }
+}
+
+/// A route's label: the router's matched template, or one given as text.
+enum Route {
+    Matched(MatchedPath),
+    Static(&'static str),
 }
 
 fn loading() -> Response {
@@ -111,7 +138,7 @@ enum State<F> {
 /// The route's answer, counted when it is ready (invariant 1).
 pub struct TrackFuture<F> {
     state: State<F>,
-    route: Option<MatchedPath>,
+    route: Route,
     start: Instant,
 }
 
@@ -128,7 +155,10 @@ where
             State::Answered(r) => r.take().expect("TrackFuture polled after it completed"),
         };
         crate::metrics::http_request(
-            this.route.as_ref().map_or("unmatched", |m| m.as_str()),
+            match &this.route {
+                Route::Matched(m) => m.as_str(),
+                Route::Static(s) => s,
+            },
             resp.status().as_u16(),
             Some(this.start.elapsed().as_secs_f64()),
         );

@@ -57,12 +57,12 @@ mod tests;
 mod worker;
 
 use crate::shutdown::Stop;
-use axum::Router;
 pub use listen::{BindError, Listen, Listener, SocketFile, bind};
 use std::sync::Arc;
 use std::sync::atomic::AtomicUsize;
 use std::time::Duration;
 use tokio::sync::mpsc;
+pub use worker::App;
 
 /// Refusals and accept failures are logged at most once per this period.
 pub const LOG_EVERY: Duration = Duration::from_secs(10);
@@ -86,9 +86,9 @@ pub struct Workers {
 /// Starts one worker per router in `apps`, pinned as `pinning` says (invariant 11), and the
 /// acceptor that feeds them from `listener`; they drain and end when `stop` is set
 /// (invariant 2).
-pub fn start(
+pub fn start<A: App>(
     listener: Listener,
-    apps: Vec<Router>,
+    apps: Vec<A>,
     limits: Limits,
     pinning: pin::PinWorkers,
     stop: Stop,

@@ -4,6 +4,7 @@ use super::accept::{Accepted, Handoff, RateLimited, hand_over};
 use super::pin::PinWorkers::Off;
 use super::*;
 use crate::shutdown::{Shutdown, Stage};
+use axum::Router;
 use axum::routing::get;
 use std::sync::atomic::Ordering;
 use tokio::time::Instant;

@@ -6,26 +6,41 @@
 //!    own finish the request in flight (an idle one is closed), and returns once all are gone.
 //! 3. Each connection's [`Service`] counts the request heads hyper hands it: the connection
 //!    (`conn::Conn`) reads that count to know a request is in flight.
-//! 6. Per request: one relaxed load and store of that count, and a router clone (a reference
-//!    count), as `axum::serve` does.
+//! 6. Per request: one relaxed load and store of that count, then the [`App`]'s `call`.
 
 use super::Limits;
 use super::accept::{Handoff, OpenGuard, Stream};
 use super::conn::Conn;
 use crate::shutdown::Stop;
 use axum::Router;
+use axum::response::Response;
 use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
 use std::convert::Infallible;
+use std::future::Future;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, Ordering};
 use tokio::sync::{mpsc, watch};
 
+/// What a worker serves: a router, or one that answers some routes before it (`http::App`).
+pub trait App: Clone + Send + 'static {
+    type Future: Future<Output = Result<Response, Infallible>> + Send + 'static;
+    fn call(&self, req: hyper::Request<Incoming>) -> Self::Future;
+}
+
+impl App for Router {
+    type Future = <Router as tower_service::Service<hyper::Request<Incoming>>>::Future;
+    fn call(&self, req: hyper::Request<Incoming>) -> Self::Future {
+        // As `axum::serve` does: a router clone is a reference count.
+        tower_service::Service::call(&mut self.clone(), req)
+    }
+}
+
 /// One worker: serves each connection handed over on a task of its own until shutdown, then
 /// waits for them to drain (invariant 2).
-pub(super) async fn serve(
+pub(super) async fn serve<A: App>(
     mut rx: mpsc::UnboundedReceiver<Handoff>,
-    app: Router,
+    app: A,
     limits: Limits,
     stop: Stop,
 ) {
@@ -60,11 +75,11 @@ pub(super) async fn serve(
 }
 
 /// Serves one connection on a task of its own until it ends or the shutdown drains it.
-fn spawn<S>(
+fn spawn<S, A: App>(
     http: &hyper::server::conn::http1::Builder,
     io: S,
     guard: OpenGuard,
-    app: &Router,
+    app: &A,
     limits: Limits,
     stop: &Stop,
     drained: &watch::Receiver<()>,
@@ -96,23 +111,22 @@ fn spawn<S>(
     });
 }
 
-/// The router as a hyper service that counts the request heads it is handed, so that the
+/// The app as a hyper service that counts the request heads it is handed, so that the
 /// connection knows a request is in flight (invariant 3).
-struct Service {
-    app: Router,
+struct Service<A> {
+    app: A,
     heads: Arc<AtomicU32>,
 }
 
-impl hyper::service::Service<hyper::Request<Incoming>> for Service {
-    type Response = axum::response::Response;
+impl<A: App> hyper::service::Service<hyper::Request<Incoming>> for Service<A> {
+    type Response = Response;
     type Error = Infallible;
-    type Future = <Router as tower_service::Service<hyper::Request<Incoming>>>::Future;
+    type Future = A::Future;
 
     fn call(&self, req: hyper::Request<Incoming>) -> Self::Future {
         // One writer (this connection's task): a plain store, no locked instruction.
         let n = self.heads.load(Ordering::Relaxed);
         self.heads.store(n.wrapping_add(1), Ordering::Relaxed);
-        // As `axum::serve` does: a router clone is a reference count.
-        tower_service::Service::call(&mut self.app.clone(), req)
+        self.app.call(req)
     }
 }

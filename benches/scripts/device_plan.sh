@@ -55,22 +55,7 @@ threads() { # $1: a label; each daemon thread's CPU seconds (utime + stime) so f
   done | sort | uniq -c | sort -rn | head -12
 }
 L=(taskset -c "$LC" ./load --threads "$TH" --connections 128 --sessions "$SESS" --json)
-summary() { # $1: the JSON file of a ceiling run
-  python3 - "$1" << 'PY'
-import json, sys
-c = json.load(open(sys.argv[1]))["results"][0]["ceiling"]
-for k in ("healthz", "auth", "validate"):
-    r = c[k]
-    print(f"  {k}: {r['throughput']:.0f} req/s, daemon CPU {r['cpu']['us_per_request']} us/request")
-x = c["cpu_over_healthz"]
-print(f"  CPU over healthz (median round): auth {x['auth_over_healthz']}x, validate {x['validate_over_healthz']}x;"
-      f" by round: auth {x['auth_over_healthz_by_round']}, validate {x['validate_over_healthz_by_round']}")
-h = c["auth_at_half_peak"]; o = h["ops"]["auth"]
-print(f"  auth open loop at {h['rate']:.0f}/s: p50 {o['p50_ms']} p99 {o['p99_ms']} p99.9 {o['p999_ms']}"
-      f" max {o['max_ms']} ms, daemon CPU {h['cpu']['us_per_request']} us/request;"
-      f" p99 by round {c['auth_at_half_peak_p99_ms']['by_round']}")
-PY
-}
+summary() { python3 ceiling_summary.py "$1"; } # $1: the JSON file of a ceiling run
 
 echo "== 2. ceiling over TCP: 2 workers on cores $DC, journal on; generator on cores $LC"
 start_sd "$DC" 2 127.0.0.1:18080

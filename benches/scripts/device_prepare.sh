@@ -11,5 +11,5 @@ cargo bench --bench persist --no-run 2>&1 | tail -1
 tgt=${CARGO_TARGET_DIR:-target}
 persist=$(ls -t "$tgt"/release/deps/persist-* | grep -v "\.d$" | head -1)
 cp "$persist" .devperf/persist && strip .devperf/persist
-cp benches/scripts/device_plan.sh benches/scripts/device_tail.sh .devperf/
+cp benches/scripts/device_plan.sh benches/scripts/device_tail.sh benches/scripts/ceiling_summary.py .devperf/
 du -sh .devperf

@@ -80,22 +80,7 @@ PY
     diff_samples "$O/a.txt" "$O/b.txt"
   done
 }
-summary() { # $1: the JSON file of a ceiling run
-  python3 - "$1" << 'PY'
-import json, sys
-c = json.load(open(sys.argv[1]))["results"][0]["ceiling"]
-for k in ("healthz", "auth", "validate"):
-    r = c[k]
-    print(f"  {k}: {r['throughput']:.0f} req/s, daemon CPU {r['cpu']['us_per_request']} us/request")
-x = c["cpu_over_healthz"]
-print(f"  CPU over healthz (median round): auth {x['auth_over_healthz']}x, validate {x['validate_over_healthz']}x;"
-      f" by round: auth {x['auth_over_healthz_by_round']}, validate {x['validate_over_healthz_by_round']}")
-h = c["auth_at_half_peak"]; o = h["ops"]["auth"]
-print(f"  auth open loop at {h['rate']:.0f}/s: p50 {o['p50_ms']} p99 {o['p99_ms']} p99.9 {o['p999_ms']}"
-      f" max {o['max_ms']} ms, daemon CPU {h['cpu']['us_per_request']} us/request;"
-      f" p99 by round {c['auth_at_half_peak_p99_ms']['by_round']}")
-PY
-}
+summary() { python3 ceiling_summary.py "$1"; } # $1: the JSON file of a ceiling run
 echo "== auth open loop at $RATE/s, cores $DC, journal on: pinned (auto) and not (off), alternated"
 for _ in 1 2 3; do
   start_sd "" "$DC"; grep -o 'HTTP workers pinned.*' "$O/sessiond.log" | head -1

@@ -63,14 +63,7 @@ fn serves_over_a_unix_socket() {
     let (listener, file) = bind(&Listen::Unix(path.clone()), 0o600).unwrap();
     let app = Router::new().route("/", get(|| async { "ok over unix" }));
     let shutdown = Shutdown::new();
-    let workers = start(
-        listener,
-        vec![app],
-        LIMITS,
-        Off,
-        shutdown.at(Stage::Draining),
-    )
-    .unwrap();
+    let workers = serve_one(listener, app, &shutdown);
     let mut s = std::os::unix::net::UnixStream::connect(&path).unwrap();
     s.write_all(b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
         .unwrap();
@@ -120,14 +113,7 @@ fn slow_heads_and_idle_connections_are_closed_but_slow_handlers_are_not() {
         }),
     );
     let shutdown = Shutdown::new();
-    let workers = start(
-        listener,
-        vec![app],
-        LIMITS,
-        Off,
-        shutdown.at(Stage::Draining),
-    )
-    .unwrap();
+    let workers = serve_one(listener, app, &shutdown);
     let t0 = std::time::Instant::now();
     let mut silent = std::net::TcpStream::connect(addr).unwrap();
     let mut slow = std::net::TcpStream::connect(addr).unwrap();
@@ -264,4 +250,16 @@ fn serves_and_drains() {
     );
     shutdown.advance(Stage::Draining);
     current_thread().unwrap().block_on(workers.wait()).unwrap();
+}
+
+/// One worker serving `app` with the default limits, unpinned, until `shutdown` drains it.
+fn serve_one(listener: Listener, app: Router, shutdown: &Shutdown) -> Workers {
+    start(
+        listener,
+        vec![app],
+        LIMITS,
+        Off,
+        shutdown.at(Stage::Draining),
+    )
+    .unwrap()
 }

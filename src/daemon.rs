@@ -176,12 +176,11 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     let apps = (0..config.http_workers)
         .map(|_| crate::http::App::new(st.for_worker()))
         .collect();
-    let pinning = config.pin_workers;
     let workers = server::start(
         listener,
         apps,
         limits,
-        pinning,
+        config.pin_workers,
         shutdown.at(Stage::Draining),
     )
     .context("cannot start the HTTP workers")?;

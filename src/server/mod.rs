@@ -45,7 +45,7 @@
 //!
 //! Files: `listen` (the address or socket path, binding, the socket file), `accept` (the
 //! acceptor: hand-over to the least-loaded worker, refusal past the cap, accept errors),
-//! `worker` (a worker's loop and the router as a hyper service), `conn` (a connection with its
+//! `worker` (a worker's loop and the app as a hyper service), `conn` (a connection with its
 //! deadlines), `pin` (which core each worker runs on), `tests`.
 
 mod accept;
@@ -83,7 +83,7 @@ pub struct Workers {
     count: usize,
 }
 
-/// Starts one worker per router in `apps`, pinned as `pinning` says (invariant 11), and the
+/// Starts one worker per app in `apps` (a router, or `http::App`), pinned as `pinning` says (invariant 11), and the
 /// acceptor that feeds them from `listener`; they drain and end when `stop` is set
 /// (invariant 2).
 pub fn start<A: App>(

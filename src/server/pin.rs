@@ -4,8 +4,8 @@
 //! every 10 ms, the reaper's tick, a snapshot) lets the scheduler move one worker onto the
 //! other's core, and the two then take turns in slices of a few milliseconds while the core
 //! they left stays idle. Measured on a 16-core machine with the daemon on 2 cores (2 workers,
-//! auth open loop at half its peak): each worker waited 0.3-0.7 s per 5 s in the run queue and
-//! auth's p99 was 10-17 ms; with a third core the wait was under 1 ms and p99 0.5-0.6 ms
+//! auth open loop at half its peak): each worker waited 0.2-0.7 s per 5 s in the run queue and
+//! auth's p99 was 7-17 ms; with a third core the wait was under 1 ms and p99 0.5-0.6 ms
 //! (`docs/performance.md`, issue #27). A worker pinned to a core of its own cannot be
 //! stacked; the other threads stay free to run on any core the daemon may use.
 //!

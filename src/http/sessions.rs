@@ -108,9 +108,11 @@ fn validation_response(v: &Validation, now_ms: u64) -> Response {
     json_body(StatusCode::OK, session_json::validation_body(v, now_ms))
 }
 
-/// A JSON answer already written.
+/// A JSON answer already written. The header value is static: from a `&str`, axum would copy
+/// it into an allocation of its own on every answer.
 fn json_body(status: StatusCode, body: Bytes) -> Response {
-    (status, [(header::CONTENT_TYPE, "application/json")], body).into_response()
+    let json = axum::http::HeaderValue::from_static("application/json");
+    (status, [(header::CONTENT_TYPE, json)], body).into_response()
 }
 
 /// The token of validate, touch and revoke: the common shape without serde, anything else

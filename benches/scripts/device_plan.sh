@@ -7,7 +7,10 @@
 #      validate <= 1.25x; p99 <= 1 ms, p99.9 <= 5 ms with the journal on);
 #   3. Redis GET at that same rate (#27: auth's p99 <= 2x Redis's);
 #   4. per core: one HTTP worker on one core, validate, against Redis on one core (>= 0.7x);
-#   5. the same ceiling over a Unix socket (#27: its CPU per request beside TCP's).
+#   5. the same ceiling over a Unix socket (#27: its CPU per request beside TCP's);
+#   6. the tail's suspects: auth at that rate without the journal, and with 4 cores;
+#   7. with sessiond-base packed (BASE=<commit> device_prepare.sh): the TCP ceiling of that
+#      build and of this one, alternated twice, since CPU ratios move ±15% run to run.
 # The daemon (journal on, everysec) runs on cores 0-1, Redis on core 2, the load generator on
 # cores 4-15; the start-up bench gets every core.
 #
@@ -36,9 +39,10 @@ rm -rf /tmp/sd-persist
 taskset -c "$RC" ./redis-server --port 16379 --save "" --appendonly no > "$O/redis.log" 2>&1 &
 RP=$!
 SP=
-start_sd() { # $1: cores, $2: workers, $3: listen address, then any other flags
+BIN=./sessiond
+start_sd() { # $1: cores, $2: workers, $3: listen address, then any other flags; runs $BIN
   rm -rf /tmp/sd-state
-  taskset -c "$1" ./sessiond --listen "$3" --http-workers "$2" --state-dir /tmp/sd-state \
+  taskset -c "$1" "$BIN" --listen "$3" --http-workers "$2" --state-dir /tmp/sd-state \
     --log-level warn "${@:4}" > "$O/sessiond.log" 2>&1 &
   SP=$!
   for _ in $(seq 100); do
@@ -119,5 +123,18 @@ start_sd 0-3 2 127.0.0.1:18080
 open_auth "4 cores (2 workers), journal on"
 threads "after the 4-core runs"
 stop_sd
+if [ -x ./sessiond-base ]; then
+  echo "== 7. before and after: the TCP ceiling of $(cat sessiond-base.rev 2>/dev/null) (base) and of this build, alternated"
+  for b in base this base this; do
+    if [ $b = base ]; then BIN=./sessiond-base; else BIN=./sessiond; fi
+    echo " $b:"
+    start_sd "$DC" 2 127.0.0.1:18080
+    timeout 120 "${L[@]}" --target http://127.0.0.1:18080 --pid "$SP" --scenario ceiling \
+      --rounds 2 --duration "$DUR" > "$O/ceiling-$b.json" 2> /dev/null
+    summary "$O/ceiling-$b.json"
+    stop_sd
+  done
+  BIN=./sessiond
+fi
 kill "$RP"; wait "$RP" 2>/dev/null
 echo "done; raw output in $O"

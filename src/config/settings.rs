@@ -141,7 +141,7 @@ settings! {
         #[arg(long, env = "SESSIOND_HTTP_WORKERS")]
         pub http_workers: Option<usize>,
         /// Pin each HTTP worker to a core of its own: auto (when the daemon is confined to some
-        /// of the machine's cores and has no more workers than those), on, or off
+        /// of the machine's cores and has one worker per core of those), on, or off
         /// [default: auto].
         #[arg(long, env = "SESSIOND_PIN_WORKERS")]
         pub pin_workers: Option<String>,

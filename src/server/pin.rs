@@ -14,9 +14,11 @@
 //!    affinity mask, in ascending order), round-robin when there are more workers than cores.
 //! 2. `auto` (the default) pins only where the operator confined the daemon to some of the
 //!    machine's cores (`taskset`, systemd `CPUAffinity=`, a Kubernetes static CPU-manager
-//!    policy, a cpuset cgroup) and there are no more workers than those cores: the daemon
-//!    then owns them. A daemon that may run anywhere shares the machine, and the scheduler
-//!    moving a worker to an idle core serves it better than a pin.
+//!    policy, a cpuset cgroup) and it has one worker per core of those (the default number
+//!    of workers there): the daemon then owns them. A daemon that may run anywhere shares the
+//!    machine, and so does one with fewer workers than its cores (say a CPU quota of 2 in a
+//!    shared pool of 14 cores): the scheduler moving a worker to an idle core serves it better
+//!    than a pin to a core that others use too.
 //! 3. A worker that cannot be pinned runs unpinned: under `auto` it is logged at warn, under
 //!    `on` start-up fails with the reason.
 //! 4. Only the HTTP workers are pinned; no other thread's affinity changes.
@@ -66,9 +68,7 @@ pub fn plan(
     let pin = match mode {
         PinWorkers::Off => false,
         PinWorkers::On => !allowed.is_empty(),
-        PinWorkers::Auto => {
-            online.is_some_and(|n| allowed.len() < n) && (1..=allowed.len()).contains(&workers)
-        }
+        PinWorkers::Auto => online.is_some_and(|n| allowed.len() < n) && workers == allowed.len(),
     };
     pin.then(|| (0..workers).map(|i| allowed[i % allowed.len()]).collect())
 }
@@ -115,10 +115,13 @@ mod tests {
     use PinWorkers::*;
 
     #[test]
-    fn auto_pins_only_a_daemon_confined_to_some_cores_with_a_worker_per_core_at_most() {
+    fn auto_pins_only_a_daemon_confined_to_some_cores_with_one_worker_per_core() {
         // Confined to cores 4 and 5 of 16: one worker on each.
         assert_eq!(plan(Auto, 2, &[4, 5], Some(16)), Some(vec![4, 5]));
-        assert_eq!(plan(Auto, 1, &[4, 5], Some(16)), Some(vec![4]));
+        assert_eq!(plan(Auto, 1, &[7], Some(16)), Some(vec![7]));
+        // Fewer workers than cores (a quota in a shared pool): cores shared with others.
+        assert_eq!(plan(Auto, 1, &[4, 5], Some(16)), None);
+        assert_eq!(plan(Auto, 2, &(2..16).collect::<Vec<_>>(), Some(16)), None);
         // More workers than cores: stacking is unavoidable, leave it to the scheduler.
         assert_eq!(plan(Auto, 3, &[4, 5], Some(16)), None);
         // Free to run anywhere, or the machine's size unknown: no pin.

@@ -45,16 +45,21 @@ impl App {
     }
 }
 
+/// The hot routes' templates, which the router registers too (one spelling for both).
+pub const AUTH: &str = "/v1/auth";
+pub const AUTH_SLASH: &str = "/v1/auth/";
+pub const AUTH_PATH: &str = "/v1/auth/{*original_path}";
+pub const VALIDATE: &str = "/v1/sessions/validate";
+pub const TOUCH: &str = "/v1/sessions/touch";
+
 /// Which hot route a request is for, and its template (invariant 1).
 fn hot_route(method: &Method, path: &str) -> Option<(Hot, &'static str)> {
-    match (method, path) {
-        (&Method::GET, "/v1/auth") => Some((Hot::Auth, "/v1/auth")),
-        (&Method::GET, "/v1/auth/") => Some((Hot::Auth, "/v1/auth/")),
-        (&Method::GET, p) if p.starts_with("/v1/auth/") => {
-            Some((Hot::Auth, "/v1/auth/{*original_path}"))
-        }
-        (&Method::POST, "/v1/sessions/validate") => Some((Hot::Validate, "/v1/sessions/validate")),
-        (&Method::POST, "/v1/sessions/touch") => Some((Hot::Touch, "/v1/sessions/touch")),
+    match *method {
+        Method::GET if path == AUTH => Some((Hot::Auth, AUTH)),
+        Method::GET if path == AUTH_SLASH => Some((Hot::Auth, AUTH_SLASH)),
+        Method::GET if path.starts_with(AUTH_SLASH) => Some((Hot::Auth, AUTH_PATH)),
+        Method::POST if path == VALIDATE => Some((Hot::Validate, VALIDATE)),
+        Method::POST if path == TOUCH => Some((Hot::Touch, TOUCH)),
         _ => None,
     }
 }

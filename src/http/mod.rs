@@ -144,8 +144,8 @@ impl Shared {
 pub fn router(state: AppState) -> Router {
     let sessions = Router::new()
         .route("/v1/sessions", post(sessions::create))
-        .route("/v1/sessions/validate", post(sessions::validate))
-        .route("/v1/sessions/touch", post(sessions::touch))
+        .route(hot::VALIDATE, post(sessions::validate))
+        .route(hot::TOUCH, post(sessions::touch))
         .route("/v1/sessions/revoke", post(sessions::revoke))
         .route(
             "/v1/sessions/{id}",
@@ -159,10 +159,10 @@ pub fn router(state: AppState) -> Router {
             "/v1/orgs/{org_id}/sessions",
             axum::routing::delete(sessions::revoke_org),
         )
-        .route("/v1/auth", get(forward_auth::auth))
+        .route(hot::AUTH, get(forward_auth::auth))
         // Envoy's ext_authz HTTP service appends the original request path to its path_prefix.
-        .route("/v1/auth/", get(forward_auth::auth))
-        .route("/v1/auth/{*original_path}", get(forward_auth::auth))
+        .route(hot::AUTH_SLASH, get(forward_auth::auth))
+        .route(hot::AUTH_PATH, get(forward_auth::auth))
         .route_layer(track::TrackLayer::gated(state.loaded.clone()));
     let api = Router::new()
         .route("/v1/policy", get(policy::get_app).put(policy::put_app))

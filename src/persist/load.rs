@@ -161,14 +161,20 @@ impl<'e> Sink<'e> {
     ) -> Self {
         let shards = engine.shard_count();
         let per_shard = expected.div_ceil(shards);
+        // Thread `t` of `step` owns shards t, t + step, ...: it sizes their tables.
+        let reserve = move |t: usize, step: usize| {
+            if per_shard > 0 {
+                for shard in (t..shards).step_by(step) {
+                    engine.reserve_in_shard(shard, per_shard);
+                }
+            }
+        };
         let mut senders = Vec::new();
         if threads > 1 {
             for t in 0..threads {
                 let (tx, rx) = std::sync::mpsc::sync_channel::<(usize, Vec<Replay>)>(16);
                 scope.spawn(move || {
-                    for shard in (t..shards).step_by(threads).filter(|_| per_shard > 0) {
-                        engine.reserve_in_shard(shard, per_shard);
-                    }
+                    reserve(t, threads);
                     for (shard, batch) in rx {
                         engine.restore_in_shard(shard, batch);
                     }
@@ -176,9 +182,7 @@ impl<'e> Sink<'e> {
                 senders.push(tx);
             }
         } else {
-            for shard in (0..shards).filter(|_| per_shard > 0) {
-                engine.reserve_in_shard(shard, per_shard);
-            }
+            reserve(0, 1);
         }
         Sink {
             engine,

@@ -40,8 +40,27 @@ pub struct Nats {
 }
 
 impl Nats {
-    /// `n` servers (one cluster when `n > 1`), each with its own store directory.
+    /// `n` servers (one cluster when `n > 1`), each with its own store directory. The ports
+    /// are picked free but may be taken before a server binds them (another test's listener):
+    /// a server that exits at start is retried, all of them on fresh ports, up to 3 times.
     pub fn start(bin: PathBuf, n: usize) -> Nats {
+        let mut failures = Vec::new();
+        for _ in 0..3 {
+            let mut nats = Nats::configure(bin.clone(), n);
+            match (0..n).try_for_each(|i| nats.try_start_server(i)) {
+                Ok(()) => return nats,
+                // Dropping `nats` stops the servers already started.
+                Err(e) => failures.push(e),
+            }
+        }
+        panic!(
+            "nats-server did not start in 3 tries:\n{}",
+            failures.join("\n")
+        );
+    }
+
+    /// Writes the configurations of `n` servers on ports free now; starts none.
+    fn configure(bin: PathBuf, n: usize) -> Nats {
         let dir = scratch("nats");
         let ports: Vec<u16> = (0..n).map(|_| free_port()).collect();
         let routes: Vec<u16> = (0..n).map(|_| free_port()).collect();
@@ -76,16 +95,22 @@ impl Nats {
                 monitor: monitors[i],
             });
         }
-        let mut nats = Nats { bin, servers };
-        for i in 0..n {
-            nats.start_server(i);
-        }
-        nats
+        Nats { bin, servers }
     }
 
+    /// Starts server `i` (again, after [`Nats::stop_server`]) and waits until it listens.
     pub fn start_server(&mut self, i: usize) {
+        if let Err(e) = self.try_start_server(i) {
+            panic!("{e}");
+        }
+    }
+
+    /// [`Nats::start_server`], or why the server did not come up: it exited (its log says
+    /// why), or it did not listen within 10 s.
+    fn try_start_server(&mut self, i: usize) -> Result<(), String> {
         let s = &mut self.servers[i];
-        let log = std::fs::File::create(s.conf.with_extension("log")).unwrap();
+        let log_path = s.conf.with_extension("log");
+        let log = std::fs::File::create(&log_path).unwrap();
         let child = Command::new(&self.bin)
             .arg("-c")
             .arg(&s.conf)
@@ -93,12 +118,23 @@ impl Nats {
             .stderr(log)
             .spawn()
             .expect("start nats-server");
-        s.child = Some(child);
+        let child = s.child.insert(child);
         let deadline = Instant::now() + Duration::from_secs(10);
         while TcpStream::connect(("127.0.0.1", s.port)).is_err() {
-            assert!(Instant::now() < deadline, "nats-server {i} did not listen");
+            let log = || std::fs::read_to_string(&log_path).unwrap_or_default();
+            if let Ok(Some(status)) = child.try_wait() {
+                s.child = None;
+                return Err(format!("nats-server {i} exited ({status}):\n{}", log()));
+            }
+            if Instant::now() > deadline {
+                return Err(format!(
+                    "nats-server {i} did not listen in 10 s:\n{}",
+                    log()
+                ));
+            }
             std::thread::sleep(Duration::from_millis(20));
         }
+        Ok(())
     }
 
     pub fn stop_server(&mut self, i: usize) {

@@ -8,7 +8,7 @@
 //! 4. The recorder is installed once per process ([`Metrics::global`]); handles created before it
 //!    would be no-ops, so everything goes through that function.
 
-use crate::session::{ExpiryReason, Invalid, Validation};
+use crate::session::{ExpiryReason, Invalid};
 use metrics::{
     Counter, Gauge, Histogram, Unit, counter, describe_counter, describe_gauge, describe_histogram,
     gauge, histogram,
@@ -84,7 +84,7 @@ const REAPPLY_BUCKETS: &[f64] = &[
     0.000_1, 0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.2, 0.5, 1.0, 5.0,
 ];
 
-/// Outcome labels, in the order of [`outcome_index`].
+/// Outcome labels: `valid`, then the reasons in the order of [`invalid_index`].
 const OUTCOMES: [&str; 5] = [
     "valid",
     "malformed",
@@ -92,13 +92,6 @@ const OUTCOMES: [&str; 5] = [
     "expired_idle",
     "expired_absolute",
 ];
-
-fn outcome_index(v: &Validation) -> usize {
-    match v {
-        Validation::Valid(_) => 0,
-        Validation::Invalid(why) => invalid_index(*why),
-    }
-}
 
 fn invalid_index(why: Invalid) -> usize {
     match why {
@@ -209,19 +202,10 @@ impl Metrics {
             .clone()
     }
 
-    /// Counts a validation by outcome.
+    /// Counts one validation by outcome: `None` when it succeeded, else why not.
     #[inline]
-    pub fn validation(&self, v: &Validation) {
-        self.validations[outcome_index(v)].increment(1);
-    }
-
-    /// Counts a touch by outcome.
-    #[inline]
-    pub fn touch(&self, v: &Validation) {
-        self.touch_outcome(match v {
-            Validation::Valid(_) => None,
-            Validation::Invalid(why) => Some(*why),
-        });
+    pub fn validation_outcome(&self, invalid: Option<Invalid>) {
+        self.validations[invalid.map_or(0, invalid_index)].increment(1);
     }
 
     /// Counts one touch by outcome: `None` when it succeeded, else why not.

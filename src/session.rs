@@ -177,6 +177,62 @@ impl SessionView {
     pub fn expires_in_secs(&self, now_ms: u64) -> u64 {
         self.expires_at_ms.saturating_sub(now_ms) / 1_000
     }
+
+    /// This view, borrowed.
+    pub fn as_ref(&self) -> SessionRef<'_> {
+        SessionRef {
+            id: self.id,
+            user_id: &self.user_id,
+            org_id: self.org_id.as_deref(),
+            created_at_ms: self.created_at_ms,
+            last_activity_at_ms: self.last_activity_at_ms,
+            idle_expires_at_ms: self.idle_expires_at_ms,
+            absolute_expires_at_ms: self.absolute_expires_at_ms,
+            expires_at_ms: self.expires_at_ms,
+            persistent: self.persistent,
+            metadata: self.metadata.as_ref(),
+        }
+    }
+}
+
+/// A [`SessionView`] borrowed from the table, under the shard's read lock: what validate and
+/// touch write their answer from, without copying the ids (a user id longer than 24 bytes, a
+/// UUID, would be an allocation) or the metadata's reference count out and dropping them again.
+#[derive(Debug, Clone, Copy)]
+pub struct SessionRef<'a> {
+    pub id: SessionId,
+    pub user_id: &'a str,
+    pub org_id: Option<&'a str>,
+    pub created_at_ms: u64,
+    pub last_activity_at_ms: u64,
+    pub idle_expires_at_ms: Option<u64>,
+    pub absolute_expires_at_ms: u64,
+    pub expires_at_ms: u64,
+    pub persistent: bool,
+    pub metadata: Option<&'a Arc<Metadata>>,
+}
+
+impl SessionRef<'_> {
+    /// Whole seconds left at `now_ms` (0 once expired).
+    pub fn expires_in_secs(&self, now_ms: u64) -> u64 {
+        self.expires_at_ms.saturating_sub(now_ms) / 1_000
+    }
+
+    /// A copy that outlives the lock.
+    pub fn to_view(&self) -> SessionView {
+        SessionView {
+            id: self.id,
+            user_id: CompactString::from(self.user_id),
+            org_id: self.org_id.map(CompactString::from),
+            created_at_ms: self.created_at_ms,
+            last_activity_at_ms: self.last_activity_at_ms,
+            idle_expires_at_ms: self.idle_expires_at_ms,
+            absolute_expires_at_ms: self.absolute_expires_at_ms,
+            expires_at_ms: self.expires_at_ms,
+            persistent: self.persistent,
+            metadata: self.metadata.cloned(),
+        }
+    }
 }
 
 /// Why a token did not validate.

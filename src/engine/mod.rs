@@ -23,8 +23,8 @@ use crate::changes::Changes;
 use crate::clock::Clock;
 use crate::policy::store::PolicyState;
 use crate::session::{
-    ExpiryReason, Identity, InputError, Invalid, NewSession, RemoveReason, SessionView, Validation,
-    check_id,
+    ExpiryReason, Identity, InputError, Invalid, NewSession, RemoveReason, SessionRef, SessionView,
+    Validation, check_id,
 };
 use crate::shard::{Evictions, NewRecord, Shard};
 use crate::token::{SessionId, Token};
@@ -272,22 +272,50 @@ impl Engine {
     /// Whether `token` names a live, unexpired session. No side effect.
     #[inline]
     pub fn validate(&self, token: impl AsRef<[u8]>) -> Validation {
+        outcome(self.validate_with(token, |s, _| s.to_view()))
+    }
+
+    /// [`Engine::validate`], handing `f` the session borrowed from the table, and the instant
+    /// it was checked at, under the shard's read lock (keep `f` short: writers of that shard
+    /// wait for it) instead of a [`SessionView`] copied out and dropped again.
+    #[inline]
+    pub fn validate_with<R>(
+        &self,
+        token: impl AsRef<[u8]>,
+        f: impl FnOnce(&SessionRef<'_>, u64) -> R,
+    ) -> Result<R, Invalid> {
         let Some(id) = SessionId::from_token(token) else {
-            return Validation::Invalid(Invalid::Malformed);
+            return Err(Invalid::Malformed);
         };
         let now = self.clock.now_ms();
-        outcome(self.shard(id).read().validate(id, now))
+        self.shard(id)
+            .read()
+            .validate_with(id, now, |s| f(s, now))
+            .map_err(invalid)
     }
 
     /// Records activity on `token`'s session and returns its deadlines after it; an expired
     /// session is refused, never revived.
     #[inline]
     pub fn touch(&self, token: impl AsRef<[u8]>) -> Validation {
+        outcome(self.touch_with(token, |s, _| s.to_view()))
+    }
+
+    /// [`Engine::touch`], handing `f` the session as [`Engine::validate_with`] does.
+    #[inline]
+    pub fn touch_with<R>(
+        &self,
+        token: impl AsRef<[u8]>,
+        f: impl FnOnce(&SessionRef<'_>, u64) -> R,
+    ) -> Result<R, Invalid> {
         let Some(id) = SessionId::from_token(token) else {
-            return Validation::Invalid(Invalid::Malformed);
+            return Err(Invalid::Malformed);
         };
         let now = self.clock.now_ms();
-        outcome(self.shard(id).read().touch(id, now))
+        self.shard(id)
+            .read()
+            .touch_with(id, now, |s| f(s, now))
+            .map_err(invalid)
     }
 
     /// [`Engine::touch`] for forward-auth, which needs only who the session is: `f` sees it
@@ -408,10 +436,10 @@ impl Engine {
 }
 
 #[inline]
-fn outcome(r: Result<SessionView, Option<ExpiryReason>>) -> Validation {
+fn outcome(r: Result<SessionView, Invalid>) -> Validation {
     match r {
         Ok(v) => Validation::Valid(v),
-        Err(why) => Validation::Invalid(invalid(why)),
+        Err(why) => Validation::Invalid(why),
     }
 }
 

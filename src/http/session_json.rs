@@ -6,8 +6,8 @@
 //! 1. [`write_session`] writes exactly the bytes that `serde_json::to_writer` writes for
 //!    [`SessionJson`] (same field order, compact, the same escapes: `\"`, `\\`, `\b \t \n \f
 //!    \r`, other control characters as `\u00xx`, everything else, non-ASCII included, as is);
-//!    [`validation_body`] likewise for the validation answer. The property test below holds
-//!    them to it for arbitrary ids and metadata.
+//!    [`valid_body`] and [`invalid_body`] likewise for the validation answer. The property
+//!    test below holds them to it for arbitrary ids and metadata.
 //! 2. Only strings that come from clients (user id, org id, metadata keys and values) go
 //!    through the escaping pass; the hex id, the RFC 3339 timestamps and the numbers are
 //!    written as they are, since they are ASCII digits, letters and separators only.
@@ -18,8 +18,8 @@
 //! 4. An answer costs one allocation, its exact size: it is written in a per-thread scratch
 //!    buffer (bounded: ids and metadata are, `session`) and copied out once.
 
-use crate::session::{Metadata, SessionView, Validation};
-use crate::timefmt::Rfc3339;
+use crate::session::{Invalid, Metadata, SessionRef, SessionView};
+use crate::timefmt::{Dates, Rfc3339};
 use crate::token::HexId;
 use bytes::Bytes;
 use serde::Serialize;
@@ -89,53 +89,56 @@ fn written(write: impl FnOnce(&mut Vec<u8>)) -> Bytes {
     })
 }
 
-/// The body of a validate or touch answer (invariant 1).
-pub fn validation_body(v: &Validation, now_ms: u64) -> Bytes {
-    written(|out| match v {
-        Validation::Valid(s) => {
-            out.extend_from_slice(b"{\"valid\":true,\"session\":");
-            write_session(out, s, now_ms);
-            out.push(b'}');
-        }
-        Validation::Invalid(r) => {
-            out.extend_from_slice(b"{\"valid\":false,\"reason\":");
-            write_str(out, r.as_str());
-            out.push(b'}');
-        }
+/// The body of a validate or touch answer for a live session (invariant 1).
+pub fn valid_body(s: &SessionRef<'_>, now_ms: u64) -> Bytes {
+    written(|out| {
+        out.extend_from_slice(b"{\"valid\":true,\"session\":");
+        write_session(out, s, now_ms);
+        out.push(b'}');
+    })
+}
+
+/// The body of a validate or touch answer that refuses the token.
+pub fn invalid_body(reason: Invalid) -> Bytes {
+    written(|out| {
+        out.extend_from_slice(b"{\"valid\":false,\"reason\":");
+        write_str(out, reason.as_str());
+        out.push(b'}');
     })
 }
 
 /// The body of an answer that is one session object.
 pub fn session_body(v: &SessionView, now_ms: u64) -> Bytes {
-    written(|out| write_session(out, v, now_ms))
+    written(|out| write_session(out, &v.as_ref(), now_ms))
 }
 
 /// Appends [`SessionJson::new(v, now_ms)`](SessionJson::new) as serde_json writes it.
-pub fn write_session(out: &mut Vec<u8>, v: &SessionView, now_ms: u64) {
+pub fn write_session(out: &mut Vec<u8>, v: &SessionRef<'_>, now_ms: u64) {
     let time = |out: &mut Vec<u8>, key: &[u8], at: Rfc3339| {
         out.extend_from_slice(key);
         out.push(b'"');
         out.extend_from_slice(at.as_bytes());
         out.push(b'"');
     };
+    let mut dates = Dates::default();
     out.extend_from_slice(b"{\"id\":\"");
     out.extend_from_slice(v.id.hex().as_bytes());
     out.extend_from_slice(b"\",\"user_id\":");
-    write_str(out, &v.user_id);
+    write_str(out, v.user_id);
     out.extend_from_slice(b",\"org_id\":");
     match &v.org_id {
         Some(org) => write_str(out, org),
         None => out.extend_from_slice(b"null"),
     }
-    time(out, b",\"created_at\":", Rfc3339::new(v.created_at_ms));
+    time(out, b",\"created_at\":", dates.format(v.created_at_ms));
     time(
         out,
         b",\"last_activity_at\":",
-        Rfc3339::new(v.last_activity_at_ms),
+        dates.format(v.last_activity_at_ms),
     );
     // The expiry is one of the two deadlines: formatted once.
-    let absolute = Rfc3339::new(v.absolute_expires_at_ms);
-    let idle = v.idle_expires_at_ms.map(|ms| (ms, Rfc3339::new(ms)));
+    let idle = v.idle_expires_at_ms.map(|ms| (ms, dates.format(ms)));
+    let absolute = dates.format(v.absolute_expires_at_ms);
     match idle {
         Some((_, at)) => time(out, b",\"idle_expires_at\":", at),
         None => out.extend_from_slice(b",\"idle_expires_at\":null"),
@@ -144,7 +147,7 @@ pub fn write_session(out: &mut Vec<u8>, v: &SessionView, now_ms: u64) {
     let expires = match idle {
         Some((ms, at)) if ms == v.expires_at_ms => at,
         _ if v.absolute_expires_at_ms == v.expires_at_ms => absolute,
-        _ => Rfc3339::new(v.expires_at_ms),
+        _ => dates.format(v.expires_at_ms),
     };
     time(out, b",\"expires_at\":", expires);
     out.extend_from_slice(b",\"expires_in\":");
@@ -154,7 +157,7 @@ pub fn write_session(out: &mut Vec<u8>, v: &SessionView, now_ms: u64) {
     } else {
         b",\"persistent\":false,\"metadata\":{"
     });
-    let pairs = v.metadata.as_deref().map_or(&[][..], Metadata::pairs);
+    let pairs = v.metadata.map_or(&[][..], |m| m.pairs());
     for (i, (k, val)) in pairs.iter().enumerate() {
         if i > 0 {
             out.push(b',');
@@ -257,10 +260,18 @@ pub fn token_fast(body: &[u8]) -> Option<&[u8]> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::session::Invalid;
+    use crate::session::{Invalid, Validation};
     use crate::token::SessionId;
     use proptest::prelude::*;
     use std::sync::Arc;
+
+    /// A validate or touch answer from a `Validation`, as the handlers write it.
+    fn validation_body(v: &Validation, now_ms: u64) -> Bytes {
+        match v {
+            Validation::Valid(s) => valid_body(&s.as_ref(), now_ms),
+            Validation::Invalid(r) => invalid_body(*r),
+        }
+    }
 
     fn view(user: String, org: Option<String>, meta: Vec<(String, String)>) -> SessionView {
         SessionView {

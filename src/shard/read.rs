@@ -18,19 +18,31 @@ use super::record::user_of;
 use super::user_id::UserText;
 use super::{NO_ORG, Shard};
 use crate::changes::Change;
-use crate::session::{Deadlines, ExpiryReason, Identity, SavedRef, SessionView};
+use crate::session::{Deadlines, ExpiryReason, Identity, SavedRef, SessionRef, SessionView};
 use crate::token::SessionId;
-use compact_str::CompactString;
 use std::sync::atomic::Ordering;
 
 impl Shard {
     pub(super) fn view_with(&self, idx: u32, last_ms: u64, d: &Deadlines) -> SessionView {
+        self.with_ref(idx, last_ms, d, |s| s.to_view())
+    }
+
+    /// Hands `f` record `idx` borrowed (invariant 5: a packed user id unpacked on the stack).
+    #[inline]
+    fn with_ref<R>(
+        &self,
+        idx: u32,
+        last_ms: u64,
+        d: &Deadlines,
+        f: impl FnOnce(&SessionRef<'_>) -> R,
+    ) -> R {
         let r = &self.slab.records[idx as usize];
         let org = r.org();
-        SessionView {
+        let user = self.user_text(idx);
+        f(&SessionRef {
             id: SessionId(r.id()),
-            user_id: CompactString::from(&*self.user_text(idx)),
-            org_id: (org != NO_ORG).then(|| self.org_slot(org).name.clone()),
+            user_id: &user,
+            org_id: (org != NO_ORG).then(|| self.org_slot(org).name.as_str()),
             created_at_ms: r.created_ms,
             last_activity_at_ms: last_ms,
             idle_expires_at_ms: d.idle,
@@ -38,11 +50,11 @@ impl Shard {
             expires_at_ms: d.expires,
             persistent: r.persistent(),
             metadata: if r.has_metadata() {
-                self.metadata.get(&idx).cloned()
+                self.metadata.get(&idx)
             } else {
                 None
             },
-        }
+        })
     }
 
     /// Record `idx`'s user id as text (unpacked on the stack if packed).
@@ -70,6 +82,17 @@ impl Shard {
         id: SessionId,
         now_ms: u64,
     ) -> Result<SessionView, Option<ExpiryReason>> {
+        self.validate_with(id, now_ms, |s| s.to_view())
+    }
+
+    /// [`Shard::validate`], handing `f` the session borrowed from the table instead of a copy.
+    #[inline]
+    pub fn validate_with<R>(
+        &self,
+        id: SessionId,
+        now_ms: u64,
+        f: impl FnOnce(&SessionRef<'_>) -> R,
+    ) -> Result<R, Option<ExpiryReason>> {
         let idx = self.find(id).ok_or(None)?;
         let d = self.deadlines(idx);
         if let Some(reason) = d.expired(now_ms) {
@@ -78,14 +101,25 @@ impl Shard {
         let last = self.slab.records[idx as usize]
             .last_ms
             .load(Ordering::Relaxed);
-        Ok(self.view_with(idx, last, &d))
+        Ok(self.with_ref(idx, last, &d, f))
     }
 
     /// Records activity at `now_ms` unless the session is already expired (invariants 2, 3).
     #[inline]
     pub fn touch(&self, id: SessionId, now_ms: u64) -> Result<SessionView, Option<ExpiryReason>> {
+        self.touch_with(id, now_ms, |s| s.to_view())
+    }
+
+    /// [`Shard::touch`], handing `f` the session borrowed from the table instead of a copy.
+    #[inline]
+    pub fn touch_with<R>(
+        &self,
+        id: SessionId,
+        now_ms: u64,
+        f: impl FnOnce(&SessionRef<'_>) -> R,
+    ) -> Result<R, Option<ExpiryReason>> {
         let (idx, last, d) = self.touch_at(id, now_ms)?;
-        Ok(self.view_with(idx, last, &d))
+        Ok(self.with_ref(idx, last, &d, f))
     }
 
     /// [`Shard::touch`], handing `f` the session's identity borrowed from the table instead of

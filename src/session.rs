@@ -1,9 +1,10 @@
-//! What a session is from the outside: the input to create one, the read-only view handed back,
-//! the outcomes of validate/touch, what is saved of it and why it left the table, and the bounds
-//! on ids and metadata.
+//! What a session is from the outside: the input to create one, the read-only view handed back
+//! (or lent under the shard's lock), the outcomes of validate/touch, what is saved of it and why
+//! it left the table, and the bounds on ids and metadata.
 //!
 //! Invariants:
-//! 1. A [`SessionView`] never contains the token (only the id derived from it).
+//! 1. A [`SessionView`] (or a [`SessionRef`], the same borrowed) never contains the token (only
+//!    the id derived from it).
 //! 2. Ids (`user_id`, `org_id`) are 1..=256 bytes without control characters and without
 //!    whitespace at either end (so never only whitespace), so they can be echoed in HTTP headers
 //!    (`X-User-Id`) and log fields safely, and reach the application byte for byte: a proxy

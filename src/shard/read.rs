@@ -1,5 +1,6 @@
-//! The shard's lookups, all under its **read** lock: get, validate, touch (and the
-//! forward-auth touch that lends who the session is), and the snapshot's walk.
+//! The shard's lookups, all under its **read** lock: get, validate, touch (each also in a form
+//! that lends the session to a closure instead of copying it out, and the forward-auth touch
+//! that lends only who the session is), and the snapshot's walk.
 //!
 //! Invariants:
 //! 1. Nothing here takes the write lock or moves a record: touch moves only `last_ms`, with an

@@ -42,6 +42,9 @@
 //! 7-10. Where it listens (TCP or a Unix socket) and the socket file's life: see `listen`.
 //! 11. Each worker is pinned to its core, if any (`pin`), before it serves anything; [`start`]
 //!     returns once every worker has tried, and fails if one could not be pinned under `on`.
+//! 12. A request in flight is answered even if the client shuts down its side (a half-close)
+//!     meanwhile: the socket is not read while a request is in flight, and an end of stream is
+//!     seen at the next read, after the answer (`worker`).
 //!
 //! Files: `listen` (the address or socket path, binding, the socket file), `accept` (the
 //! acceptor: hand-over to the least-loaded worker, refusal past the cap, accept errors),

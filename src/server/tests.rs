@@ -153,6 +153,35 @@ fn slow_heads_and_idle_connections_are_closed_but_slow_handlers_are_not() {
     current_thread().unwrap().block_on(workers.wait()).unwrap();
 }
 
+/// A client that shuts down its side right after its request still gets the answer, from a
+/// slow handler too (invariant 12), and the connection is closed after it.
+#[test]
+fn a_request_is_answered_after_the_client_half_closes() {
+    use std::io::Write;
+    let (listener, addr) = bind_tcp();
+    let app = Router::new().route("/", get(|| async { "ok" })).route(
+        "/slow",
+        get(|| async {
+            tokio::time::sleep(Duration::from_millis(300)).await;
+            "slow"
+        }),
+    );
+    let shutdown = Shutdown::new();
+    let workers = serve_one(listener, app, &shutdown);
+    for (path, body) in [("/", "ok"), ("/slow", "slow")] {
+        let mut s = std::net::TcpStream::connect(addr).unwrap();
+        write!(s, "GET {path} HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
+        s.shutdown(std::net::Shutdown::Write).unwrap();
+        let answer = read_to_close(&mut s, Duration::from_secs(3)).unwrap();
+        assert!(
+            answer.starts_with("HTTP/1.1 200") && answer.ends_with(body),
+            "{path}: {answer:?}"
+        );
+    }
+    shutdown.advance(Stage::Draining);
+    current_thread().unwrap().block_on(workers.wait()).unwrap();
+}
+
 /// Past the cap a new connection gets a 503 and is closed; the open ones keep being
 /// served, and a closed one frees its place (invariant 4).
 #[test]

@@ -284,14 +284,9 @@ impl Engine {
         token: impl AsRef<[u8]>,
         f: impl FnOnce(&SessionRef<'_>, u64) -> R,
     ) -> Result<R, Invalid> {
-        let Some(id) = SessionId::from_token(token) else {
-            return Err(Invalid::Malformed);
-        };
-        let now = self.clock.now_ms();
-        self.shard(id)
-            .read()
-            .validate_with(id, now, |s| f(s, now))
-            .map_err(invalid)
+        self.lookup(token, |shard, id, now| {
+            shard.validate_with(id, now, |s| f(s, now))
+        })
     }
 
     /// Records activity on `token`'s session and returns its deadlines after it; an expired
@@ -308,14 +303,9 @@ impl Engine {
         token: impl AsRef<[u8]>,
         f: impl FnOnce(&SessionRef<'_>, u64) -> R,
     ) -> Result<R, Invalid> {
-        let Some(id) = SessionId::from_token(token) else {
-            return Err(Invalid::Malformed);
-        };
-        let now = self.clock.now_ms();
-        self.shard(id)
-            .read()
-            .touch_with(id, now, |s| f(s, now))
-            .map_err(invalid)
+        self.lookup(token, |shard, id, now| {
+            shard.touch_with(id, now, |s| f(s, now))
+        })
     }
 
     /// [`Engine::touch`] for forward-auth, which needs only who the session is: `f` sees it
@@ -327,14 +317,22 @@ impl Engine {
         token: impl AsRef<[u8]>,
         f: impl FnOnce(&Identity<'_>) -> R,
     ) -> Result<R, Invalid> {
+        self.lookup(token, |shard, id, now| shard.touch_identity(id, now, f))
+    }
+
+    /// What validate and touch share: the token's id (or `Malformed`), the clock, and `op` on
+    /// the id's shard under its read lock.
+    #[inline]
+    fn lookup<R>(
+        &self,
+        token: impl AsRef<[u8]>,
+        op: impl FnOnce(&Shard, SessionId, u64) -> Result<R, Option<ExpiryReason>>,
+    ) -> Result<R, Invalid> {
         let Some(id) = SessionId::from_token(token) else {
             return Err(Invalid::Malformed);
         };
         let now = self.clock.now_ms();
-        self.shard(id)
-            .read()
-            .touch_identity(id, now, f)
-            .map_err(invalid)
+        op(&self.shard(id).read(), id, now).map_err(invalid)
     }
 
     /// Ends `token`'s session; false if there was none.

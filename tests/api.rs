@@ -293,6 +293,96 @@ fn ops_endpoints_and_metrics() {
     assert!(!d.call("GET", "/metrics", None).body.contains("secret-user"));
 }
 
+/// The gateway's routes answer in the request's own header map, emptied (`json_body_in`):
+/// nothing the request carried (its cookie, its bearer token, any other header) is in the
+/// answer, on a fresh connection or on one kept alive across requests.
+#[test]
+fn hot_routes_answer_with_their_own_headers_only() {
+    let d = Daemon::start(&[]);
+    let (token, _) = create(&d, &[], r#"{"user_id": "u", "org_id": "o"}"#);
+    let bearer = format!("Bearer {token}");
+    let cookie = format!("session={token}");
+    let body = format!(r#"{{"token": "{token}"}}"#);
+    let sent = [
+        ("authorization", bearer.as_str()),
+        ("cookie", cookie.as_str()),
+        ("x-probe", "probe-value"),
+        ("content-type", "application/json"),
+    ];
+    let own = |path: &str| -> &[&str] {
+        if path == "/v1/auth" {
+            &[
+                "x-session-id",
+                "x-user-id",
+                "x-org-id",
+                "x-session-expires-in",
+            ]
+        } else {
+            &["content-type"]
+        }
+    };
+    let requests = [
+        ("GET", "/v1/auth", None),
+        ("POST", "/v1/sessions/validate", Some(body.as_str())),
+        ("POST", "/v1/sessions/touch", Some(body.as_str())),
+    ];
+    let check = |path: &str, status: u16, headers: &[(String, String)]| {
+        assert_eq!(status, 200, "{path}");
+        let mut names: Vec<String> = headers
+            .iter()
+            .map(|(k, _)| k.to_ascii_lowercase())
+            .filter(|k| !matches!(k.as_str(), "content-length" | "date" | "connection"))
+            .collect();
+        names.sort();
+        let mut want: Vec<String> = own(path).iter().map(|s| s.to_string()).collect();
+        want.sort();
+        assert_eq!(names, want, "{path}: {headers:?}");
+        for (_, v) in headers {
+            assert!(!v.contains(&token) && v != "probe-value", "{path}: {v}");
+        }
+    };
+    // Each on a connection of its own.
+    for (method, path, body) in requests {
+        let r = d.request(method, path, &sent, body);
+        check(path, r.status, &r.headers);
+    }
+    // All on one connection, kept alive: each answer's map is the next request's.
+    use std::io::{BufRead, BufReader, Read, Write};
+    let mut conn = std::net::TcpStream::connect(d.addr).unwrap();
+    conn.set_read_timeout(Some(std::time::Duration::from_secs(5)))
+        .unwrap();
+    let mut reader = BufReader::new(conn.try_clone().unwrap());
+    for _ in 0..3 {
+        for (method, path, body) in requests {
+            let mut req = format!("{method} {path} HTTP/1.1\r\nHost: 127.0.0.1\r\n");
+            for (k, v) in sent {
+                req += &format!("{k}: {v}\r\n");
+            }
+            let body = body.unwrap_or("");
+            req += &format!("Content-Length: {}\r\n\r\n{body}", body.len());
+            conn.write_all(req.as_bytes()).unwrap();
+            let mut line = String::new();
+            reader.read_line(&mut line).unwrap();
+            let status: u16 = line.split(' ').nth(1).unwrap().parse().unwrap();
+            let mut headers = Vec::new();
+            loop {
+                line.clear();
+                reader.read_line(&mut line).unwrap();
+                let Some((k, v)) = line.trim_end().split_once(": ") else {
+                    break;
+                };
+                headers.push((k.to_owned(), v.to_owned()));
+            }
+            let len: usize = headers
+                .iter()
+                .find(|(k, _)| k.eq_ignore_ascii_case("content-length"))
+                .map_or(0, |(_, v)| v.parse().unwrap());
+            reader.read_exact(&mut vec![0; len]).unwrap();
+            check(path, status, &headers);
+        }
+    }
+}
+
 /// The gateway's per-request routes are answered before the router (`http/hot.rs`): each
 /// answers as through the router (Envoy's `/v1/auth/<path>` too) and is counted under its
 /// route template; their other methods still get the router's 405.

@@ -94,13 +94,16 @@ pub async fn auth(State(st): State<AppState>, req: Request) -> Result<Response, 
     st.metrics.touch_outcome(values.as_ref().err().copied());
     match values {
         Ok(values) => {
-            let mut resp = StatusCode::OK.into_response();
-            let h = resp.headers_mut();
+            // In the request's own map, emptied (`sessions::json_body_in`).
+            let mut h = req.into_parts().0.headers;
+            h.clear();
             for (name, value) in IDENTITY_HEADERS.iter().zip(values) {
                 if let Some(v) = value {
                     h.insert(name.clone(), v);
                 }
             }
+            let mut resp = Response::new(axum::body::Body::empty());
+            *resp.headers_mut() = h;
             Ok(resp)
         }
         Err(r) => {

@@ -23,6 +23,7 @@ use axum::body::Body;
 use axum::extract::State;
 use axum::http::Method;
 use axum::response::{IntoResponse, Response};
+use futures_util::FutureExt;
 use hyper::body::Incoming;
 use std::convert::Infallible;
 use std::future::Future;
@@ -103,17 +104,15 @@ impl crate::server::App for App {
             template,
             loaded,
             move || {
-                // One box per handler, each the size of its own future.
+                // One box per handler, each the size of its own future: `map`, not an `async`
+                // block, which would keep the state and the request beside the handler's
+                // future that holds them too (~250 bytes; touch's box was then at glibc's
+                // per-thread cache limit, see `Journal::wait_durable`).
+                let answer = |r: Result<Response, super::error::ApiError>| Ok(r.into_response());
                 match hot {
-                    Hot::Auth => Box::pin(async move {
-                        Ok(forward_auth::auth(State(st), req).await.into_response())
-                    }) as Boxed,
-                    Hot::Validate => Box::pin(async move {
-                        Ok(sessions::validate(State(st), req).await.into_response())
-                    }),
-                    Hot::Touch => Box::pin(async move {
-                        Ok(sessions::touch(State(st), req).await.into_response())
-                    }),
+                    Hot::Auth => Box::pin(forward_auth::auth(State(st), req).map(answer)) as Boxed,
+                    Hot::Validate => Box::pin(sessions::validate(State(st), req).map(answer)),
+                    Hot::Touch => Box::pin(sessions::touch(State(st), req).map(answer)),
                 }
             },
         ))

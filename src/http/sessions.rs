@@ -27,17 +27,18 @@ pub fn json_response(status: StatusCode, value: &impl Serialize) -> Response {
 }
 
 /// The preamble of the gateway's JSON endpoints (create, validate, touch, revoke): the key
-/// for the gateway role, then the body, bounded, for `parse_json`.
-async fn gateway_body(st: &AppState, req: Request) -> Result<Bytes, ApiError> {
-    // The head is done with before the body is awaited, so the handlers' futures do not hold
-    // it (~250 bytes): validate and touch then stay within glibc's per-thread cache (see
-    // `Journal::wait_durable`).
-    let body = {
+/// for the gateway role, then the body, bounded, for `parse_json`; and the request's header
+/// map, for the answer ([`json_body_in`]).
+async fn gateway_body(st: &AppState, req: Request) -> Result<(Bytes, HeaderMap), ApiError> {
+    // The rest of the head is done with before the body is awaited, so the handlers' futures
+    // do not hold it (~130 bytes; see `Journal::wait_durable` on glibc's per-thread cache).
+    let (headers, body) = {
         let (parts, body) = req.into_parts();
         authorize(st, &parts.headers, Role::Gateway)?;
-        read_json_body(&parts.headers, body)
+        let body = read_json_body(&parts.headers, body);
+        (parts.headers, body)
     };
-    body.await
+    Ok((body.await?, headers))
 }
 
 #[derive(Deserialize)]
@@ -59,7 +60,7 @@ struct CreateResponse<'a> {
 }
 
 pub async fn create(State(st): State<AppState>, req: Request) -> Result<Response, ApiError> {
-    let bytes = gateway_body(&st, req).await?;
+    let (bytes, _) = gateway_body(&st, req).await?;
     let req: CreateRequest = parse_json(&bytes)?;
     let metadata = req
         .metadata
@@ -111,15 +112,28 @@ struct TokenRequest<'a> {
 }
 
 /// A validate or touch answer: the session's body already written, or why not.
-fn validation_response(v: Result<Bytes, Invalid>) -> Response {
-    json_body(StatusCode::OK, v.unwrap_or_else(session_json::invalid_body))
+fn validation_response(headers: HeaderMap, v: Result<Bytes, Invalid>) -> Response {
+    let body = v.unwrap_or_else(session_json::invalid_body);
+    json_body_in(headers, StatusCode::OK, body)
 }
 
-/// A JSON answer already written. The header value is static: from a `&str`, axum would copy
-/// it into an allocation of its own on every answer.
+/// A JSON answer already written.
 fn json_body(status: StatusCode, body: Bytes) -> Response {
+    json_body_in(HeaderMap::new(), status, body)
+}
+
+/// A JSON answer already written, its headers in `headers` emptied: the request's own map, on
+/// the gateway's routes. hyper hands an answer's map back as the next request's, so those
+/// routes then allocate no header map (two allocations a request; `reuse_header_map`). The
+/// header value is static: from a `&str`, axum would copy it into an allocation of its own.
+pub fn json_body_in(mut headers: HeaderMap, status: StatusCode, body: Bytes) -> Response {
+    headers.clear();
     let json = axum::http::HeaderValue::from_static("application/json");
-    (status, [(header::CONTENT_TYPE, json)], body).into_response()
+    headers.insert(header::CONTENT_TYPE, json);
+    let mut resp = Response::new(axum::body::Body::from(body));
+    *resp.status_mut() = status;
+    *resp.headers_mut() = headers;
+    resp
 }
 
 /// The token of validate, touch and revoke: the common shape without serde, anything else
@@ -135,7 +149,7 @@ fn token_request(bytes: &Bytes) -> Result<Cow<'_, [u8]>, ApiError> {
 }
 
 pub async fn validate(State(st): State<AppState>, req: Request) -> Result<Response, ApiError> {
-    let bytes = gateway_body(&st, req).await?;
+    let (bytes, headers) = gateway_body(&st, req).await?;
     let token = token_request(&bytes)?;
     // The answer is written from the session borrowed under the shard's read lock.
     let answer = || st.engine.validate_with(&token, session_json::valid_body);
@@ -144,11 +158,11 @@ pub async fn validate(State(st): State<AppState>, req: Request) -> Result<Respon
         v = answer();
     }
     st.metrics.validation_outcome(v.as_ref().err().copied());
-    Ok(validation_response(v))
+    Ok(validation_response(headers, v))
 }
 
 pub async fn touch(State(st): State<AppState>, req: Request) -> Result<Response, ApiError> {
-    let bytes = gateway_body(&st, req).await?;
+    let (bytes, headers) = gateway_body(&st, req).await?;
     let token = token_request(&bytes)?;
     let answer = || st.engine.touch_with(&token, session_json::valid_body);
     let mut v = answer();
@@ -157,11 +171,11 @@ pub async fn touch(State(st): State<AppState>, req: Request) -> Result<Response,
     }
     st.durable().await?;
     st.metrics.touch_outcome(v.as_ref().err().copied());
-    Ok(validation_response(v))
+    Ok(validation_response(headers, v))
 }
 
 pub async fn revoke(State(st): State<AppState>, req: Request) -> Result<Response, ApiError> {
-    let bytes = gateway_body(&st, req).await?;
+    let (bytes, _) = gateway_body(&st, req).await?;
     let token = token_request(&bytes)?;
     // A logout right after a login on another node: look again once caught up; never answer
     // "done" for a session this node could not look for.

@@ -25,7 +25,7 @@ impl Rfc3339 {
 
 /// Formats several timestamps, working out each calendar date once: the timestamps of one
 /// answer (created, last activity, the deadlines) mostly fall on one or two days, and the date
-/// is half the cost of formatting one.
+/// is a good part of the cost of formatting one (four timestamps: 602 -> 458 instructions).
 pub struct Dates {
     day: u64,
     date: [u8; 10],

@@ -82,30 +82,26 @@ where
             Some(m) => Route::Matched(m.clone()),
             None => Route::Static("unmatched"),
         };
-        let start = Instant::now();
-        let state = match &self.gate {
-            Some(loaded) if !loaded.load(Ordering::Acquire) => State::Answered(Some(loading())),
-            _ => State::Running(self.inner.call(req)),
-        };
-        TrackFuture {
-            state,
-            route,
-            start,
-        }
+        TrackFuture::start(route, self.gate.as_deref(), || self.inner.call(req))
     }
 }
 
 impl<F> TrackFuture<F> {
     /// A gated route's answer from `run`, labelled `route` (invariant 3).
     pub fn hot(route: &'static str, loaded: &AtomicBool, run: impl FnOnce() -> F) -> Self {
+        TrackFuture::start(Route::Static(route), Some(loaded), run)
+    }
+
+    /// The answer of `run`, or `loading` without running it while `gate` is shut (invariant 2).
+    fn start(route: Route, gate: Option<&AtomicBool>, run: impl FnOnce() -> F) -> Self {
         let start = Instant::now();
-        let state = match loaded.load(Ordering::Acquire) {
-            false => State::Answered(Some(loading())),
-            true => State::Running(run()),
+        let state = match gate {
+            Some(loaded) if !loaded.load(Ordering::Acquire) => State::Answered(Some(loading())),
+            _ => State::Running(run()),
         };
         TrackFuture {
             state,
-            route: Route::Static(route),
+            route,
             start,
         }
     }

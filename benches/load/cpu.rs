@@ -13,6 +13,11 @@
 //!    carries the CPU seconds too, so a reader can tell a short run's figure is coarse.
 //! 4. The smoke run fails when a target with a known pid lacks the figure ([`missing`]), so
 //!    the reading cannot rot unnoticed.
+//! 5. Beside it, the generator's own wake-ups per request (`client_wakeups_per_request`: its
+//!    threads' voluntary context switches over the run, from `/proc/self/task/*/status`). A
+//!    client on the same host that sleeps between answers is woken by each, and the wake-up is
+//!    paid in the server's `send`: a server that spreads its answers pays more per request
+//!    (see the daemon's write gate, `server::gate`).
 
 use serde_json::{Value, json};
 
@@ -28,10 +33,24 @@ pub fn cpu_seconds(pid: u32) -> Option<f64> {
     Some((utime + stime) as f64 / rustix::param::clock_ticks_per_second() as f64)
 }
 
+/// This process's voluntary context switches so far, every thread (invariant 5).
+fn own_wakeups() -> Option<u64> {
+    let mut n = 0;
+    for task in std::fs::read_dir("/proc/self/task").ok()? {
+        let status = std::fs::read_to_string(task.ok()?.path().join("status")).ok()?;
+        let line = status
+            .lines()
+            .find(|l| l.starts_with("voluntary_ctxt_switches:"))?;
+        n += line.split_whitespace().nth(1)?.parse::<u64>().ok()?;
+    }
+    Some(n)
+}
+
 /// A reading taken at the start of a run.
 pub struct Meter {
     pid: Option<u32>,
     start: Option<f64>,
+    wakeups: Option<u64>,
 }
 
 impl Meter {
@@ -39,6 +58,7 @@ impl Meter {
         Meter {
             pid,
             start: pid.and_then(cpu_seconds),
+            wakeups: own_wakeups(),
         }
     }
 
@@ -48,9 +68,17 @@ impl Meter {
             (Some(end), Some(start)) => Some(end - start),
             _ => None,
         };
+        // A thread that ended during the run takes its count with it: then no figure.
+        let wakeups = match (own_wakeups(), self.wakeups) {
+            (Some(end), Some(start)) if end >= start && requests > 0 => {
+                Some(((end - start) as f64 / requests as f64 * 1000.0).round() / 1000.0)
+            }
+            _ => None,
+        };
         json!({
             "seconds": used,
             "us_per_request": used.filter(|_| requests > 0).map(|s| round2(s * 1e6 / requests as f64)),
+            "client_wakeups_per_request": wakeups,
         })
     }
 }
@@ -72,10 +100,14 @@ pub fn ratio(a: &Value, b: &Value) -> Option<f64> {
 pub fn describe(run: &Value) -> Option<String> {
     let c = &run["cpu"];
     let us = c["us_per_request"].as_f64()?;
-    Some(format!(
+    let mut line = format!(
         "target CPU: {us:.2} us/request ({:.2} CPU s over the run, utime+stime from /proc)",
         c["seconds"].as_f64().unwrap_or(0.0)
-    ))
+    );
+    if let Some(w) = c["client_wakeups_per_request"].as_f64() {
+        line += &format!("; generator woken {w:.3} times per request");
+    }
+    Some(line)
 }
 
 /// Puts the meter's figures into a run's report as `run["cpu"]`, per the run's `requests`.

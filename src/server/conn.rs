@@ -9,6 +9,8 @@
 //!    whose head has arrived is never cut.
 //! 6. Per read or write: at most one relaxed load and one clock read; the timer is re-armed
 //!    only when it fires or a deadline moves earlier.
+//! 13. An answer's first write waits once at the worker's write gate (`gate`), so that the
+//!     answers of one pass go out together; the writes after it (a long answer's) do not.
 
 use super::Limits;
 use super::accept::OpenGuard;
@@ -49,6 +51,9 @@ pub(super) struct Conn<S> {
     /// Fires at or before the current deadline (moved later only when it fires).
     timer: Pin<Box<Sleep>>,
     limits: Limits,
+    /// The answer being written has waited at the write gate; reset when the next request
+    /// starts after an answer (so bytes that arrive while one is written cannot hold it twice).
+    gated: bool,
 }
 
 impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
@@ -63,6 +68,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
             since: Some(now),
             timer: Box::pin(tokio::time::sleep_until(now + l.header_read_timeout)),
             limits: l,
+            gated: false,
         }
     }
 
@@ -115,6 +121,16 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
         }
     }
 
+    /// Whether this write waits at the worker's write gate: an answer's first does, once
+    /// (invariant 13).
+    fn hold(&mut self, cx: &mut Context<'_>) -> bool {
+        if self.gated || !super::gate::hold(cx.waker()) {
+            return false;
+        }
+        self.gated = true;
+        true
+    }
+
     /// Bytes of an answer went out: the request is over, and the keep-alive clock starts.
     /// The timer is armed here, not at the next read: hyper registered its interest in
     /// reading before it wrote, and may not read again until something wakes it.
@@ -140,6 +156,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> AsyncRead for Conn<S> {
                 if self.phase == Phase::Idle && buf.filled().len() > before {
                     self.phase = Phase::Head;
                     self.since = None;
+                    self.gated = false;
                 }
                 Poll::Ready(Ok(()))
             }
@@ -154,6 +171,9 @@ impl<S: AsyncRead + AsyncWrite + Unpin> AsyncWrite for Conn<S> {
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<std::io::Result<usize>> {
+        if self.hold(cx) {
+            return Poll::Pending;
+        }
         let r = Pin::new(&mut self.io).poll_write(cx, buf);
         if matches!(r, Poll::Ready(Ok(n)) if n > 0) {
             self.answered(cx);
@@ -166,6 +186,9 @@ impl<S: AsyncRead + AsyncWrite + Unpin> AsyncWrite for Conn<S> {
         cx: &mut Context<'_>,
         bufs: &[std::io::IoSlice<'_>],
     ) -> Poll<std::io::Result<usize>> {
+        if self.hold(cx) {
+            return Poll::Pending;
+        }
         let r = Pin::new(&mut self.io).poll_write_vectored(cx, bufs);
         if matches!(r, Poll::Ready(Ok(n)) if n > 0) {
             self.answered(cx);

@@ -45,14 +45,20 @@
 //! 12. A request in flight is answered even if the client shuts down its side (a half-close)
 //!     meanwhile: the socket is not read while a request is in flight, and an end of stream is
 //!     seen at the next read, after the answer (`worker`).
+//! 13. The answers a worker makes in one pass over its ready connections are written together
+//!     at the pass's end, not each as it is made (`gate`): a client on the same host is then
+//!     woken once per pass, not once per answer. A held answer waits at most one pass.
+//! 14. No answer stays held: a worker that stops releases every held write (`gate`).
 //!
 //! Files: `listen` (the address or socket path, binding, the socket file), `accept` (the
 //! acceptor: hand-over to the least-loaded worker, refusal past the cap, accept errors),
 //! `worker` (a worker's loop and the app as a hyper service), `conn` (a connection with its
-//! deadlines), `pin` (which core each worker runs on), `tests`.
+//! deadlines), `gate` (a pass's answers written together), `pin` (which core each worker runs
+//! on), `tests`.
 
 mod accept;
 mod conn;
+mod gate;
 pub mod listen;
 pub mod pin;
 #[cfg(test)]

@@ -8,6 +8,7 @@
 //!    (`conn::Conn`) reads that count to know a request is in flight.
 //! 6. Per request: one relaxed load and store of that count, then the [`App`]'s `call`.
 //! 12. No read of the socket while a request is in flight (hyper's `half_close`).
+//! 13. A worker runs its write gate (`gate`) for as long as it serves.
 
 use super::Limits;
 use super::accept::{Handoff, OpenGuard, Stream};
@@ -56,6 +57,8 @@ pub(super) async fn serve<A: App>(
     http.half_close(true);
     // Each connection task holds a receiver; `closed` resolves when the last is gone.
     let (drained_tx, drained_rx) = watch::channel(());
+    // Invariant 13: this worker's answers of one pass go out together.
+    let gate = tokio::spawn(super::gate::run());
     loop {
         let handoff = tokio::select! {
             h = rx.recv() => h,
@@ -77,6 +80,7 @@ pub(super) async fn serve<A: App>(
     }
     drop(drained_rx);
     drained_tx.closed().await;
+    gate.abort(); // releases anything still held (invariant 14)
 }
 
 /// Serves one connection on a task of its own until it ends or the shutdown drains it.

@@ -49,15 +49,18 @@
 //!     at the pass's end, not each as it is made (`gate`): a client on the same host is then
 //!     woken once per pass, not once per answer. A held answer waits at most one pass.
 //! 14. No answer stays held: a worker that stops releases every held write (`gate`).
+//! 15-16. How a worker tells its connections that the drain has begun, at one flag read per
+//!     wake-up: see `drain`.
 //!
 //! Files: `listen` (the address or socket path, binding, the socket file), `accept` (the
 //! acceptor: hand-over to the least-loaded worker, refusal past the cap, accept errors),
 //! `worker` (a worker's loop and the app as a hyper service), `conn` (a connection with its
-//! deadlines), `gate` (a pass's answers written together), `pin` (which core each worker runs
-//! on), `tests`.
+//! deadlines), `gate` (a pass's answers written together), `drain` (connections told that the
+//! shutdown began), `pin` (which core each worker runs on), `tests`.
 
 mod accept;
 mod conn;
+mod drain;
 mod gate;
 pub mod listen;
 pub mod pin;

@@ -4,6 +4,7 @@
 //! Invariants (numbered as in `server`):
 //! 2. When the shutdown signal is set the worker stops taking connections, lets each of its
 //!    own finish the request in flight (an idle one is closed), and returns once all are gone.
+//!    Its connection tasks are told through `drain`, not by each polling the shutdown signal.
 //! 3. Each connection's [`Service`] counts the request heads hyper hands it: the connection
 //!    (`conn::Conn`) reads that count to know a request is in flight.
 //! 6. Per request: one relaxed load and store of that count, then the [`App`]'s `call`.
@@ -13,6 +14,7 @@
 use super::Limits;
 use super::accept::{Handoff, OpenGuard, Stream};
 use super::conn::Conn;
+use super::drain;
 use crate::shutdown::Stop;
 use axum::Router;
 use axum::response::Response;
@@ -70,14 +72,15 @@ pub(super) async fn serve<A: App>(
         };
         let spawned = match std {
             Stream::Tcp(s) => tokio::net::TcpStream::from_std(s)
-                .map(|io| spawn(http, io, guard, &app, limits, &stop, &drained_rx)),
+                .map(|io| spawn(http, io, guard, &app, limits, &drained_rx)),
             Stream::Unix(s) => tokio::net::UnixStream::from_std(s)
-                .map(|io| spawn(http, io, guard, &app, limits, &stop, &drained_rx)),
+                .map(|io| spawn(http, io, guard, &app, limits, &drained_rx)),
         };
         if let Err(e) = spawned {
             tracing::warn!(error = %e, "cannot register a connection; closing it");
         }
     }
+    drain::begin();
     drop(drained_rx);
     drained_tx.closed().await;
     gate.abort(); // releases anything still held (invariant 14)
@@ -90,7 +93,6 @@ fn spawn<S, A: App>(
     guard: OpenGuard,
     app: &A,
     limits: Limits,
-    stop: &Stop,
     drained: &watch::Receiver<()>,
 ) where
     S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
@@ -102,17 +104,17 @@ fn spawn<S, A: App>(
         heads,
     };
     let conn = http.serve_connection(TokioIo::new(conn), service);
-    let stop = stop.clone();
     let drained = drained.clone();
     tokio::spawn(async move {
         let mut conn = std::pin::pin!(conn);
-        let result = tokio::select! {
-            r = conn.as_mut() => r,
-            _ = stop.wait() => {
+        let mut member = drain::Member::default();
+        let result = std::future::poll_fn(|cx| {
+            if member.told(cx) {
                 conn.as_mut().graceful_shutdown();
-                conn.await
             }
-        };
+            conn.as_mut().poll(cx)
+        })
+        .await;
         if let Err(e) = result {
             tracing::trace!(error = %e, "connection ended with an error");
         }

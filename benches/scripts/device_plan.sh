@@ -91,7 +91,8 @@ d = json.load(open(sys.argv[1]))
 for r in d["results"]:
     run = r["run"]
     print(f"  {r.get('target', '?')}: {run['ops']['validate']['ops_per_sec']:.0f} req/s,"
-          f" target CPU {run['cpu']['us_per_request']} us/request")
+          f" target CPU {run['cpu']['us_per_request']} us/request, generator woken"
+          f" {run['cpu'].get('client_wakeups_per_request')} times per request")
 rates = [r["run"]["ops"]["validate"]["ops_per_sec"] for r in d["results"]]
 print(f"  sessiond / redis: {rates[0] / rates[1]:.2f}x")
 PY

@@ -16,12 +16,16 @@ load=$(ls -t target/release/deps/load-* | grep -v '\.d$' | head -1)
 mkdir -p "$out"
 gen=(taskset -c "$gcpu" "$load" --sessions 100000 --connections 32 --duration 3 --mix validate
   --json)
-wait_up() { for _ in $(seq 1 100); do "$@" > /dev/null 2>&1 && return; sleep 0.1; done; }
+wait_up() { # $1: a log to show if the server never answers; then the probe command
+  local log=$1; shift
+  for _ in $(seq 1 100); do "$@" > /dev/null 2>&1 && return; sleep 0.1; done
+  echo "the server did not come up: $log" >&2; cat "$log" >&2; exit 1
+}
 for round in $(seq 1 "$rounds"); do
   st=$(mktemp -d)
   taskset -c "$scpu" redis-server --port "$rport" --save "" --appendonly no > "$st/redis.log" 2>&1 &
   rp=$!
-  wait_up redis-cli -p "$rport" ping
+  wait_up "$st/redis.log" redis-cli -p "$rport" ping
   "${gen[@]}" --target "redis://127.0.0.1:$rport" > "$out/redis-$round.json" 2> "$st/err"
   kill $rp; wait $rp 2>/dev/null || true
   for build in "$@"; do
@@ -29,7 +33,7 @@ for round in $(seq 1 "$rounds"); do
     taskset -c "$scpu" "$bin" --listen 127.0.0.1:$port --http-workers 1 --state-dir "$st/s" \
       --log-level warn > "$st/log" 2>&1 &
     sp=$!
-    wait_up curl -sf http://127.0.0.1:$port/readyz
+    wait_up "$st/log" curl -sf http://127.0.0.1:$port/readyz
     "${gen[@]}" --target http://127.0.0.1:$port --pid $sp > "$out/$name-$round.json" 2> "$st/err"
     kill $sp; wait $sp 2>/dev/null || true
   done

@@ -11,27 +11,28 @@
 //!     stored once, at its first poll (a tokio task's waker is the same for every poll; a
 //!     connection's task lives and ends on its worker's thread).
 
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell};
 use std::task::{Context, Waker};
 
-/// This thread's connections: whether the drain has begun, and each live task's waker.
+/// This thread's connections: each live task's waker, and the free slots.
 #[derive(Default)]
 struct Drain {
-    begun: bool,
     wakers: Vec<Option<Waker>>,
     free: Vec<usize>,
 }
 
 thread_local! {
+    /// Whether the drain has begun on this thread: a `const` cell, one load to read.
+    static BEGUN: Cell<bool> = const { Cell::new(false) };
     static DRAIN: RefCell<Drain> = RefCell::new(Drain::default());
 }
 
 /// Begins the drain on this thread: every connection task is told, the sleeping ones woken
 /// (invariant 15).
 pub(super) fn begin() {
+    BEGUN.set(true);
     let wakers: Vec<Waker> = DRAIN.with(|d| {
         let mut d = d.borrow_mut();
-        d.begun = true;
         d.wakers.iter_mut().filter_map(Option::take).collect()
     });
     for w in wakers {
@@ -53,15 +54,15 @@ impl Member {
         if self.told {
             return false;
         }
-        DRAIN.with(|d| {
-            let mut d = d.borrow_mut();
-            if d.begun {
-                self.told = true;
-                return true;
-            }
-            if self.slot.is_none() {
-                let waker = Some(cx.waker().clone());
-                self.slot = Some(match d.free.pop() {
+        if BEGUN.get() {
+            self.told = true;
+            return true;
+        }
+        if self.slot.is_none() {
+            let waker = Some(cx.waker().clone());
+            self.slot = Some(DRAIN.with(|d| {
+                let mut d = d.borrow_mut();
+                match d.free.pop() {
                     Some(i) => {
                         d.wakers[i] = waker;
                         i
@@ -70,10 +71,10 @@ impl Member {
                         d.wakers.push(waker);
                         d.wakers.len() - 1
                     }
-                });
-            }
-            false
-        })
+                }
+            }));
+        }
+        false
     }
 }
 

@@ -4,7 +4,8 @@
 # thread of it, journal on, everysec) on core $DAEMON_CPU, the generator on $GEN_CPU. Builds
 # given together are run in turn, RUNS times (a shared VM's speed drifts over minutes:
 # alternating compares like with like), each run 5 rounds of 2 s per op, 10k sessions, 32
-# connections; then the medians over every round of each build.
+# connections; then the medians over every round of each build. UNIX=1: over a Unix socket
+# instead of TCP loopback (a gateway on the same host).
 # Usage: benches/scripts/ceiling_pinned.sh OUT_DIR NAME=SESSIOND_BINARY [NAME=BINARY...]
 #   e.g. benches/scripts/ceiling_pinned.sh /tmp/cp before=/tmp/sessiond-old now=target/release/sessiond
 # Needs the load generator built: cargo bench --bench load --no-run
@@ -16,11 +17,16 @@ mkdir -p "$out"
 for run in $(seq 1 "$runs"); do
   for build in "$@"; do
     name=${build%%=*}; bin=${build#*=}; st=$(mktemp -d)
-    taskset -c "$dcpu" "$bin" --listen 127.0.0.1:$port --http-workers 1 --state-dir "$st/s" \
+    if [ "${UNIX:-0}" = 1 ]; then
+      listen=unix:$st/sd.sock; target=$listen; probe=(--unix-socket "$st/sd.sock" http://x/readyz)
+    else
+      listen=127.0.0.1:$port; target=http://$listen; probe=(http://$listen/readyz)
+    fi
+    taskset -c "$dcpu" "$bin" --listen "$listen" --http-workers 1 --state-dir "$st/s" \
       --log-level warn > "$st/log" 2>&1 &
     pid=$!
-    for _ in $(seq 1 100); do curl -sf http://127.0.0.1:$port/readyz > /dev/null && break; sleep 0.1; done
-    taskset -c "$gcpu" "$load" --target http://127.0.0.1:$port --pid $pid --scenario ceiling \
+    for _ in $(seq 1 100); do curl -sf "${probe[@]}" > /dev/null && break; sleep 0.1; done
+    taskset -c "$gcpu" "$load" --target "$target" --pid $pid --scenario ceiling \
       --rounds 5 --duration 2 --sessions 10000 --orgs 100 --connections 32 --json \
       > "$out/$name-$run.json" 2> "$st/err"
     kill $pid; wait $pid 2>/dev/null || true; rm -rf "$st"

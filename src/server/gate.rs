@@ -8,7 +8,10 @@
 //! between them and is woken for most; written back to back, they wake it once per pass.
 //! Measured with the load generator on a core of its own: it was woken 0.31 times per answer
 //! without the gate (median of 7 rounds, up to 0.70), 0.033 with it (Redis: 0.027), and
-//! validate's daemon CPU per request fell 17-23% (`docs/performance.md`).
+//! validate's daemon CPU per request fell 17-23% (`docs/performance.md`). That is over TCP
+//! loopback; over a Unix socket a client that reads an answer faster than the burst writes the
+//! next (each write is a poll of its connection's task) still sleeps between them, and there
+//! the gate measured neither a gain nor a loss beyond the noise.
 //!
 //! Invariants (numbered as in `server`):
 //! 13. Where the gate runs (a worker thread, [`run`]), a connection's first write of an

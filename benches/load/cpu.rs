@@ -51,6 +51,8 @@ pub struct Meter {
     pid: Option<u32>,
     start: Option<f64>,
     wakeups: Option<u64>,
+    /// Run-queue waits and steal, reported beside (`sched.rs`).
+    sched: crate::sched::Reading,
 }
 
 impl Meter {
@@ -59,6 +61,7 @@ impl Meter {
             pid,
             start: pid.and_then(cpu_seconds),
             wakeups: own_wakeups(),
+            sched: crate::sched::Reading::take(pid),
         }
     }
 
@@ -110,10 +113,12 @@ pub fn describe(run: &Value) -> Option<String> {
     Some(line)
 }
 
-/// Puts the meter's figures into a run's report as `run["cpu"]`, per the run's `requests`.
+/// Puts the meter's figures into a run's report as `run["cpu"]`, per the run's `requests`,
+/// and the run-queue waits and steal as `run["sched"]`.
 pub fn attach(run: &mut Value, meter: &Meter) {
     let n = run["requests"].as_u64().unwrap_or(0);
     run["cpu"] = meter.stop(n);
+    run["sched"] = meter.sched.since();
 }
 
 /// The smoke run's check: a target whose pid is known must have a CPU figure in `run`.

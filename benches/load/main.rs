@@ -23,6 +23,9 @@
 mod conn;
 mod cpu;
 mod pace;
+mod sampler;
+mod sched;
+mod stalls;
 mod target;
 
 use clap::Parser;
@@ -101,6 +104,14 @@ struct Args {
     /// charged to the server, not hidden.
     #[arg(long, default_value_t = 250, value_parser = clap::value_parser!(u64).range(10..=100_000))]
     pace_us: u64,
+    /// Open loop: a request answered this many ms or more after its slot counts as slow; the
+    /// slow requests are grouped into stall episodes in the report (`stalls.rs`).
+    #[arg(long, default_value_t = 5.0)]
+    slow_ms: f64,
+    /// Open loop: sample the target's threads (CPU time, run-queue wait) and each core's steal
+    /// every this many µs, to say what each stall episode was (`sampler.rs`); 0: off.
+    #[arg(long, default_value_t = 0)]
+    sample_us: u64,
     /// Worker threads of the load generator itself.
     #[arg(long, default_value_t = 1)]
     threads: usize,
@@ -206,6 +217,12 @@ struct Stats {
     errors: BTreeMap<String, u64>,
     /// One message per failure kind, to show what went wrong.
     samples: BTreeMap<String, String>,
+    /// Open loop: the requests answered `--slow-ms` or more after their slot (`stalls.rs`).
+    slow: stalls::Slows,
+    /// The run's connections, when it was an open loop (then `stalls` is reported).
+    open_loop_connections: Option<usize>,
+    /// Open loop with `--sample-us`: the machine meanwhile (`sampler.rs`).
+    timeline: Option<sampler::Timeline>,
 }
 
 impl Stats {
@@ -215,6 +232,9 @@ impl Stats {
             tagged: BTreeMap::new(),
             errors: BTreeMap::new(),
             samples: BTreeMap::new(),
+            slow: stalls::Slows::default(),
+            open_loop_connections: None,
+            timeline: None,
         }
     }
 
@@ -256,6 +276,7 @@ impl Stats {
         for (k, n) in o.errors {
             *self.errors.entry(k).or_default() += n;
         }
+        self.slow.merge(o.slow);
         for (k, s) in o.samples {
             self.samples.entry(k).or_insert(s);
         }
@@ -349,6 +370,7 @@ async fn drive(
     let first = move |iv: Duration, i: usize| start + iv.mul_f64(i as f64 / n as f64);
     let pacer =
         interval.map(|iv| Pacer::start((0..n).map(|i| first(iv, i)).collect(), iv, pace, until));
+    let sampler = interval.and_then(|_| sampler::start(target.pid, start, until));
     let mut handles = Vec::new();
     for (i, mut w) in workers.into_iter().enumerate() {
         let mix = mix.clone();
@@ -425,7 +447,16 @@ async fn drive(
                 let tag = shared.tag.load(Ordering::Relaxed);
                 match w.conn.run(op, token, &user, &org).await {
                     Ok(created) => {
-                        stats.record(op, tag, due.elapsed().as_micros() as u64);
+                        let late = due.elapsed().as_micros() as u64;
+                        stats.record(op, tag, late);
+                        if interval.is_some() && late >= stalls::threshold() {
+                            stats.slow.note(stalls::Slow {
+                                slot_us: due.saturating_duration_since(start).as_micros() as u64,
+                                latency_us: late,
+                                conn: i as u32,
+                                tid: stalls::tid(),
+                            });
+                        }
                         if let Some(t) = created {
                             w.pool.push(PoolToken::new(&t));
                         }
@@ -446,12 +477,15 @@ async fn drive(
         }));
     }
     let mut total = Stats::new();
+    total.open_loop_connections = interval.map(|_| n);
     let mut back = Vec::new();
     for h in handles {
         let (s, w) = h.await.expect("worker panicked");
         total.merge(s);
         back.push(w);
     }
+    // After the workers: the sampler ends at `until` too, within one interval.
+    total.timeline = sampler.and_then(|s| s.join().ok());
     (total, back, start.elapsed())
 }
 
@@ -604,14 +638,21 @@ fn ops_json(stats: &Stats, elapsed: Duration) -> Value {
 
 fn run_json(stats: &Stats, elapsed: Duration) -> Value {
     let total: u64 = stats.hist.values().map(|h| h.len()).sum();
-    json!({
+    let mut run = json!({
         "seconds": elapsed.as_secs_f64(),
         "requests": total,
         "throughput": (total as f64 / elapsed.as_secs_f64()).round(),
         "ops": ops_json(stats, elapsed),
         "errors": stats.errors,
         "error_samples": stats.samples,
-    })
+    });
+    if let Some(n) = stats.open_loop_connections {
+        run["stalls"] = stalls::report(&stats.slow, n, stats.timeline.as_ref());
+        // The same lines as the text report, for scripts that read the JSON.
+        let text = stalls::describe(&run);
+        run["stalls"]["text"] = text.into();
+    }
+    run
 }
 
 fn tagged_p99(stats: &Stats, tag: u8, op: Op) -> Option<f64> {
@@ -1057,6 +1098,12 @@ fn print_summary(r: &Value) {
         if let Some(line) = cpu::describe(run) {
             println!("  {line}");
         }
+        if let Some(line) = sched::describe(run) {
+            println!("  {line}");
+        }
+        for line in stalls::describe(run) {
+            println!("  {line}");
+        }
     };
     if let Some(p) = r.get("preload") {
         println!(
@@ -1195,6 +1242,13 @@ fn smoke_problems(results: &[Value]) -> Vec<String> {
             p.push(format!("{at}: the open loop reached {got} of {rate} req/s"));
         }
     };
+    p.extend(stalls::self_check());
+    // An open loop without its stall report means the slow requests went uncollected.
+    let no_stalls = |run: &Value, at: &str, p: &mut Vec<String>| {
+        if run["rate"].is_number() && run["stalls"]["slow_requests"].as_u64().is_none() {
+            p.push(format!("{at}: an open loop without its stall report"));
+        }
+    };
     for r in results {
         let t = r["target"].as_str().unwrap_or("?");
         walk_errors(&r["preload"]["errors"], &format!("{t} preload"), &mut p);
@@ -1207,9 +1261,11 @@ fn smoke_problems(results: &[Value]) -> Vec<String> {
             ));
         }
         short_of_rate(&r["run"], &format!("{t} run"), &mut p);
+        no_stalls(&r["run"], &format!("{t} run"), &mut p);
         if let Some(c) = r.get("ceiling") {
             walk_errors(&c["errors_all_runs"], &format!("{t} ceiling"), &mut p);
             short_of_rate(&c["auth_at_half_peak"], &format!("{t} ceiling"), &mut p);
+            no_stalls(&c["auth_at_half_peak"], &format!("{t} ceiling"), &mut p);
         }
         for key in ["storm", "policy_change"] {
             if let Some(s) = r.get(key) {
@@ -1277,6 +1333,12 @@ fn main() {
         }
     }
     UUID_USERS.store(args.user_ids == "uuid", Ordering::Relaxed);
+    if !(args.slow_ms > 0.0 && args.slow_ms.is_finite()) {
+        eprintln!("error: --slow-ms must be a positive number of milliseconds");
+        std::process::exit(2);
+    }
+    stalls::set_threshold(Duration::from_secs_f64(args.slow_ms / 1e3));
+    sampler::set_interval(args.sample_us);
     let mix = match Mix::parse(&args.mix) {
         Ok(m) => m,
         Err(e) => {

@@ -13,3 +13,5 @@ h = c["auth_at_half_peak"]; o = h["ops"]["auth"]
 print(f"  auth open loop at {h['rate']:.0f}/s: p50 {o['p50_ms']} p99 {o['p99_ms']} p99.9 {o['p999_ms']}"
       f" max {o['max_ms']} ms, daemon CPU {h['cpu']['us_per_request']} us/request;"
       f" p99 by round {c['auth_at_half_peak_p99_ms']['by_round']}")
+for line in h.get("stalls", {}).get("text", [])[:6]:
+    print("   ", line)

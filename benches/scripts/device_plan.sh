@@ -58,7 +58,8 @@ threads() { # $1: a label; each daemon thread's CPU seconds (utime + stime) so f
     awk -v n="$(cat "$t"/comm)" '{printf "    %s: %.2f\n", n, ($14 + $15) / 100}' "$t"/stat
   done | sort | uniq -c | sort -rn | head -12
 }
-L=(taskset -c "$LC" ./load --threads "$TH" --connections 128 --sessions "$SESS" --json)
+L=(taskset -c "$LC" ./load --threads "$TH" --connections 128 --sessions "$SESS" --json
+   --sample-us "${SAMPLE_US:-1000}")
 summary() { python3 ceiling_summary.py "$1"; } # $1: the JSON file of a ceiling run
 
 echo "== 2. ceiling over TCP: 2 workers on cores $DC, journal on; generator on cores $LC"
@@ -72,13 +73,9 @@ RATE=$(python3 -c "import json; print(int(json.load(open('$O/ceiling-tcp.json'))
 
 echo "== 3. Redis GET (the auth mix) open loop at the same $RATE/s, Redis on core $RC"
 for _ in $(seq "$ROUNDS"); do
-  timeout 60 "${L[@]}" --target redis://127.0.0.1:16379 --mix auth --rate "$RATE" \
+  timeout 60 "${L[@]}" --target redis://127.0.0.1:16379 --pid "$RP" --mix auth --rate "$RATE" \
     --duration "$DUR" 2> /dev/null > "$O/redis-rate.json"
-  python3 - "$O/redis-rate.json" << 'PY'
-import json, sys
-o = json.load(open(sys.argv[1]))["results"][0]["run"]["ops"]["auth"]
-print(f"  redis GET: p50 {o['p50_ms']} p99 {o['p99_ms']} p99.9 {o['p999_ms']} max {o['max_ms']} ms")
-PY
+  python3 open_summary.py "$O/redis-rate.json" "redis GET" 3
 done
 
 echo "== 4. per core: validate, 1 worker on core ${DC%%,*} vs Redis GET on core $RC, closed loop"
@@ -108,12 +105,7 @@ open_auth() { # $1: a label; auth open loop at $RATE/s against the daemon starte
   for _ in $(seq "$ROUNDS"); do
     timeout 60 "${L[@]}" --target http://127.0.0.1:18080 --pid "$SP" --mix auth --rate "$RATE" \
       --duration "$DUR" 2> /dev/null > "$O/open.json"
-    python3 - "$O/open.json" "$1" << 'PY'
-import json, sys
-r = json.load(open(sys.argv[1]))["results"][0]["run"]; o = r["ops"]["auth"]
-print(f"  {sys.argv[2]}: {o['ops_per_sec']:.0f}/s p50 {o['p50_ms']} p99 {o['p99_ms']} p99.9 {o['p999_ms']}"
-      f" max {o['max_ms']} ms, daemon CPU {r['cpu']['us_per_request']} us/request")
-PY
+    python3 open_summary.py "$O/open.json" "$1" 4
   done
 }
 echo "== 6. the tail's suspects: auth open loop at $RATE/s, journal off, then on with 4 cores"

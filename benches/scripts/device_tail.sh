@@ -1,10 +1,13 @@
 #!/bin/bash
 # Auth's tail at half peak on the lent 16-core machine (issue #27), and what stalls it: auth
 # open loop at RATE/s against the daemon on cores 0-1 (2 workers, journal on), workers pinned
-# (`--pin-workers auto`) and not, alternated; then unpinned with the suspects removed one at a
-# time (state on tmpfs, `--fsync no`, `--no-persist`, a third core). Per round it prints each
-# daemon thread's wait in the run queue and involuntary switches, the softirq time of cores
-# 0-3, and every other thread of the machine that took CPU. About 2.5 minutes.
+# (the default), PINNED rounds of a fresh daemon each, then one unpinned for contrast; with
+# SUSPECTS=1, unpinned with the suspects removed one at a time (state on tmpfs, `--fsync no`,
+# `--no-persist`, a third core). Per round it prints each daemon thread's wait in the run queue
+# and involuntary switches, the softirq time of cores 0-3, every other thread of the machine
+# that took CPU, each core's steal, and the round's stall episodes with what the daemon's
+# threads and the cores did during each (the generator's --sample-us timeline). Then the
+# ceiling, pinned. About 2.5 minutes.
 # Packed by benches/scripts/device_prepare.sh; then
 #   run(command="bash .devperf/device_tail.sh", carry=[".devperf"], timeout_s=300)
 # Small sizes on 2 cores, to check the script:
@@ -13,8 +16,10 @@ set -u
 cd "$(dirname "$0")"
 O=${OUT:-/tmp/diag-out}; mkdir -p "$O"
 RATE=${RATE:-96410}; DUR=${DUR:-5}; ROUNDS=${ROUNDS:-3}; LC=${LC:-4-15}; TH=${TH:-6}
+PINNED=${PINNED:-8}; SUSPECTS=${SUSPECTS:-0}; SAMPLE_US=${SAMPLE_US:-1000}
 DC=${DC:-0,1}; DC3=${DC3:-0-2}  # the daemon's 2 cores, and 3 for the last check
-L=(taskset -c "$LC" ./load --threads "$TH" --connections 128 --sessions 100000 --json)
+L=(taskset -c "$LC" ./load --threads "$TH" --connections 128 --sessions 100000 --json
+   --sample-us "$SAMPLE_US")
 SP=
 SD=/tmp/sd-state
 start_sd() { # $1: prefix command (or ""), $2: cores, then flags
@@ -71,28 +76,25 @@ open_auth() { # $1: a label
     timeout 60 "${L[@]}" --target http://127.0.0.1:18080 --pid "$SP" --mix auth --rate "$RATE" \
       --duration "$DUR" 2> /dev/null > "$O/open.json"
     sample > "$O/b.txt"
-    python3 - "$O/open.json" "$1" << 'PY'
-import json, sys
-r = json.load(open(sys.argv[1]))["results"][0]["run"]; o = r["ops"]["auth"]
-print(f"  {sys.argv[2]}: {o['ops_per_sec']:.0f}/s p50 {o['p50_ms']} p99 {o['p99_ms']} p99.9 {o['p999_ms']}"
-      f" max {o['max_ms']} ms, daemon CPU {r['cpu']['us_per_request']} us/request")
-PY
+    python3 open_summary.py "$O/open.json" "$1" 4
     diff_samples "$O/a.txt" "$O/b.txt"
   done
 }
 summary() { python3 ceiling_summary.py "$1"; } # $1: the JSON file of a ceiling run
-echo "== auth open loop at $RATE/s, cores $DC, journal on: pinned (auto) and not (off), alternated"
-for _ in 1 2 3; do
+echo "== auth open loop at $RATE/s, cores $DC, journal on, workers pinned (the default): $PINNED rounds"
+for _ in $(seq "$PINNED"); do
   start_sd "" "$DC"; grep -o 'HTTP workers pinned.*' "$O/sessiond.log" | head -1
   ROUNDS=1 open_auth "pinned (auto)"; stop_sd
-  start_sd "" "$DC" --pin-workers off; ROUNDS=1 open_auth "not pinned (off)"; stop_sd
 done
-echo "== unpinned, one suspect removed at a time"
-SD=/dev/shm/sd-state; start_sd "" "$DC" --pin-workers off; open_auth "state on tmpfs"; stop_sd
-SD=/tmp/sd-state
-start_sd "" "$DC" --pin-workers off --fsync no; open_auth "--fsync no"; stop_sd
-start_sd "" "$DC" --pin-workers off --no-persist; open_auth "--no-persist"; stop_sd
-start_sd "" "$DC3" --pin-workers off; open_auth "3 cores, 2 workers"; stop_sd
+start_sd "" "$DC" --pin-workers off; ROUNDS=1 open_auth "not pinned (off), for contrast"; stop_sd
+if [ "$SUSPECTS" = 1 ]; then
+  echo "== unpinned, one suspect removed at a time"
+  SD=/dev/shm/sd-state; start_sd "" "$DC" --pin-workers off; open_auth "state on tmpfs"; stop_sd
+  SD=/tmp/sd-state
+  start_sd "" "$DC" --pin-workers off --fsync no; open_auth "--fsync no"; stop_sd
+  start_sd "" "$DC" --pin-workers off --no-persist; open_auth "--no-persist"; stop_sd
+  start_sd "" "$DC3" --pin-workers off; open_auth "3 cores, 2 workers"; stop_sd
+fi
 echo "== the ceiling, pinned (auto)"
 start_sd "" "$DC"
 timeout 200 "${L[@]}" --target http://127.0.0.1:18080 --pid "$SP" --scenario ceiling \

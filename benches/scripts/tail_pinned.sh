@@ -6,27 +6,22 @@
 # Usage: benches/scripts/tail_pinned.sh SESSIOND_BINARY MIX RATE ROUNDS [sessiond args...]
 #   e.g. benches/scripts/tail_pinned.sh target/release/sessiond auth 5000 2
 # With `nginx` as the binary it measures the same way an nginx (1 worker, pinned the same) that
-# answers every request with a fixed 200: the machine's and the generator's own tail.
-# Needs the load generator built: cargo bench --bench load --no-run
+# answers every request with a fixed 200 (one process: no master): the machine's and the
+# generator's own tail.
+# Each run prints its stall episodes with what the server's threads and each core's steal did
+# during them, sampled every $SAMPLE_US µs (2000 by default; the sampler shares the generator's
+# core, so finer sampling costs the generator). Needs the load generator built:
+#   cargo bench --bench load --no-run
 set -euo pipefail
 bin=$1; mix=$2; rate=$3; rounds=$4; shift 4
-dcpu=${DAEMON_CPU:-0}; gcpu=${GEN_CPU:-1}
+dcpu=${DAEMON_CPU:-0}; gcpu=${GEN_CPU:-1}; sample=${SAMPLE_US:-2000}
 load=$(ls -t target/release/deps/load-* | grep -v '\.d$' | head -1)
-report() {
-  python3 -c '
-import json, sys
-run = json.load(sys.stdin)["results"][0]["run"]
-o = list(run["ops"].values())[0]
-cpu = run["cpu"]["us_per_request"] or "n/a"
-print(sys.argv[1], sys.argv[2], "req/s", o["ops_per_sec"], "p50", o["p50_ms"], "p99", o["p99_ms"],
-      "p99.9", o["p999_ms"], "max", o["max_ms"], "ms; daemon CPU", cpu, "us/request")
-' "$@"
-}
+report() { python3 benches/scripts/open_summary.py /dev/stdin "$*"; } # the label
 if [ "$bin" = nginx ]; then
   for _ in $(seq 1 "$rounds"); do
     st=$(mktemp -d); port=$((18300 + RANDOM % 500))
     cat > "$st/nginx.conf" <<CONF
-worker_processes 1; daemon off; pid $st/nginx.pid; error_log $st/error.log;
+worker_processes 1; master_process off; daemon off; pid $st/nginx.pid; error_log $st/error.log;
 events { worker_connections 1024; }
 http { access_log off; client_body_temp_path $st/body;
   server { listen 127.0.0.1:$port;
@@ -35,7 +30,7 @@ CONF
     taskset -c "$dcpu" nginx -c "$st/nginx.conf" &
     pid=$!; sleep 0.5
     taskset -c "$gcpu" "$load" --target http://127.0.0.1:$port --mix healthz --rate "$rate" \
-      --duration 8 --sessions 0 --connections 32 --json 2>/dev/null | report nginx fixed-200
+      --duration 8 --sessions 0 --connections 32 --json --pid $pid --sample-us "$sample" 2>/dev/null | report nginx fixed-200
     kill $pid; wait $pid 2>/dev/null || true; rm -rf "$st"
   done
   exit 0
@@ -49,7 +44,7 @@ for _ in $(seq 1 "$rounds"); do
     pid=$!
     for _ in $(seq 50); do curl -sf 127.0.0.1:$port/readyz > /dev/null && break; sleep 0.1; done
     taskset -c "$gcpu" "$load" --target http://127.0.0.1:$port --pid $pid --mix "$mix" \
-      --rate "$rate" --duration 8 --sessions 100000 --connections 32 --json 2>/dev/null \
+      --rate "$rate" --duration 8 --sessions 100000 --connections 32 --json --sample-us "$sample" 2>/dev/null \
       | report "$mix" "$mode"
     kill $pid; wait $pid 2>/dev/null || true; rm -rf "$st"
   done

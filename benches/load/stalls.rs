@@ -23,11 +23,12 @@
 //!    order they happened; the totals cover every kept request.
 //! 5. With a timeline (`sampler.rs`), each listed episode carries what the machine did over
 //!    it, and every episode counts towards the steal check: how many saw a core's steal grow,
-//!    against windows of the same lengths moved elsewhere in the run (chance's share).
+//!    against windows of the same lengths moved elsewhere in the run (chance's share), and
+//!    each episode's cause in a word (`sampler`, invariant 5) is counted.
 
 use crate::sampler::Timeline;
 use serde_json::{Value, json};
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
@@ -143,11 +144,16 @@ fn steal_against_chance(all: &[Episode], t: &Timeline) -> Value {
             }
         }
     }
+    let mut causes: BTreeMap<&str, usize> = BTreeMap::new();
+    for e in all {
+        *causes.entry(t.cause(e.start_us, e.end_us)).or_default() += 1;
+    }
     json!({
         "episodes_with_steal": with,
         "episodes": all.len(),
         "shifted_windows_with_steal": hit,
         "shifted_windows": tried,
+        "causes": causes,
     })
 }
 
@@ -203,8 +209,8 @@ pub fn describe(run: &Value) -> Vec<String> {
     let st = &s["steal"];
     if st.is_object() {
         lines.push(format!(
-            "  steal on some core during {} of {} episodes; during {} of {} windows of the same lengths at other times",
-            st["episodes_with_steal"], st["episodes"], st["shifted_windows_with_steal"], st["shifted_windows"]
+            "  steal on some core during {} of {} episodes; during {} of {} windows of the same lengths at other times; causes: {}",
+            st["episodes_with_steal"], st["episodes"], st["shifted_windows_with_steal"], st["shifted_windows"], st["causes"]
         ));
     }
     for e in s["largest"].as_array().into_iter().flatten() {
@@ -227,10 +233,12 @@ pub fn describe(run: &Value) -> Vec<String> {
                 .map(|(k, v)| format!("{k} ran {} waited {}", v["ran_ms"], v["waited_ms"]))
                 .collect();
             lines.push(format!(
-                "    from {} to {} ms: steal {}; target threads (ms): {}",
+                "    from {} to {} ms: steal {}; generator ran {} waited {}; target threads (ms): {}",
                 m["window_ms"][0],
                 m["window_ms"][1],
                 m["steal_ms"],
+                m["generator_ran_ms"],
+                m["generator_waited_ms"],
                 if threads.is_empty() {
                     "none ran".into()
                 } else {

@@ -31,6 +31,7 @@ pub const HTTP_CONNECTIONS: &str = "sessiond_http_connections";
 pub const HTTP_CONNECTIONS_MAX: &str = "sessiond_http_connections_max";
 pub const HTTP_CONNECTIONS_REFUSED: &str = "sessiond_http_connections_refused_total";
 pub const HTTP_CONNECTIONS_TIMED_OUT: &str = "sessiond_http_connections_timed_out_total";
+pub const WORKER_DELAY: &str = "sessiond_http_worker_delay_seconds";
 pub const CREATE_REFUSED: &str = "sessiond_sessions_refused_total";
 pub const POLICY_RELOAD_ERRORS: &str = "sessiond_policy_reload_errors_total";
 pub const POLICY_REAPPLY_DURATION: &str = "sessiond_policy_reapply_duration_seconds";
@@ -75,6 +76,10 @@ const LAG_BUCKETS: &[f64] = &[
 const HTTP_BUCKETS: &[f64] = &[
     0.000_05, 0.000_1, 0.000_25, 0.000_5, 0.001, 0.002_5, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0,
 ];
+
+/// The lag probe's resolution is tokio's 1 ms timer (`server::lag`): the first bucket is its
+/// rounding; from 5 ms on, a worker was stalled.
+const WORKER_DELAY_BUCKETS: &[f64] = &[0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0];
 
 const FSYNC_BUCKETS: &[f64] = &[
     0.000_1, 0.000_5, 0.001, 0.002_5, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0,
@@ -176,6 +181,12 @@ impl Metrics {
                     })
                     .and_then(|b| {
                         b.set_buckets_for_metric(
+                            Matcher::Full(WORKER_DELAY.into()),
+                            WORKER_DELAY_BUCKETS,
+                        )
+                    })
+                    .and_then(|b| {
+                        b.set_buckets_for_metric(
                             Matcher::Full(CLUSTER_APPLY_LAG.into()),
                             CLUSTER_LAG_BUCKETS,
                         )
@@ -258,10 +269,23 @@ impl Metrics {
         self.handle.render()
     }
 
+    /// The Prometheus text exposition as it stands (no gauge brought up to date).
+    #[cfg(test)]
+    pub fn render_now(&self) -> String {
+        self.handle.render()
+    }
+
     /// Drains histogram samples into their buckets; call periodically.
     pub fn upkeep(&self) {
         self.handle.run_upkeep();
     }
+}
+
+/// HTTP worker `worker`'s lag probe histogram (`server::lag`), through the installed recorder
+/// (invariant 4). The label is the worker's index, a fixed set of `--http-workers` values.
+pub fn worker_delay(worker: usize) -> Histogram {
+    Metrics::global();
+    histogram!(WORKER_DELAY, "worker" => worker.to_string())
 }
 
 fn describe() {
@@ -308,6 +332,12 @@ fn describe() {
     describe_counter!(
         POLICY_DRY_RUNS,
         "Policy dry runs (?dry_run=true), by target (application, org); they change nothing."
+    );
+    describe_histogram!(
+        WORKER_DELAY,
+        Unit::Seconds,
+        "How late each HTTP worker ran its 10 ms lag probe tick (1 ms resolution): a worker \
+         stalled (a long poll, a lock, no CPU) delays it, and every request waiting on it, as long."
     );
     describe_counter!(JOURNAL_BYTES, Unit::Bytes, "Bytes appended to the journal.");
     describe_histogram!(

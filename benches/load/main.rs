@@ -223,6 +223,8 @@ struct Stats {
     open_loop_connections: Option<usize>,
     /// Open loop with `--sample-us`: the machine meanwhile (`sampler.rs`).
     timeline: Option<sampler::Timeline>,
+    /// Open loop against sessiond: its lag probe over the run (`stalls.rs`, invariant 6).
+    worker_delay: Option<Value>,
 }
 
 impl Stats {
@@ -235,6 +237,7 @@ impl Stats {
             slow: stalls::Slows::default(),
             open_loop_connections: None,
             timeline: None,
+            worker_delay: None,
         }
     }
 
@@ -363,6 +366,15 @@ async fn drive(
     shared: Arc<Shared>,
 ) -> (Stats, Vec<Worker>, Duration) {
     let n = workers.len().max(1);
+    let delays = match rate {
+        // A server without the lag probe (not sessiond, or an HTTP server that is not) has none.
+        Some(_) => target
+            .metrics()
+            .await
+            .map(|m| stalls::worker_delays(&m))
+            .filter(|d| !d.is_empty()),
+        None => None,
+    };
     let start = Instant::now();
     let until = start + duration;
     let interval = rate.map(|r| Duration::from_secs_f64(n as f64 / r.max(0.001)));
@@ -486,6 +498,14 @@ async fn drive(
     }
     // After the workers: the sampler ends at `until` too, within one interval.
     total.timeline = sampler.and_then(|s| s.join().ok());
+    if let Some(before) = delays
+        && let Some(after) = target.metrics().await
+    {
+        total.worker_delay = Some(stalls::delay_report(
+            &before,
+            &stalls::worker_delays(&after),
+        ));
+    }
     (total, back, start.elapsed())
 }
 
@@ -648,6 +668,7 @@ fn run_json(stats: &Stats, elapsed: Duration) -> Value {
     });
     if let Some(n) = stats.open_loop_connections {
         run["stalls"] = stalls::report(&stats.slow, n, stats.timeline.as_ref());
+        run["stalls"]["daemon_worker_delay"] = stats.worker_delay.clone().into();
         // The same lines as the text report, for scripts that read the JSON.
         let text = stalls::describe(&run);
         run["stalls"]["text"] = text.into();

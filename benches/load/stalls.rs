@@ -25,6 +25,10 @@
 //!    it, and every episode counts towards the steal check: how many saw a core's steal grow,
 //!    against windows of the same lengths moved elsewhere in the run (chance's share), and
 //!    each episode's cause in a word (`sampler`, invariant 5) is counted.
+//! 6. Against sessiond, the report carries the daemon's own view: its lag probe's ticks over
+//!    the run (`sessiond_http_worker_delay_seconds`, read from `/metrics` before and after),
+//!    and how many ran late by more than 5 to 50 ms. A stall of a worker is late ticks there;
+//!    episodes with none were not the workers'.
 
 use crate::sampler::Timeline;
 use serde_json::{Value, json};
@@ -82,6 +86,53 @@ impl Slows {
         self.list.extend(o.list);
         self.not_kept += o.not_kept;
     }
+}
+
+/// The daemon's lag probe (`sessiond_http_worker_delay_seconds`, every worker summed) from a
+/// `/metrics` text: (bucket bound in seconds, ticks at or under it), in the text's order.
+pub fn worker_delays(metrics: &str) -> Vec<(f64, f64)> {
+    let mut sums: Vec<(f64, f64)> = Vec::new();
+    for line in metrics.lines() {
+        let Some(rest) = line.strip_prefix("sessiond_http_worker_delay_seconds_bucket{") else {
+            continue;
+        };
+        let Some((labels, n)) = rest.split_once("} ") else {
+            continue;
+        };
+        let Some(le) = labels
+            .split("le=\"")
+            .nth(1)
+            .and_then(|l| l.split('"').next())
+        else {
+            continue;
+        };
+        let le = if le == "+Inf" {
+            f64::INFINITY
+        } else {
+            le.parse().unwrap_or(f64::NAN)
+        };
+        let n: f64 = n.trim().parse().unwrap_or(0.0);
+        match sums.iter_mut().find(|(b, _)| *b == le) {
+            Some(s) => s.1 += n,
+            None => sums.push((le, n)),
+        }
+    }
+    sums
+}
+
+/// The daemon's own view of a run (invariant 6): how many of its workers' probe ticks ran late
+/// by more than 5, 10, 25 and 50 ms between the two readings of [`worker_delays`].
+pub fn delay_report(before: &[(f64, f64)], after: &[(f64, f64)]) -> Value {
+    let at = |v: &[(f64, f64)], le: f64| v.iter().find(|(b, _)| *b == le).map_or(0.0, |x| x.1);
+    let ticks = at(after, f64::INFINITY) - at(before, f64::INFINITY);
+    let over = |le: f64| ticks - (at(after, le) - at(before, le));
+    json!({
+        "ticks": ticks,
+        "late_over_5ms": over(0.005),
+        "late_over_10ms": over(0.01),
+        "late_over_25ms": over(0.025),
+        "late_over_50ms": over(0.05),
+    })
 }
 
 /// The thread id of the caller, for [`Slow::tid`].
@@ -206,8 +257,15 @@ pub fn describe(run: &Value) -> Vec<String> {
             _ => String::new(),
         }
     )];
+    let d = &s["daemon_worker_delay"];
+    if d.is_object() {
+        lines.push(format!(
+            "  the daemon's lag probe: {} ticks, late by > 5 ms: {}, > 10 ms: {}, > 25 ms: {}, > 50 ms: {}",
+            d["ticks"], d["late_over_5ms"], d["late_over_10ms"], d["late_over_25ms"], d["late_over_50ms"]
+        ));
+    }
     let st = &s["steal"];
-    if st.is_object() {
+    if st.is_object() && st["episodes"].as_u64() > Some(0) {
         lines.push(format!(
             "  steal on some core during {} of {} episodes; during {} of {} windows of the same lengths at other times; causes: {}",
             st["episodes_with_steal"], st["episodes"], st["shifted_windows_with_steal"], st["shifted_windows"], st["causes"]

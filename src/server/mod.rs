@@ -36,8 +36,9 @@
 //! 5. The accept loop never spins: a failing `accept` pauses [`ACCEPT_PAUSE`] and is logged
 //!    at most once per [`LOG_EVERY`], with what to do about it.
 //! 6. The request path costs what `axum::serve` did, plus per request one relaxed atomic
-//!    store, one load and one clock read (vDSO, no syscall); the timer is per connection and
-//!    is re-armed only when it fires or a deadline moves earlier.
+//!    store, one load, one clock read (vDSO, no syscall) and the lag probe's two thread-local
+//!    writes; the timer is per connection and is re-armed only when it fires or a deadline
+//!    moves earlier.
 //!
 //! 7-10. Where it listens (TCP or a Unix socket) and the socket file's life: see `listen`.
 //! 11. Each worker is pinned to its core, if any (`pin`), before it serves anything; [`start`]
@@ -51,17 +52,21 @@
 //! 14. No answer stays held: a worker that stops releases every held write (`gate`).
 //! 15-16. How a worker tells its connections that the drain has begun, at one flag read per
 //!     wake-up: see `drain`.
+//! 17-18. Each worker records how late its event loop runs, every 10 ms, in
+//!     `sessiond_http_worker_delay_seconds` (`lag`).
 //!
 //! Files: `listen` (the address or socket path, binding, the socket file), `accept` (the
 //! acceptor: hand-over to the least-loaded worker, refusal past the cap, accept errors),
 //! `worker` (a worker's loop and the app as a hyper service), `conn` (a connection with its
 //! deadlines), `gate` (a pass's answers written together), `drain` (connections told that the
-//! shutdown began), `pin` (which core each worker runs on), `tests`.
+//! shutdown began), `lag` (how late each worker runs), `pin` (which core each worker runs on),
+//! `tests`.
 
 mod accept;
 mod conn;
 mod drain;
 mod gate;
+mod lag;
 pub mod listen;
 pub mod pin;
 #[cfg(test)]
@@ -129,7 +134,7 @@ pub fn start<A: App>(
                 }
                 drop(pinned_tx);
                 let result =
-                    current_thread().map(|rt| rt.block_on(worker::serve(rx, app, limits, stop)));
+                    current_thread().map(|rt| rt.block_on(worker::serve(i, rx, app, limits, stop)));
                 let _ = done_tx.send(result);
             })?;
     }

@@ -7,9 +7,11 @@
 //!    Its connection tasks are told through `drain`, not by each polling the shutdown signal.
 //! 3. Each connection's [`Service`] counts the request heads hyper hands it: the connection
 //!    (`conn::Conn`) reads that count to know a request is in flight.
-//! 6. Per request: one relaxed load and store of that count, then the [`App`]'s `call`.
+//! 6. Per request: one relaxed load and store of that count, the lag probe's two thread-local
+//!    writes (`lag`), then the [`App`]'s `call`.
 //! 12. No read of the socket while a request is in flight (hyper's `half_close`).
 //! 13. A worker runs its write gate (`gate`) for as long as it serves.
+//! 17. And its lag probe (`lag`).
 
 use super::Limits;
 use super::accept::{Handoff, OpenGuard, Stream};
@@ -43,6 +45,7 @@ impl App for Router {
 /// One worker: serves each connection handed over on a task of its own until shutdown, then
 /// waits for them to drain (invariant 2).
 pub(super) async fn serve<A: App>(
+    index: usize,
     mut rx: mpsc::UnboundedReceiver<Handoff>,
     app: A,
     limits: Limits,
@@ -61,6 +64,8 @@ pub(super) async fn serve<A: App>(
     let (drained_tx, drained_rx) = watch::channel(());
     // Invariant 13: this worker's answers of one pass go out together.
     let gate = tokio::spawn(super::gate::run());
+    // Invariant 17: how late this worker runs, for `/metrics`.
+    let lag = tokio::spawn(super::lag::run(index));
     loop {
         let handoff = tokio::select! {
             h = rx.recv() => h,
@@ -84,6 +89,7 @@ pub(super) async fn serve<A: App>(
     drop(drained_rx);
     drained_tx.closed().await;
     gate.abort(); // releases anything still held (invariant 14)
+    lag.abort();
 }
 
 /// Serves one connection on a task of its own until it ends or the shutdown drains it.
@@ -135,6 +141,7 @@ impl<A: App> hyper::service::Service<hyper::Request<Incoming>> for Service<A> {
     type Future = A::Future;
 
     fn call(&self, req: hyper::Request<Incoming>) -> Self::Future {
+        super::lag::request(); // invariant 17
         // One writer (this connection's task): a plain store, no locked instruction.
         let n = self.heads.load(Ordering::Relaxed);
         self.heads.store(n.wrapping_add(1), Ordering::Relaxed);

@@ -25,5 +25,6 @@ mod nginx;
 mod persist;
 mod policy_source;
 mod slow_clients;
+mod stalls;
 mod traefik;
 mod unix_socket;

@@ -109,7 +109,8 @@ struct Args {
     #[arg(long, default_value_t = 5.0)]
     slow_ms: f64,
     /// Open loop: sample the target's threads (CPU time, run-queue wait) and each core's steal
-    /// every this many µs, to say what each stall episode was (`sampler.rs`); 0: off.
+    /// every this many µs (at least 100), to say what each stall episode was (`sampler.rs`);
+    /// 0: off.
     #[arg(long, default_value_t = 0)]
     sample_us: u64,
     /// Worker threads of the load generator itself.
@@ -1374,6 +1375,12 @@ fn main() {
         std::process::exit(2);
     }
     stalls::set_threshold(Duration::from_secs_f64(args.slow_ms / 1e3));
+    // Each sample is a few hundred bytes kept for the run: finer than 100 µs would fill memory
+    // faster than it tells anything /proc's resolution does not.
+    if args.sample_us != 0 && args.sample_us < 100 {
+        eprintln!("error: --sample-us must be 0 (off) or at least 100");
+        std::process::exit(2);
+    }
     sampler::set_interval(args.sample_us);
     let mix = match Mix::parse(&args.mix) {
         Ok(m) => m,

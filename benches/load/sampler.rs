@@ -55,27 +55,20 @@ pub struct Timeline {
 }
 
 fn steal(cores: &mut Vec<String>, out: &mut Vec<u64>) {
-    let Ok(stat) = std::fs::read_to_string("/proc/stat") else {
+    let Some(ticks) = crate::sched::steal_ticks() else {
         return;
     };
     let fill = cores.is_empty();
-    for line in stat
-        .lines()
-        .filter(|l| l.starts_with("cpu") && !l.starts_with("cpu "))
-    {
-        let mut f = line.split_whitespace();
-        let name = f.next().unwrap_or_default();
+    for (name, t) in ticks {
         if fill {
-            cores.push(name.to_string());
+            cores.push(name);
         }
-        out.push(f.nth(7).and_then(|v| v.parse().ok()).unwrap_or(0));
+        out.push(t);
     }
 }
 
 fn schedstat(pid: u32, tid: u32) -> Option<(u64, u64)> {
-    let s = std::fs::read_to_string(format!("/proc/{pid}/task/{tid}/schedstat")).ok()?;
-    let mut f = s.split_whitespace().map(|v| v.parse::<u64>().ok());
-    Some((f.next()??, f.next()??))
+    crate::sched::schedstat(std::path::Path::new(&format!("/proc/{pid}/task/{tid}")))
 }
 
 struct Thread {

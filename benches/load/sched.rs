@@ -31,13 +31,10 @@ fn waits(task_dir: &str) -> Option<Waits> {
             continue;
         };
         // The thread may end between the listing and these reads: then it is left out.
-        let (Ok(stat), Ok(comm)) = (
-            std::fs::read_to_string(task.path().join("schedstat")),
+        let (Some((_, wait)), Ok(comm)) = (
+            schedstat(&task.path()),
             std::fs::read_to_string(task.path().join("comm")),
         ) else {
-            continue;
-        };
-        let Some(wait) = stat.split_whitespace().nth(1).and_then(|w| w.parse().ok()) else {
             continue;
         };
         out.insert(tid, (comm.trim().to_string(), wait));
@@ -45,19 +42,32 @@ fn waits(task_dir: &str) -> Option<Waits> {
     (!out.is_empty()).then_some(out)
 }
 
-/// Steal ticks per core, from `/proc/stat`'s `cpuN` lines (the 8th value).
-fn steal() -> Option<BTreeMap<String, u64>> {
+/// A thread's (ns on CPU, ns waiting in the run queue) so far, from its `schedstat` in `task`
+/// (`/proc/PID/task/TID`); also read by `sampler.rs`.
+pub fn schedstat(task: &std::path::Path) -> Option<(u64, u64)> {
+    let s = std::fs::read_to_string(task.join("schedstat")).ok()?;
+    let mut f = s.split_whitespace().map(|v| v.parse::<u64>().ok());
+    Some((f.next()??, f.next()??))
+}
+
+/// Steal ticks per core, in `/proc/stat`'s order, from its `cpuN` lines (the 8th value); also
+/// read by `sampler.rs`.
+pub fn steal_ticks() -> Option<Vec<(String, u64)>> {
     let stat = std::fs::read_to_string("/proc/stat").ok()?;
-    let mut out = BTreeMap::new();
+    let mut out = Vec::new();
     for line in stat
         .lines()
         .filter(|l| l.starts_with("cpu") && !l.starts_with("cpu "))
     {
         let mut f = line.split_whitespace();
         let name = f.next()?.to_string();
-        out.insert(name, f.nth(7)?.parse().ok()?);
+        out.push((name, f.nth(7)?.parse().ok()?));
     }
     Some(out)
+}
+
+fn steal() -> Option<BTreeMap<String, u64>> {
+    steal_ticks().map(|v| v.into_iter().collect())
 }
 
 /// Readings taken at the start of a run.

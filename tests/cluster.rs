@@ -191,7 +191,8 @@ fn cluster_a_node_restarted_catches_up_before_it_is_ready() {
     let Some(bin) = find_nats() else { return };
     let nats = Nats::start(bin, 1);
     let a = node(&nats, "a", 1, &[]);
-    let state = scratch("cluster-restart").join("state");
+    let scratch_dir = scratch("cluster-restart");
+    let state = scratch_dir.join("state");
     let state_arg = state.to_str().unwrap();
     let b = node(&nats, "b", 1, &["--state-dir", state_arg]);
     let (before, _) = create(&a, &[], r#"{"user_id": "u1"}"#);
@@ -435,7 +436,8 @@ fn cluster_a_lost_node_or_nats_server_loses_no_acknowledged_session() {
     let mut nats = Nats::start(bin, 3);
     let a = node(&nats, "a", 3, &[]);
     let b = node(&nats, "b", 3, &[]);
-    let state = scratch("cluster-lost").join("state");
+    let scratch_dir = scratch("cluster-lost");
+    let state = scratch_dir.join("state");
     let state_arg = state.to_str().unwrap().to_owned();
     let c = node(&nats, "c", 3, &["--state-dir", &state_arg]);
     let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
@@ -608,7 +610,8 @@ fn cluster_a_revocation_made_without_nats_outlives_its_nodes_crash() {
     let Some(bin) = find_nats() else { return };
     let mut nats = Nats::start(bin, 1);
     let a = node(&nats, "a", 1, &[]);
-    let state = scratch("cluster-outbox").join("state");
+    let scratch_dir = scratch("cluster-outbox");
+    let state = scratch_dir.join("state");
     let state_arg = state.to_str().unwrap().to_owned();
     let b_args = ["--cluster-ack", "async", "--state-dir", state_arg.as_str()];
     let b = node(&nats, "b", 1, &b_args);
@@ -636,7 +639,8 @@ fn cluster_a_revocation_made_without_nats_outlives_its_nodes_crash() {
 fn cluster_a_node_restarted_while_nats_is_down_serves_its_saved_state_after_a_while() {
     let Some(bin) = find_nats() else { return };
     let mut nats = Nats::start(bin, 1);
-    let state = scratch("cluster-stale").join("state");
+    let scratch_dir = scratch("cluster-stale");
+    let state = scratch_dir.join("state");
     let state_arg = state.to_str().unwrap().to_owned();
     let urls = nats.urls();
     let args = [

@@ -37,7 +37,8 @@ fn cluster_nodes_join_from_the_published_snapshot_when_the_stream_lost_its_begin
     let nats = Nats::start(bin, 1);
     let fast = ["--cluster-snapshot-interval", "1s"];
     let a = node(&nats, "a", 1, &fast);
-    let state = scratch("cluster-join").join("state");
+    let scratch_dir = scratch("cluster-join");
+    let state = scratch_dir.join("state");
     let state_arg = state.to_str().unwrap();
     let with_state = ["--state-dir", state_arg];
     let c = node(&nats, "c", 1, &with_state);

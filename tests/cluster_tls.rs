@@ -175,5 +175,4 @@ fn cluster_over_tls_with_a_private_ca_and_client_certificates() {
     assert_eq!(r.status, 503, "{}", r.body);
     assert_eq!(r.code(), "not_replicated");
     drop(nats);
-    std::fs::remove_dir_all(&dir).ok();
 }

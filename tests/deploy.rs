@@ -8,7 +8,7 @@
 //! `kubernetes-validate`). A test whose tool is missing fails, or is skipped with
 //! `SESSIOND_SKIP_MISSING_TOOLS=1` outside CI (`common::missing_tool`).
 
-use crate::common::{Daemon, eventually, free_port, request, scratch};
+use crate::common::{Daemon, Scratch, eventually, free_port, request, scratch};
 use std::collections::BTreeSet;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -78,7 +78,7 @@ fn promtool_accepts_the_config_the_rules_and_the_rule_tests() {
 /// A daemon after every kind of event, so that every metric family has a sample: creates, a
 /// refusal at capacity, validate/touch/revoke, a policy change with re-application, evictions
 /// by the reaper, a dry run, and a rejected policy file.
-fn exercised_daemon() -> (Daemon, PathBuf) {
+fn exercised_daemon() -> (Daemon, Scratch) {
     let dir = scratch("deploy-metrics");
     let file = dir.join("policies.toml");
     std::fs::write(&file, "[application]\nabsolute_timeout = 3600\n").unwrap();
@@ -165,7 +165,7 @@ pub(crate) fn referenced(text: &str) -> BTreeSet<String> {
 
 #[test]
 fn dashboard_and_alerts_query_only_metrics_the_daemon_exports_and_promtool_lints_clean() {
-    let (d, dir) = exercised_daemon();
+    let (d, _dir) = exercised_daemon();
     let scrape = d.call("GET", "/metrics", None).body;
     let have = exported(&scrape);
     assert!(
@@ -242,7 +242,6 @@ fn dashboard_and_alerts_query_only_metrics_the_daemon_exports_and_promtool_lints
             "promtool check metrics complains:\n{text}"
         );
     }
-    std::fs::remove_dir_all(dir).ok();
 }
 
 #[test]
@@ -305,7 +304,6 @@ fn a_real_prometheus_reads_the_active_session_count_the_api_created() {
     });
     let _ = server.kill();
     let _ = server.wait();
-    std::fs::remove_dir_all(&dir).ok();
     assert!(
         found,
         "Prometheus never read sessiond_sessions_active = 7; last answer: {last}"
@@ -351,7 +349,6 @@ fn kubernetes_manifests_pass_the_schemas_and_fit_together() {
         sessiond::policy_source::parse_policy_file(&text, &sessiond::policy::DEFAULT_POLICY)
             .expect("the ConfigMap's policies.toml is valid");
     assert_eq!(app.absolute_timeout_secs, 24 * 3600);
-    std::fs::remove_dir_all(scratch_dir).ok();
 }
 
 #[test]
@@ -411,7 +408,6 @@ fn the_systemd_unit_verifies() {
         out.status.success() && ours.is_empty(),
         "systemd-analyze verify:\n{text}"
     );
-    std::fs::remove_dir_all(dir).ok();
 }
 
 #[test]
@@ -468,5 +464,4 @@ fn the_health_probe_reads_only_the_listen_address_of_the_config_file() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    std::fs::remove_dir_all(dir).ok();
 }

@@ -4,18 +4,23 @@
 //!
 //! The tmpfs scenes need root (mount); without it they say so and return.
 
-use crate::common::{Daemon, create, eventually, scratch, unsafe_free_kill, valid};
+use crate::common::{Daemon, Scratch, create, eventually, scratch, unsafe_free_kill, valid};
 use std::io::Write;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-/// A 4 MiB tmpfs, unmounted on drop.
-struct Tmpfs(PathBuf);
+/// A 4 MiB tmpfs mounted on `mnt` in a scratch directory; unmounted on drop, and the scratch
+/// directory removed after it.
+struct Tmpfs {
+    mnt: PathBuf,
+    _dir: Scratch,
+}
 
 impl Tmpfs {
     fn mount(name: &str) -> Option<Tmpfs> {
-        let dir = scratch(name).join("mnt");
+        let scratch_dir = scratch(name);
+        let dir = scratch_dir.join("mnt");
         std::fs::create_dir_all(&dir).unwrap();
         let ok = Command::new("mount")
             .args(["-t", "tmpfs", "-o", "size=4m", "tmpfs"])
@@ -26,16 +31,19 @@ impl Tmpfs {
             eprintln!("skipped: mounting a tmpfs needs root ({name})");
             return None;
         }
-        Some(Tmpfs(dir))
+        Some(Tmpfs {
+            mnt: dir,
+            _dir: scratch_dir,
+        })
     }
 
     fn state(&self) -> PathBuf {
-        self.0.join("state")
+        self.mnt.join("state")
     }
 
     /// Fills the disk to the last byte.
     fn fill(&self) {
-        let mut f = std::fs::File::create(self.0.join("filler")).unwrap();
+        let mut f = std::fs::File::create(self.mnt.join("filler")).unwrap();
         let block = vec![0xa5u8; 64 << 10];
         while f.write_all(&block).is_ok() {}
         let mut byte = [0u8; 1];
@@ -45,13 +53,14 @@ impl Tmpfs {
     }
 
     fn free(&self) {
-        std::fs::remove_file(self.0.join("filler")).unwrap();
+        std::fs::remove_file(self.mnt.join("filler")).unwrap();
     }
 }
 
 impl Drop for Tmpfs {
     fn drop(&mut self) {
-        let _ = Command::new("umount").arg("-l").arg(&self.0).status();
+        let _ = Command::new("umount").arg("-l").arg(&self.mnt).status();
+        // The scratch directory (`_dir`) is removed after this, when the fields are dropped.
     }
 }
 
@@ -330,7 +339,8 @@ fn a_deleted_state_directory_under_fsync_always_loses_nothing_acknowledged() {
 }
 
 fn deleted_directory(fsync: &str) {
-    let state = scratch("dir-deleted").join("state");
+    let scratch_dir = scratch("dir-deleted");
+    let state = scratch_dir.join("state");
     let d = start(&state, &["--fsync", fsync]);
     assert_eq!(mode(&state), 0o700);
     for f in std::fs::read_dir(&state).unwrap() {
@@ -372,7 +382,8 @@ fn deleted_directory(fsync: &str) {
 /// takes the directory back (with a full snapshot) once the second is gone.
 #[test]
 fn a_second_daemon_on_the_remade_directory_fences_the_first() {
-    let state = scratch("dir-taken").join("state");
+    let scratch_dir = scratch("dir-taken");
+    let state = scratch_dir.join("state");
     let first = start(&state, &[]);
     let mine = new_sessions(&first, "first", 20);
     unsafe_free_kill(first.child.id(), "STOP");

@@ -154,7 +154,6 @@ fn dry_run_is_allowed_when_policies_come_from_a_file() {
         std::fs::read_to_string(&file).unwrap(),
         "[application]\nabsolute_timeout = 3600\n"
     );
-    std::fs::remove_dir_all(dir).ok();
 }
 
 /// A dry run, then the real write on the same state: the write's `sessions` block says what it

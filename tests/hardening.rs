@@ -37,7 +37,6 @@ fn start_with_keys_file(keys: &str) -> (Option<i32>, String, String) {
         String::from_utf8_lossy(&out.stdout),
         String::from_utf8_lossy(&out.stderr)
     );
-    let _ = std::fs::remove_dir_all(&dir);
     (out.status.code(), printed, path.display().to_string())
 }
 
@@ -175,7 +174,6 @@ fn json_bodies_need_an_application_json_content_type() {
         body,
     );
     assert_eq!(r.status, 415, "{}", r.body);
-    let _ = std::fs::remove_dir_all(&dir);
 }
 
 #[test]
@@ -248,5 +246,4 @@ fn keyless_mode_refuses_dns_names_and_foreign_pages() {
         None,
     );
     assert_eq!(r.status, 200, "{}", r.body);
-    let _ = std::fs::remove_dir_all(&dir);
 }

@@ -71,7 +71,6 @@ fn every_config_problem_is_reported_before_exiting() {
         err.contains("max_sessions") && err.contains("line 1"),
         "{err}"
     );
-    std::fs::remove_dir_all(dir).ok();
 }
 
 /// Three typos in the file, one in a flag and one in a variable: one start names them all, each
@@ -118,7 +117,6 @@ fn every_typo_is_named_with_a_suggestion_in_one_start() {
         assert!(err.contains(needle), "{needle} missing in {err}");
     }
     assert_eq!(err.matches("\n  - ").count(), 8, "{err}");
-    std::fs::remove_dir_all(dir).ok();
 }
 
 #[test]
@@ -205,7 +203,6 @@ fn a_port_in_use_fails_start_up() {
     ]);
     assert_eq!(code, 1, "{err}");
     assert!(err.contains("cannot listen"), "{err}");
-    std::fs::remove_dir_all(dir).ok();
 }
 
 /// `--help` states the duration rule and what the state directory holds.

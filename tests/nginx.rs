@@ -278,7 +278,6 @@ fn nginx_auth_request_passes_identity_upstream_and_refuses_strangers() {
     );
     assert_eq!((r.status, r.header("set-cookie")), (401, None));
     assert!(d.metric("sessiond_touches_total{outcome=\"valid\"}") >= 2.0);
-    std::fs::remove_dir_all(dir).ok();
 }
 
 /// The `name=value` part of a `Set-Cookie`.
@@ -458,5 +457,4 @@ fn nginx_site_login_journey_with_a_stand_in_application() {
         "{r:?}"
     );
     assert_eq!(r.header("set-cookie"), Some(clear));
-    std::fs::remove_dir_all(dir).ok();
 }

@@ -1,7 +1,7 @@
 //! Restart without signing anyone out (#6): SIGTERM and SIGKILL restarts, sessions that expired
 //! while the daemon was down, torn and damaged journals, the state-directory lock.
 
-use crate::common::{Daemon, create, scratch, try_request_bytes, unsafe_free_kill, valid};
+use crate::common::{Daemon, Scratch, create, scratch, try_request_bytes, unsafe_free_kill, valid};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::Arc;
@@ -55,7 +55,8 @@ fn loaded_line(d: &Daemon) -> String {
 
 #[test]
 fn sigterm_then_start_keeps_every_session_with_its_id_deadlines_and_metadata() {
-    let state = scratch("persist-term").join("state");
+    let scratch_dir = scratch("persist-term");
+    let state = scratch_dir.join("state");
     let d = start(&state, &[]);
     let mut live = Vec::new();
     let mut revoked = Vec::new();
@@ -132,8 +133,11 @@ struct Seen {
 
 /// Creates and revokes from 4 threads until the daemon is killed; returns every acknowledged
 /// create with what happened to it, and the kill time.
-fn kill_under_load(fsync: &str) -> (PathBuf, Vec<Seen>, Instant) {
-    let state = scratch(&format!("persist-kill-{fsync}")).join("state");
+/// Returns the scratch directory with the state directory in it, the sessions the load made, and
+/// when the daemon was killed.
+fn kill_under_load(fsync: &str) -> (Scratch, PathBuf, Vec<Seen>, Instant) {
+    let scratch_dir = scratch(&format!("persist-kill-{fsync}"));
+    let state = scratch_dir.join("state");
     let d = start(&state, &["--fsync", fsync]);
     let addr = d.addr;
     let stop = Arc::new(AtomicBool::new(false));
@@ -198,11 +202,11 @@ fn kill_under_load(fsync: &str) -> (PathBuf, Vec<Seen>, Instant) {
         .flat_map(|w| w.join().unwrap())
         .collect();
     drop(d);
-    (state, seen, killed)
+    (scratch_dir, state, seen, killed)
 }
 
 fn check_after_kill(fsync: &str, bound: Duration) {
-    let (state, seen, killed) = kill_under_load(fsync);
+    let (_dir, state, seen, killed) = kill_under_load(fsync);
     assert!(
         seen.len() > 100,
         "the load made only {} sessions",
@@ -250,7 +254,8 @@ fn sigkill_under_load_with_always_loses_nothing_acknowledged() {
 
 #[test]
 fn a_session_that_expired_while_the_daemon_was_down_does_not_come_back() {
-    let state = scratch("persist-expired").join("state");
+    let scratch_dir = scratch("persist-expired");
+    let state = scratch_dir.join("state");
     let d = start(&state, &[]);
     let r = d.call(
         "PUT",
@@ -283,10 +288,11 @@ fn frames(bytes: &[u8]) -> Vec<usize> {
     out
 }
 
-/// A state directory whose only journal ends with a revocation; returns it with the tokens of
-/// the sessions before that and the token revoked last.
-fn journal_fixture(name: &str) -> (PathBuf, Vec<String>, String) {
-    let state = scratch(name).join("state");
+/// A state directory whose only journal ends with a revocation; returns it (and the scratch
+/// directory it is in) with the tokens of the sessions before that and the token revoked last.
+fn journal_fixture(name: &str) -> (Scratch, PathBuf, Vec<String>, String) {
+    let scratch_dir = scratch(name);
+    let state = scratch_dir.join("state");
     let d = start(&state, &[]);
     // Frames of one batch are ordered by shard, not by time: a pause longer than the batch
     // interval after each change puts them in the file in the order they were made.
@@ -309,7 +315,7 @@ fn journal_fixture(name: &str) -> (PathBuf, Vec<String>, String) {
     std::thread::sleep(Duration::from_millis(300));
     kill9(&d);
     drop(d);
-    (state, kept, last)
+    (scratch_dir, state, kept, last)
 }
 
 fn copy_dir(from: &Path, to: &Path) {
@@ -322,7 +328,7 @@ fn copy_dir(from: &Path, to: &Path) {
 
 #[test]
 fn truncating_the_journal_anywhere_in_its_last_record_never_blocks_start_or_loses_earlier_ones() {
-    let (state, kept, last) = journal_fixture("persist-torn");
+    let (_dir, state, kept, last) = journal_fixture("persist-torn");
     let journal = files(&state, "journal-").pop().unwrap();
     let bytes = std::fs::read(&journal).unwrap();
     let offsets = frames(&bytes);
@@ -370,7 +376,7 @@ fn run_to_exit(state: &Path, extra: &[&str]) -> (bool, String) {
 
 #[test]
 fn damage_mid_journal_stops_start_with_file_and_offset_unless_recover() {
-    let (state, kept, _) = journal_fixture("persist-damage");
+    let (_dir, state, kept, _) = journal_fixture("persist-damage");
     let journal = files(&state, "journal-").pop().unwrap();
     let mut bytes = std::fs::read(&journal).unwrap();
     let offsets = frames(&bytes);
@@ -409,7 +415,8 @@ fn damage_mid_journal_stops_start_with_file_and_offset_unless_recover() {
 
 #[test]
 fn a_corrupt_snapshot_stops_start_with_its_name_and_offset() {
-    let state = scratch("persist-snap").join("state");
+    let scratch_dir = scratch("persist-snap");
+    let state = scratch_dir.join("state");
     let d = start(&state, &[]);
     let (token, _) = create(&d, &[], r#"{"user_id": "snap"}"#);
     assert!(d.terminate().success());
@@ -430,7 +437,8 @@ fn a_corrupt_snapshot_stops_start_with_its_name_and_offset() {
 
 #[test]
 fn two_daemons_cannot_share_a_state_directory() {
-    let state = scratch("persist-lock").join("state");
+    let scratch_dir = scratch("persist-lock");
+    let state = scratch_dir.join("state");
     let _first = start(&state, &[]);
     let (ok, out) = run_to_exit(&state, &[]);
     assert!(!ok);
@@ -439,7 +447,8 @@ fn two_daemons_cannot_share_a_state_directory() {
 
 #[test]
 fn no_persist_keeps_nothing() {
-    let state = scratch("persist-off").join("state");
+    let scratch_dir = scratch("persist-off");
+    let state = scratch_dir.join("state");
     let d = start(&state, &["--no-persist"]);
     let (token, _) = create(&d, &[], r#"{"user_id": "gone"}"#);
     assert!(d.terminate().success());
@@ -451,7 +460,8 @@ fn no_persist_keeps_nothing() {
 #[test]
 fn session_routes_and_readyz_wait_until_the_sessions_are_loaded() {
     use sessiond::persist::record::{SNAPSHOT_MAGIC, put_create, put_end};
-    let state = scratch("persist-loading").join("state");
+    let scratch_dir = scratch("persist-loading");
+    let state = scratch_dir.join("state");
     std::fs::create_dir_all(&state).unwrap();
     // A snapshot of 500k sessions written with the library's own encoder: big enough that the
     // load is still running when the first requests arrive.

@@ -3,7 +3,7 @@
 //! file caught half-written (a slow in-place writer, a truncation, an empty file left behind),
 //! a large file, and SIGTERM while a reload is stuck.
 
-use crate::common::{Daemon, create, eventually, scratch, unsafe_free_kill, valid};
+use crate::common::{Daemon, Scratch, create, eventually, scratch, unsafe_free_kill, valid};
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -50,7 +50,6 @@ fn file_edited_in_place() {
     let d = Daemon::start(&["--policy-file", file.to_str().unwrap()]);
     tighten_and_observe(&d, || write(&file, TIGHT));
     assert!(d.metric("sessiond_policy_changes_total{source=\"file_watch\"}") >= 1.0);
-    std::fs::remove_dir_all(dir).ok();
 }
 
 #[test]
@@ -64,7 +63,6 @@ fn file_replaced_by_rename() {
         write(&tmp, TIGHT);
         std::fs::rename(&tmp, &file).unwrap();
     });
-    std::fs::remove_dir_all(dir).ok();
 }
 
 #[test]
@@ -85,7 +83,6 @@ fn configmap_symlink_swap() {
         std::fs::rename(dir.join("..data_tmp"), dir.join("..data")).unwrap();
         std::fs::remove_dir_all(dir.join("..v1")).unwrap();
     });
-    std::fs::remove_dir_all(dir).ok();
 }
 
 /// A policy file with a typo stops the start with exit 2, a configuration problem like a bad
@@ -109,7 +106,6 @@ fn a_broken_file_at_start_exits_2_with_its_line_and_a_suggestion() {
         ),
         "{err}"
     );
-    std::fs::remove_dir_all(dir).ok();
 }
 
 #[test]
@@ -157,7 +153,6 @@ fn broken_file_keeps_the_last_good_policies() {
             .status,
         409
     );
-    std::fs::remove_dir_all(dir).ok();
 }
 
 #[test]
@@ -196,7 +191,6 @@ fn sighup_and_reload_endpoint_reread_the_source() {
         d.metric("sessiond_policy_changes_total{source=\"reload\"}"),
         1.0
     );
-    std::fs::remove_dir_all(dir).ok();
 }
 
 #[test]
@@ -231,7 +225,6 @@ fn api_policies_survive_a_restart() {
     );
     // The reload endpoint re-reads the state file in API mode.
     assert_eq!(d.call("POST", "/v1/policy/reload", None).status, 200);
-    std::fs::remove_dir_all(dir).ok();
 }
 
 #[test]
@@ -254,7 +247,6 @@ fn unreadable_state_dir_fails_start_with_a_message() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    std::fs::remove_dir_all(dir).ok();
 }
 
 /// The application policy is 1 s (in the file and in the configuration, which applies when the
@@ -265,10 +257,11 @@ const ORG_PART: &str =
     "\n[orgs.org_target]\nsource = \"CUSTOM\"\nabsolute_timeout = { value = 1, unit = \"DAYS\" }\n";
 
 struct OrgScene {
-    dir: PathBuf,
     file: PathBuf,
     d: Daemon,
     tokens: Vec<String>,
+    /// Last: removed after the daemon that watches the file in it is stopped.
+    _dir: Scratch,
 }
 
 impl OrgScene {
@@ -296,7 +289,7 @@ impl OrgScene {
             .collect();
         std::thread::sleep(Duration::from_millis(1_100));
         let scene = OrgScene {
-            dir,
+            _dir: dir,
             file,
             d,
             tokens,
@@ -326,12 +319,6 @@ impl OrgScene {
     fn wait_settled(&self, changed: bool) {
         let want = format!("the policy file settled changed={changed}");
         wait_log(&self.d, 6, &want);
-    }
-}
-
-impl Drop for OrgScene {
-    fn drop(&mut self) {
-        std::fs::remove_dir_all(&self.dir).ok();
     }
 }
 
@@ -454,7 +441,6 @@ fn a_policy_file_with_10k_orgs_loads() {
         "{}",
         r.body
     );
-    std::fs::remove_dir_all(dir).ok();
 }
 
 #[test]
@@ -492,5 +478,4 @@ fn sigterm_does_not_wait_for_a_stuck_reload() {
     let d = Daemon::start(&args);
     assert_eq!(acme_absolute(&d), 28_800);
     drop(d);
-    std::fs::remove_dir_all(dir).ok();
 }

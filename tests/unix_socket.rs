@@ -208,7 +208,6 @@ fn unix_socket_mode_stale_file_in_use_and_clean_stop() {
     let (code, err) = refused(&["--listen", "unix:"]);
     assert_eq!(code, Some(2), "{err}");
     assert!(err.contains("has no path"), "{err}");
-    std::fs::remove_dir_all(dir).ok();
 }
 
 /// nginx's `auth_request` reaches sessiond over its Unix socket: a live session passes with
@@ -237,7 +236,6 @@ fn nginx_auth_request_through_a_unix_socket() {
     assert!(r.body.contains("x-user-id: alice\r\n"), "{}", r.body);
     assert!(r.body.contains("x-org-id: acme\r\n"), "{}", r.body);
     assert_eq!(request(front, "GET", "/page", &[], None).status, 401);
-    std::fs::remove_dir_all(dir).ok();
 }
 
 /// nginx, as its own user would run it in front of a local sessiond: `auth_request` to

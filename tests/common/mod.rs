@@ -8,7 +8,7 @@ pub mod nats;
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
@@ -21,20 +21,67 @@ pub struct Daemon {
     pub child: Child,
     pub addr: SocketAddr,
     pub logs: mpsc::Receiver<String>,
-    pub dir: PathBuf,
+    /// Its scratch directory (the state directory is `state` in it unless the test names one).
+    pub dir: Scratch,
     /// Lines printed before the start-up line (warnings about the configuration, ...).
     pub startup_logs: Vec<String>,
 }
 
-/// A scratch directory removed on drop.
-pub fn scratch(name: &str) -> PathBuf {
+/// A scratch directory under the system's temporary directory, made by [`scratch`], removed
+/// with everything in it when dropped. A failing test (a panic unwinding) keeps it and prints
+/// its path, for a look at what the daemon or the servers left there.
+pub struct Scratch(PathBuf);
+
+impl Scratch {
+    pub fn path(&self) -> &Path {
+        &self.0
+    }
+}
+
+impl std::ops::Deref for Scratch {
+    type Target = Path;
+    fn deref(&self) -> &Path {
+        &self.0
+    }
+}
+
+impl AsRef<Path> for Scratch {
+    fn as_ref(&self) -> &Path {
+        &self.0
+    }
+}
+
+impl AsRef<std::ffi::OsStr> for Scratch {
+    fn as_ref(&self) -> &std::ffi::OsStr {
+        self.0.as_os_str()
+    }
+}
+
+impl std::fmt::Debug for Scratch {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.0.fmt(f)
+    }
+}
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            eprintln!("kept for inspection: {}", self.0.display());
+        } else {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
+}
+
+/// A fresh scratch directory named after `name`, removed when the returned guard is dropped.
+pub fn scratch(name: &str) -> Scratch {
     let dir = std::env::temp_dir().join(format!(
         "sessiond-test-{name}-{}-{}",
         std::process::id(),
         Instant::now().elapsed().as_nanos() ^ (rand_u64() & 0xffff_ffff) as u128
     ));
     std::fs::create_dir_all(&dir).unwrap();
-    dir
+    Scratch(dir)
 }
 
 fn rand_u64() -> u64 {
@@ -231,7 +278,7 @@ impl Drop for Daemon {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
-        let _ = std::fs::remove_dir_all(&self.dir);
+        // `dir` is removed after this, when the fields are dropped.
     }
 }
 

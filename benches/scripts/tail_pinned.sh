@@ -5,6 +5,8 @@
 # with --no-persist, 8 s each, 100k sessions, 32 connections.
 # Usage: benches/scripts/tail_pinned.sh SESSIOND_BINARY MIX RATE ROUNDS [sessiond args...]
 #   e.g. benches/scripts/tail_pinned.sh target/release/sessiond auth 5000 2
+# SESSIOND_BINARY may be several, comma-separated: each round then runs each in turn (builds
+# compared in the same minutes). MODES="journal" (or "no-persist") runs only that mode.
 # With `nginx` as the binary it measures the same way an nginx (1 worker, pinned the same) that
 # answers every request with a fixed 200 (one process: no master): the machine's and the
 # generator's own tail.
@@ -35,17 +37,21 @@ CONF
   done
   exit 0
 fi
+IFS=, read -r -a bins <<< "$bin"
 for _ in $(seq 1 "$rounds"); do
-  for mode in journal no-persist; do
+ for b in "${bins[@]}"; do
+  tag=; [ ${#bins[@]} -gt 1 ] && tag=$(basename "$b")
+  for mode in ${MODES:-journal no-persist}; do
     st=$(mktemp -d); port=$((18300 + RANDOM % 500))
     if [ "$mode" = journal ]; then persist=(--state-dir "$st/s"); else persist=(--no-persist); fi
-    taskset -c "$dcpu" "$bin" --listen 127.0.0.1:$port --http-workers 1 "${persist[@]}" "$@" \
+    taskset -c "$dcpu" "$b" --listen 127.0.0.1:$port --http-workers 1 "${persist[@]}" "$@" \
       > "$st/log" 2>&1 &
     pid=$!
     for _ in $(seq 50); do curl -sf 127.0.0.1:$port/readyz > /dev/null && break; sleep 0.1; done
     taskset -c "$gcpu" "$load" --target http://127.0.0.1:$port --pid $pid --mix "$mix" \
       --rate "$rate" --duration 8 --sessions 100000 --connections 32 --json --sample-us "$sample" 2>/dev/null \
-      | report "$mix" "$mode"
+      | report "$mix" "$mode" $tag
     kill $pid; wait $pid 2>/dev/null || true; rm -rf "$st"
   done
+ done
 done

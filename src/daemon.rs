@@ -152,6 +152,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         listen = %local,
         http_workers = config.http_workers,
         pin_workers = %config.pin_workers,
+        write_gate = config.write_gate,
         header_read_timeout_secs = limits.header_read_timeout.as_secs(),
         keepalive_timeout_secs = limits.keepalive_timeout.as_secs(),
         max_connections = limits.max_connections,
@@ -181,6 +182,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         apps,
         limits,
         config.pin_workers,
+        config.write_gate,
         shutdown.at(Stage::Draining),
     )
     .context("cannot start the HTTP workers")?;

@@ -57,6 +57,8 @@ pub struct Config {
     pub http_workers: usize,
     /// Which core each HTTP worker runs on (`server::pin`).
     pub pin_workers: crate::server::pin::PinWorkers,
+    /// Whether each HTTP worker writes a pass's answers together (`server::gate`).
+    pub write_gate: bool,
     pub shutdown_grace: Duration,
     /// A request's head must arrive within this of its first byte (see `server`).
     pub header_read_timeout: Duration,
@@ -233,6 +235,7 @@ impl Config {
             )
         });
         let pin_workers = p.parse(s.pin_workers, Default::default, str::parse);
+        let write_gate = p.parse(s.write_gate, || true, |t| parse_bool("write_gate", t));
         let secs = Duration::from_secs;
         let shutdown_grace = p.parse(
             s.shutdown_grace,
@@ -322,6 +325,7 @@ impl Config {
             insecure_no_auth,
             http_workers,
             pin_workers,
+            write_gate,
             shutdown_grace,
             header_read_timeout,
             keepalive_timeout,

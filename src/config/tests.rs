@@ -205,6 +205,33 @@ fn connection_limits() {
     std::fs::remove_dir_all(&dir).ok();
 }
 
+#[test]
+fn write_gate_is_on_unless_turned_off() {
+    assert!(Config::load(cli(&[])).unwrap().write_gate);
+    assert!(
+        !Config::load(cli(&["--write-gate", "false"]))
+            .unwrap()
+            .write_gate
+    );
+    assert!(
+        Config::load(cli(&["--write-gate", "true"]))
+            .unwrap()
+            .write_gate
+    );
+    let e = Config::load(cli(&["--write-gate", "off"])).unwrap_err();
+    assert!(
+        e.to_string()
+            .contains("write_gate \"off\" is not true or false"),
+        "{e}"
+    );
+    let dir = scratch("gate");
+    let path = dir.join("c.toml");
+    std::fs::write(&path, "write_gate = false\n").unwrap();
+    let c = Config::load(cli(&["--config", path.to_str().unwrap()])).unwrap();
+    assert!(!c.write_gate);
+    std::fs::remove_dir_all(&dir).ok();
+}
+
 /// The settle window's forms are tested in `parse`; here, that the flag reaches the config.
 #[test]
 fn policy_file_settle_is_a_bounded_duration() {

@@ -57,6 +57,12 @@ pub(super) fn hold(waker: &Waker) -> bool {
     })
 }
 
+/// Whether a gate runs on this thread (for tests of the worker's setting).
+#[cfg(test)]
+pub(super) fn running() -> bool {
+    GATE.with(|g| g.borrow().running)
+}
+
 /// Runs the gate on this thread until dropped: each time a task is held, after the tasks
 /// queued before it, it wakes every task held since (invariant 13).
 pub(super) async fn run() {

@@ -48,7 +48,8 @@
 //!     seen at the next read, after the answer (`worker`).
 //! 13. The answers a worker makes in one pass over its ready connections are written together
 //!     at the pass's end, not each as it is made (`gate`): a client on the same host is then
-//!     woken once per pass, not once per answer. A held answer waits at most one pass.
+//!     woken once per pass, not once per answer. A held answer waits at most one pass. With
+//!     `--write-gate false` no worker runs a gate, and each answer is written as it is made.
 //! 14. No answer stays held: a worker that stops releases every held write (`gate`).
 //! 15-16. How a worker tells its connections that the drain has begun, at one flag read per
 //!     wake-up: see `drain`.
@@ -100,14 +101,15 @@ pub struct Workers {
     count: usize,
 }
 
-/// Starts one worker per app in `apps` (a router, or `http::App`), pinned as `pinning` says (invariant 11), and the
-/// acceptor that feeds them from `listener`; they drain and end when `stop` is set
-/// (invariant 2).
+/// Starts one worker per app in `apps` (a router, or `http::App`), pinned as `pinning` says
+/// (invariant 11), each with a write gate if `write_gate` (invariant 13), and the acceptor that
+/// feeds them from `listener`; they drain and end when `stop` is set (invariant 2).
 pub fn start<A: App>(
     listener: Listener,
     apps: Vec<A>,
     limits: Limits,
     pinning: pin::PinWorkers,
+    write_gate: bool,
     stop: Stop,
 ) -> std::io::Result<Workers> {
     let (done_tx, done) = mpsc::unbounded_channel();
@@ -133,8 +135,8 @@ pub fn start<A: App>(
                     let _ = pinned_tx.send((i, core, pin::pin_current_thread(core)));
                 }
                 drop(pinned_tx);
-                let result =
-                    current_thread().map(|rt| rt.block_on(worker::serve(i, rx, app, limits, stop)));
+                let result = current_thread()
+                    .map(|rt| rt.block_on(worker::serve(i, rx, app, limits, write_gate, stop)));
                 let _ = done_tx.send(result);
             })?;
     }

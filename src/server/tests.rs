@@ -199,6 +199,7 @@ fn connections_past_the_cap_are_refused_at_once() {
         vec![app.clone(), app],
         limits,
         Off,
+        true,
         shutdown.at(Stage::Draining),
     )
     .unwrap();
@@ -253,32 +254,42 @@ fn refusals_are_logged_at_most_once_per_period() {
     assert_eq!(r.tick(t + LOG_EVERY * 2), Some(1));
 }
 
-/// A request through the acceptor and a worker, then a drain that ends both.
+/// A request through the acceptor and a worker, then a drain that ends both; with the write
+/// gate and without it (invariant 13).
 #[test]
 fn serves_and_drains() {
-    let (listener, addr) = bind_tcp();
-    let app = || Router::new().route("/", get(|| async { "ok" }));
-    let shutdown = Shutdown::new();
-    let workers = start(
-        listener,
-        vec![app(), app()],
-        LIMITS,
-        Off,
-        shutdown.at(Stage::Draining),
-    )
-    .unwrap();
-    use std::io::{Read, Write};
-    let mut s = std::net::TcpStream::connect(addr).unwrap();
-    s.write_all(b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+    for write_gate in [true, false] {
+        let (listener, addr) = bind_tcp();
+        // The handler runs on the worker's thread: it tells whether a gate runs there.
+        let app = || {
+            Router::new().route(
+                "/",
+                get(|| async { format!("gate {}", super::gate::running()) }),
+            )
+        };
+        let shutdown = Shutdown::new();
+        let workers = start(
+            listener,
+            vec![app(), app()],
+            LIMITS,
+            Off,
+            write_gate,
+            shutdown.at(Stage::Draining),
+        )
         .unwrap();
-    let mut answer = String::new();
-    s.read_to_string(&mut answer).unwrap();
-    assert!(
-        answer.starts_with("HTTP/1.1 200") && answer.ends_with("ok"),
-        "{answer}"
-    );
-    shutdown.advance(Stage::Draining);
-    current_thread().unwrap().block_on(workers.wait()).unwrap();
+        use std::io::{Read, Write};
+        let mut s = std::net::TcpStream::connect(addr).unwrap();
+        s.write_all(b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+            .unwrap();
+        let mut answer = String::new();
+        s.read_to_string(&mut answer).unwrap();
+        assert!(
+            answer.starts_with("HTTP/1.1 200") && answer.ends_with(&format!("gate {write_gate}")),
+            "write gate {write_gate}: {answer}"
+        );
+        shutdown.advance(Stage::Draining);
+        current_thread().unwrap().block_on(workers.wait()).unwrap();
+    }
 }
 
 /// One worker serving `app` with the default limits, unpinned, until `shutdown` drains it.
@@ -288,6 +299,7 @@ fn serve_one(listener: Listener, app: Router, shutdown: &Shutdown) -> Workers {
         vec![app],
         LIMITS,
         Off,
+        true,
         shutdown.at(Stage::Draining),
     )
     .unwrap()

@@ -49,6 +49,7 @@ pub(super) async fn serve<A: App>(
     mut rx: mpsc::UnboundedReceiver<Handoff>,
     app: A,
     limits: Limits,
+    write_gate: bool,
     stop: Stop,
 ) {
     let mut http = hyper::server::conn::http1::Builder::new();
@@ -62,8 +63,9 @@ pub(super) async fn serve<A: App>(
     http.half_close(true);
     // Each connection task holds a receiver; `closed` resolves when the last is gone.
     let (drained_tx, drained_rx) = watch::channel(());
-    // Invariant 13: this worker's answers of one pass go out together.
-    let gate = tokio::spawn(super::gate::run());
+    // Invariant 13: this worker's answers of one pass go out together (unless turned off: a
+    // thread without a running gate holds nothing).
+    let gate = write_gate.then(|| tokio::spawn(super::gate::run()));
     // Invariant 17: how late this worker runs, for `/metrics`.
     let lag = tokio::spawn(super::lag::run(index));
     loop {
@@ -88,7 +90,9 @@ pub(super) async fn serve<A: App>(
     drain::begin();
     drop(drained_rx);
     drained_tx.closed().await;
-    gate.abort(); // releases anything still held (invariant 14)
+    if let Some(gate) = gate {
+        gate.abort(); // releases anything still held (invariant 14)
+    }
     lag.abort();
 }
 

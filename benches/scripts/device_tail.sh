@@ -1,13 +1,15 @@
 #!/bin/bash
 # Auth's tail at half peak on the lent 16-core machine (issue #27), and what stalls it: auth
 # open loop at RATE/s against the daemon on cores 0-1 (2 workers, journal on), workers pinned
-# (the default), PINNED rounds of a fresh daemon each, then one unpinned for contrast; with
+# (the default), PINNED rounds of a fresh daemon each, the first GATE_OFF of them each followed
+# by one with `--write-gate false` (the gate's cost in the tail, in the same minutes), then one
+# unpinned for contrast; with
 # SUSPECTS=1, unpinned with the suspects removed one at a time (state on tmpfs, `--fsync no`,
 # `--no-persist`, a third core). Per round it prints each daemon thread's wait in the run queue
 # and involuntary switches, the softirq time of cores 0-3, every other thread of the machine
 # that took CPU, each core's steal, and the round's stall episodes with what the daemon's
 # threads and the cores did during each (the generator's --sample-us timeline). Then the
-# ceiling, pinned. About 2.5 minutes.
+# ceiling, pinned. About 3.5 minutes.
 # Packed by benches/scripts/device_prepare.sh; then
 #   run(command="bash .devperf/device_tail.sh", carry=[".devperf"], timeout_s=300)
 # Small sizes on 2 cores, to check the script:
@@ -16,7 +18,7 @@ set -u
 cd "$(dirname "$0")"
 O=${OUT:-/tmp/diag-out}; mkdir -p "$O"
 RATE=${RATE:-96410}; DUR=${DUR:-5}; ROUNDS=${ROUNDS:-3}; LC=${LC:-4-15}; TH=${TH:-6}
-PINNED=${PINNED:-8}; SUSPECTS=${SUSPECTS:-0}; SAMPLE_US=${SAMPLE_US:-1000}
+PINNED=${PINNED:-8}; GATE_OFF=${GATE_OFF:-4}; SUSPECTS=${SUSPECTS:-0}; SAMPLE_US=${SAMPLE_US:-1000}
 DC=${DC:-0,1}; DC3=${DC3:-0-2}  # the daemon's 2 cores, and 3 for the last check
 L=(taskset -c "$LC" ./load --threads "$TH" --connections 128 --sessions 100000 --json
    --sample-us "$SAMPLE_US")
@@ -82,9 +84,14 @@ open_auth() { # $1: a label
 }
 summary() { python3 ceiling_summary.py "$1"; } # $1: the JSON file of a ceiling run
 echo "== auth open loop at $RATE/s, cores $DC, journal on, workers pinned (the default): $PINNED rounds"
-for _ in $(seq "$PINNED"); do
+echo "   (the first $GATE_OFF each followed by one with --write-gate false)"
+for i in $(seq "$PINNED"); do
   start_sd "" "$DC"; grep -o 'HTTP workers pinned.*' "$O/sessiond.log" | head -1
   ROUNDS=1 open_auth "pinned (auto)"; stop_sd
+  if [ "$i" -le "$GATE_OFF" ]; then
+    start_sd "" "$DC" --write-gate false
+    ROUNDS=1 open_auth "pinned (auto), --write-gate false"; stop_sd
+  fi
 done
 start_sd "" "$DC" --pin-workers off; ROUNDS=1 open_auth "not pinned (off), for contrast"; stop_sd
 if [ "$SUSPECTS" = 1 ]; then

@@ -14,7 +14,7 @@ tgt=${CARGO_TARGET_DIR:-target}
 persist=$(ls -t "$tgt"/release/deps/persist-* | grep -v "\.d$" | head -1)
 cp "$persist" .devperf/persist && strip .devperf/persist
 cp benches/scripts/device_plan.sh benches/scripts/device_tail.sh benches/scripts/ceiling_summary.py \
-  benches/scripts/open_summary.py .devperf/
+  benches/scripts/open_summary.py benches/scripts/tail_verdict.py .devperf/
 if [ -n "${BASE:-}" ]; then
   rev=$(git rev-parse --short "$BASE")
   rm -rf /tmp/sessiond-base && git worktree add -f --detach /tmp/sessiond-base "$rev"

@@ -9,14 +9,15 @@
 # and involuntary switches, the softirq time of cores 0-3, every other thread of the machine
 # that took CPU, each core's steal, and the round's stall episodes with what the daemon's
 # threads and the cores did during each (the generator's --sample-us timeline). Then the
-# ceiling, pinned. About 3.5 minutes.
+# ceiling, pinned, and the verdict on issue #27's tail targets over the rounds
+# (tail_verdict.py); each round's JSON stays in $OUT. About 4 minutes.
 # Packed by benches/scripts/device_prepare.sh; then
-#   run(command="bash .devperf/device_tail.sh", carry=[".devperf"], timeout_s=300)
+#   run(command="bash .devperf/device_tail.sh", carry=[".devperf"], timeout_s=420)
 # Small sizes on 2 cores, to check the script:
 #   RATE=5000 DUR=1 ROUNDS=1 LC=1 TH=1 DC=0 DC3=0 bash .devperf/device_tail.sh
 set -u
 cd "$(dirname "$0")"
-O=${OUT:-/tmp/diag-out}; mkdir -p "$O"
+O=${OUT:-/tmp/diag-out}; mkdir -p "$O"; rm -f "$O"/round-*.json
 RATE=${RATE:-96410}; DUR=${DUR:-5}; ROUNDS=${ROUNDS:-3}; LC=${LC:-4-15}; TH=${TH:-6}
 PINNED=${PINNED:-8}; GATE_OFF=${GATE_OFF:-4}; SUSPECTS=${SUSPECTS:-0}; SAMPLE_US=${SAMPLE_US:-1000}
 DC=${DC:-0,1}; DC3=${DC3:-0-2}  # the daemon's 2 cores, and 3 for the last check
@@ -72,13 +73,15 @@ busy = [f"{names[t][0]}(cpu{names[t][1]}) {d*10} ms" for d, t in busy
 print("    other threads: " + "; ".join(busy))
 PY
 }
-open_auth() { # $1: a label
+N=0
+open_auth() { # $1: a label; $2: a name for its rounds' JSON files (round-NN-NAME.json in $O)
   for _ in $(seq "$ROUNDS"); do
+    N=$((N + 1)); f="$O/round-$(printf %02d $N)-$2.json"
     sample > "$O/a.txt"
     timeout 60 "${L[@]}" --target http://127.0.0.1:18080 --pid "$SP" --mix auth --rate "$RATE" \
-      --duration "$DUR" 2> /dev/null > "$O/open.json"
+      --duration "$DUR" 2> /dev/null > "$f"
     sample > "$O/b.txt"
-    python3 open_summary.py "$O/open.json" "$1" 4
+    python3 open_summary.py "$f" "$1" 4
     diff_samples "$O/a.txt" "$O/b.txt"
   done
 }
@@ -87,20 +90,20 @@ echo "== auth open loop at $RATE/s, cores $DC, journal on, workers pinned (the d
 echo "   (the first $GATE_OFF each followed by one with --write-gate false)"
 for i in $(seq "$PINNED"); do
   start_sd "" "$DC"; grep -o 'HTTP workers pinned.*' "$O/sessiond.log" | head -1
-  ROUNDS=1 open_auth "pinned (auto)"; stop_sd
+  ROUNDS=1 open_auth "pinned (auto)" pinned; stop_sd
   if [ "$i" -le "$GATE_OFF" ]; then
     start_sd "" "$DC" --write-gate false
-    ROUNDS=1 open_auth "pinned (auto), --write-gate false"; stop_sd
+    ROUNDS=1 open_auth "pinned (auto), --write-gate false" pinned-gate-off; stop_sd
   fi
 done
-start_sd "" "$DC" --pin-workers off; ROUNDS=1 open_auth "not pinned (off), for contrast"; stop_sd
+start_sd "" "$DC" --pin-workers off; ROUNDS=1 open_auth "not pinned (off), for contrast" unpinned; stop_sd
 if [ "$SUSPECTS" = 1 ]; then
   echo "== unpinned, one suspect removed at a time"
-  SD=/dev/shm/sd-state; start_sd "" "$DC" --pin-workers off; open_auth "state on tmpfs"; stop_sd
+  SD=/dev/shm/sd-state; start_sd "" "$DC" --pin-workers off; open_auth "state on tmpfs" tmpfs; stop_sd
   SD=/tmp/sd-state
-  start_sd "" "$DC" --pin-workers off --fsync no; open_auth "--fsync no"; stop_sd
-  start_sd "" "$DC" --pin-workers off --no-persist; open_auth "--no-persist"; stop_sd
-  start_sd "" "$DC3" --pin-workers off; open_auth "3 cores, 2 workers"; stop_sd
+  start_sd "" "$DC" --pin-workers off --fsync no; open_auth "--fsync no" fsync-no; stop_sd
+  start_sd "" "$DC" --pin-workers off --no-persist; open_auth "--no-persist" no-persist; stop_sd
+  start_sd "" "$DC3" --pin-workers off; open_auth "3 cores, 2 workers" 3-cores; stop_sd
 fi
 echo "== the ceiling, pinned (auto)"
 start_sd "" "$DC"
@@ -108,4 +111,6 @@ timeout 200 "${L[@]}" --target http://127.0.0.1:18080 --pid "$SP" --scenario cei
   --rounds 3 --duration "$DUR" > "$O/ceiling-pinned.json" 2> "$O/ceiling-pinned.err"
 summary "$O/ceiling-pinned.json"
 stop_sd
+echo "== issue #27's tail targets over these rounds (each round's JSON is in $O)"
+python3 tail_verdict.py "$O"/round-*.json
 echo done

@@ -147,8 +147,8 @@ settings! {
         pub pin_workers: Option<String>,
         /// Whether each HTTP worker writes the answers of one pass over its ready connections
         /// together, at the pass's end: true|false [default: true]. A gateway on the same host
-        /// is then woken once per pass, not per answer (less CPU on both sides); an answer may
-        /// wait up to one pass.
+        /// over TCP is then woken once per pass, not per answer (less CPU on both sides); an
+        /// answer may wait up to one pass.
         // Text on the command line (checked in `Config::load`), a boolean in the file.
         #[arg(long, env = "SESSIOND_WRITE_GATE")]
         #[serde(default, deserialize_with = "super::parse::bool_as_text")]

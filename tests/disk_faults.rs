@@ -12,12 +12,14 @@ use std::process::Command;
 
 /// A 4 MiB tmpfs mounted on `mnt` in a scratch directory; unmounted on drop, and the scratch
 /// directory removed after it.
-struct Tmpfs {
-    mnt: PathBuf,
-    _dir: Scratch,
-}
+struct Tmpfs(Scratch);
 
 impl Tmpfs {
+    /// The mount point.
+    fn mnt(&self) -> PathBuf {
+        self.0.join("mnt")
+    }
+
     fn mount(name: &str) -> Option<Tmpfs> {
         let scratch_dir = scratch(name);
         let dir = scratch_dir.join("mnt");
@@ -31,19 +33,16 @@ impl Tmpfs {
             eprintln!("skipped: mounting a tmpfs needs root ({name})");
             return None;
         }
-        Some(Tmpfs {
-            mnt: dir,
-            _dir: scratch_dir,
-        })
+        Some(Tmpfs(scratch_dir))
     }
 
     fn state(&self) -> PathBuf {
-        self.mnt.join("state")
+        self.mnt().join("state")
     }
 
     /// Fills the disk to the last byte.
     fn fill(&self) {
-        let mut f = std::fs::File::create(self.mnt.join("filler")).unwrap();
+        let mut f = std::fs::File::create(self.mnt().join("filler")).unwrap();
         let block = vec![0xa5u8; 64 << 10];
         while f.write_all(&block).is_ok() {}
         let mut byte = [0u8; 1];
@@ -53,14 +52,14 @@ impl Tmpfs {
     }
 
     fn free(&self) {
-        std::fs::remove_file(self.mnt.join("filler")).unwrap();
+        std::fs::remove_file(self.mnt().join("filler")).unwrap();
     }
 }
 
 impl Drop for Tmpfs {
     fn drop(&mut self) {
-        let _ = Command::new("umount").arg("-l").arg(&self.mnt).status();
-        // The scratch directory (`_dir`) is removed after this, when the fields are dropped.
+        let _ = Command::new("umount").arg("-l").arg(self.mnt()).status();
+        // The scratch directory (field 0) is removed after this, when the fields are dropped.
     }
 }
 

@@ -133,9 +133,9 @@ struct Seen {
 
 /// Creates and revokes from 4 threads until the daemon is killed; returns every acknowledged
 /// create with what happened to it, and the kill time.
-/// Returns the scratch directory with the state directory in it, the sessions the load made, and
-/// when the daemon was killed.
-fn kill_under_load(fsync: &str) -> (Scratch, PathBuf, Vec<Seen>, Instant) {
+/// Returns the scratch directory with the state directory (`state`) in it, the sessions the load
+/// made, and when the daemon was killed.
+fn kill_under_load(fsync: &str) -> (Scratch, Vec<Seen>, Instant) {
     let scratch_dir = scratch(&format!("persist-kill-{fsync}"));
     let state = scratch_dir.join("state");
     let d = start(&state, &["--fsync", fsync]);
@@ -202,11 +202,12 @@ fn kill_under_load(fsync: &str) -> (Scratch, PathBuf, Vec<Seen>, Instant) {
         .flat_map(|w| w.join().unwrap())
         .collect();
     drop(d);
-    (scratch_dir, state, seen, killed)
+    (scratch_dir, seen, killed)
 }
 
 fn check_after_kill(fsync: &str, bound: Duration) {
-    let (_dir, state, seen, killed) = kill_under_load(fsync);
+    let (dir, seen, killed) = kill_under_load(fsync);
+    let state = dir.join("state");
     assert!(
         seen.len() > 100,
         "the load made only {} sessions",
@@ -288,9 +289,9 @@ fn frames(bytes: &[u8]) -> Vec<usize> {
     out
 }
 
-/// A state directory whose only journal ends with a revocation; returns it (and the scratch
-/// directory it is in) with the tokens of the sessions before that and the token revoked last.
-fn journal_fixture(name: &str) -> (Scratch, PathBuf, Vec<String>, String) {
+/// A state directory (`state` in the scratch directory returned) whose only journal ends with a
+/// revocation, with the tokens of the sessions before that and the token revoked last.
+fn journal_fixture(name: &str) -> (Scratch, Vec<String>, String) {
     let scratch_dir = scratch(name);
     let state = scratch_dir.join("state");
     let d = start(&state, &[]);
@@ -315,7 +316,7 @@ fn journal_fixture(name: &str) -> (Scratch, PathBuf, Vec<String>, String) {
     std::thread::sleep(Duration::from_millis(300));
     kill9(&d);
     drop(d);
-    (scratch_dir, state, kept, last)
+    (scratch_dir, kept, last)
 }
 
 fn copy_dir(from: &Path, to: &Path) {
@@ -328,7 +329,8 @@ fn copy_dir(from: &Path, to: &Path) {
 
 #[test]
 fn truncating_the_journal_anywhere_in_its_last_record_never_blocks_start_or_loses_earlier_ones() {
-    let (_dir, state, kept, last) = journal_fixture("persist-torn");
+    let (dir, kept, last) = journal_fixture("persist-torn");
+    let state = dir.join("state");
     let journal = files(&state, "journal-").pop().unwrap();
     let bytes = std::fs::read(&journal).unwrap();
     let offsets = frames(&bytes);
@@ -376,7 +378,8 @@ fn run_to_exit(state: &Path, extra: &[&str]) -> (bool, String) {
 
 #[test]
 fn damage_mid_journal_stops_start_with_file_and_offset_unless_recover() {
-    let (_dir, state, kept, _) = journal_fixture("persist-damage");
+    let (dir, kept, _) = journal_fixture("persist-damage");
+    let state = dir.join("state");
     let journal = files(&state, "journal-").pop().unwrap();
     let mut bytes = std::fs::read(&journal).unwrap();
     let offsets = frames(&bytes);

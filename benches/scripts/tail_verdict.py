@@ -39,10 +39,10 @@ def main(paths):
     for p in sorted(paths):
         m = re.search(r"round-\d+-(.+)\.json$", p)
         label = m.group(1) if m else p
-        groups.setdefault(label, []).append((p, load(p)))
+        groups.setdefault(label, []).append(load(p))
     for label, rounds in groups.items():
         print(f"== {label}: {len(rounds)} rounds")
-        for p, r in rounds:
+        for r in rounds:
             steal = ("" if r["with_steal"] is None else
                      f", {r['with_steal']} with steal (other windows: {r['windows_steal']} of {r['windows']})")
             probe = "" if r["ticks"] is None else f"; probe ticks > 10 ms late: {r['late10']:.0f} of {r['ticks']:.0f}"
@@ -52,9 +52,9 @@ def main(paths):
     if not pinned:
         print("no pinned rounds: no verdict")
         return
-    p99 = [r["p99"] for _, r in pinned]
-    p999 = [r["p999"] for _, r in pinned]
-    bad = [r for _, r in pinned if r["p999"] > 5]
+    p99 = [r["p99"] for r in pinned]
+    p999 = [r["p999"] for r in pinned]
+    bad = [r for r in pinned if r["p999"] > 5]
     print(f"== targets over the {len(pinned)} pinned rounds (the default: gate on)")
     print(f"  p99 <= 1 ms: {'met' if max(p99) <= 1 else 'MISSED'} ({min(p99)}-{max(p99)} ms)")
     print(f"  p99.9 <= 5 ms: {'met' if not bad else 'MISSED in %d rounds' % len(bad)}"
@@ -65,8 +65,8 @@ def main(paths):
     off = groups.get("pinned-gate-off", [])
     if off:
         med = statistics.median
-        print(f"  write gate off ({len(off)} rounds): p99 median {med([r['p99'] for _, r in off])} ms"
-              f" against {med(p99)} ms with it; p99.9 median {med([r['p999'] for _, r in off])}"
+        print(f"  write gate off ({len(off)} rounds): p99 median {med([r['p99'] for r in off])} ms"
+              f" against {med(p99)} ms with it; p99.9 median {med([r['p999'] for r in off])}"
               f" against {med(p999)} ms")
 
 

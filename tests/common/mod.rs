@@ -32,12 +32,6 @@ pub struct Daemon {
 /// its path, for a look at what the daemon or the servers left there.
 pub struct Scratch(PathBuf);
 
-impl Scratch {
-    pub fn path(&self) -> &Path {
-        &self.0
-    }
-}
-
 impl std::ops::Deref for Scratch {
     type Target = Path;
     fn deref(&self) -> &Path {

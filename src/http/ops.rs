@@ -1,6 +1,15 @@
 //! Operational endpoints: `/metrics`, `/healthz`, `/readyz` (no authentication: they reveal no
 //! session data, and probes and scrapers should not need keys), and `/v1/cluster` (admin: it
 //! names the nodes).
+//!
+//! Invariants:
+//! 1. `/healthz` says only that the process answers; `/readyz` says whether it should get
+//!    traffic: not before start-up has loaded the state, not once shutdown has begun, not
+//!    while another daemon holds the state directory (fenced), and not while a cluster node
+//!    is behind the stream (unless NATS has been out of reach past
+//!    `--cluster-ready-timeout`: `cluster`, invariant 4).
+//! 2. `/metrics` renders the registry and the live session count at the moment of the scrape;
+//!    no label carries a token or a user's id.
 
 use super::AppState;
 use axum::extract::State;

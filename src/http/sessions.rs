@@ -1,4 +1,20 @@
 //! Session endpoints: create, validate, touch, revoke (gateway) and the admin views.
+//!
+//! Invariants:
+//! 1. Every endpoint checks its key before it reads a body: the gateway's role for create,
+//!    validate, touch and revoke, the admin's for the rest.
+//! 2. A write is answered only once it is on disk as the fsync policy asks (`durable`); create,
+//!    revoke and the admin revocations also wait until the cluster has it (`replicated`).
+//!    A touch does not: activity only slides this node's idle deadline sooner or later
+//!    elsewhere (docs/cluster.md).
+//! 3. A token or id this node does not know is looked up again once the node has caught up
+//!    with the cluster's stream, so a session made on another node a moment ago is found; a
+//!    revoke never answers for a session it could not look for.
+//! 4. Validate and touch answer 200 with `valid` true or false and the reason: an unknown or
+//!    expired token is an answer, not an error. A malformed body is a 4xx (`error.rs`).
+//! 5. The admin views show live sessions only (deadline after now), swept or not.
+//! 6. A revoke is idempotent: 204 whether or not the token named a session, with the
+//!    `Set-Cookie` that clears the browser's cookie.
 
 use super::AppState;
 use super::error::ApiError;

@@ -2,6 +2,17 @@
 //! hand: a few requests of known shape do not justify a client crate, and the generator's own
 //! CPU is taken from the server it shares the machine with. The operations of the mix are
 //! expressed for each.
+//!
+//! Invariants:
+//! 1. One request in flight per connection; an answer is read whole (sessiond's always carry
+//!    `Content-Length` or no body) before the next request is written.
+//! 2. A request is a success only when its answer says so: the expected status, and for
+//!    validate and touch a body that begins `{"valid":true`; a Redis GET of a key the pool
+//!    holds must find it. Anything else is a `Failure` of a named kind, counted by the run.
+//! 3. An answer this code does not understand (no `Content-Length`, a head over its bound) is
+//!    an I/O failure, never guessed at.
+//! 4. The hot operations build nothing per request: the request is written from one reused
+//!    buffer, from slices handed over.
 
 use axum::body::Bytes;
 use std::io::Write as _;

@@ -4,6 +4,14 @@
 //! on a Unix domain socket (`unix:PATH` running, or `sessiond+unix` started here), or a Redis
 //! server (started here, or at a `redis://host:port` URL). Also where memory and metrics are
 //! read from (the first node of a list).
+//!
+//! Invariants:
+//! 1. A target this tool starts is its own: a fresh scratch directory, a free port (or
+//!    socket), and the process killed and the directory removed when the `Target` drops.
+//! 2. A target given by address is only reached, never stopped; its CPU time is reported only
+//!    when its pid is known (`--pid`, or on loopback Redis's own `INFO server`).
+//! 3. Connection `i` goes to node `i mod N` of a list; metrics, memory, counts and admin
+//!    requests go to the first node.
 
 use crate::conn::{Addr, Conn, HttpConn, RedisConn, Reply};
 use std::io::{BufRead, BufReader};

@@ -394,6 +394,7 @@ pub async fn preload(
     Ok((out, start.elapsed(), stats))
 }
 
+/// Runs validate traffic on `ws` in the background for at most `max`; the caller tags
 /// phases through `sh.tag` and ends it with `sh.stop`.
 pub fn background(
     t: &Target,

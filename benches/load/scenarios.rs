@@ -99,6 +99,7 @@ async fn until_count(t: &Target, level: u64, timeout: Duration) -> Option<Instan
     None
 }
 
+/// An expiry storm: `storm_sessions` sessions whose deadlines fall together while validate
 /// traffic continues.
 pub async fn storm(args: &Args, t: &Target) -> Result<Value, String> {
     let ws = workers(t, args.connections, args.sessions, args.orgs).await?;

@@ -14,7 +14,7 @@
 use crate::args::{Args, Mix};
 use crate::conn::Op;
 use crate::cpu;
-use crate::drive::{drive, preload, progress, shared, workers};
+use crate::drive::{drive, preloaded, progress, shared};
 use crate::stats::{Stats, pct, run_json};
 use crate::target::Target;
 use hdrhistogram::Histogram;
@@ -26,16 +26,7 @@ use std::time::Duration;
 /// healthz vs auth vs validate at the same connection count, then auth open-loop at half its
 /// peak (issue #10 part 3).
 pub async fn ceiling(args: &Args, t: &Target) -> Result<Value, String> {
-    let ws = workers(t, args.connections, args.sessions, args.orgs).await?;
-    let orgs = args.orgs.max(1);
-    let (mut ws, _, _) = preload(
-        t,
-        ws,
-        args.sessions,
-        move |i| format!("org{}", i % orgs),
-        "preload",
-    )
-    .await?;
+    let (mut ws, _, _) = preloaded(args, t).await?;
     let d = Duration::from_secs_f64(args.duration);
     let mut out = serde_json::Map::new();
     let ops = [Op::Healthz, Op::Auth, Op::Validate];

@@ -20,7 +20,7 @@
 //! 5. Workers come back from a run with their connections and pools, so a scenario measures
 //!    several runs on one preload.
 
-use crate::args::Mix;
+use crate::args::{Args, Mix};
 use crate::conn::{Conn, Failure, Op};
 use crate::pace::{self, Pacer};
 use crate::stats::Stats;
@@ -392,6 +392,14 @@ pub async fn preload(
     sh.stop.store(true, Ordering::Relaxed);
     let _ = bar.await;
     Ok((out, start.elapsed(), stats))
+}
+
+/// A scenario's workers, with `--sessions` sessions preloaded over `--orgs` orgs round robin.
+pub async fn preloaded(args: &Args, t: &Target) -> Result<(Vec<Worker>, Duration, Stats), String> {
+    let ws = workers(t, args.connections, args.sessions, args.orgs).await?;
+    let orgs = args.orgs.max(1);
+    let org_name = move |i| format!("org{}", i % orgs);
+    preload(t, ws, args.sessions, org_name, "preload").await
 }
 
 /// Runs validate traffic on `ws` in the background for at most `max`; the caller tags

@@ -16,7 +16,7 @@
 use crate::args::{Args, Mix};
 use crate::conn::Op;
 use crate::cpu;
-use crate::drive::{background, drive, preload, progress, shared, workers};
+use crate::drive::{background, drive, preload, preloaded, progress, shared, workers};
 use crate::stats::{pct, run_json, tagged_p99};
 use crate::target::{self, Target};
 use serde_json::{Value, json};
@@ -41,16 +41,7 @@ async fn eviction_lag(t: &Target) -> Value {
 pub async fn steady(args: &Args, t: &Target, mix: &Mix) -> Result<Value, String> {
     let rss0 = t.rss_bytes();
     let count0 = t.count().await.unwrap_or(0);
-    let ws = workers(t, args.connections, args.sessions, args.orgs).await?;
-    let orgs = args.orgs.max(1);
-    let (ws, took, pre) = preload(
-        t,
-        ws,
-        args.sessions,
-        move |i| format!("org{}", i % orgs),
-        "preload",
-    )
-    .await?;
+    let (ws, took, pre) = preloaded(args, t).await?;
     let rss1 = t.rss_bytes();
     let count1 = t.count().await.unwrap_or(0);
     let sh = shared();
@@ -102,16 +93,7 @@ async fn until_count(t: &Target, level: u64, timeout: Duration) -> Option<Instan
 /// An expiry storm: `storm_sessions` sessions whose deadlines fall together while validate
 /// traffic continues.
 pub async fn storm(args: &Args, t: &Target) -> Result<Value, String> {
-    let ws = workers(t, args.connections, args.sessions, args.orgs).await?;
-    let orgs = args.orgs.max(1);
-    let (ws, _, _) = preload(
-        t,
-        ws,
-        args.sessions,
-        move |i| format!("org{}", i % orgs),
-        "preload",
-    )
-    .await?;
+    let (ws, _, _) = preloaded(args, t).await?;
     let base = t.count().await.unwrap_or(0);
     // Created under a long policy, then given one short enough that all fall due shortly after
     // the last create: their deadlines are spread over the creation time, no more.
@@ -182,16 +164,7 @@ pub async fn storm(args: &Args, t: &Target) -> Result<Value, String> {
 
 /// Tightens a `policy_sessions`-session org under validate traffic.
 pub async fn policy(args: &Args, t: &Target) -> Result<Value, String> {
-    let ws = workers(t, args.connections, args.sessions, args.orgs).await?;
-    let orgs = args.orgs.max(1);
-    let (ws, _, _) = preload(
-        t,
-        ws,
-        args.sessions,
-        move |i| format!("org{}", i % orgs),
-        "preload",
-    )
-    .await?;
+    let (ws, _, _) = preloaded(args, t).await?;
     let base = t.count().await.unwrap_or(0);
     let pw = workers(t, args.connections, args.policy_sessions, 1).await?;
     let (pw, _, pre) = preload(

@@ -88,6 +88,7 @@ pub fn state(config: &Config, keys: Option<ApiKeys>, journal: Option<Arc<Journal
         loaded: Arc::new(AtomicBool::new(journal.is_none())),
         journal,
         cluster,
+        body_read_timeout: config.header_read_timeout,
     })
 }
 

@@ -157,3 +157,47 @@ fn past_the_cap_new_clients_are_refused_and_served_once_slow_ones_are_cut() {
     );
     assert!(d.metric("sessiond_http_connections_refused_total") >= 20.0);
 }
+
+/// A client that sends a head and only part of its body (any client when the daemon runs
+/// without keys; a gateway's key otherwise) is answered 408 and cut once the header read
+/// timeout has passed, instead of holding its connection for ever: enough of them held every
+/// connection the cap allows.
+#[test]
+fn a_body_that_stops_coming_is_answered_408_and_its_connection_closed() {
+    let d = Daemon::start(&[
+        "--no-persist",
+        "--header-read-timeout",
+        "1",
+        "--keepalive-timeout",
+        "30",
+    ]);
+    let t0 = Instant::now();
+    let stuck: Vec<TcpStream> = (0..3)
+        .map(|_| {
+            let mut s = TcpStream::connect(d.addr).unwrap();
+            s.write_all(
+                b"POST /v1/sessions HTTP/1.1\r\nHost: 127.0.0.1\r\n\
+                  Content-Type: application/json\r\nContent-Length: 100\r\n\r\n{",
+            )
+            .unwrap();
+            s
+        })
+        .collect();
+    for mut s in stuck {
+        s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        let mut answer = String::new();
+        // The answer, then the end of the connection: read_to_string returns at EOF.
+        if let Err(e) = s.read_to_string(&mut answer) {
+            panic!("no answer and close within 5 s: {e}; read so far: {answer:?}");
+        }
+        assert!(answer.starts_with("HTTP/1.1 408"), "{answer}");
+        assert!(answer.contains("\"request_timeout\""), "{answer}");
+        assert!(answer.contains("--header-read-timeout"), "{answer}");
+    }
+    assert!(
+        t0.elapsed() >= Duration::from_secs(1),
+        "cut before the header read timeout: {:?}",
+        t0.elapsed()
+    );
+    assert_eq!(d.call("GET", "/healthz", None).status, 200);
+}

@@ -159,7 +159,8 @@ settings! {
         #[serde(default, deserialize_with = "super::parse::duration_text")]
         pub shutdown_grace: Option<String>,
         /// How long a client has to send a request's whole head, from its first byte (or from
-        /// connecting), e.g. `10s` (1s to 1h); slower connections are closed [default: 10s].
+        /// connecting), and then its body, e.g. `10s` (1s to 1h); slower connections are
+        /// closed (a late body with a 408) [default: 10s].
         #[arg(long, env = "SESSIOND_HEADER_READ_TIMEOUT")]
         #[serde(default, deserialize_with = "super::parse::duration_text")]
         pub header_read_timeout: Option<String>,

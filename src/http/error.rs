@@ -64,6 +64,12 @@ impl IntoResponse for ApiError {
             header::CONTENT_TYPE,
             HeaderValue::from_static("application/json"),
         );
+        // The rest of a body that timed out may still come: the connection cannot carry
+        // another request after it (`extract`, invariant 6).
+        if self.status == StatusCode::REQUEST_TIMEOUT {
+            resp.headers_mut()
+                .insert(header::CONNECTION, HeaderValue::from_static("close"));
+        }
         resp
     }
 }

@@ -21,6 +21,12 @@
 //!    that address, not from a name an attacker controls. The port is not compared: port
 //!    forwarding (`kubectl port-forward`, ssh -L) changes it, and it adds nothing against
 //!    rebinding.
+//! 6. A body that has not arrived in full `--header-read-timeout` after its read first had
+//!    to wait for it is a 408, and the connection is closed: a client that sends a head and
+//!    part of its body cannot hold a connection (and the connection cap) for ever. The timer
+//!    is made at that first wait, so a body that came with its head costs none. A body
+//!    whose bytes do not match its framing (a malformed chunk, a connection that ends early)
+//!    is a 400 `invalid_body`, not a 413.
 
 use super::AppState;
 use super::error::ApiError;
@@ -28,6 +34,9 @@ use crate::api_keys::Role;
 use axum::body::{Body, Bytes};
 use axum::http::{HeaderMap, StatusCode, header};
 use serde::Deserialize;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+use std::time::Duration;
 
 /// Largest request body accepted.
 pub const MAX_BODY_BYTES: usize = 16 * 1024;
@@ -37,12 +46,53 @@ pub const MAX_BODY_BYTES: usize = 16 * 1024;
 pub fn read_json_body(
     headers: &HeaderMap,
     body: Body,
+    limit: Duration,
 ) -> impl Future<Output = Result<Bytes, ApiError>> + use<> {
     // The headers are checked before the future, which then holds the body alone.
     let checked = json_content_type(headers);
     async move {
         checked?;
-        read_body(body).await
+        let read = std::pin::pin!(read_body(body));
+        Deadline {
+            read,
+            limit,
+            timer: None,
+        }
+        .await
+    }
+}
+
+/// A body read that gives up `limit` after it first had to wait (invariant 6).
+struct Deadline<'a, F> {
+    read: Pin<&'a mut F>,
+    limit: Duration,
+    /// Made at the first wait: none for a body that came with its head.
+    timer: Option<Pin<Box<tokio::time::Sleep>>>,
+}
+
+impl<F: Future<Output = Result<Bytes, ApiError>>> Future for Deadline<'_, F> {
+    type Output = F::Output;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<F::Output> {
+        let this = &mut *self;
+        if let Poll::Ready(done) = this.read.as_mut().poll(cx) {
+            return Poll::Ready(done);
+        }
+        let limit = this.limit;
+        let timer = this
+            .timer
+            .get_or_insert_with(|| Box::pin(tokio::time::sleep(limit)));
+        match timer.as_mut().poll(cx) {
+            Poll::Ready(()) => Poll::Ready(Err(ApiError::new(
+                StatusCode::REQUEST_TIMEOUT,
+                "request_timeout",
+                format!(
+                    "the request body did not arrive in full within {limit:?} (--header-read-timeout); \
+                     send the whole body right after the head"
+                ),
+            ))),
+            Poll::Pending => Poll::Pending,
+        }
     }
 }
 
@@ -97,9 +147,18 @@ async fn read_body(mut body: Body) -> Result<Bytes, ApiError> {
     if body.size_hint().lower() > limit {
         return Err(too_large(()));
     }
+    // hyper's error says which framing broke, with no byte of the body in it; the client is
+    // told the rule rather than hyper's words.
+    let unreadable = || {
+        ApiError::bad_request(
+            "invalid_body",
+            "the request body is malformed or ended early: its bytes must match its \
+             Content-Length, or its chunked encoding",
+        )
+    };
     let first = match body.frame().await {
         None => return Ok(Bytes::new()),
-        Some(frame) => frame.map_err(|_| too_large(()))?,
+        Some(frame) => frame.map_err(|_| unreadable())?,
     };
     let first = first.into_data().unwrap_or_default();
     if first.len() > MAX_BODY_BYTES {
@@ -111,7 +170,10 @@ async fn read_body(mut body: Body) -> Result<Bytes, ApiError> {
     // Boxed: rare, and otherwise ~150 bytes of every gateway handler's future.
     let rest = Box::pin(http_body_util::Limited::new(body, MAX_BODY_BYTES - first.len()).collect())
         .await
-        .map_err(|_| too_large(()))?
+        .map_err(|e| match e.is::<http_body_util::LengthLimitError>() {
+            true => too_large(()),
+            false => unreadable(),
+        })?
         .to_bytes();
     if first.is_empty() {
         return Ok(rest);
@@ -279,7 +341,7 @@ impl<S: Send + Sync> axum::extract::FromRequestParts<S> for PathParam {
 /// Reads `?dry_run=true|false` (also `1|0`) from a policy write's query string. Any other
 /// parameter is refused: a misspelt `dryrun=true` must not turn a preview into a real write.
 pub fn dry_run_param(uri: &axum::http::Uri) -> Result<bool, ApiError> {
-    let mut dry = false;
+    let mut dry = None;
     for pair in uri
         .query()
         .unwrap_or("")
@@ -295,7 +357,7 @@ pub fn dry_run_param(uri: &axum::http::Uri) -> Result<bool, ApiError> {
                 ),
             ));
         }
-        dry = match v {
+        let this = match v {
             "true" | "1" => true,
             "false" | "0" => false,
             other => {
@@ -305,8 +367,16 @@ pub fn dry_run_param(uri: &axum::http::Uri) -> Result<bool, ApiError> {
                 ));
             }
         };
+        // Given twice, the last one must not win: `?dry_run=true&dry_run=false` from a script
+        // that appends its own flag would make a preview a real change.
+        if dry.replace(this).is_some() {
+            return Err(ApiError::bad_request(
+                "invalid_query",
+                "dry_run is given more than once; give it once",
+            ));
+        }
     }
-    Ok(dry)
+    Ok(dry.unwrap_or(false))
 }
 
 #[cfg(test)]
@@ -361,6 +431,90 @@ mod tests {
         assert_eq!(read(Body::from(over)).await, too_large);
         assert_eq!(read(chunked(&[b"{", big])).await, too_large);
         assert_eq!(read(chunked(&[big, b" "])).await, too_large);
+    }
+
+    /// A body whose frames come only when the test says (none: never).
+    struct Trickle(tokio::sync::mpsc::UnboundedReceiver<Result<&'static [u8], std::io::Error>>);
+
+    type Frames = tokio::sync::mpsc::UnboundedSender<Result<&'static [u8], std::io::Error>>;
+
+    fn trickle() -> (Frames, Body) {
+        let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+        (tx, Body::new(Trickle(rx)))
+    }
+
+    impl axum::body::HttpBody for Trickle {
+        type Data = Bytes;
+        type Error = std::io::Error;
+        fn poll_frame(
+            mut self: Pin<&mut Self>,
+            cx: &mut Context<'_>,
+        ) -> Poll<Option<Result<hyper::body::Frame<Bytes>, Self::Error>>> {
+            self.0
+                .poll_recv(cx)
+                .map(|f| f.map(|r| r.map(|c| hyper::body::Frame::data(Bytes::from_static(c)))))
+        }
+    }
+
+    fn json_headers() -> HeaderMap {
+        let mut h = HeaderMap::new();
+        h.insert(header::CONTENT_TYPE, "application/json".parse().unwrap());
+        h
+    }
+
+    #[tokio::test]
+    async fn a_body_that_stops_coming_is_a_408_and_one_that_comes_in_time_is_read() {
+        let limit = Duration::from_millis(50);
+        // Part of a body, then nothing: refused once the limit has passed, not before.
+        let (tx, body) = trickle();
+        tx.send(Ok(b"{\"tok")).unwrap();
+        let t0 = std::time::Instant::now();
+        // Bounded, so that a read without its deadline fails here rather than hanging.
+        let read = read_json_body(&json_headers(), body, limit);
+        let e = tokio::time::timeout(Duration::from_secs(5), read)
+            .await
+            .expect("the body's read never gave up")
+            .unwrap_err();
+        assert!(t0.elapsed() >= limit);
+        assert_eq!(
+            (e.status, e.code),
+            (StatusCode::REQUEST_TIMEOUT, "request_timeout")
+        );
+        assert!(e.message.contains("--header-read-timeout"), "{}", e.message);
+        drop(tx);
+        // The rest arriving within the limit: read whole.
+        let (tx, body) = trickle();
+        tx.send(Ok(b"{\"tok")).unwrap();
+        let rest = tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+            tx.send(Ok(b"en\":1}")).unwrap();
+        });
+        let body = read_json_body(&json_headers(), body, limit * 10).await;
+        assert_eq!(body.unwrap(), "{\"token\":1}");
+        rest.await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn a_body_that_breaks_is_a_400_not_a_413() {
+        for frames in [vec![Err(())], vec![Ok(&b"{"[..]), Err(())]] {
+            let (tx, body) = trickle();
+            for f in frames {
+                tx.send(f.map_err(|()| std::io::Error::other("invalid chunk size line")))
+                    .unwrap();
+            }
+            let e = read_json_body(&json_headers(), body, Duration::from_secs(5))
+                .await
+                .unwrap_err();
+            assert_eq!(
+                (e.status, e.code),
+                (StatusCode::BAD_REQUEST, "invalid_body")
+            );
+            assert!(
+                !e.message.contains("chunk size"),
+                "hyper's words: {}",
+                e.message
+            );
+        }
     }
 
     #[test]
@@ -456,5 +610,14 @@ mod tests {
         );
         assert!(q("/v1/policy?dryrun=true").unwrap_err().contains("dryrun"));
         assert!(q("/v1/policy?dry_run").is_err());
+        // Repeated, even with the same value: refused, never the last one taken.
+        for twice in [
+            "dry_run=true&dry_run=false",
+            "dry_run=false&dry_run=true",
+            "dry_run=1&dry_run=1",
+        ] {
+            let e = q(&format!("/v1/policy?{twice}")).unwrap_err();
+            assert!(e.contains("more than once"), "{twice}: {e}");
+        }
     }
 }

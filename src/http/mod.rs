@@ -76,6 +76,9 @@ pub struct Shared {
     pub journal: Option<Arc<crate::persist::journal::Journal>>,
     /// The cluster this node is part of, if any.
     pub cluster: Option<Arc<crate::cluster::Cluster>>,
+    /// How long a request body may keep the handler waiting (`--header-read-timeout`;
+    /// `extract`, invariant 6).
+    pub body_read_timeout: std::time::Duration,
 }
 
 impl Shared {

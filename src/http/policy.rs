@@ -151,7 +151,7 @@ pub async fn put_app(
 ) -> Result<Response, ApiError> {
     authorize(&st, &headers, Role::Admin)?;
     let dry = dry_run_param(&uri)?;
-    let bytes = read_json_body(&headers, body).await?;
+    let bytes = read_json_body(&headers, body, st.body_read_timeout).await?;
     let patch: PolicyPatch = parse_json(&bytes)?;
     let policy = Policy::from_patch(None, &patch)?;
     if dry {
@@ -293,7 +293,7 @@ pub async fn put_org(
     authorize(&st, &headers, Role::Admin)?;
     path_id("org_id", &org)?;
     let dry = dry_run_param(&uri)?;
-    let bytes = read_json_body(&headers, body).await?;
+    let bytes = read_json_body(&headers, body, st.body_read_timeout).await?;
     let (source, patch, has_fields) = split_source(&bytes)?;
     let policy = match source.as_deref() {
         Some("CUSTOM") => OrgPolicy::Custom(Policy::from_patch(None, &patch)?),
@@ -330,7 +330,7 @@ pub async fn patch_org(
     authorize(&st, &headers, Role::Admin)?;
     path_id("org_id", &org)?;
     let dry = dry_run_param(&uri)?;
-    let bytes = read_json_body(&headers, body).await?;
+    let bytes = read_json_body(&headers, body, st.body_read_timeout).await?;
     let (source, patch, _) = split_source(&bytes)?;
     if let Some(s) = source.filter(|s| s != "CUSTOM") {
         return Err(ApiError::bad_request(

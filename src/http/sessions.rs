@@ -51,7 +51,7 @@ async fn gateway_body(st: &AppState, req: Request) -> Result<(Bytes, HeaderMap),
     let (headers, body) = {
         let (parts, body) = req.into_parts();
         authorize(st, &parts.headers, Role::Gateway)?;
-        let body = read_json_body(&parts.headers, body);
+        let body = read_json_body(&parts.headers, body, st.body_read_timeout);
         (parts.headers, body)
     };
     Ok((body.await?, headers))

@@ -57,6 +57,7 @@ fn app_loading(
         loaded: Arc::new(AtomicBool::new(loaded)),
         journal: None,
         cluster: None,
+        body_read_timeout: std::time::Duration::from_secs(10),
     });
     let loaded = state.loaded.clone();
     (router(state), clock, loaded)

@@ -28,8 +28,8 @@
 //! 3. A connection is closed when a request's head has not arrived in full
 //!    `header_read_timeout` after its first byte (for a new connection: after it was
 //!    accepted), or when no request has started for `keepalive_timeout` after the last
-//!    response. A request whose head has arrived is never cut by either (its body and
-//!    handler are not timed here).
+//!    response. A request whose head has arrived is never cut by either (its handler is not
+//!    timed here; its body's read is, by the handler: `http::extract`, invariant 6).
 //! 4. At most `max_connections` are open: past it the acceptor accepts and closes new ones at
 //!    once with a 503 (so they wait in no queue), counts them, and logs at most one line per
 //!    [`LOG_EVERY`]; the open ones keep being served.

@@ -3,8 +3,10 @@
 //!
 //! Invariants:
 //! 1. A body is read only up to [`MAX_BODY_BYTES`]; anything longer is a 413, never buffered.
-//! 2. JSON errors (syntax, wrong types, unknown fields) are 400 `invalid_json` with serde's
-//!    message, which names the field and position.
+//! 2. JSON errors (syntax, wrong types, unknown fields, a field given twice) are 400
+//!    `invalid_json` with serde's message, which names the field and position. Where a
+//!    body holds a map of its own (a session's `metadata`, an org policy's fields), it is
+//!    read as [`Members`], so that a key given twice is refused too, not the last one kept.
 //! 3. A JSON body is read only under `Content-Type: application/json` (parameters such as
 //!    `; charset=utf-8` allowed); anything else, or none, is a 415 before the body is read. A
 //!    browser can send `text/plain`, form and multipart bodies across origins without asking
@@ -203,6 +205,46 @@ pub fn parse_json<'a, T: Deserialize<'a>>(bytes: &'a [u8]) -> Result<T, ApiError
         .map_err(|e| ApiError::bad_request("invalid_json", format!("invalid JSON body: {e}")))
 }
 
+/// A JSON object's members in the order given, a key given twice kept twice: a map type
+/// keeps only the last value, which would let `{"a": 1, "a": 2}` pass for `{"a": 2}`
+/// (invariant 2). The caller refuses the repeated key with its own field's name.
+#[derive(Debug)]
+pub struct Members<V>(pub Vec<(String, V)>);
+
+impl<'de, V: Deserialize<'de>> Deserialize<'de> for Members<V> {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct Visit<V>(std::marker::PhantomData<V>);
+        impl<'de, V: Deserialize<'de>> serde::de::Visitor<'de> for Visit<V> {
+            type Value = Members<V>;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("a JSON object")
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(
+                self,
+                mut m: A,
+            ) -> Result<Members<V>, A::Error> {
+                let mut v = Vec::new();
+                while let Some(member) = m.next_entry()? {
+                    v.push(member);
+                }
+                Ok(Members(v))
+            }
+        }
+        d.deserialize_map(Visit(std::marker::PhantomData))
+    }
+}
+
+impl<V> Members<V> {
+    /// The first key given more than once, if any.
+    pub fn repeated(&self) -> Option<&str> {
+        let mut seen = std::collections::HashSet::with_capacity(self.0.len());
+        self.0
+            .iter()
+            .map(|(k, _)| k.as_str())
+            .find(|k| !seen.insert(*k))
+    }
+}
+
 /// Checks the `X-API-Key` header against the configured keys; without keys, everything is
 /// allowed to a caller that is not a browser page (invariant 4).
 pub fn authorize(state: &AppState, headers: &HeaderMap, needed: Role) -> Result<(), ApiError> {
@@ -272,9 +314,17 @@ fn host_allowed(value: &str) -> bool {
 
 /// Invariant 5.
 fn keyless_host(headers: &HeaderMap) -> Result<(), ApiError> {
-    let Some(value) = headers.get(header::HOST) else {
+    let mut hosts = headers.get_all(header::HOST).iter();
+    let Some(value) = hosts.next() else {
         return Ok(());
     };
+    // Which one would a proxy in front have routed by? RFC 9112 (3.2): a 400.
+    if hosts.next().is_some() {
+        return Err(ApiError::bad_request(
+            "invalid_header",
+            "Host is given more than once; send one",
+        ));
+    }
     if value.to_str().is_ok_and(host_allowed) {
         return Ok(());
     }
@@ -568,6 +618,16 @@ mod tests {
         ] {
             assert!(!host_allowed(bad), "{bad}");
         }
+        // Given twice, even an allowed one first: refused, not the first one taken.
+        let mut h = HeaderMap::new();
+        h.append(header::HOST, "127.0.0.1:8080".parse().unwrap());
+        assert!(keyless_host(&h).is_ok());
+        h.append(header::HOST, "evil.example".parse().unwrap());
+        let e = keyless_host(&h).unwrap_err();
+        assert_eq!(
+            (e.status, e.code),
+            (StatusCode::BAD_REQUEST, "invalid_header")
+        );
     }
 
     #[test]

@@ -10,7 +10,9 @@
 
 use super::AppState;
 use super::error::ApiError;
-use super::extract::{PathParam, authorize, dry_run_param, parse_json, path_id, read_json_body};
+use super::extract::{
+    Members, PathParam, authorize, dry_run_param, parse_json, path_id, read_json_body,
+};
 use super::sessions::json_response;
 use crate::api_keys::Role;
 use crate::policy::{OrgPolicy, Policy, PolicyPatch, PolicyWrite};
@@ -181,7 +183,14 @@ pub async fn get_org(
 
 /// Splits `{"source": ..., ...policy fields}` into the source and the policy fields.
 fn split_source(bytes: &[u8]) -> Result<(Option<String>, PolicyPatch, bool), ApiError> {
-    let mut map: serde_json::Map<String, serde_json::Value> = parse_json(bytes)?;
+    let members: Members<serde_json::Value> = parse_json(bytes)?;
+    if let Some(k) = members.repeated() {
+        return Err(ApiError::bad_request(
+            "invalid_json",
+            format!("invalid policy: field {k:?} is given twice; give it once"),
+        ));
+    }
+    let mut map: serde_json::Map<String, serde_json::Value> = members.0.into_iter().collect();
     let source = match map.remove("source") {
         None => None,
         Some(serde_json::Value::String(s)) => Some(s),

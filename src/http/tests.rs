@@ -239,3 +239,49 @@ async fn forward_auth_takes_envoys_appended_path() {
     .await;
     assert_eq!(s, StatusCode::UNAUTHORIZED);
 }
+
+/// A key given twice is refused wherever a body holds a map of its own, never the last value
+/// kept (`extract`, invariant 2): metadata, an org policy's fields, and its `source`.
+#[tokio::test]
+async fn a_key_given_twice_is_refused_not_the_last_one_kept() {
+    let (app, _) = app(None);
+    let body = r#"{"user_id": "u", "metadata": {"role": "admin", "role": "user"}}"#;
+    let (s, j, _) = call(&app, "POST", "/v1/sessions", &[], body).await;
+    assert_eq!(s, StatusCode::BAD_REQUEST, "{j}");
+    assert_eq!(j["error"]["code"], "invalid_field");
+    let message = j["error"]["message"].as_str().unwrap();
+    assert!(message.contains("\"role\" appears twice"), "{message}");
+    for (body, field) in [
+        (
+            r#"{"source": "CUSTOM", "absolute_timeout": "9999d", "absolute_timeout": "8h"}"#,
+            "absolute_timeout",
+        ),
+        (r#"{"source": "CUSTOM", "source": "APPLICATION"}"#, "source"),
+    ] {
+        for method in ["PUT", "PATCH"] {
+            let (s, j, _) = call(&app, method, "/v1/orgs/acme/policy", &[], body).await;
+            assert_eq!(s, StatusCode::BAD_REQUEST, "{method} {body}: {j}");
+            assert_eq!(j["error"]["code"], "invalid_json");
+            let message = j["error"]["message"].as_str().unwrap();
+            assert!(
+                message.contains(&format!("{field:?} is given twice")),
+                "{message}"
+            );
+        }
+    }
+    // Nothing was written.
+    let (s, j, _) = call(&app, "GET", "/v1/orgs/acme/policy", &[], "").await;
+    assert_eq!(s, StatusCode::OK);
+    assert_eq!(j["source"], "APPLICATION", "{j}");
+    // Once each, the same bodies pass.
+    let body = r#"{"user_id": "u", "metadata": {"role": "admin", "team": "a"}}"#;
+    assert_eq!(
+        call(&app, "POST", "/v1/sessions", &[], body).await.0,
+        StatusCode::CREATED
+    );
+    let body = r#"{"source": "CUSTOM", "absolute_timeout": "8h"}"#;
+    assert_eq!(
+        call(&app, "PUT", "/v1/orgs/acme/policy", &[], body).await.0,
+        StatusCode::OK
+    );
+}

@@ -193,18 +193,37 @@ async fn not_found(req: Request) -> Response {
     ApiError::not_found(format!(
         "no such endpoint: {} {}",
         req.method(),
-        req.uri().path()
+        shown_path(req.uri().path())
     ))
     .into_response()
 }
 
 async fn method_not_allowed(req: Request) -> Response {
+    let route = req.extensions().get::<axum::extract::MatchedPath>();
+    crate::metrics::http_request(route.map_or("unmatched", |r| r.as_str()), 405, None);
     ApiError::new(
         axum::http::StatusCode::METHOD_NOT_ALLOWED,
         "method_not_allowed",
-        format!("{} is not allowed on {}", req.method(), req.uri().path()),
+        format!(
+            "{} is not allowed on {}",
+            req.method(),
+            shown_path(req.uri().path())
+        ),
     )
     .into_response()
+}
+
+/// A path as an error may show it: a segment of 40 characters or more (a session token is
+/// 43; the routes' own segments are shorter) is left out, so that a token put in a path by
+/// mistake is not sent back in an answer a gateway may log.
+fn shown_path(path: &str) -> String {
+    path.split('/')
+        .map(|seg| match seg.len() {
+            0..40 => seg,
+            _ => "{...}",
+        })
+        .collect::<Vec<_>>()
+        .join("/")
 }
 
 #[cfg(test)]

@@ -285,3 +285,21 @@ async fn a_key_given_twice_is_refused_not_the_last_one_kept() {
         StatusCode::OK
     );
 }
+
+/// An unknown path or a wrong method is answered without a token that was put in the path,
+/// and a 405 is counted like every other answer.
+#[tokio::test]
+async fn unknown_paths_are_shown_without_tokens_and_405s_are_counted() {
+    let (app, _) = app(None);
+    let token = "jm7hvMxiJEuUNq_vIoAmk0sU9UHIgVXSpqcc0e_l5DM";
+    let (s, j, _) = call(&app, "GET", &format!("/v1/session/{token}"), &[], "").await;
+    assert_eq!(s, StatusCode::NOT_FOUND);
+    let message = j["error"]["message"].as_str().unwrap();
+    assert_eq!(message, "no such endpoint: GET /v1/session/{...}");
+    let counted = "sessiond_http_requests_total{route=\"/healthz\",status=\"405\"}";
+    let before = metric(counted);
+    let (s, j, _) = call(&app, "DELETE", &format!("/healthz?{token}"), &[], "").await;
+    assert_eq!(s, StatusCode::METHOD_NOT_ALLOWED);
+    assert_eq!(j["error"]["message"], "DELETE is not allowed on /healthz");
+    assert_eq!(metric(counted), before + 1.0);
+}

@@ -103,10 +103,25 @@ impl<'de> Visitor<'de> for DurationVisitor {
             .ok_or_else(|| E::custom(format_args!("duration {v:?} is not {EXPECTED}")))
     }
 
+    /// JSON writes `1.0` and integers past `u64` (`18446744073709551616`) as floats: the
+    /// first is the whole number it says, the second is too large, not "not whole".
     fn visit_f64<E: de::Error>(self, v: f64) -> Result<Self::Value, E> {
-        Err(E::custom(format_args!(
-            "duration {v} is not a whole number; expected {EXPECTED}"
-        )))
+        if v < 0.0 {
+            return Err(E::custom(format_args!(
+                "duration {v} is negative; expected {EXPECTED}"
+            )));
+        }
+        if v.fract() != 0.0 || !v.is_finite() {
+            return Err(E::custom(format_args!(
+                "duration {v} is not a whole number; expected {EXPECTED}"
+            )));
+        }
+        if v >= u64::MAX as f64 {
+            return Err(E::custom(format_args!(
+                "duration {v} is too large; expected {EXPECTED}"
+            )));
+        }
+        Ok(DurationSecs(v as u64))
     }
 
     fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
@@ -193,6 +208,15 @@ mod tests {
     fn bad_forms_are_explained() {
         assert!(parse("-5").unwrap_err().contains("negative"));
         assert!(parse("1.5").unwrap_err().contains("whole number"));
+        assert_eq!(parse("60.0").unwrap(), DurationSecs(60));
+        assert!(parse("-1.0").unwrap_err().contains("negative"));
+        for huge in ["18446744073709551616", "1e300"] {
+            let e = parse(huge).unwrap_err();
+            assert!(
+                e.contains("too large") && !e.contains("is not a whole"),
+                "{huge}: {e}"
+            );
+        }
         assert!(
             parse(r#""1 hour""#)
                 .unwrap_err()

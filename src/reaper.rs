@@ -11,18 +11,27 @@
 //!    A panic in it aborts the process (release profile `panic = "abort"`), so a daemon that
 //!    answers but never expires cannot exist.
 //! 4. It stops as soon as its [`Stop`] is set (it waits on the shutdown signal, not a sleep).
+//! 5. Expired sessions a create evicted at a limit before the reaper came to them (`engine`,
+//!    invariant 6) are counted in `sessiond_sessions_expired_total` by its next pass, with no
+//!    lag sample: they left the table within a tick of their deadline.
 
 use crate::engine::{Engine, REAP_BATCH};
 use crate::metrics::Metrics;
+use crate::session::ExpiryReason;
 use crate::shutdown::Stop;
 use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::Duration;
 
-/// One pass over every shard at the clock's `now`; returns how many sessions were evicted.
+/// One pass over every shard at the clock's `now`; returns how many sessions were evicted (those
+/// evicted at a limit since the last pass included).
 pub fn sweep(engine: &Engine, metrics: &Metrics) -> u64 {
     let now = engine.now_ms();
-    let mut total = 0;
+    // Expired sessions a create evicted at a limit since the last pass (invariant 5).
+    let early = engine.take_limit_evictions();
+    metrics.expired(ExpiryReason::Idle, early.idle);
+    metrics.expired(ExpiryReason::Absolute, early.absolute);
+    let mut total = early.total();
     for i in 0..engine.shard_count() {
         loop {
             let (ev, more) = engine.advance_shard(i, now, REAP_BATCH, &mut |reason, lag_ms| {

@@ -12,12 +12,22 @@
 //! 2. Lock order is `user stripe` → `policies` → one shard at a time. Creates read the policy
 //!    store while holding its read lock across the shard insert, and policy writes hold its write
 //!    lock while visiting every shard, so no shard ever caches a stale effective policy.
-//! 3. `active` counts live sessions; a create reserves its place before inserting, so
+//! 3. `active` counts the sessions in the table (expired ones not yet swept included, see 6); a
+//!    create reserves its place before inserting, so
 //!    `max_sessions` is never exceeded even under concurrent creates.
 //! 4. With a per-user limit, creates of one user are serialized by a striped mutex, so the count
 //!    across shards cannot race past the limit.
 //! 5. Every change of the table leaves the engine through the `changes` seam (the shards report
 //!    it, shard index included); the engine knows nothing of what records it (no `persist`).
+//! 6. **Limits count live sessions.** `active` also holds expired sessions not yet swept, so
+//!    a create that finds `max_sessions` reached first evicts what the wheels hold due, as the
+//!    reaper would (at most once per tick, so a flood of refused creates costs one pass):
+//!    only sessions expired since the last tick boundary can still hold a place, for less than
+//!    a tick (finding those would take a walk of the table). Under the per-user limit, the
+//!    user's sessions already expired are evicted before counting (each shard checks every
+//!    deadline), and evict-oldest displaces only a live session. These evictions are reported
+//!    like the wheel's (idle, absolute) and kept for the reaper to count
+//!    ([`Engine::take_limit_evictions`]).
 
 use crate::changes::Changes;
 use crate::clock::Clock;
@@ -89,6 +99,10 @@ pub struct Engine {
     /// User- and org-wide revocations as times (`marks`).
     marks: RwLock<marks::Marks>,
     has_marks: std::sync::atomic::AtomicBool,
+    /// Expired sessions a create evicted at a limit (invariant 6), until the reaper takes them.
+    limit_evictions: Mutex<Evictions>,
+    /// The tick of the last [`Engine::reap_at_capacity`] (invariant 6).
+    capacity_reaped_tick: std::sync::atomic::AtomicU64,
 }
 
 /// Reaper batch: most sessions evicted per shard lock hold.
@@ -139,6 +153,8 @@ impl Engine {
             stream_applied: std::sync::atomic::AtomicU64::new(0),
             marks: RwLock::new(marks::Marks::default()),
             has_marks: std::sync::atomic::AtomicBool::new(false),
+            limit_evictions: Mutex::new(Evictions::default()),
+            capacity_reaped_tick: std::sync::atomic::AtomicU64::new(u64::MAX),
         }
     }
 
@@ -193,9 +209,9 @@ impl Engine {
         if let Some(org) = &new.org_id {
             check_id("org_id", org)?;
         }
-        // Reserve a place (invariant 3).
-        if self.active.fetch_add(1, Ordering::Relaxed) >= self.max_sessions {
-            self.active.fetch_sub(1, Ordering::Relaxed);
+        // Reserve a place (invariant 3); at the limit, once the wheels' due sessions are gone.
+        let reserved = self.reserve() || (self.reap_at_capacity() > 0 && self.reserve());
+        if !reserved {
             return Err(EngineError::Capacity {
                 max: self.max_sessions,
             });
@@ -207,6 +223,38 @@ impl Engine {
         result
     }
 
+    /// Takes a place in `active` if there is one under `max_sessions` (invariant 3).
+    fn reserve(&self) -> bool {
+        if self.active.fetch_add(1, Ordering::Relaxed) >= self.max_sessions {
+            self.active.fetch_sub(1, Ordering::Relaxed);
+            return false;
+        }
+        true
+    }
+
+    /// At `max_sessions`: evicts what every wheel holds due now, the reaper's own work
+    /// (`advance_shard`, in batches), at most once per tick whatever the number of creates
+    /// refused meanwhile (invariant 6). Returns how many it evicted.
+    fn reap_at_capacity(&self) -> u64 {
+        let now = self.clock.now_ms();
+        let tick = now / self.tick_ms;
+        if self.capacity_reaped_tick.swap(tick, Ordering::AcqRel) == tick {
+            return 0;
+        }
+        let mut ev = Evictions::default();
+        for i in 0..self.shards.len() {
+            loop {
+                let (e, more) = self.advance_shard(i, now, REAP_BATCH, &mut |_, _| {});
+                ev.merge(e);
+                if !more {
+                    break;
+                }
+            }
+        }
+        self.limit_evictions.lock().merge(ev);
+        ev.total()
+    }
+
     fn create_reserved(&self, new: NewSession) -> Result<Created, EngineError> {
         let stripe = self.per_user.map(|_| {
             let h = self.stripe_hasher.hash_one(new.user_id.as_str()) as usize;
@@ -214,11 +262,25 @@ impl Engine {
         });
         let mut displaced = 0;
         if let Some((max, action)) = self.per_user {
-            let mut count: usize = self
+            let user = new.user_id.as_str();
+            let now = self.clock.now_ms();
+            let (mut count, expired) = self
                 .shards
                 .iter()
-                .map(|s| s.read().count_user(&new.user_id))
-                .sum();
+                .map(|s| s.read().count_user(user, now))
+                .fold((0, 0), |a, b| (a.0 + b.0, a.1 + b.1));
+            if count >= max && expired > 0 {
+                // Only live sessions count (invariant 6): evict the user's expired ones first,
+                // as the wheel would.
+                let mut ev = Evictions::default();
+                for s in self.shards.iter() {
+                    if s.read().count_user(user, now).1 > 0 {
+                        ev.merge(s.write().evict_expired_of_user(user, now));
+                    }
+                }
+                count = count.saturating_sub(ev.total() as usize);
+                self.limit_evictions.lock().merge(ev);
+            }
             while count >= max {
                 match action {
                     UserLimitAction::Refuse => return Err(EngineError::UserLimit { max }),
@@ -226,7 +288,7 @@ impl Engine {
                         let oldest = self
                             .shards
                             .iter()
-                            .filter_map(|s| s.read().oldest_of_user(&new.user_id))
+                            .filter_map(|s| s.read().oldest_of_user(user, now))
                             .min();
                         match oldest {
                             Some((_, id))
@@ -419,6 +481,12 @@ impl Engine {
         on_evict: &mut impl FnMut(ExpiryReason, u64),
     ) -> (Evictions, bool) {
         self.shards[i].write().advance(now_ms, budget, on_evict)
+    }
+
+    /// The expired sessions creates have evicted at a limit since the last call (invariant 6),
+    /// for the reaper to count with its own.
+    pub fn take_limit_evictions(&self) -> Evictions {
+        std::mem::take(&mut *self.limit_evictions.lock())
     }
 
     /// Checks every shard's invariants (tests only; O(n)).

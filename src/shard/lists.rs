@@ -12,10 +12,14 @@
 //! 2. An org slot lives while it has sessions (slot 0 always); `org_index` finds it by name, and
 //!    a freed slot goes to `org_free` for reuse. `len` is the length of its list.
 //! 3. The lists are changed only under the shard's write lock, at insert and removal.
+//! 4. What the per-user limit asks of a user's list tells live sessions from expired ones at
+//!    the `now` it is given: [`Shard::count_user`] counts both, [`Shard::evict_expired_of_user`]
+//!    evicts the expired ones as the wheel would (reported as idle or absolute removals), and
+//!    [`Shard::oldest_of_user`] picks among the live ones only.
 
 use super::record::{USER_INLINE, USER_LONG, USER_SHAPE0, UserBytes, UserKey, key_of};
 use super::user_id::pack;
-use super::{NO_ORG, Shard};
+use super::{Evictions, NO_ORG, Shard};
 use crate::policy::Effective;
 use crate::session::{RemoveReason, Scope, SessionView};
 use crate::token::SessionId;
@@ -249,15 +253,36 @@ impl Shard {
             .collect()
     }
 
-    /// How many sessions `user` has in this shard.
-    pub fn count_user(&self, user: &str) -> usize {
-        self.user_indices(user).len()
+    /// How many sessions `user` has in this shard, and how many of those are expired at
+    /// `now_ms` (not yet swept).
+    pub fn count_user(&self, user: &str, now_ms: u64) -> (usize, usize) {
+        let idxs = self.user_indices(user);
+        let expired = idxs
+            .iter()
+            .filter(|&&i| self.deadlines(i).expired(now_ms).is_some())
+            .count();
+        (idxs.len(), expired)
     }
 
-    /// `(created_at, id)` of `user`'s oldest session in this shard.
-    pub fn oldest_of_user(&self, user: &str) -> Option<(u64, SessionId)> {
+    /// Evicts `user`'s sessions in this shard that are expired at `now_ms`, as the wheel would
+    /// (each reported as an idle or absolute removal, invariant 4); returns them by reason.
+    pub fn evict_expired_of_user(&mut self, user: &str, now_ms: u64) -> Evictions {
+        let mut ev = Evictions::default();
+        for i in self.user_indices(user) {
+            if let Some(reason) = self.deadlines(i).expired(now_ms) {
+                self.remove(i, reason.into());
+                ev.add(reason);
+            }
+        }
+        ev
+    }
+
+    /// `(created_at, id)` of `user`'s oldest session in this shard that is live at `now_ms`
+    /// (an expired one is never displaced in place of a live one, invariant 4).
+    pub fn oldest_of_user(&self, user: &str, now_ms: u64) -> Option<(u64, SessionId)> {
         self.user_indices(user)
             .into_iter()
+            .filter(|&i| self.deadlines(i).expired(now_ms).is_none())
             .map(|i| {
                 let r = &self.slab.records[i as usize];
                 (r.created_ms, SessionId(r.id()))

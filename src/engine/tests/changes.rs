@@ -1,8 +1,8 @@
 //! The `changes` seam seen from the engine.
 //!
 //! What this test holds the engine to:
-//! 1. Every create, coalesced activity and removal (revocation, expiry, displacement, policy
-//!    eviction) is reported exactly once, in order, with the shard that holds the session
+//! 1. Every create, coalesced activity and removal (revocation, expiry by the wheel or at a
+//!    limit, displacement, policy eviction) is reported exactly once, in order, with the shard that holds the session
 //!    (engine invariant 5, shard invariant 6).
 //! 2. Start-up replay is not reported.
 
@@ -148,6 +148,22 @@ fn every_change_is_reported_once_through_the_seam() {
     assert_eq!(d3.displaced, 1);
     expected.push(removed(d1.session.id, RemoveReason::Displaced));
     expected.push(created(&d3, None, None));
+    // At the limit, an expired session of the user is evicted as an expiry (as the wheel
+    // would), not displaced, and the live one stays.
+    clock.advance(300_000);
+    assert!(is_valid(&e.touch(d3.token.expose())));
+    expected.push((
+        e.shard_of(d3.session.id),
+        Seen::Activity {
+            id: d3.session.id.0,
+            last_ms: e.now_ms(),
+        },
+    ));
+    clock.advance(300_000);
+    let d4 = e.create(new("dave", None)).unwrap();
+    assert_eq!(d4.displaced, 0);
+    expected.push(removed(d2.session.id, RemoveReason::Idle));
+    expected.push(created(&d4, None, None));
 
     // A tighter policy evicts through the same report.
     let f = e.create(new("frank", Some("acme"))).unwrap();

@@ -5,6 +5,9 @@
 //! 1. Sessions are listed and revoked by user and by org.
 //! 2. `max_sessions` is a clean error, never exceeded (engine invariant 3); the per-user limit
 //!    refuses or evicts the oldest (engine invariant 4).
+//! 5. Both limits count live sessions: an expired session not yet swept holds no place (at
+//!    `max_sessions`, one expired by the last tick boundary; under the per-user limit, one
+//!    expired at all), and evict-oldest never displaces a live session to keep an expired one.
 //! 3. Bad ids are refused by name.
 //! 4. Metadata and long user ids live beside the record and are freed with it.
 
@@ -87,6 +90,94 @@ fn per_user_limit_refuses_or_evicts_the_oldest() {
     assert!(!is_valid(&e.validate(a.token.expose())));
     assert!(is_valid(&e.validate(b.token.expose())));
     assert_eq!(e.list_user("u").len(), 2);
+    e.check();
+}
+
+#[test]
+fn capacity_counts_no_session_the_wheel_holds_due() {
+    let (e, clock) = engine_with(EngineConfig {
+        shards: 2,
+        max_sessions: 2,
+        application_policy: policy(1, None, false),
+        ..EngineConfig::default()
+    });
+    let old: Vec<_> = (0..2)
+        .map(|_| e.create(new("u", None)).unwrap().token)
+        .collect();
+    // Both expired on the tick boundary at T0 + 1 s, and no reaper has run since.
+    clock.advance(1_000);
+    assert_eq!(e.len(), 2);
+    let c = e.create(new("u", None)).unwrap();
+    assert!(is_valid(&e.validate(c.token.expose())));
+    assert!(old.iter().all(|t| !is_valid(&e.validate(t.expose()))));
+    assert_eq!(e.len(), 1);
+    assert_eq!(e.take_limit_evictions().absolute, 2);
+    assert_eq!(e.take_limit_evictions().total(), 0, "taken once");
+    e.check();
+}
+
+#[test]
+fn per_user_limit_counts_only_live_sessions() {
+    let (e, clock) = engine_with(EngineConfig {
+        shards: 8,
+        max_sessions_per_user: Some(1),
+        application_policy: policy(60, None, false),
+        ..EngineConfig::default()
+    });
+    let a = e.create(new("u", None)).unwrap();
+    // Expired within the current tick: the wheel has not swept it and could not have yet.
+    clock.advance(60_050);
+    assert_eq!(
+        e.validate(a.token.expose()),
+        Validation::Invalid(Invalid::ExpiredAbsolute)
+    );
+    let b = e.create(new("u", None)).unwrap();
+    assert_eq!(b.displaced, 0);
+    assert!(is_valid(&e.validate(b.token.expose())));
+    assert!(e.get(a.session.id).is_none(), "the expired one is evicted");
+    assert_eq!(e.list_user("u").len(), 1);
+    assert_eq!(e.len(), 1);
+    assert_eq!(e.take_limit_evictions().absolute, 1);
+    // A live session still holds its place.
+    assert!(matches!(
+        e.create(new("u", None)),
+        Err(EngineError::UserLimit { max: 1 })
+    ));
+    e.check();
+}
+
+#[test]
+fn evict_oldest_takes_an_expired_session_not_a_live_one() {
+    let (e, clock) = engine_with(EngineConfig {
+        shards: 8,
+        max_sessions_per_user: Some(2),
+        user_limit_action: UserLimitAction::EvictOldest,
+        application_policy: policy(3_600, Some(10), false),
+        ..EngineConfig::default()
+    });
+    let a = e.create(new("u", None)).unwrap();
+    clock.advance(1);
+    let b = e.create(new("u", None)).unwrap();
+    clock.advance(5_000);
+    assert!(is_valid(&e.touch(a.token.expose())));
+    // B idled out at T0 + 10.001 s; A, the oldest, is kept alive by its touch.
+    clock.advance(5_050);
+    assert_eq!(
+        e.validate(b.token.expose()),
+        Validation::Invalid(Invalid::ExpiredIdle)
+    );
+    let c = e.create(new("u", None)).unwrap();
+    assert_eq!(c.displaced, 0, "no live session displaced");
+    assert!(is_valid(&e.validate(a.token.expose())));
+    assert!(is_valid(&e.validate(c.token.expose())));
+    assert!(e.get(b.session.id).is_none());
+    assert_eq!(e.take_limit_evictions().idle, 1);
+    // At the limit with two live sessions, the oldest live one goes.
+    clock.advance(1);
+    let d = e.create(new("u", None)).unwrap();
+    assert_eq!(d.displaced, 1);
+    assert!(!is_valid(&e.validate(a.token.expose())));
+    assert!(is_valid(&e.validate(c.token.expose())));
     e.check();
 }
 

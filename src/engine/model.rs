@@ -116,9 +116,9 @@ impl Model {
         }
     }
 
-    /// Removes every present session of the given orgs (None = all) that is expired at `now`,
-    /// when their effective policy changed from `before`.
-    /// Returns how many it removed.
+    /// Removes every present session whose effective policy changed from `before` and that is
+    /// expired at `now` under the new policy or already was under the old one (a change never
+    /// revives a session). Returns how many it removed.
     fn reapply(&mut self, before: &HashMap<Option<usize>, Policy>, now: u64) -> u64 {
         let mut removed = 0;
         for i in 0..self.sessions.len() {
@@ -126,8 +126,12 @@ impl Model {
             if !s.present {
                 continue;
             }
-            let changed = before[&s.org].effective() != self.effective(s.org).effective();
-            if changed && self.deadlines(s).expired(now).is_some() {
+            let old = before[&s.org].effective();
+            let changed = old != self.effective(s.org).effective();
+            let was_expired = Deadlines::compute(&old, s.created, s.last)
+                .expired(now)
+                .is_some();
+            if changed && (was_expired || self.deadlines(s).expired(now).is_some()) {
                 self.sessions[i].present = false;
                 removed += 1;
             }

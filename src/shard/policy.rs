@@ -1,23 +1,36 @@
 //! Policy re-application and its dry run: when an org's effective policy changes, every session
-//! of that org is re-checked under the new deadlines, evicted if they have passed and re-filed
-//! in the wheel otherwise; the dry run counts what that would do without doing it.
+//! of that org is re-checked, evicted if it was already expired or the new deadlines have
+//! passed, and re-filed in the wheel otherwise; the dry run counts what that would do without
+//! doing it.
 //!
 //! Invariants:
 //! 1. `orgs[s].eff` is the org's effective policy; [`Shard::reapply`] rewrites it and re-applies
 //!    it to the org's list under the write lock, so the wheel is never later than a deadline
 //!    (the shard's invariant 2).
 //! 2. The dry run visits exactly the org slots the real change would ([`Shard::governed_slots`])
-//!    and computes deadlines with the same [`Deadlines::compute`] / [`Deadlines::expired`], so
+//!    and decides with the same [`Deadlines::compute`] and [`expired_either`] (invariant 4), so
 //!    at the same `now_ms` its `would_evict` equals the real eviction.
 //! 3. [`Shard::reapply`] counts what it did in the dry run's terms too (sessions affected,
 //!    evicted by reason, deadlines moved earlier / later, [`Reapplied::as_counts`]), by the same
 //!    comparisons, so a write's report and its dry run's can be compared field by field.
+//! 4. **A policy change never revives a session.** A session already expired under the old
+//!    policy when it changes is evicted (by the deadline that had passed), however loose the new
+//!    one: validate said it was expired, so it must never validate again. The others are
+//!    evicted if the new deadlines have passed, and re-filed otherwise. Reapply and the dry run
+//!    decide both with the same [`expired_either`].
 
 use super::{Evictions, NO_ORG, Shard};
 use crate::policy::Effective;
-use crate::session::Deadlines;
+use crate::session::{Deadlines, ExpiryReason};
 use crate::wheel::NIL;
 use std::sync::atomic::Ordering;
+
+/// Whether a session whose deadlines go from `before` to `after` is to be evicted at `now_ms`
+/// (invariant 4): if it was already expired, by the deadline that had passed, whatever `after`
+/// says; else if `after` puts it past one, by that one.
+fn expired_either(before: &Deadlines, after: &Deadlines, now_ms: u64) -> Option<ExpiryReason> {
+    before.expired(now_ms).or_else(|| after.expired(now_ms))
+}
 
 /// What re-applying a policy did to one shard.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
@@ -83,16 +96,16 @@ impl Shard {
             org.eff = new;
             let mut report = Reapplied::default();
             for idx in self.org_indices(slot) {
+                let r = &self.slab.records[idx as usize];
+                let last = r.last_ms.load(Ordering::Relaxed);
+                let before = Deadlines::compute(&old, r.created_ms, last);
                 let d = self.deadlines(idx);
-                match d.expired(now_ms) {
+                match expired_either(&before, &d, now_ms) {
                     Some(reason) => {
                         self.remove(idx, reason.into());
                         report.evicted.add(reason);
                     }
                     None => {
-                        let r = &self.slab.records[idx as usize];
-                        let last = r.last_ms.load(Ordering::Relaxed);
-                        let before = Deadlines::compute(&old, r.created_ms, last);
                         report.deadline_earlier += u64::from(d.expires < before.expires);
                         report.deadline_later += u64::from(d.expires > before.expires);
                         self.wheel.remove(&mut self.slab, idx);
@@ -120,8 +133,8 @@ impl Shard {
 
     /// What [`Shard::reapply`] with the same arguments would do, without doing it (`&self`: it
     /// runs under the shard's read lock, so validate and touch keep answering). For every session
-    /// of an org whose effective policy would change it computes the new deadlines with the same
-    /// [`Deadlines::compute`] / [`Deadlines::expired`] the real change uses, which is what makes
+    /// of an org whose effective policy would change it computes the old and new deadlines with
+    /// the same [`Deadlines::compute`] / [`expired_either`] the real change uses, which is what makes
     /// `would_evict` equal the real eviction at the same `now_ms`.
     pub fn dry_run(
         &self,
@@ -144,7 +157,7 @@ impl Shard {
                 let before = Deadlines::compute(&old, r.created_ms, last);
                 let after = Deadlines::compute(&new, r.created_ms, last);
                 out.affected += 1;
-                match after.expired(now_ms) {
+                match expired_either(&before, &after, now_ms) {
                     Some(reason) => out.would_evict.add(reason),
                     None if after.expires < before.expires => out.deadline_earlier += 1,
                     None if after.expires > before.expires => out.deadline_later += 1,

@@ -7,6 +7,8 @@
 //!    stricter mode bounds by it; override mode lets an org loosen.
 //! 3. `persistent` needs both policies in stricter mode.
 //! 4. A dry run counts exactly what the change would do and changes nothing.
+//! 5. A session already expired when the policy changes stays dead, however loose the new
+//!    policy: the change evicts it (and its dry run counts it), it never validates again.
 
 use super::*;
 
@@ -100,6 +102,59 @@ fn persistent_requires_both_in_stricter_mode() {
     assert!(e.create(new("u", Some("p"))).unwrap().session.persistent);
     assert!(!e.create(new("u", Some("np"))).unwrap().session.persistent);
     assert!(e.create(new("u", None)).unwrap().session.persistent);
+}
+
+#[test]
+fn a_looser_policy_never_revives_an_expired_session() {
+    use crate::policy::PolicyWrite;
+    // Override mode, so that the org's own policy can loosen the application's.
+    let (e, clock) = engine_with(EngineConfig {
+        shards: 4,
+        mode: Mode::Override,
+        application_policy: policy(60, Some(1), false),
+        ..EngineConfig::default()
+    });
+    let idle = e.create(new("a", Some("acme"))).unwrap();
+    let live = e.create(new("b", Some("acme"))).unwrap();
+    let org_less = e.create(new("c", None)).unwrap();
+    // Within the tick after the idle deadline: expired, not yet swept.
+    clock.advance(600);
+    assert!(is_valid(&e.touch(live.token.expose())));
+    clock.advance(450);
+    assert_eq!(
+        e.validate(idle.token.expose()),
+        Validation::Invalid(Invalid::ExpiredIdle)
+    );
+    // Idle 30 s through the org: the dry run and the change evict it, by the deadline that
+    // had passed; the session still active is kept.
+    let looser = policy(60, Some(30), false);
+    let write = PolicyWrite::Org {
+        org: "acme".into(),
+        policy: OrgPolicy::Custom(looser),
+    };
+    let dry = e.dry_run(&write).unwrap().sessions;
+    assert_eq!((dry.affected, dry.would_evict.idle), (2, 1));
+    let change = e.set_org_policy("acme", OrgPolicy::Custom(looser)).unwrap();
+    assert_eq!(change.reapplied.as_counts(), dry);
+    assert_eq!(
+        e.validate(idle.token.expose()),
+        Validation::Invalid(Invalid::NotFound)
+    );
+    assert!(is_valid(&e.validate(live.token.expose())));
+    // The same through the application policy, for the org-less session.
+    assert_eq!(
+        e.validate(org_less.token.expose()),
+        Validation::Invalid(Invalid::ExpiredIdle)
+    );
+    let write = PolicyWrite::Application(looser);
+    assert_eq!(e.dry_run(&write).unwrap().sessions.would_evict.idle, 1);
+    assert_eq!(e.set_application_policy(looser).reapplied.evicted.idle, 1);
+    assert_eq!(
+        e.validate(org_less.token.expose()),
+        Validation::Invalid(Invalid::NotFound)
+    );
+    assert_eq!(e.len(), 1);
+    e.check();
 }
 
 #[test]

@@ -1,5 +1,6 @@
 //! Property test: random sequences of every engine operation and clock step, checked at every
-//! step against a naive model that recomputes validity from first principles.
+//! step against a naive model that recomputes validity (and `persistent`) from first
+//! principles: the policy in force, the session's creation and last activity.
 
 use crate::clock::ManualClock;
 use crate::engine::{DryRun, Engine, EngineConfig, PolicyChange};
@@ -110,7 +111,7 @@ impl Model {
                 idle_expires_at_ms: self.deadlines(s).idle,
                 absolute_expires_at_ms: self.deadlines(s).absolute,
                 expires_at_ms: self.deadlines(s).expires,
-                persistent: false, // compared separately
+                persistent: self.effective(s.org).persistent,
                 metadata: None,
             }),
         }
@@ -144,16 +145,6 @@ impl Model {
             .chain((0..ORGS).map(Some))
             .map(|o| (o, self.effective(o)))
             .collect()
-    }
-}
-
-fn strip(v: Validation) -> Validation {
-    match v {
-        Validation::Valid(mut s) => {
-            s.persistent = false;
-            Validation::Valid(s)
-        }
-        other => other,
     }
 }
 
@@ -232,7 +223,7 @@ fn run(ops: Vec<Op>, mode: Mode, app: Policy) {
             Op::Validate(i) => {
                 if let Some(i) = pick(&m, i) {
                     let got = engine.validate(&m.sessions[i].token);
-                    assert_eq!(strip(got), m.expected(i, now), "validate #{i}");
+                    assert_eq!(got, m.expected(i, now), "validate #{i}");
                 }
             }
             Op::Touch(i) => {
@@ -242,7 +233,7 @@ fn run(ops: Vec<Op>, mode: Mode, app: Policy) {
                         m.sessions[i].last = m.sessions[i].last.max(now);
                     }
                     let got = engine.touch(&m.sessions[i].token);
-                    assert_eq!(strip(got), m.expected(i, now), "touch #{i}");
+                    assert_eq!(got, m.expected(i, now), "touch #{i}");
                 }
             }
             Op::Revoke(i) => {
@@ -264,7 +255,9 @@ fn run(ops: Vec<Op>, mode: Mode, app: Policy) {
                     let got = engine.get(id);
                     assert_eq!(got.is_some(), m.sessions[i].present);
                     if let Some(v) = got {
-                        assert_eq!(v.expires_at_ms, m.deadlines(&m.sessions[i]).expires);
+                        let s = &m.sessions[i];
+                        assert_eq!(v.expires_at_ms, m.deadlines(s).expires);
+                        assert_eq!(v.persistent, m.effective(s.org).persistent, "get #{i}");
                     }
                 }
             }

@@ -17,7 +17,9 @@
 //! 3. Validate and touch compare `now` with the exact deadline, so an expired session never
 //!    validates even before the wheel sweeps it.
 //! 4. `orgs[s].eff` is the org's effective policy; the engine rewrites it (and re-applies it to
-//!    the org's list) under the write lock whenever the policy changes.
+//!    the org's list) under the write lock whenever the policy changes. It alone says a
+//!    session's deadlines and whether it is persistent: no record keeps a copy (`record`,
+//!    invariant 5), so every read follows the policy in force.
 //! 5. Ids are cryptographic hashes, so `ids` files by the id's low 64 bits with no keyed hasher
 //!    (see `token`), and nobody can choose a colliding id. `ids` is an [`IdIndex`]: one cache
 //!    line of slots, then the record (see its module doc).
@@ -273,7 +275,6 @@ impl Shard {
         };
         let (code, bytes) = self.user_form(user);
         let idx = self.slab.alloc();
-        let eff = self.orgs[org_slot as usize].as_ref().expect("live").eff;
         {
             let r = &mut self.slab.records[idx as usize];
             r.id_lo = id.table_hash();
@@ -281,7 +282,7 @@ impl Shard {
             r.created_ms = created_ms;
             r.last_ms = AtomicU64::new(last_ms);
             r.user = bytes;
-            r.org_flags = Record::flags(org_slot, code, eff.persistent, metadata.is_some());
+            r.org_flags = Record::flags(org_slot, code, metadata.is_some());
             r.user_next = NIL;
             r.user_prev = NIL;
         }

@@ -49,7 +49,7 @@ impl Shard {
             idle_expires_at_ms: d.idle,
             absolute_expires_at_ms: d.absolute,
             expires_at_ms: d.expires,
-            persistent: r.persistent(),
+            persistent: self.org_eff(r).persistent,
             metadata: if r.has_metadata() {
                 self.metadata.get(&idx)
             } else {

@@ -15,6 +15,9 @@
 //! 4. The org slot takes the low 24 bits: a shard holds fewer than 2^24 - 2 records
 //!    (`id_index::MAX_RECORDS`), and an org slot lives only while it has one, so slots stay
 //!    below `ORG_MASK` (= [`VACANT`]).
+//! 5. A record keeps nothing that follows from its policy: its deadlines and whether it is
+//!    persistent are its org slot's effective policy's, read at each look, so a policy change
+//!    reaches them at once (a persistent bit set at insert went stale when the policy changed).
 
 use super::user_id::{Shapes, UserText};
 use crate::id_index;
@@ -31,8 +34,8 @@ pub(super) struct Record {
     pub(super) last_ms: AtomicU64,
     /// The user id as text if it fits in 16 bytes, or packed (invariant 2).
     pub(super) user: UserBytes,
-    /// Org slot in the low 24 bits, the user code in the next 6, then [`METADATA_BIT`] and
-    /// [`PERSISTENT_BIT`]; [`VACANT`] when free.
+    /// Org slot in the low 24 bits, the user code in the next 6, then [`METADATA_BIT`]; bit 31
+    /// is unused (invariant 5); [`VACANT`] when free.
     pub(super) org_flags: u32,
     pub(super) user_next: u32,
     pub(super) user_prev: u32,
@@ -45,7 +48,6 @@ pub(super) struct Record {
 #[cfg(target_pointer_width = "64")]
 const _: () = assert!(std::mem::size_of::<Record>() == 80);
 
-pub(super) const PERSISTENT_BIT: u32 = 1 << 31;
 /// The record has an entry in the shard's `metadata` side table.
 pub(super) const METADATA_BIT: u32 = 1 << 30;
 const USER_SHIFT: u32 = 24;
@@ -177,16 +179,10 @@ impl Record {
     }
 
     /// `org_flags` of a live record (invariants 2, 4).
-    pub(super) fn flags(org: u32, user_code: u8, persistent: bool, metadata: bool) -> u32 {
+    pub(super) fn flags(org: u32, user_code: u8, metadata: bool) -> u32 {
         assert!(org < ORG_MASK, "org slot {org} out of range");
         debug_assert!(user_code < 64);
-        org | (u32::from(user_code) << USER_SHIFT)
-            | if persistent { PERSISTENT_BIT } else { 0 }
-            | if metadata { METADATA_BIT } else { 0 }
-    }
-
-    pub(super) fn persistent(&self) -> bool {
-        self.org_flags & PERSISTENT_BIT != 0
+        org | (u32::from(user_code) << USER_SHIFT) | if metadata { METADATA_BIT } else { 0 }
     }
 
     pub(super) fn has_metadata(&self) -> bool {
@@ -259,14 +255,11 @@ mod tests {
 
     #[test]
     fn flags_keep_their_fields_apart() {
-        for (org, code, p, m) in [(0, 0, false, false), (ORG_MASK - 1, 63, true, true)] {
+        for (org, code, m) in [(0, 0, false), (ORG_MASK - 1, 63, true)] {
             let mut r = Record::vacant(NIL);
-            r.org_flags = Record::flags(org, code, p, m);
+            r.org_flags = Record::flags(org, code, m);
             assert!(r.live());
-            assert_eq!(
-                (r.org(), r.user_code(), r.persistent(), r.has_metadata()),
-                (org, code, p, m)
-            );
+            assert_eq!((r.org(), r.user_code(), r.has_metadata()), (org, code, m));
         }
     }
 

@@ -9,6 +9,8 @@
 //! 4. A dry run counts exactly what the change would do and changes nothing.
 //! 5. A session already expired when the policy changes stays dead, however loose the new
 //!    policy: the change evicts it (and its dry run counts it), it never validates again.
+//! 6. `persistent` follows the policy in force, like the deadlines: a change reaches every
+//!    session it governs, in every read (validate, touch, get, a user's list).
 
 use super::*;
 
@@ -154,6 +156,44 @@ fn a_looser_policy_never_revives_an_expired_session() {
         Validation::Invalid(Invalid::NotFound)
     );
     assert_eq!(e.len(), 1);
+    e.check();
+}
+
+#[test]
+fn persistent_follows_the_policy_in_force() {
+    let (e, _) = engine(policy(3_600, None, true));
+    let plain = e.create(new("u", None)).unwrap();
+    let acme = e.create(new("u", Some("acme"))).unwrap();
+    assert!(plain.session.persistent && acme.session.persistent);
+    // Every read of both sessions says `want`.
+    let says = |want: [bool; 2]| {
+        for (c, want) in [(&plain, want[0]), (&acme, want[1])] {
+            let t = c.token.expose();
+            let Validation::Valid(v) = e.validate(t) else {
+                panic!()
+            };
+            assert_eq!(v.persistent, want, "validate");
+            assert_eq!(e.validate_with(t, |s, _| s.persistent), Ok(want));
+            let Validation::Valid(v) = e.touch(t) else {
+                panic!()
+            };
+            assert_eq!(v.persistent, want, "touch");
+            assert_eq!(e.get(c.session.id).unwrap().persistent, want, "get");
+            let listed = e.list_user("u");
+            let l = listed.iter().find(|v| v.id == c.session.id).unwrap();
+            assert_eq!(l.persistent, want, "list");
+        }
+    };
+    says([true, true]);
+    e.set_application_policy(policy(3_600, None, false));
+    says([false, false]);
+    e.set_application_policy(policy(3_600, None, true));
+    says([true, true]);
+    e.set_org_policy("acme", OrgPolicy::Custom(policy(3_600, None, false)))
+        .unwrap();
+    says([true, false]);
+    e.set_org_policy("acme", OrgPolicy::Application).unwrap();
+    says([true, true]);
     e.check();
 }
 

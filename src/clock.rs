@@ -4,7 +4,8 @@
 //! 1. The engine never reads the system time itself; it asks the [`Clock`] it was given, so every
 //!    expiry rule is testable with a [`ManualClock`] and no sleeping.
 //! 2. A clock may step backwards (NTP, a test); callers must treat time as "now", not as monotonic.
-//!    The engine never moves `last_activity_at` backwards because of it (see `shard`).
+//!    The engine never moves `last_activity_at` backwards because of it, and its wheels follow
+//!    the step so that eviction still lags a deadline by at most a tick (see `shard`).
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};

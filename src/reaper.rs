@@ -23,10 +23,9 @@ use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::Duration;
 
-/// One pass over every shard at the clock's `now`; returns how many sessions were evicted (those
-/// evicted at a limit since the last pass included).
+/// One pass over every shard, each at the clock's `now` read under its lock; returns how many
+/// sessions were evicted (those evicted at a limit since the last pass included).
 pub fn sweep(engine: &Engine, metrics: &Metrics) -> u64 {
-    let now = engine.now_ms();
     // Expired sessions a create evicted at a limit since the last pass (invariant 5).
     let early = engine.take_limit_evictions();
     metrics.expired(ExpiryReason::Idle, early.idle);
@@ -34,7 +33,7 @@ pub fn sweep(engine: &Engine, metrics: &Metrics) -> u64 {
     let mut total = early.total();
     for i in 0..engine.shard_count() {
         loop {
-            let (ev, more) = engine.advance_shard(i, now, REAP_BATCH, &mut |reason, lag_ms| {
+            let (ev, more) = engine.advance_shard(i, REAP_BATCH, &mut |reason, lag_ms| {
                 metrics.evicted(reason, lag_ms)
             });
             total += ev.total();

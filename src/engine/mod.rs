@@ -244,7 +244,7 @@ impl Engine {
         let mut ev = Evictions::default();
         for i in 0..self.shards.len() {
             loop {
-                let (e, more) = self.advance_shard(i, now, REAP_BATCH, &mut |_, _| {});
+                let (e, more) = self.advance_shard(i, REAP_BATCH, &mut |_, _| {});
                 ev.merge(e);
                 if !more {
                     break;
@@ -457,11 +457,10 @@ impl Engine {
     /// Evicts every session due at the clock's `now` (all shards, no batch limit); for tests and
     /// tools. The daemon's reaper uses [`Engine::advance_shard`].
     pub fn advance(&self) -> Evictions {
-        let now = self.clock.now_ms();
         let mut total = Evictions::default();
         for i in 0..self.shards.len() {
             loop {
-                let (ev, more) = self.advance_shard(i, now, usize::MAX, &mut |_, _| {});
+                let (ev, more) = self.advance_shard(i, usize::MAX, &mut |_, _| {});
                 total.merge(ev);
                 if !more {
                     break;
@@ -471,16 +470,18 @@ impl Engine {
         total
     }
 
-    /// Evicts up to `budget` due sessions of shard `i` at `now_ms`, holding its lock only for
-    /// that batch. Returns the evictions and whether more may be due.
+    /// Evicts up to `budget` due sessions of shard `i`, holding its lock only for that batch.
+    /// Returns the evictions and whether more may be due. The clock is read under the lock, so
+    /// no advance of a shard is ever at an instant before the previous one's unless the clock
+    /// itself stepped back (the shard's invariant 7 tells one from the other by it).
     pub fn advance_shard(
         &self,
         i: usize,
-        now_ms: u64,
         budget: usize,
         on_evict: &mut impl FnMut(ExpiryReason, u64),
     ) -> (Evictions, bool) {
-        self.shards[i].write().advance(now_ms, budget, on_evict)
+        let mut shard = self.shards[i].write();
+        shard.advance(self.clock.now_ms(), budget, on_evict)
     }
 
     /// The expired sessions creates have evicted at a limit since the last call (invariant 6),

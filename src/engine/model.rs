@@ -15,7 +15,10 @@ const ORGS: usize = 3;
 
 #[derive(Debug, Clone)]
 enum Op {
-    Create { user: usize, org: Option<usize> },
+    Create {
+        user: usize,
+        org: Option<usize>,
+    },
     Validate(usize),
     Touch(usize),
     Revoke(usize),
@@ -27,6 +30,8 @@ enum Op {
     SetOrg(usize, Option<Policy>),
     SetApp(Policy),
     Advance(u64),
+    /// The wall clock steps back (NTP, a VM resumed): `clock`, invariant 2.
+    StepBack(u64),
     Sweep,
 }
 
@@ -53,6 +58,7 @@ fn arb_op() -> impl Strategy<Value = Op> {
         1 => (0..ORGS, proptest::option::of(arb_policy())).prop_map(|(o, p)| Op::SetOrg(o, p)),
         1 => arb_policy().prop_map(Op::SetApp),
         4 => (0u64..6_000).prop_map(Op::Advance),
+        1 => (0u64..30_000).prop_map(Op::StepBack),
         2 => Just(Op::Sweep),
     ]
 }
@@ -318,12 +324,14 @@ fn run(ops: Vec<Op>, mode: Mode, app: Policy) {
                 check_dry_run(&dry, &change, evicted);
             }
             Op::Advance(ms) => clock.advance(ms),
+            Op::StepBack(ms) => clock.set(now.saturating_sub(ms)),
             Op::Sweep => {
                 let _ = engine.advance();
-                // Eviction is exact to one tick: whatever expired by the last tick boundary is
-                // gone, nothing unexpired was removed, and what expired within the current tick
-                // may still be there (ask the engine which).
-                let boundary = now - (now - T0) % 100;
+                // Eviction is exact to one tick, also after the clock stepped back: whatever
+                // expired by the last tick boundary is gone, nothing unexpired was removed, and
+                // what expired within the current tick may still be there (ask the engine which).
+                // (T0 is a multiple of the tick: the boundaries are the clock's multiples of it.)
+                let boundary = now - now % 100;
                 for s in m.sessions.iter_mut().filter(|s| s.present) {
                     let d = Deadlines::compute(
                         &Model::effective_of(mode, &m.app, &m.custom, s.org).effective(),

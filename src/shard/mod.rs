@@ -25,6 +25,14 @@
 //!    line of slots, then the record (see its module doc).
 //! 6. Every create, coalesced activity and removal is reported to `changes` with this shard's
 //!    index while the shard's lock is held (see `changes`); start-up replay is not.
+//! 7. **A clock that steps back delays no eviction.** The wheel's ticks only move forward, so a
+//!    deadline after a backward step can map to a tick already processed, which the wheel
+//!    clamps to the next one (wheel invariant 4), due only once the clock is back where it was.
+//!    [`Shard::advance`] first moves the scale's origin back (`follow_clock`) so that the clock
+//!    is again one tick past the ticks processed: the origin only ever moves back, by whole
+//!    ticks, so an entry filed on an older scale comes due early (re-checked and re-filed, as
+//!    invariant 2 has it), never late, and eviction lags a deadline by at most one tick after a
+//!    step as before it.
 
 mod check;
 mod lists;
@@ -368,6 +376,7 @@ impl Shard {
         mut budget: usize,
         on_evict: &mut impl FnMut(ExpiryReason, u64),
     ) -> (Evictions, bool) {
+        self.follow_clock(now_ms);
         let now_tick = self.scale.now_tick(now_ms);
         let mut ev = Evictions::default();
         while budget > 0 {
@@ -389,6 +398,22 @@ impl Shard {
             }
         }
         (ev, true)
+    }
+
+    /// Keeps the wheel's ticks ahead of a clock that stepped back (invariant 7). The wheel has
+    /// processed tick `elapsed`, which begins at `origin + elapsed * tick`: a `now_ms` before
+    /// that is a backward step (not a stale reading: the engine reads the clock under this
+    /// shard's write lock, after any earlier advance's reading). The origin then moves back by whole ticks, so that `now_ms` falls in tick
+    /// `elapsed + 1`: the pass that follows fires that slot, where an entry filed meanwhile for
+    /// a deadline before `elapsed` was clamped, and what is not due yet is filed again on the new
+    /// scale. Every entry filed before comes due early by the shift, never late.
+    fn follow_clock(&mut self, now_ms: u64) {
+        let tick = self.scale.tick_ms;
+        let processed_ms = self.scale.origin_ms + self.wheel.elapsed() * tick;
+        if now_ms < processed_ms {
+            let back = (1 + (processed_ms - now_ms).div_ceil(tick)) * tick;
+            self.scale.origin_ms = self.scale.origin_ms.saturating_sub(back);
+        }
     }
 
     /// Removes every expired session in this shard (O(slab)); see `Engine::sweep_expired`.

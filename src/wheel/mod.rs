@@ -17,10 +17,16 @@
 //!    `level`/`slot` name that list, so [`Wheel::remove`] is O(1).
 //! 4. `when` is clamped into `elapsed + 1 ..= elapsed + MAX_AHEAD_TICKS`: an entry never lands in
 //!    the slot being processed, and never more than 63 top-level slots ahead (no wrap onto the
-//!    current slot). A clamped entry simply fires early and is filed again by the caller.
+//!    current slot). An entry clamped down simply fires early and is filed again by the caller.
+//!    One clamped up (a `when` at or before `elapsed`) fires at `elapsed + 1`: on time only if
+//!    the caller's clock is not behind `elapsed`, which the wheel cannot see; the caller keeps it
+//!    so (after a backward clock step the shard moves its scale, `shard` invariant 7).
 //! 5. A slot's deadline is never later than the `when` of any entry filed in it, so an entry is
 //!    never handed back after its `when` has passed by more than the caller's polling delay.
-//! 6. A deadline's tick never comes due before the deadline ([`TickScale`], `slots` invariant 3).
+//! 6. On one scale, a deadline's tick never comes due before the deadline ([`TickScale`],
+//!    `slots` invariant 3). The shard only ever moves its scale's origin back (`shard`
+//!    invariant 7), so an entry filed on an older scale comes due early, never late; its
+//!    caller re-checks the real deadline either way.
 
 mod slots;
 
@@ -183,7 +189,8 @@ impl Wheel {
     /// An entry handed back is either truly due or was cascaded from a higher level; the caller
     /// compares its real deadline and expires it or [`Wheel::insert`]s it again. Ticks are
     /// processed in order, so a clock that jumped days ahead costs one step per occupied slot,
-    /// not per tick. A `now_tick` before `elapsed` (clock stepped back) fires nothing new.
+    /// not per tick. A `now_tick` before `elapsed` (clock stepped back) fires nothing new; the
+    /// shard never passes one, having moved its scale first (invariant 4).
     pub fn poll(&mut self, store: &mut impl LinkStore, now_tick: u64) -> Option<u32> {
         loop {
             if self.pending != NIL {

@@ -19,7 +19,9 @@
 //! 2. [`MAX_AHEAD_TICKS`] is 63 top-level slots: an entry filed no further ahead never wraps
 //!    onto the slot being processed (the wheel's invariant 4).
 //! 3. [`TickScale`] rounds a deadline up to its tick and the clock down to the last tick fully
-//!    begun, so the tick a deadline is filed at never comes due before the deadline itself.
+//!    begun, so on one scale the tick a deadline is filed at never comes due before the deadline
+//!    itself. A shard moves `origin_ms` back, by whole ticks, after the clock steps back
+//!    (`shard` invariant 7): ticks filed on the scale before come due earlier, never later.
 
 /// Number of levels.
 pub const LEVELS: usize = 6;

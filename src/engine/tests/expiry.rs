@@ -7,6 +7,8 @@
 //! 3. A touch never moves a session past its absolute deadline and never revives one.
 //! 4. The wheel evicts within one tick of the deadline, re-files a touched session instead of
 //!    evicting it, and survives clock jumps of days and steps back.
+//! 5. After the clock steps back, eviction still lags a deadline by at most one tick: for the
+//!    sessions created after the step as for those filed before it, which are not evicted early.
 
 use super::*;
 
@@ -192,5 +194,54 @@ fn clock_jump_of_days_and_step_back() {
     clock.set(T0 + 3 * 86_400_000);
     assert_eq!(e.advance().absolute, 100);
     assert!(e.is_empty());
+    e.check();
+}
+
+#[test]
+fn after_the_clock_steps_back_eviction_still_lags_a_deadline_by_a_tick_at_most() {
+    let (e, clock) = engine(policy(2, None, false));
+    // The reaper has run up to T0 + 120 s, where a session is created.
+    clock.advance(120_000);
+    assert_eq!(e.advance().total(), 0);
+    let before = e.create(new("before", None)).unwrap();
+    // The clock steps back 60 s; a session created then lives 2 s by that clock.
+    clock.set(T0 + 60_000);
+    let after = e.create(new("after", None)).unwrap();
+    assert_eq!(after.session.expires_at_ms, T0 + 62_000);
+    clock.advance(1_999);
+    assert_eq!(
+        e.advance().total(),
+        0,
+        "one millisecond before its deadline"
+    );
+    clock.advance(1); // its deadline, on a tick boundary
+    assert_eq!(
+        e.validate(after.token.expose()),
+        Validation::Invalid(Invalid::ExpiredAbsolute)
+    );
+    assert_eq!(e.advance().absolute, 1);
+    assert!(e.get(after.session.id).is_none());
+    assert_eq!(e.list_user("after").len(), 0);
+    // The session filed before the step keeps its own deadline, T0 + 122 s: never evicted
+    // early, however often the wheel fires it meanwhile.
+    for t in (62_100..122_000).step_by(700) {
+        clock.set(T0 + t);
+        assert_eq!(e.advance().total(), 0, "at T0 + {t} ms");
+    }
+    assert!(is_valid(&e.validate(before.token.expose())));
+    clock.set(T0 + 122_000);
+    assert_eq!(e.advance().absolute, 1);
+    assert!(e.is_empty());
+    e.check();
+
+    // The first pass after a step evicts at once what is already due, even when that pass
+    // comes late (no reaper ran in between).
+    clock.set(T0 + 200_000);
+    assert_eq!(e.advance().total(), 0);
+    clock.set(T0 + 100_000);
+    let late = e.create(new("late", None)).unwrap();
+    clock.advance(2_050);
+    assert_eq!(e.advance().absolute, 1);
+    assert!(e.get(late.session.id).is_none());
     e.check();
 }

@@ -6,11 +6,11 @@
 //! Invariants:
 //! 1. **Every change, once.** A create is reported as [`Change::Created`] with what is saved
 //!    of the session, a removal as [`Change::Removed`] with its reason (revoked by the API,
-//!    evicted idle or absolute by the wheel, the start-up sweep, a tighter policy or a create at
-//!    a limit, displaced by the per-user limit), activity as [`Change::Activity`]. Nothing else changes what is
-//!    saved of a session: deadlines follow from the policy, which is not a session change
-//!    (policies are kept by `policy_source` in `policies.json`, not by the engine; what a
-//!    policy change does to sessions arrives here as the removals it causes).
+//!    evicted idle or absolute by the wheel, the start-up sweep, a tighter policy or a create
+//!    at a limit, displaced by the per-user limit), activity as [`Change::Activity`]. Nothing
+//!    else changes what is saved of a session: deadlines follow from the policy, which is not a
+//!    session change (policies are kept by `policy_source` in `policies.json`, not by the
+//!    engine; what a policy change does to sessions arrives here as the removals it causes).
 //! 2. **Activity is coalesced**: reported only when a touch moves a session's last activity
 //!    into a new whole second, so at most once a second per session, and the reported time is
 //!    less than a second behind the table.

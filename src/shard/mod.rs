@@ -403,10 +403,11 @@ impl Shard {
     /// Keeps the wheel's ticks ahead of a clock that stepped back (invariant 7). The wheel has
     /// processed tick `elapsed`, which begins at `origin + elapsed * tick`: a `now_ms` before
     /// that is a backward step (not a stale reading: the engine reads the clock under this
-    /// shard's write lock, after any earlier advance's reading). The origin then moves back by whole ticks, so that `now_ms` falls in tick
-    /// `elapsed + 1`: the pass that follows fires that slot, where an entry filed meanwhile for
-    /// a deadline before `elapsed` was clamped, and what is not due yet is filed again on the new
-    /// scale. Every entry filed before comes due early by the shift, never late.
+    /// shard's write lock, after any earlier advance's reading). The origin then moves back by
+    /// whole ticks, so that `now_ms` falls in tick `elapsed + 1`: the pass that follows fires
+    /// that slot, where an entry filed meanwhile for a deadline before `elapsed` was clamped,
+    /// and what is not due yet is filed again on the new scale. Every entry filed before comes
+    /// due early by the shift, never late.
     fn follow_clock(&mut self, now_ms: u64) {
         let tick = self.scale.tick_ms;
         let processed_ms = self.scale.origin_ms + self.wheel.elapsed() * tick;

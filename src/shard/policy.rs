@@ -134,8 +134,8 @@ impl Shard {
     /// What [`Shard::reapply`] with the same arguments would do, without doing it (`&self`: it
     /// runs under the shard's read lock, so validate and touch keep answering). For every session
     /// of an org whose effective policy would change it computes the old and new deadlines with
-    /// the same [`Deadlines::compute`] / [`expired_either`] the real change uses, which is what makes
-    /// `would_evict` equal the real eviction at the same `now_ms`.
+    /// the same [`Deadlines::compute`] / [`expired_either`] the real change uses, which is what
+    /// makes `would_evict` equal the real eviction at the same `now_ms`.
     pub fn dry_run(
         &self,
         eff_for: impl Fn(Option<&str>) -> Effective,

@@ -2,8 +2,8 @@
 //!
 //! What this test holds the engine to:
 //! 1. Every create, coalesced activity and removal (revocation, expiry by the wheel or at a
-//!    limit, displacement, policy eviction) is reported exactly once, in order, with the shard that holds the session
-//!    (engine invariant 5, shard invariant 6).
+//!    limit, displacement, policy eviction) is reported exactly once, in order, with the shard
+//!    that holds the session (engine invariant 5, shard invariant 6).
 //! 2. Start-up replay is not reported.
 
 use super::*;

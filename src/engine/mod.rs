@@ -13,8 +13,8 @@
 //!    store while holding its read lock across the shard insert, and policy writes hold its write
 //!    lock while visiting every shard, so no shard ever caches a stale effective policy.
 //! 3. `active` counts the sessions in the table (expired ones not yet swept included, see 6); a
-//!    create reserves its place before inserting, so
-//!    `max_sessions` is never exceeded even under concurrent creates.
+//!    create reserves its place before inserting, so `max_sessions` is never exceeded even
+//!    under concurrent creates.
 //! 4. With a per-user limit, creates of one user are serialized by a striped mutex, so the count
 //!    across shards cannot race past the limit.
 //! 5. Every change of the table leaves the engine through the `changes` seam (the shards report

@@ -5,11 +5,11 @@
 //! 1. Sessions are listed and revoked by user and by org.
 //! 2. `max_sessions` is a clean error, never exceeded (engine invariant 3); the per-user limit
 //!    refuses or evicts the oldest (engine invariant 4).
+//! 3. Bad ids are refused by name.
+//! 4. Metadata and long user ids live beside the record and are freed with it.
 //! 5. Both limits count live sessions: an expired session not yet swept holds no place (at
 //!    `max_sessions`, one expired by the last tick boundary; under the per-user limit, one
 //!    expired at all), and evict-oldest never displaces a live session to keep an expired one.
-//! 3. Bad ids are refused by name.
-//! 4. Metadata and long user ids live beside the record and are freed with it.
 
 use super::*;
 

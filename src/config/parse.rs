@@ -179,9 +179,11 @@ pub fn parse_interval(s: &str) -> Result<Duration, String> {
     parse_duration("snapshot_interval", s, min, max, "10m")
 }
 
-/// The cluster stream's retention, 1 minute to 365 days.
+/// How long the stream keeps changes, 5 min to 365 days: longer than the stream's 2-minute
+/// duplicate window (`cluster`), which JetStream refuses to exceed its `max_age` (a node given
+/// less never became ready, every create answered 503).
 pub fn parse_retention(s: &str) -> Result<Duration, String> {
-    let (min, max) = (Duration::from_secs(60), Duration::from_secs(365 * 86_400));
+    let (min, max) = (Duration::from_secs(300), Duration::from_secs(365 * 86_400));
     parse_duration("cluster_retention", s, min, max, "24h")
 }
 

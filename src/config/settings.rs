@@ -252,7 +252,7 @@ settings! {
         #[arg(long, env = "SESSIOND_CLUSTER_REPLICAS")]
         pub cluster_replicas: Option<usize>,
         /// How long the stream keeps changes, when this node creates it, e.g. `24h`, `7d`
-        /// (1m to 365d); at least the longest absolute session lifetime [default: 24h].
+        /// (5m to 365d); at least the longest absolute session lifetime [default: 24h].
         #[arg(long, env = "SESSIOND_CLUSTER_RETENTION")]
         #[serde(default, deserialize_with = "super::parse::duration_text")]
         pub cluster_retention: Option<String>,

@@ -348,6 +348,24 @@ fn cluster_settings_are_checked_together() {
     .unwrap_err()
     .to_string();
     assert!(e.contains("must be shorter than cluster_retention"), "{e}");
+    // JetStream refuses a duplicate window (2 min) longer than the stream's max age: a
+    // retention under it is refused here, not by a node that then never becomes ready.
+    for (retention, ok) in [("1m", false), ("2m", false), ("4m", false), ("5m", true)] {
+        let r = Config::load(cli(&[
+            "--cluster",
+            "nats://a:4222",
+            "--cluster-retention",
+            retention,
+            "--cluster-snapshot-interval",
+            "1m",
+        ]));
+        assert_eq!(
+            r.is_ok(),
+            ok,
+            "{retention}: {:?}",
+            r.err().map(|e| e.to_string())
+        );
+    }
 }
 
 /// The one duration rule holds in the file for every duration key: a bare integer is seconds

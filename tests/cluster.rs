@@ -681,3 +681,51 @@ fn cluster_a_node_restarted_while_nats_is_down_serves_its_saved_state_after_a_wh
         a.call("GET", "/v1/cluster", None).json()["caught_up"] == true
     });
 }
+
+/// The same when NATS answers but its JetStream cannot (two of three servers down: no
+/// quorum): the node is connected, yet the stream never answers, and authentication must not
+/// wait for it either.
+#[test]
+fn cluster_a_node_restarted_while_jetstream_has_no_quorum_serves_its_saved_state_after_a_while() {
+    let Some(bin) = find_nats() else { return };
+    let mut nats = Nats::start(bin, 3);
+    let scratch_dir = scratch("cluster-no-quorum");
+    let state = scratch_dir.join("state");
+    let state_arg = state.to_str().unwrap().to_owned();
+    let urls = nats.urls();
+    let args = [
+        "--cluster",
+        urls.as_str(),
+        "--node-name",
+        "a",
+        "--cluster-replicas",
+        "3",
+        "--cluster-ready-timeout",
+        "2s",
+        "--state-dir",
+        state_arg.as_str(),
+    ];
+    let a = Daemon::start(&args);
+    let (token, _) = create(&a, &[], r#"{"user_id": "alice"}"#);
+    assert!(a.terminate().success());
+    nats.stop_server(1);
+    nats.stop_server(2);
+    let a = Daemon::spawn_with_env(&args, &[]);
+    let started = Instant::now();
+    assert_eq!(a.call("GET", "/readyz", None).status, 503);
+    a.wait_ready();
+    assert!(
+        started.elapsed() >= Duration::from_millis(1_500),
+        "{:?}",
+        started.elapsed()
+    );
+    assert!(valid(&a, &token));
+    let view = a.call("GET", "/v1/cluster", None).json();
+    assert_eq!(view["caught_up"], false, "{view}");
+    // The quorum back: it catches up.
+    nats.start_server(1);
+    nats.start_server(2);
+    eventually(30, "caught up once JetStream has its quorum", || {
+        a.call("GET", "/v1/cluster", None).json()["caught_up"] == true
+    });
+}

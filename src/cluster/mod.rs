@@ -26,8 +26,10 @@
 //!    up to its head as of start and, in API mode, the policy bucket's full set
 //!    ([`Cluster::caught_up`]), so a reachable cluster is never answered from a view that may
 //!    miss its revocations or policies. The one exception keeps auth independent of NATS: when
-//!    NATS has been unreachable for `--cluster-ready-timeout` (30 s) since start, the node says
-//!    ready with what it saved, and says so in its log ([`Cluster::ready`]).
+//!    the stream has not answered `--cluster-ready-timeout` (30 s) after start (NATS
+//!    unreachable, or reachable with JetStream unable to give the stream's head for want of a
+//!    quorum), the node says ready with what it saved, and says so in its log
+//!    ([`Cluster::ready`]). A node that has the head and is still reading up to it waits.
 //! 5. Validate, touch and `/v1/auth` never wait for NATS beyond invariant 2's bounded miss.
 //! 6. **A revocation outlives a crash.** The revocations this node's journal holds since its
 //!    snapshot may never have reached the stream (NATS unreachable, then the node stopped):
@@ -137,7 +139,7 @@ pub struct Cluster {
     /// Revocations from this node's journal, applied again and published once caught up
     /// (invariant 6).
     journal_revocations: parking_lot::Mutex<Vec<u128>>,
-    /// NATS was unreachable for `ready_timeout` after start: serving from saved state.
+    /// The stream silent for `ready_timeout` after start: serving from saved state (invariant 4).
     serving_stale: AtomicBool,
     /// When this run started, by the engine's clock (`seed`, invariant 3).
     started_ms: u64,
@@ -275,14 +277,21 @@ impl Cluster {
         let c = self.clone();
         tokio::spawn(async move {
             tokio::time::sleep(c.settings.ready_timeout).await;
-            if !c.caught_up() && !c.connected() {
+            // NATS unreachable, or reachable with its JetStream unable to answer (a server up
+            // while the others that make its quorum are down: the stream's head never came).
+            // Either way the stream cannot be read, and authentication must not wait for it.
+            // A node that has the head and is still reading up to it keeps waiting.
+            let no_head = c.start_head.borrow().is_none();
+            if !c.caught_up() && (!c.connected() || no_head) {
                 c.serving_stale.store(true, Ordering::Release);
                 tracing::warn!(
                     waited_secs = c.settings.ready_timeout.as_secs(),
                     sessions = c.engine.len(),
-                    "NATS is unreachable since start: serving from this node's saved state, which \
-                     misses what other nodes changed meanwhile (revocations included) until NATS \
-                     is back and the node has caught up"
+                    nats_connected = c.connected(),
+                    "the cluster's stream has not answered since start (NATS unreachable, or \
+                     JetStream without a quorum): serving from this node's saved state, which \
+                     misses what other nodes changed meanwhile (revocations included) until the \
+                     stream answers and the node has caught up"
                 );
             }
         });
@@ -462,8 +471,8 @@ impl Cluster {
         self.caught_up.load(Ordering::Acquire)
     }
 
-    /// Whether this node may say it is ready: caught up, or NATS unreachable for longer than
-    /// `--cluster-ready-timeout` since start (invariant 4).
+    /// Whether this node may say it is ready: caught up, or the stream silent for
+    /// `--cluster-ready-timeout` after start (invariant 4).
     pub fn ready(&self) -> bool {
         self.caught_up() || self.serving_stale.load(Ordering::Acquire)
     }

@@ -256,8 +256,9 @@ settings! {
         #[arg(long, env = "SESSIOND_CLUSTER_RETENTION")]
         #[serde(default, deserialize_with = "super::parse::duration_text")]
         pub cluster_retention: Option<String>,
-        /// How long a starting node waits for an unreachable NATS before it serves from its
-        /// saved state anyway, e.g. `30s` (1s to 1h) [default: 30s].
+        /// How long a starting node waits for the cluster's stream (NATS unreachable, or
+        /// JetStream without a quorum) before it serves from its saved state anyway, e.g. `30s`
+        /// (1s to 1h) [default: 30s].
         #[arg(long, env = "SESSIOND_CLUSTER_READY_TIMEOUT")]
         #[serde(default, deserialize_with = "super::parse::duration_text")]
         pub cluster_ready_timeout: Option<String>,

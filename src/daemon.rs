@@ -129,6 +129,12 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     };
     let st = state(&config, keys, persist.as_ref().map(|p| p.journal()));
     let engine = st.engine.clone();
+    // No snapshot cuts from the journal what the cluster's stream does not have yet
+    // (`persist`, invariant 5).
+    if let (Some(p), Some(c)) = (&persist, &st.cluster) {
+        let outbox = c.outbox.clone();
+        p.hold_snapshots(move || outbox.backlog() > 0);
+    }
     let policies = st.policies.clone();
     let loaded = st.policies.load_initial();
     if config.policy_file.is_some() {

@@ -635,6 +635,41 @@ fn cluster_a_revocation_made_without_nats_outlives_its_nodes_crash() {
     eventually(10, "B's revocation reaches A", || !valid(&a, &token));
 }
 
+/// The same with a clean stop (SIGTERM) in place of the crash, under `sync`: the logout is
+/// answered 503 ("kept and published after"), and no snapshot, periodic or last, cuts it from
+/// the journal while the stream lacks it (`persist`, invariant 5), so the next start
+/// publishes it.
+#[test]
+fn cluster_a_revocation_made_without_nats_outlives_a_clean_stop() {
+    let Some(bin) = find_nats() else { return };
+    let mut nats = Nats::start(bin, 1);
+    let a = node(&nats, "a", 1, &[]);
+    let scratch_dir = scratch("cluster-outbox-stop");
+    let state = scratch_dir.join("state");
+    let state_arg = state.to_str().unwrap().to_owned();
+    let b_args = ["--state-dir", state_arg.as_str()];
+    let b = node(&nats, "b", 1, &b_args);
+    let (token, _) = create(&a, &[], r#"{"user_id": "alice"}"#);
+    assert!(valid(&b, &token));
+    nats.stop_server(0);
+    let r = b.call(
+        "POST",
+        "/v1/sessions/revoke",
+        Some(&format!(r#"{{"token": "{token}"}}"#)),
+    );
+    assert_eq!(r.status, 503, "{}", r.body);
+    assert!(r.body.contains("not_replicated"), "{}", r.body);
+    assert!(b.terminate().success());
+    nats.start_server(0);
+    assert!(valid(&a, &token));
+    let b = node(&nats, "b", 1, &b_args);
+    assert!(
+        !valid(&b, &token),
+        "the revocation did not survive B's stop on B"
+    );
+    eventually(10, "B's revocation reaches A", || !valid(&a, &token));
+}
+
 #[test]
 fn cluster_a_node_restarted_while_nats_is_down_serves_its_saved_state_after_a_while() {
     let Some(bin) = find_nats() else { return };

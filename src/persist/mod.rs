@@ -17,6 +17,11 @@
 //!    first file is opened when the disk takes it), failed writes are kept and retried, and a
 //!    snapshot is retried every [`SNAPSHOT_RETRY`] while changes wait for one (see `journal`).
 //!    The shutdown says what did not reach the disk and fails ([`ShutdownError`]).
+//! 5. **No snapshot cuts what another listener still needs.** While the hold that a cluster
+//!    node sets ([`Persistence::hold_snapshots`]: its outbox holds changes the stream does not
+//!    have) is on, no snapshot is taken, periodic or last: the journal keeps those changes, so
+//!    the next start finds the revocations among them and publishes them again (`cluster`,
+//!    invariant 6), after a clean stop as after a crash.
 
 pub mod journal;
 pub mod load;
@@ -154,6 +159,8 @@ pub struct Persistence {
     /// [`Persistence::shutdown`] reaches after the last snapshot.
     shutdown: Shutdown,
     threads: Mutex<Vec<JoinHandle<()>>>,
+    /// While it answers true, no snapshot is taken (invariant 5).
+    hold: std::sync::OnceLock<Box<dyn Fn() -> bool + Send + Sync>>,
 }
 
 impl Persistence {
@@ -182,7 +189,19 @@ impl Persistence {
             snapshot_failures: Mutex::new(0),
             shutdown,
             threads: Mutex::new(Vec::new()),
+            hold: std::sync::OnceLock::new(),
         })
+    }
+
+    /// Holds every snapshot while `hold` answers true (invariant 5); set once, by a cluster
+    /// node, before the daemon serves.
+    pub fn hold_snapshots(&self, hold: impl Fn() -> bool + Send + Sync + 'static) {
+        let _ = self.hold.set(Box::new(hold));
+    }
+
+    /// Whether snapshots are held now (invariant 5).
+    fn held(&self) -> bool {
+        self.hold.get().is_some_and(|h| h())
     }
 
     /// The journal the engine must be built with.
@@ -257,7 +276,8 @@ impl Persistence {
             let due = now >= interval_at
                 || self.journal.segment_bytes() >= JOURNAL_SNAPSHOT_BYTES
                 || (self.journal.needs_snapshot() && !self.journal.fenced());
-            if due && last_try.is_none_or(|t| now - t >= SNAPSHOT_RETRY) {
+            // Held: tried again at the next check, once the stream has what the journal keeps.
+            if due && !self.held() && last_try.is_none_or(|t| now - t >= SNAPSHOT_RETRY) {
                 last_try = Some(now);
                 if self.snapshot(engine).is_ok() {
                     last_snapshot = Instant::now();
@@ -313,7 +333,14 @@ impl Persistence {
     /// reaches [`Stage::Exiting`]: the journal thread writes and syncs what is left and stops.
     /// Says what did not reach the disk.
     pub fn shutdown(&self, engine: &Engine) -> Result<(), ShutdownError> {
-        let snap = if self.journal.generation().is_some() && !self.journal.fenced() {
+        let held = self.held();
+        if held {
+            tracing::warn!(
+                "no last snapshot: the cluster's stream lacks changes this node made, and the \
+                 journal keeps them for the next start to publish"
+            );
+        }
+        let snap = if self.journal.generation().is_some() && !self.journal.fenced() && !held {
             self.snapshot(engine).err()
         } else {
             None

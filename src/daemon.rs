@@ -130,10 +130,11 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     let st = state(&config, keys, persist.as_ref().map(|p| p.journal()));
     let engine = st.engine.clone();
     // No snapshot cuts from the journal what the cluster's stream does not have yet
-    // (`persist`, invariant 5).
+    // (`persist`, invariant 5). Only while NATS is out of reach: a busy node's outbox is
+    // rarely empty, and holding on any backlog would put its snapshots off for good.
     if let (Some(p), Some(c)) = (&persist, &st.cluster) {
-        let outbox = c.outbox.clone();
-        p.hold_snapshots(move || outbox.backlog() > 0);
+        let c = c.clone();
+        p.hold_snapshots(move || c.outbox.backlog() > 0 && !c.connected());
     }
     let policies = st.policies.clone();
     let loaded = st.policies.load_initial();

@@ -18,10 +18,10 @@
 //!    snapshot is retried every [`SNAPSHOT_RETRY`] while changes wait for one (see `journal`).
 //!    The shutdown says what did not reach the disk and fails ([`ShutdownError`]).
 //! 5. **No snapshot cuts what another listener still needs.** While the hold that a cluster
-//!    node sets ([`Persistence::hold_snapshots`]: its outbox holds changes the stream does not
-//!    have) is on, no snapshot is taken, periodic or last: the journal keeps those changes, so
-//!    the next start finds the revocations among them and publishes them again (`cluster`,
-//!    invariant 6), after a clean stop as after a crash.
+//!    node sets ([`Persistence::hold_snapshots`]: NATS out of reach and its outbox holding
+//!    changes the stream does not have) is on, no snapshot is taken, periodic or last: the
+//!    journal keeps those changes, so the next start finds the revocations among them and
+//!    publishes them again (`cluster`, invariant 6), after a clean stop as after a crash.
 
 pub mod journal;
 pub mod load;

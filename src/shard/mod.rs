@@ -29,7 +29,8 @@
 //!    deadline after a backward step can map to a tick already processed, which the wheel
 //!    clamps to the next one (wheel invariant 4), due only once the clock is back where it was.
 //!    [`Shard::advance`] first moves the scale's origin back (`follow_clock`) so that the clock
-//!    is again one tick past the ticks processed: the origin only ever moves back, by whole
+//!    is again one tick past the ticks processed, and so does filing a deadline at or before
+//!    them (`file`: a create or touch after the step, before any pass has seen it): the origin only ever moves back, by whole
 //!    ticks, so an entry filed on an older scale comes due early (re-checked and re-filed, as
 //!    invariant 2 has it), never late, and eviction lags a deadline by at most one tick after a
 //!    step as before it.
@@ -310,8 +311,7 @@ impl Shard {
         self.link_user(idx);
         self.link_org(idx, org_slot);
         let d = self.deadlines(idx);
-        self.wheel
-            .insert(&mut self.slab, idx, self.scale.deadline_tick(d.expires));
+        self.file(idx, d.expires);
         self.len += 1;
         (idx, d)
     }
@@ -391,10 +391,7 @@ impl Shard {
                     ev.add(reason);
                     on_evict(reason, now_ms - d.expires);
                 }
-                None => {
-                    self.wheel
-                        .insert(&mut self.slab, idx, self.scale.deadline_tick(d.expires));
-                }
+                None => self.file(idx, d.expires),
             }
         }
         (ev, true)
@@ -409,10 +406,30 @@ impl Shard {
     /// and what is not due yet is filed again on the new scale. Every entry filed before comes
     /// due early by the shift, never late.
     fn follow_clock(&mut self, now_ms: u64) {
+        self.scale_back_before(now_ms);
+    }
+
+    /// Files live record `idx` in the wheel at the tick of its deadline `expires_ms`. A live
+    /// session's deadline is after now, so one at or before the ticks already processed means
+    /// the clock stepped back and no advance has seen it yet (a create or touch right after
+    /// the step, or no reaper pass while the clock was behind): the scale follows first
+    /// (invariant 7), else the entry would be clamped to a tick the clock reaches only once it
+    /// is back where it was.
+    fn file(&mut self, idx: u32, expires_ms: u64) {
+        if self.scale.deadline_tick(expires_ms) <= self.wheel.elapsed() {
+            self.scale_back_before(expires_ms);
+        }
+        let when = self.scale.deadline_tick(expires_ms);
+        self.wheel.insert(&mut self.slab, idx, when);
+    }
+
+    /// Moves the scale's origin back by whole ticks, if need be, so that `ms` falls after the
+    /// ticks already processed (invariant 7).
+    fn scale_back_before(&mut self, ms: u64) {
         let tick = self.scale.tick_ms;
         let processed_ms = self.scale.origin_ms + self.wheel.elapsed() * tick;
-        if now_ms < processed_ms {
-            let back = (1 + (processed_ms - now_ms).div_ceil(tick)) * tick;
+        if ms < processed_ms {
+            let back = (1 + (processed_ms - ms).div_ceil(tick)) * tick;
             self.scale.origin_ms = self.scale.origin_ms.saturating_sub(back);
         }
     }

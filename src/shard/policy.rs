@@ -109,8 +109,7 @@ impl Shard {
                         report.deadline_earlier += u64::from(d.expires < before.expires);
                         report.deadline_later += u64::from(d.expires > before.expires);
                         self.wheel.remove(&mut self.slab, idx);
-                        self.wheel
-                            .insert(&mut self.slab, idx, self.scale.deadline_tick(d.expires));
+                        self.file(idx, d.expires);
                         report.refiled += 1;
                     }
                 }

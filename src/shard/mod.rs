@@ -30,10 +30,10 @@
 //!    clamps to the next one (wheel invariant 4), due only once the clock is back where it was.
 //!    [`Shard::advance`] first moves the scale's origin back (`follow_clock`) so that the clock
 //!    is again one tick past the ticks processed, and so does filing a deadline at or before
-//!    them (`file`: a create or touch after the step, before any pass has seen it): the origin only ever moves back, by whole
-//!    ticks, so an entry filed on an older scale comes due early (re-checked and re-filed, as
-//!    invariant 2 has it), never late, and eviction lags a deadline by at most one tick after a
-//!    step as before it.
+//!    them (`file`: a create or touch after the step, before any pass has seen it): the
+//!    origin only ever moves back, by whole ticks, so an entry filed on an older scale comes
+//!    due early (re-checked and re-filed, as invariant 2 has it), never late, and eviction lags
+//!    a deadline by at most one tick after a step as before it.
 
 mod check;
 mod lists;

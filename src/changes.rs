@@ -11,6 +11,9 @@
 //!    else changes what is saved of a session: deadlines follow from the policy, which is not a
 //!    session change (policies are kept by `policy_source` in `policies.json`, not by the
 //!    engine; what a policy change does to sessions arrives here as the removals it causes).
+//!    One report changes nothing here: a cluster node's revocation of a session it does not
+//!    hold (engine invariant 7) is a [`Change::Removed`] too, for the nodes that still hold
+//!    it; replayed from the journal it removes nothing (`persist::record`, invariant 2).
 //! 2. **Activity is coalesced**: reported only when a touch moves a session's last activity
 //!    into a new whole second, so at most once a second per session, and the reported time is
 //!    less than a second behind the table.
@@ -45,7 +48,8 @@ pub enum Change<'a> {
         prev_ms: u64,
         idle_ms: u64,
     },
-    /// The session left the table.
+    /// The session left the table, or, on a cluster node, was revoked while not in it
+    /// (invariant 1).
     Removed { id: u128, reason: RemoveReason },
     /// Every session of `id` (a user or an org) created before `before_ms` is revoked
     /// (invariant 6).

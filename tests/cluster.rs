@@ -186,6 +186,74 @@ fn cluster_activity_on_one_node_keeps_a_session_alive_on_another() {
     assert!(!valid(&a, &left) && !valid(&b, &left));
 }
 
+/// A logout on a node that no longer holds the session still ends it on the node that does.
+/// Evictions are each node's own: with a 16 s idle timeout (2 s activity windows), activity on
+/// A within a session's first window is not sent, so B evicts the session at 16 s by its view
+/// while A holds it until 17.5 s. A revoke by token and a delete by id on B then reach A.
+#[test]
+fn cluster_a_logout_on_a_node_that_evicted_the_session_ends_it_everywhere() {
+    let Some(bin) = find_nats() else { return };
+    let nats = Nats::start(bin, 1);
+    let dir = scratch("cluster-revoke-evicted");
+    let config = dir.join("sessiond.toml");
+    std::fs::write(
+        &config,
+        "[application]\nidle_timeout = 16\nabsolute_timeout = 3600\n",
+    )
+    .unwrap();
+    let config = config.to_str().unwrap();
+    let a = node(&nats, "a", 1, &["--config", config, "--tick", "10ms"]);
+    let b = node(&nats, "b", 1, &["--config", config, "--tick", "10ms"]);
+    let wall_ms = || {
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_millis() as u64
+    };
+    // Both nodes read this machine's clock: start at the beginning of a 2 s window.
+    while wall_ms() % 2_000 > 100 {
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    let window = wall_ms() / 2_000;
+    let start = Instant::now();
+    let (by_token, _) = create(&a, &[], r#"{"user_id": "alice"}"#);
+    let (by_id, s) = create(&a, &[], r#"{"user_id": "bob"}"#);
+    let id = s["id"].as_str().unwrap().to_owned();
+    assert!(valid(&b, &by_token) && valid(&b, &by_id));
+    let touch = |d: &Daemon, token: &str| {
+        let r = d.call(
+            "POST",
+            "/v1/sessions/touch",
+            Some(&format!(r#"{{"token": "{token}"}}"#)),
+        );
+        assert_eq!(r.json()["valid"], true, "{}", r.body);
+    };
+    std::thread::sleep(Duration::from_millis(1_500).saturating_sub(start.elapsed()));
+    touch(&a, &by_token);
+    touch(&a, &by_id);
+    assert_eq!(wall_ms() / 2_000, window, "the touches left their window");
+    // B evicts both at 16 s, by its view (validate says not_found once they are swept).
+    std::thread::sleep(Duration::from_millis(16_000).saturating_sub(start.elapsed()));
+    for t in [&by_token, &by_id] {
+        eventually(2, "evicted on B", || {
+            let r = b.call(
+                "POST",
+                "/v1/sessions/validate",
+                Some(&format!(r#"{{"token": "{t}"}}"#)),
+            );
+            r.json()["reason"] == "not_found"
+        });
+        // A still holds it: used again, it stays there for another 16 s.
+        touch(&a, t);
+    }
+    revoke(&b, &by_token);
+    let r = b.call("DELETE", &format!("/v1/sessions/{id}"), None);
+    assert_eq!(r.status, 404, "{}", r.body);
+    for t in [&by_token, &by_id] {
+        eventually(2, "the session refused on A", || !valid(&a, t));
+    }
+}
+
 #[test]
 fn cluster_a_node_restarted_catches_up_before_it_is_ready() {
     let Some(bin) = find_nats() else { return };

@@ -131,6 +131,64 @@ mod tests {
         assert_eq!(b.len(), 0);
     }
 
+    /// Evictions are each node's own (docs/cluster.md): a node whose older view of a session's
+    /// activity let it evict the session first still sends a logout of it, by token or by id,
+    /// and the node that holds it ends it.
+    #[test]
+    fn a_revocation_on_a_node_that_evicted_the_session_ends_it_where_it_lives() {
+        let clock = ManualClock::new(1_000_000);
+        let cfg = EngineConfig {
+            application_policy: crate::policy::Policy {
+                absolute_timeout_secs: 3_600,
+                idle_timeout_enabled: true,
+                idle_timeout_secs: Some(16),
+                persistent: false,
+            },
+            cluster: true,
+            ..EngineConfig::default()
+        };
+        let shards = Engine::shards_for(&cfg);
+        let (out_a, out_b) = (Arc::new(Outbox::new(shards)), Arc::new(Outbox::new(shards)));
+        let on = |o: &Arc<Outbox>| {
+            Engine::with_changes(
+                cfg.clone(),
+                clock.clone(),
+                Some(o.clone() as Arc<dyn Changes>),
+            )
+        };
+        let (a, b) = (on(&out_a), on(&out_b));
+        let new = |user: &str| NewSession {
+            user_id: user.into(),
+            ..Default::default()
+        };
+        let by_token = a.create(new("alice")).unwrap().token;
+        let bob = a.create(new("bob")).unwrap();
+        let by_id = bob.session.id;
+        apply(&b, &batch(&out_a));
+        assert_eq!(b.len(), 2);
+        // Used on A 1.5 s later, within its 2 s activity window (idle / 8): not sent.
+        clock.advance(1_500);
+        for t in [&by_token, &bob.token] {
+            assert!(matches!(a.touch(t.expose()), Validation::Valid(_)));
+        }
+        assert!(batch(&out_a).is_empty());
+        // At 16.5 s B has evicted both by its view; A holds them until 17.5 s.
+        clock.advance(15_000);
+        b.advance();
+        a.advance();
+        assert_eq!((a.len(), b.len()), (2, 0));
+        // Logged out on B: nothing to remove there, but the revocations leave for A.
+        assert!(!b.revoke(by_token.expose()));
+        assert!(!b.revoke_id(by_id));
+        apply(&a, &batch(&out_b));
+        assert_eq!(a.len(), 0);
+        assert!(matches!(
+            a.validate(by_token.expose()),
+            Validation::Invalid(_)
+        ));
+        assert!(a.get(by_id).is_none());
+    }
+
     #[test]
     fn a_damaged_batch_applies_up_to_the_damage() {
         let clock = ManualClock::new(1_000_000);

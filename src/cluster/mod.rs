@@ -13,7 +13,8 @@
 //! 1. **Session state merges**: activity is a maximum, a revocation removes, a create is
 //!    unique by id (`apply`), so nodes that applied the same messages hold the same sessions
 //!    whatever interleaving of nodes the stream has. Evictions are each node's own
-//!    (`outbox`, invariant 1).
+//!    (`outbox`, invariant 1); so a revocation leaves even from a node that no longer holds
+//!    the session, for the nodes that still do (engine invariant 7).
 //! 2. **Read-your-writes**: a lookup of a well-formed token that misses waits (at most
 //!    [`CATCH_UP_WAIT`]) until this node has applied the stream up to its head as of the miss,
 //!    then looks again ([`Cluster::catch_up`]); misses share one question (`link`,

@@ -4,7 +4,11 @@
 //! the same sessions as one node that ran the same operations in the same order.
 //!
 //! The operations a gateway makes on one node are made on sessions that node knows (the HTTP
-//! layer catches up before answering a miss; the engine alone does not), and idle expiry is
+//! layer catches up before answering a miss; the engine alone does not), but for a revoke: on
+//! a node that does not know the session, it first catches up as the HTTP layer does (the
+//! creator's batch in the stream, as under `sync` before the token was answered, and the
+//! stream applied), then revokes, which sends the revocation even when the node does not hold
+//! the session (engine invariant 7). Idle expiry is
 //! off: idle eviction is each node's own by design, and a node that has not yet applied another
 //! node's activity may evict sooner (docs/cluster.md says how far). Absolute deadlines follow
 //! from the creation time every node has, so they evict alike. Each operation happens at a
@@ -75,7 +79,7 @@ fn config() -> EngineConfig {
             idle_timeout_secs: None,
             persistent: false,
         },
-        keep_marks: true,
+        cluster: true,
         ..EngineConfig::default()
     }
 }
@@ -122,7 +126,8 @@ fn run(ops: Vec<Op>) {
     let single = Engine::new(config(), clock.clone());
     // The stream: (origin, batch).
     let mut stream: Vec<(usize, Vec<u8>)> = Vec::new();
-    let mut tokens: Vec<String> = Vec::new();
+    // Each token with the node that made it.
+    let mut tokens: Vec<(String, usize)> = Vec::new();
     let user = |u: usize| format!("user-{u}");
     let org = |o: usize| format!("org-{o}");
     let knows = |n: &Node, t: &str| matches!(n.engine.validate(t), Validation::Valid(_));
@@ -133,6 +138,15 @@ fn run(ops: Vec<Op>) {
         if !b.is_empty() {
             stream.push((i, b));
         }
+    };
+    let consume = |node: &mut Node, stream: &[(usize, Vec<u8>)], n: usize| {
+        for (origin, batch) in &stream[node.applied..] {
+            if *origin != n {
+                let a = apply(&node.engine, batch);
+                assert_eq!(a.damaged_at, None);
+            }
+        }
+        node.applied = stream.len();
     };
     for op in ops {
         // Every operation at a millisecond of its own: a user-wide revocation and a create in
@@ -161,20 +175,24 @@ fn run(ops: Vec<Op>) {
                     metadata: None,
                 };
                 single.restore(saved);
-                tokens.push(c.token.expose().to_owned());
+                tokens.push((c.token.expose().to_owned(), node));
             }
             Op::Touch(n, i) | Op::Revoke(n, i) if !tokens.is_empty() => {
-                let t = &tokens[i % tokens.len()];
-                if !knows(&nodes[n], t) {
+                let (t, made_on) = &tokens[i % tokens.len()];
+                if matches!(op, Op::Touch(..)) {
+                    if knows(&nodes[n], t) {
+                        let _ = nodes[n].engine.touch(t);
+                        let _ = single.touch(t);
+                    }
                     continue;
                 }
-                if matches!(op, Op::Touch(..)) {
-                    let _ = nodes[n].engine.touch(t);
-                    let _ = single.touch(t);
-                } else {
-                    nodes[n].engine.revoke(t);
-                    single.revoke(t);
+                if !knows(&nodes[n], t) {
+                    // The HTTP layer's catch-up (see the module doc).
+                    publish(&nodes[*made_on], &mut stream, *made_on);
+                    consume(&mut nodes[n], &stream, n);
                 }
+                nodes[n].engine.revoke(t);
+                single.revoke(t);
             }
             Op::Touch(..) | Op::Revoke(..) => {}
             Op::RevokeUser(n, u) => {
@@ -186,16 +204,7 @@ fn run(ops: Vec<Op>) {
                 single.revoke_org(&org(o));
             }
             Op::Publish(n) => publish(&nodes[n], &mut stream, n),
-            Op::Consume(n) => {
-                let node = &mut nodes[n];
-                for (origin, batch) in &stream[node.applied..] {
-                    if *origin != n {
-                        let a = apply(&node.engine, batch);
-                        assert_eq!(a.damaged_at, None);
-                    }
-                }
-                node.applied = stream.len();
-            }
+            Op::Consume(n) => consume(&mut nodes[n], &stream, n),
             Op::Advance(ms) => clock.advance(ms),
         }
     }

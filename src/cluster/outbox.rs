@@ -7,7 +7,9 @@
 //!    asked for (revoked through the API, displaced by the per-user limit) and the "not
 //!    before" marks of user- and org-wide revocations are encoded; idle
 //!    and absolute evictions are not: each node evicts by its own view, and a node that saw
-//!    later activity must not lose the session to another node's older view.
+//!    later activity must not lose the session to another node's older view. For the same
+//!    reason a revocation of a session this node no longer holds (evicted by its view) leaves
+//!    too (the engine reports it, engine invariant 7): the nodes that hold it remove it.
 //! 2. **Per-session order**, as the journal's (its invariant 1): a session's frames go to its
 //!    shard's buffer under the shard lock, buffers are drained in order, and batches are
 //!    published one at a time, in order, each retried until the stream has it.

@@ -318,7 +318,7 @@ impl Config {
                 max_sessions,
                 max_sessions_per_user,
                 user_limit_action,
-                keep_marks: cluster.is_some(),
+                cluster: cluster.is_some(),
             },
             cookie,
             api_keys_file,

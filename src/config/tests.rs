@@ -309,7 +309,7 @@ fn cluster_settings_are_checked_together() {
     assert_eq!(s.retention, Duration::from_secs(7 * 86_400));
     assert_eq!(s.ready_timeout, Duration::from_secs(5));
     assert_eq!(s.snapshot_interval, Duration::from_secs(1_800));
-    assert!(c.engine.keep_marks);
+    assert!(c.engine.cluster);
     let e = Config::load(cli(&[
         "--cluster",
         "http://a:4222",

@@ -48,9 +48,11 @@ pub struct EngineConfig {
     /// Most live sessions per user, if limited.
     pub max_sessions_per_user: Option<usize>,
     pub user_limit_action: UserLimitAction,
-    /// Keep "not before" marks of this node's user- and org-wide revocations (`marks`): a
-    /// cluster node needs them, a single node does not (its later creates are never older).
-    pub keep_marks: bool,
+    /// A cluster node (`--cluster`). It keeps the "not before" marks of its own user- and
+    /// org-wide revocations (`marks`; a single node needs none: its later creates are never
+    /// older), and reports a revocation of a session it does not hold (engine invariant 7:
+    /// another node may still hold it; a single node reports nothing for it).
+    pub cluster: bool,
 }
 
 /// Default shard count: 8 per core, rounded up to a power of two.
@@ -69,7 +71,7 @@ impl Default for EngineConfig {
             max_sessions: 10_000_000,
             max_sessions_per_user: None,
             user_limit_action: UserLimitAction::Refuse,
-            keep_marks: false,
+            cluster: false,
         }
     }
 }

@@ -8,7 +8,7 @@
 //!    `before_ms`: the ones here when it is set or applied, and the ones restored later
 //!    ([`Engine::restore`] drops them). A later mark for the same id keeps the later time.
 //! 2. A local user- or org-wide revocation reports its mark at the clock's `now` (`changes`,
-//!    invariant 6) and, with `keep_marks` (a cluster node), keeps it; a mark from another node
+//!    invariant 6) and, with `cluster` (a cluster node), keeps it; a mark from another node
 //!    is always kept, and applied without being reported.
 //! 3. **Kept as long as it can matter**: a mark is dropped once it is older than the longest
 //!    absolute timeout of the policies in force, since no session created before it can still
@@ -81,7 +81,7 @@ impl Engine {
     /// A local user- or org-wide revocation's mark (invariant 2), after its removals.
     pub(super) fn mark_local(&self, scope: Scope, id: &str) {
         let now = self.clock.now_ms();
-        if self.keep_marks {
+        if self.cluster {
             self.set_mark(scope, id, now);
         }
         self.shards[0].write().report_not_before(scope, id, now);
@@ -170,7 +170,7 @@ mod tests {
         let clock = ManualClock::new(1_000_000);
         let e = Engine::new(
             EngineConfig {
-                keep_marks: true,
+                cluster: true,
                 ..EngineConfig::default()
             },
             clock.clone(),

@@ -28,6 +28,12 @@
 //!    deadline), and evict-oldest displaces only a live session. These evictions are reported
 //!    like the wheel's (idle, absolute) and kept for the reaper to count
 //!    ([`Engine::take_limit_evictions`]).
+//! 7. **A cluster node's revocation leaves even for a session it does not hold.** Each node
+//!    evicts by its own view of a session's activity, so one may have evicted a session that
+//!    another still holds. On a cluster node (`EngineConfig::cluster`), [`Engine::revoke_id`]
+//!    (and [`Engine::revoke`]) of an id not in the table reports the revocation all the same
+//!    (a removal, reason revoked, that changes nothing here), once per call, so that the node
+//!    holding it removes it. A single node reports nothing for it: no journal frame.
 
 use crate::changes::Changes;
 use crate::clock::Clock;
@@ -93,7 +99,7 @@ pub struct Engine {
     user_stripes: Box<[Mutex<()>]>,
     stripe_hasher: DefaultHashBuilder,
     tick_ms: u64,
-    keep_marks: bool,
+    cluster: bool,
     /// A cluster node's last applied stream sequence (0: none); saved in snapshots.
     stream_applied: std::sync::atomic::AtomicU64,
     /// User- and org-wide revocations as times (`marks`).
@@ -149,7 +155,7 @@ impl Engine {
             user_stripes: (0..64).map(|_| Mutex::new(())).collect(),
             stripe_hasher: DefaultHashBuilder::default(),
             tick_ms,
-            keep_marks: cfg.keep_marks,
+            cluster: cfg.cluster,
             stream_applied: std::sync::atomic::AtomicU64::new(0),
             marks: RwLock::new(marks::Marks::default()),
             has_marks: std::sync::atomic::AtomicBool::new(false),
@@ -397,7 +403,7 @@ impl Engine {
         op(&self.shard(id).read(), id, now).map_err(invalid)
     }
 
-    /// Ends `token`'s session; false if there was none.
+    /// Ends `token`'s session; false if there was none here (see [`Engine::revoke_id`]).
     pub fn revoke(&self, token: impl AsRef<[u8]>) -> bool {
         SessionId::from_token(token).is_some_and(|id| self.revoke_id(id))
     }
@@ -408,9 +414,20 @@ impl Engine {
         self.shard(id).read().get(id)
     }
 
-    /// Ends session `id`; false if there was none.
+    /// Whether session `id` is in the table (expired-but-unswept ones included).
+    pub fn holds(&self, id: SessionId) -> bool {
+        self.shard(id).read().holds(id)
+    }
+
+    /// Ends session `id`; false if there was none here. On a cluster node the revocation is
+    /// reported even then (invariant 7).
     pub fn revoke_id(&self, id: SessionId) -> bool {
-        self.shard(id).write().remove_id(id, RemoveReason::Revoked)
+        let mut shard = self.shard(id).write();
+        let removed = shard.remove_id(id, RemoveReason::Revoked);
+        if !removed && self.cluster {
+            shard.report_revoked_elsewhere(id);
+        }
+        removed
     }
 
     /// `user`'s sessions, oldest first. Costs one lookup per shard plus the user's sessions.

@@ -15,6 +15,12 @@
 //! 5. The admin views show live sessions only (deadline after now), swept or not.
 //! 6. A revoke is idempotent: 204 whether or not the token named a session, with the
 //!    `Set-Cookie` that clears the browser's cookie.
+//! 7. **A logout reaches every node.** On a cluster node, a revoke of a well-formed token, or
+//!    a delete of an id, that this node does not hold even once caught up (invariant 3) is
+//!    still sent to the other nodes as that session's revocation (engine invariant 7), once
+//!    per call, and answered once replicated (invariant 2): each node evicts by its own view,
+//!    so another may still hold it. A malformed token sends nothing; the delete still answers
+//!    404 (this node holds no such session). A single node sends and writes nothing for it.
 
 use super::AppState;
 use super::error::ApiError;
@@ -22,7 +28,7 @@ use super::extract::{Members, PathParam, authorize, parse_json, path_id, read_js
 use super::session_json::{self, SessionJson};
 use crate::api_keys::Role;
 use crate::engine::Engine;
-use crate::session::{Invalid, Metadata, NewSession, SessionView, Validation};
+use crate::session::{Invalid, Metadata, NewSession, SessionView};
 use crate::token::SessionId;
 use axum::body::Bytes;
 use axum::extract::{Request, State};
@@ -191,17 +197,17 @@ pub async fn touch(State(st): State<AppState>, req: Request) -> Result<Response,
 pub async fn revoke(State(st): State<AppState>, req: Request) -> Result<Response, ApiError> {
     let (bytes, _) = gateway_body(&st, req).await?;
     let token = token_request(&bytes)?;
-    // A logout right after a login on another node: look again once caught up; never answer
-    // "done" for a session this node could not look for.
-    let mut revoked = st.engine.revoke(&token);
-    if !revoked
-        && st.engine.validate(&token) == Validation::Invalid(Invalid::NotFound)
-        && st.caught_up_for_write().await?
-    {
-        revoked = st.engine.revoke(&token);
-    }
-    if revoked {
-        st.metrics.revoked.increment(1);
+    // A malformed token names no session: nothing to revoke, nothing to send.
+    if let Some(id) = SessionId::from_token(&token) {
+        // A logout right after a login on another node: look again once caught up; never
+        // answer "done" for a session this node could not look for (invariant 3).
+        if !st.engine.holds(id) {
+            st.caught_up_for_write().await?;
+        }
+        // Sent to the other nodes even if this node does not hold it (invariant 7).
+        if st.engine.revoke_id(id) {
+            st.metrics.revoked.increment(1);
+        }
     }
     st.durable().await?;
     st.replicated().await?;
@@ -249,15 +255,22 @@ pub async fn delete_one(
 ) -> Result<Response, ApiError> {
     authorize(&st, &headers, Role::Admin)?;
     let id = parse_session_id(&id)?;
-    let mut revoked = st.engine.revoke_id(id);
-    if !revoked && st.engine.get(id).is_none() && st.caught_up_for_write().await? {
-        revoked = st.engine.revoke_id(id);
+    if !st.engine.holds(id) {
+        st.caught_up_for_write().await?;
+    }
+    // Sent to the other nodes even if this node does not hold it (invariant 7).
+    let revoked = st.engine.revoke_id(id);
+    if revoked || st.cluster.is_some() {
+        st.durable().await?;
+        st.replicated().await?;
     }
     if revoked {
         st.metrics.revoked.increment(1);
-        st.durable().await?;
-        st.replicated().await?;
         Ok(StatusCode::NO_CONTENT.into_response())
+    } else if st.cluster.is_some() {
+        Err(ApiError::not_found(
+            "no session has this id on this node; its revocation was sent to the other nodes",
+        ))
     } else {
         Err(ApiError::not_found("no session has this id"))
     }

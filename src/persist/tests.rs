@@ -194,7 +194,7 @@ fn a_snapshot_keeps_the_stream_sequence_and_the_marks() {
     let journal = Arc::new(Journal::new(4, FsyncPolicy::No));
     let cfg = || EngineConfig {
         shards: 4,
-        keep_marks: true,
+        cluster: true,
         ..EngineConfig::default()
     };
     let e = Engine::with_changes(cfg(), clock.clone(), Some(journal.clone() as _));
@@ -239,6 +239,49 @@ fn a_snapshot_keeps_the_stream_sequence_and_the_marks() {
     let _ = std::fs::remove_dir_all(&dir2);
 }
 
+/// A cluster node's revocation of a session it does not hold (engine invariant 7) is in its
+/// journal: replayed, it removes nothing and leaves the rest as it was, and it is among the
+/// revocations the node publishes again after a restart. A single node writes no frame for it.
+#[test]
+fn a_revocation_of_a_session_not_held_replays_as_nothing() {
+    for cluster in [true, false] {
+        let dir = temp_dir();
+        let clock = ManualClock::new(T0);
+        let journal = Arc::new(Journal::new(4, FsyncPolicy::No));
+        let cfg = || EngineConfig {
+            shards: 4,
+            cluster,
+            ..EngineConfig::default()
+        };
+        let e = Engine::with_changes(cfg(), clock.clone(), Some(journal.clone() as _));
+        journal.start(&dir, 1).unwrap();
+        let kept = e
+            .create(NewSession {
+                user_id: "alice".into(),
+                ..Default::default()
+            })
+            .unwrap()
+            .session
+            .id;
+        let elsewhere = SessionId(0x5e55_1011);
+        assert!(!e.revoke_id(elsewhere));
+        journal.flush(false).unwrap();
+
+        let fresh = Engine::new(cfg(), clock.clone());
+        let report = load::load(&fresh, &dir, false).unwrap();
+        assert_eq!(state(&fresh, &[kept]), state(&e, &[kept]));
+        assert_eq!(fresh.len(), 1);
+        let want: &[u128] = if cluster { &[elsewhere.0] } else { &[] };
+        assert_eq!(report.revoked, want, "cluster: {cluster}");
+        assert_eq!(
+            report.replayed,
+            1 + u64::from(cluster),
+            "cluster: {cluster}"
+        );
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+}
+
 /// A snapshot encoded to bytes (as a cluster node publishes it) imports into another engine
 /// with every session, its stream sequence and marks; one cut anywhere short is refused.
 #[test]
@@ -246,7 +289,7 @@ fn an_encoded_snapshot_imports_whole_or_not_at_all() {
     let clock = ManualClock::new(T0);
     let cfg = || EngineConfig {
         shards: 4,
-        keep_marks: true,
+        cluster: true,
         ..EngineConfig::default()
     };
     let e = Engine::new(cfg(), clock.clone());

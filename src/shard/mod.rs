@@ -24,7 +24,9 @@
 //!    (see `token`), and nobody can choose a colliding id. `ids` is an [`IdIndex`]: one cache
 //!    line of slots, then the record (see its module doc).
 //! 6. Every create, coalesced activity and removal is reported to `changes` with this shard's
-//!    index while the shard's lock is held (see `changes`); start-up replay is not.
+//!    index while the shard's lock is held (see `changes`), and so is a cluster node's
+//!    revocation of a session this shard does not hold (engine invariant 7); start-up replay
+//!    is not.
 //! 7. **A clock that steps back delays no eviction.** The wheel's ticks only move forward, so a
 //!    deadline after a backward step can map to a tick already processed, which the wheel
 //!    clamps to the next one (wheel invariant 4), due only once the clock is back where it was.
@@ -353,6 +355,21 @@ impl Shard {
     pub fn restore_remove(&mut self, id: SessionId) {
         if let Some(idx) = self.find(id) {
             self.unlink_and_free(idx);
+        }
+    }
+
+    /// Reports the revocation of `id`, which this shard does not hold: a cluster node's, for
+    /// the node that still holds it (engine invariant 7). The table does not change.
+    pub fn report_revoked_elsewhere(&self, id: SessionId) {
+        debug_assert!(self.find(id).is_none());
+        if let Some((c, i)) = &self.changes {
+            c.record(
+                *i,
+                Change::Removed {
+                    id: id.0,
+                    reason: RemoveReason::Revoked,
+                },
+            );
         }
     }
 

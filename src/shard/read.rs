@@ -71,6 +71,11 @@ impl Shard {
         self.view_with(idx, last, &self.deadlines(idx))
     }
 
+    /// Whether session `id`, expired or not, is still in the table.
+    pub fn holds(&self, id: SessionId) -> bool {
+        self.find(id).is_some()
+    }
+
     /// The session `id`, expired or not, if it is still in the table.
     pub fn get(&self, id: SessionId) -> Option<SessionView> {
         self.find(id).map(|idx| self.view(idx))

@@ -5,6 +5,8 @@
 //!    limit, displacement, policy eviction) is reported exactly once, in order, with the shard
 //!    that holds the session (engine invariant 5, shard invariant 6).
 //! 2. Start-up replay is not reported.
+//! 3. A cluster node reports a revocation of a session it does not hold, once per call, with
+//!    the shard the id belongs to (engine invariant 7); a single node reports nothing for it.
 
 use super::*;
 
@@ -204,4 +206,52 @@ fn every_change_is_reported_once_through_the_seam() {
 
     assert_eq!(*rec.0.lock(), expected);
     e.check();
+}
+
+/// A revocation of an id not in the table: reported once per call on a cluster node, never on
+/// a single node (no journal frame there).
+#[test]
+fn a_revocation_of_a_session_not_held_is_reported_by_a_cluster_node_only() {
+    use crate::changes::{Change, Changes};
+    use crate::session::RemoveReason;
+    use crate::token::SessionId;
+    use parking_lot::Mutex;
+
+    #[derive(Default)]
+    struct Removals(Mutex<Vec<(usize, u128, RemoveReason)>>);
+    impl Changes for Removals {
+        fn record(&self, shard: usize, change: Change<'_>) {
+            if let Change::Removed { id, reason } = change {
+                self.0.lock().push((shard, id, reason));
+            }
+        }
+    }
+
+    for cluster in [false, true] {
+        let rec = Arc::new(Removals::default());
+        let e = Engine::with_changes(
+            EngineConfig {
+                shards: 4,
+                cluster,
+                ..EngineConfig::default()
+            },
+            ManualClock::new(T0),
+            Some(rec.clone() as Arc<dyn Changes>),
+        );
+        let held = e.create(new("alice", None)).unwrap();
+        let absent = SessionId(0xab5e_0000_0000_0000_0000_0000_0000_0001);
+        assert!(!e.revoke_id(absent));
+        assert!(!e.revoke_id(absent));
+        assert!(e.revoke(held.token.expose()));
+        let id = held.session.id;
+        let mut want = Vec::new();
+        if cluster {
+            let revoked = (e.shard_of(absent), absent.0, RemoveReason::Revoked);
+            want.extend([revoked, revoked]);
+        }
+        want.push((e.shard_of(id), id.0, RemoveReason::Revoked));
+        assert_eq!(*rec.0.lock(), want, "cluster: {cluster}");
+        assert_eq!(e.len(), 0);
+        e.check();
+    }
 }

@@ -15,6 +15,17 @@
 //!    be alive. The table is swept when it has doubled since the last sweep, so its size stays
 //!    within twice the marks that matter, at amortized O(1) per mark.
 //! 4. Restoring checks the marks only while there are any (one relaxed load otherwise).
+//! 5. **A login is never older than a mark of its user (org).** A create whose clock is
+//!    behind such a mark (a mark made on a node whose clock runs ahead of this one's, or this
+//!    node's clock stepped back) is created at the mark's time instead: `created_ms =
+//!    max(now, mark)`, its last activity the same, its deadlines counted from there. The
+//!    create that the other nodes apply then carries a time no node's mark revokes, and every
+//!    node keeps it, where otherwise the others would drop it on arrival and this node keep
+//!    it. The marks are read under the lock of the shard the session goes into, and a mark is
+//!    kept before the shards are visited (a local revocation's before its removals, another
+//!    node's before its `drop_before`), so a mark set concurrently either is seen by the
+//!    create or finds the session in the table. Checked only while there are marks
+//!    (invariant 4): a single node keeps none, and its creates are as before.
 
 use super::Engine;
 use crate::session::Scope;
@@ -78,13 +89,33 @@ impl Engine {
         self.has_marks.store(!m.is_empty(), Ordering::Relaxed);
     }
 
-    /// A local user- or org-wide revocation's mark (invariant 2), after its removals.
-    pub(super) fn mark_local(&self, scope: Scope, id: &str) {
+    /// The time a new session of `user` and `org` may not be created before: the later of
+    /// their marks, if any (invariant 5).
+    pub(super) fn not_before(&self, user: &str, org: Option<&str>) -> Option<u64> {
+        if !self.has_marks.load(Ordering::Relaxed) {
+            return None;
+        }
+        let m = self.marks.read();
+        let by_org = org.and_then(|o| m.get(Scope::Org, o));
+        m.get(Scope::User, user).max(by_org)
+    }
+
+    /// A local user- or org-wide revocation: its mark kept (on a cluster node) before `remove`
+    /// ends the sessions here, and reported after them (invariants 2, 5). Returns what
+    /// `remove` does.
+    pub(super) fn revoke_marked(
+        &self,
+        scope: Scope,
+        id: &str,
+        remove: impl FnOnce() -> usize,
+    ) -> usize {
         let now = self.clock.now_ms();
         if self.cluster {
             self.set_mark(scope, id, now);
         }
+        let n = remove();
         self.shards[0].write().report_not_before(scope, id, now);
+        n
     }
 
     /// Applies another node's mark: remembers it and removes, without reporting, every session
@@ -189,6 +220,75 @@ mod tests {
         e.create(new("alice")).unwrap();
         assert!(e.restore(saved(10, "alice", None, 1_000_001)));
         assert_eq!(e.len(), 2);
+    }
+
+    /// A node whose clock runs 10 s behind makes a login 2 s after another node revoked the
+    /// user (org): created at its own clock, the login would be older than the mark, and every
+    /// other node would drop it on arrival while this one kept it. It is created at the mark's
+    /// time instead, its deadlines counted from there, and every node keeps it.
+    #[test]
+    fn a_login_on_a_slow_clock_is_not_older_than_a_mark() {
+        const T: u64 = 1_000_000_000;
+        let cfg = || EngineConfig {
+            cluster: true,
+            ..EngineConfig::default()
+        };
+        let slow_clock = ManualClock::new(T + 2_000 - 10_000);
+        let slow = Engine::new(cfg(), slow_clock.clone());
+        let other = Engine::new(cfg(), ManualClock::new(T + 2_000));
+        for e in [&slow, &other] {
+            e.apply_not_before(Scope::User, "alice", T);
+            e.apply_not_before(Scope::Org, "acme", T + 500);
+        }
+        let abs_ms = slow.longest_absolute_ms();
+        for (user, org, mark) in [("alice", None, T), ("bob", Some("acme"), T + 500)] {
+            let c = slow
+                .create(NewSession {
+                    user_id: user.into(),
+                    org_id: org.map(Into::into),
+                    ..Default::default()
+                })
+                .unwrap();
+            let s = &c.session;
+            assert_eq!((s.created_at_ms, s.last_activity_at_ms), (mark, mark));
+            assert_eq!(s.absolute_expires_at_ms, mark + abs_ms);
+            // What the other nodes apply: kept there, as here.
+            assert!(other.restore(Saved {
+                id: s.id.0,
+                created_ms: s.created_at_ms,
+                last_ms: s.last_activity_at_ms,
+                user: user.into(),
+                org: org.map(Into::into),
+                metadata: None,
+            }));
+            assert!(matches!(
+                slow.validate(c.token.expose()),
+                crate::session::Validation::Valid(_)
+            ));
+            assert!(matches!(
+                other.validate(c.token.expose()),
+                crate::session::Validation::Valid(_)
+            ));
+        }
+        // A user with no mark is created at the node's own clock.
+        let c = slow
+            .create(NewSession {
+                user_id: "carol".into(),
+                ..Default::default()
+            })
+            .unwrap();
+        assert_eq!(c.session.created_at_ms, slow.now_ms());
+        // This node's own revocation, then its clock stepped back: the same.
+        let revoked_at = slow.now_ms();
+        slow.revoke_user("carol");
+        slow_clock.set(revoked_at - 1_000);
+        let c = slow
+            .create(NewSession {
+                user_id: "carol".into(),
+                ..Default::default()
+            })
+            .unwrap();
+        assert_eq!(c.session.created_at_ms, revoked_at);
     }
 
     #[test]

@@ -9,9 +9,11 @@
 //!
 //! Invariants:
 //! 1. A session lives in shard `id.shard_bits() & mask`; the shard count is a power of two.
-//! 2. Lock order is `user stripe` → `policies` → one shard at a time. Creates read the policy
-//!    store while holding its read lock across the shard insert, and policy writes hold its write
-//!    lock while visiting every shard, so no shard ever caches a stale effective policy.
+//! 2. Lock order is `user stripe` → `policies` → one shard at a time → `marks`. Creates read the
+//!    policy store while holding its read lock across the shard insert, and policy writes hold
+//!    its write lock while visiting every shard, so no shard ever caches a stale effective
+//!    policy. Creates and restores read the marks under the shard's lock; a mark is written
+//!    with no other lock held (`marks`, invariant 5).
 //! 3. `active` counts the sessions in the table (expired ones not yet swept included, see 6); a
 //!    create reserves its place before inserting, so `max_sessions` is never exceeded even
 //!    under concurrent creates.
@@ -209,7 +211,9 @@ impl Engine {
         &self.shards[(id.shard_bits() & self.mask) as usize]
     }
 
-    /// Creates a session for `new.user_id` (and org), honouring the limits.
+    /// Creates a session for `new.user_id` (and org), honouring the limits, at the clock's
+    /// `now`, or at the time of a later "not before" mark of its user or org (`marks`,
+    /// invariant 5).
     pub fn create(&self, new: NewSession) -> Result<Created, EngineError> {
         check_id("user_id", &new.user_id)?;
         if let Some(org) = &new.org_id {
@@ -317,17 +321,24 @@ impl Engine {
         let now = self.clock.now_ms();
         let metadata = new.metadata.filter(|m| !m.is_empty()).map(Arc::new);
         let policies = self.policies.read();
-        let session = self.shard(id).write().insert(
+        let mut shard = self.shard(id).write();
+        // Never older than a mark of its user or org, read under the shard's lock (`marks`,
+        // invariant 5).
+        let created_ms = self
+            .not_before(&new.user_id, new.org_id.as_deref())
+            .map_or(now, |mark| mark.max(now));
+        let session = shard.insert(
             NewRecord {
                 id,
                 user: &new.user_id,
                 org: new.org_id.as_deref(),
                 metadata,
-                created_ms: now,
-                last_ms: now,
+                created_ms,
+                last_ms: created_ms,
             },
             || policies.effective(new.org_id.as_deref()).effective(),
         );
+        drop(shard);
         drop(policies);
         drop(stripe);
         Ok(Created {
@@ -443,20 +454,19 @@ impl Engine {
 
     /// Ends all of `user`'s sessions; returns how many.
     pub fn revoke_user(&self, user: &str) -> usize {
-        let n = self
-            .shards
-            .iter()
-            .map(|s| s.write().revoke_user(user))
-            .sum();
-        self.mark_local(crate::session::Scope::User, user);
-        n
+        self.revoke_marked(crate::session::Scope::User, user, || {
+            self.shards
+                .iter()
+                .map(|s| s.write().revoke_user(user))
+                .sum()
+        })
     }
 
     /// Ends all of `org`'s sessions; returns how many.
     pub fn revoke_org(&self, org: &str) -> usize {
-        let n = self.shards.iter().map(|s| s.write().revoke_org(org)).sum();
-        self.mark_local(crate::session::Scope::Org, org);
-        n
+        self.revoke_marked(crate::session::Scope::Org, org, || {
+            self.shards.iter().map(|s| s.write().revoke_org(org)).sum()
+        })
     }
 
     /// Removes every session already expired at the clock's `now` by checking each one's

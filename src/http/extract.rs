@@ -388,6 +388,18 @@ impl<S: Send + Sync> axum::extract::FromRequestParts<S> for PathParam {
     }
 }
 
+/// Refuses a query string where an endpoint takes none (the admin session routes): an admin
+/// script's `?limit=10` must not pass for a page of an answer that holds everything.
+pub fn no_query(uri: &axum::http::Uri) -> Result<(), ApiError> {
+    match uri.query() {
+        None | Some("") => Ok(()),
+        Some(_) => Err(ApiError::bad_request(
+            "invalid_query",
+            "this endpoint takes no query parameters (no paging or filtering: it answers whole)",
+        )),
+    }
+}
+
 /// Reads `?dry_run=true|false` (also `1|0`) from a policy write's query string. Any other
 /// parameter is refused: a misspelt `dryrun=true` must not turn a preview into a real write.
 pub fn dry_run_param(uri: &axum::http::Uri) -> Result<bool, ApiError> {

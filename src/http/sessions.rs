@@ -24,7 +24,9 @@
 
 use super::AppState;
 use super::error::ApiError;
-use super::extract::{Members, PathParam, authorize, parse_json, path_id, read_json_body};
+use super::extract::{
+    Members, PathParam, authorize, no_query, parse_json, path_id, read_json_body,
+};
 use super::session_json::{self, SessionJson};
 use crate::api_keys::Role;
 use crate::engine::Engine;
@@ -230,8 +232,10 @@ fn parse_session_id(id: &str) -> Result<SessionId, ApiError> {
 pub async fn get_one(
     State(st): State<AppState>,
     headers: HeaderMap,
+    uri: axum::http::Uri,
     PathParam(id): PathParam,
 ) -> Result<Response, ApiError> {
+    no_query(&uri)?;
     authorize(&st, &headers, Role::Admin)?;
     let id = parse_session_id(&id)?;
     let mut found = st.engine.get(id);
@@ -251,8 +255,10 @@ pub async fn get_one(
 pub async fn delete_one(
     State(st): State<AppState>,
     headers: HeaderMap,
+    uri: axum::http::Uri,
     PathParam(id): PathParam,
 ) -> Result<Response, ApiError> {
+    no_query(&uri)?;
     authorize(&st, &headers, Role::Admin)?;
     let id = parse_session_id(&id)?;
     if !st.engine.holds(id) {
@@ -284,8 +290,10 @@ struct SessionList<'a> {
 pub async fn list_user(
     State(st): State<AppState>,
     headers: HeaderMap,
+    uri: axum::http::Uri,
     PathParam(user): PathParam,
 ) -> Result<Response, ApiError> {
+    no_query(&uri)?;
     authorize(&st, &headers, Role::Admin)?;
     path_id("user_id", &user)?;
     let now = st.engine.now_ms();
@@ -307,8 +315,10 @@ struct Revoked {
 pub async fn revoke_user(
     State(st): State<AppState>,
     headers: HeaderMap,
+    uri: axum::http::Uri,
     PathParam(user): PathParam,
 ) -> Result<Response, ApiError> {
+    no_query(&uri)?;
     let n = revoke_all(&st, &headers, "user_id", &user, Engine::revoke_user).await?;
     Ok(json_response(StatusCode::OK, &Revoked { revoked: n }))
 }
@@ -316,8 +326,10 @@ pub async fn revoke_user(
 pub async fn revoke_org(
     State(st): State<AppState>,
     headers: HeaderMap,
+    uri: axum::http::Uri,
     PathParam(org): PathParam,
 ) -> Result<Response, ApiError> {
+    no_query(&uri)?;
     let n = revoke_all(&st, &headers, "org_id", &org, Engine::revoke_org).await?;
     // Debug-quoted, as everywhere: an id may hold spaces and `=` (`x revoked=5000`).
     tracing::info!(org_id = ?org, revoked = n, "revoked all sessions of an org");

@@ -303,3 +303,24 @@ async fn unknown_paths_are_shown_without_tokens_and_405s_are_counted() {
     assert_eq!(j["error"]["message"], "DELETE is not allowed on /healthz");
     assert_eq!(metric(counted), before + 1.0);
 }
+
+/// The admin session routes take no query string: `?limit=10` is refused, not ignored (the
+/// answer would hold every session, not a page of them).
+#[tokio::test]
+async fn admin_session_routes_refuse_a_query_string() {
+    let (app, _) = app(None);
+    let id = "0123456789abcdef0123456789abcdef";
+    for (method, path) in [
+        ("GET", "/v1/users/u/sessions".to_owned()),
+        ("DELETE", "/v1/users/u/sessions".to_owned()),
+        ("DELETE", "/v1/orgs/o/sessions".to_owned()),
+        ("GET", format!("/v1/sessions/{id}")),
+        ("DELETE", format!("/v1/sessions/{id}")),
+    ] {
+        let (s, j, _) = call(&app, method, &format!("{path}?limit=10"), &[], "").await;
+        assert_eq!(s, StatusCode::BAD_REQUEST, "{method} {path}: {j}");
+        assert_eq!(j["error"]["code"], "invalid_query", "{method} {path}");
+        let (s, _, _) = call(&app, method, &path, &[], "").await;
+        assert_ne!(s, StatusCode::BAD_REQUEST, "{method} {path}");
+    }
+}

@@ -17,7 +17,7 @@ use crate::args::{Args, Mix};
 use crate::conn::Op;
 use crate::cpu;
 use crate::drive::{background, drive, preload, preloaded, progress, shared, workers};
-use crate::stats::{pct, run_json, tagged_p99};
+use crate::stats::{Stats, pct, run_json, tagged_p99};
 use crate::target::{self, Target};
 use serde_json::{Value, json};
 use std::sync::atomic::Ordering;
@@ -103,17 +103,9 @@ pub async fn storm(args: &Args, t: &Target) -> Result<Value, String> {
         r#"{"source": "CUSTOM", "absolute_timeout": 3600}"#,
     )
     .await?;
-    let sw = workers(t, args.connections, args.storm_sessions, 1).await?;
     let first = Instant::now();
-    let (sw, created_in, pre) = preload(
-        t,
-        sw,
-        args.storm_sessions,
-        |_| "storm".into(),
-        "storm sessions",
-    )
-    .await?;
-    drop(sw);
+    let (created_in, pre) =
+        one_org(args, t, args.storm_sessions, "storm", "storm sessions").await?;
     let last = Instant::now();
     // Absolute timeout so that the first deadline is ~3 s from now.
     let abs = (last - first).as_secs() + 3;
@@ -162,20 +154,25 @@ pub async fn storm(args: &Args, t: &Target) -> Result<Value, String> {
     }))
 }
 
+/// `n` sessions of org `org`, made over connections of their own (closed after); returns how
+/// long they took and the creates' figures.
+async fn one_org(
+    args: &Args,
+    t: &Target,
+    n: usize,
+    org: &'static str,
+    what: &str,
+) -> Result<(Duration, Stats), String> {
+    let ws = workers(t, args.connections, n, 1).await?;
+    let (_, took, pre) = preload(t, ws, n, move |_| org.into(), what).await?;
+    Ok((took, pre))
+}
+
 /// Tightens a `policy_sessions`-session org under validate traffic.
 pub async fn policy(args: &Args, t: &Target) -> Result<Value, String> {
     let (ws, _, _) = preloaded(args, t).await?;
     let base = t.count().await.unwrap_or(0);
-    let pw = workers(t, args.connections, args.policy_sessions, 1).await?;
-    let (pw, _, pre) = preload(
-        t,
-        pw,
-        args.policy_sessions,
-        |_| "tighten".into(),
-        "org sessions",
-    )
-    .await?;
-    drop(pw);
+    let (_, pre) = one_org(args, t, args.policy_sessions, "tighten", "org sessions").await?;
     let sh = shared();
     let meter = cpu::Meter::start(t.pid);
     let bg = background(t, ws, Duration::from_secs(60), sh.clone());

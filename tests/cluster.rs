@@ -3,7 +3,7 @@
 //! The NATS harness is `common::nats`.
 
 use crate::common::nats::{Nats, find_nats, node, three_nodes};
-use crate::common::{Daemon, create, eventually, free_port, scratch, valid};
+use crate::common::{Daemon, create, eventually, free_port, request, scratch, valid};
 use std::time::{Duration, Instant};
 
 fn revoke(d: &Daemon, token: &str) {
@@ -797,4 +797,53 @@ fn cluster_a_node_restarted_while_nats_is_down_serves_its_saved_state_after_a_wh
 #[test]
 fn cluster_a_node_restarted_while_jetstream_has_no_quorum_serves_its_saved_state_after_a_while() {
     serves_its_saved_state_while_the_stream_is_silent(3, &[1, 2]);
+}
+
+#[test]
+fn cluster_two_policy_writes_at_once_on_two_nodes_leave_every_node_on_the_same_one() {
+    let Some(bin) = find_nats() else { return };
+    let nats = Nats::start(bin, 1);
+    let nodes = [
+        node(&nats, "a", 1, &[]),
+        node(&nats, "b", 1, &[]),
+        node(&nats, "c", 1, &[]),
+    ];
+    let customs = |nodes: &[Daemon]| -> Vec<serde_json::Value> {
+        nodes
+            .iter()
+            .map(|d| org_policy(d, "o1")["custom"].clone())
+            .collect()
+    };
+    // Each round, A and B take a different policy for o1 at the same moment: whichever the
+    // bucket took last, every node ends on it (not each on the one it took).
+    for round in 0..30 {
+        let barrier = std::sync::Barrier::new(2);
+        std::thread::scope(|s| {
+            for (n, d) in nodes[..2].iter().enumerate() {
+                let (barrier, addr) = (&barrier, d.addr);
+                s.spawn(move || {
+                    let body = format!(
+                        r#"{{"source": "CUSTOM", "absolute_timeout": {}}}"#,
+                        1000 + 2 * round + n
+                    );
+                    barrier.wait();
+                    let r = request(addr, "PUT", "/v1/orgs/o1/policy", &[], Some(&body));
+                    assert_eq!(r.status, 200, "round {round}, node {n}: {}", r.body);
+                });
+            }
+        });
+        eventually(
+            5,
+            &format!("one policy for o1 on every node, round {round}"),
+            || {
+                let c = customs(&nodes);
+                let t = c[0]["absolute_timeout"].as_u64().unwrap_or(0);
+                c.iter().all(|p| *p == c[0])
+                    && (1000 + 2 * round..1002 + 2 * round).contains(&(t as usize))
+            },
+        );
+    }
+    std::thread::sleep(Duration::from_millis(300));
+    let c = customs(&nodes);
+    assert!(c.iter().all(|p| *p == c[0]), "{c:?}");
 }

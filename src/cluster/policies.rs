@@ -20,6 +20,15 @@
 //!    race between two first nodes keeps one value per key.
 //! 4. Same value, no change: applying a write already in force does nothing (a node's own write
 //!    comes back through the watch).
+//! 5. **The bucket's order rules.** On every node, each key's policy in force is the value of the
+//!    highest bucket revision of that key the node has applied, whatever the order in which the
+//!    watch and the node's own writes reach it. The node keeps, per key, the revision it last
+//!    applied ([`PolicyBucket`]'s `applied`, under one mutex held across the apply); the watch
+//!    and the node's own write ([`PolicyBucket::apply_own`], at the revision the bucket gave
+//!    it) apply a value only if its revision is above that one, and the full read of invariant
+//!    2 sets the revision of every key it read. A node's own write that a later one overtook
+//!    before it was applied here is not applied here at all: the later one is (or will be, from
+//!    the watch), and the bucket holds it.
 
 use super::Cluster;
 use crate::policy::{OrgPolicy, Policy, PolicyPatch, PolicyWrite};
@@ -28,7 +37,8 @@ use async_nats::jetstream::{self, kv};
 use base64::Engine as _;
 use bytes::Bytes;
 use futures_util::StreamExt;
-use std::collections::BTreeMap;
+use parking_lot::Mutex;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
@@ -77,44 +87,114 @@ fn encode(p: &Policy) -> Bytes {
 )]
 pub struct NotPublished(String);
 
+/// The last bucket revision this node applied, per key (invariant 5).
+type Applied = Arc<Mutex<HashMap<String, u64>>>;
+
 /// The policy bucket, once open.
 pub struct PolicyBucket {
     kv: tokio::sync::OnceCell<kv::Store>,
+    /// Per key, the revision whose value is in force here (invariant 5). Held across each apply,
+    /// always before [`PolicyManager`]'s own lock.
+    applied: Applied,
 }
 
 impl Default for PolicyBucket {
     fn default() -> Self {
         PolicyBucket {
             kv: tokio::sync::OnceCell::new(),
+            applied: Default::default(),
         }
     }
 }
 
+/// Where a write went in the bucket (from [`PolicyBucket::publish`]).
+#[derive(Debug)]
+pub struct Published {
+    key: String,
+    /// The revision the bucket gave the write; `None` when a later write to the key overtook it
+    /// before this node could learn it (a delete: the bucket does not answer its revision).
+    revision: Option<u64>,
+}
+
 impl PolicyBucket {
-    /// Puts `write` in the bucket (invariant 1).
-    pub async fn publish(&self, write: &PolicyWrite) -> Result<(), NotPublished> {
+    /// Puts `write` in the bucket (invariant 1) and says at which revision.
+    pub async fn publish(&self, write: &PolicyWrite) -> Result<Published, NotPublished> {
         let kv = self
             .kv
             .get()
             .ok_or_else(|| NotPublished("the bucket is not open yet".into()))?;
-        let r = match write {
-            PolicyWrite::Application(p) => kv.put(APP_KEY, encode(p)).await.map(|_| ()),
+        let failed = |e: &dyn std::fmt::Display| NotPublished(e.to_string());
+        match write {
+            PolicyWrite::Application(p) => {
+                let revision = kv.put(APP_KEY, encode(p)).await.map_err(|e| failed(&e))?;
+                Ok(Published {
+                    key: APP_KEY.into(),
+                    revision: Some(revision),
+                })
+            }
             PolicyWrite::Org {
                 org,
                 policy: OrgPolicy::Custom(p),
-            } => kv.put(org_key(org), encode(p)).await.map(|_| ()),
+            } => {
+                let key = org_key(org);
+                let revision = kv.put(&key, encode(p)).await.map_err(|e| failed(&e))?;
+                Ok(Published {
+                    key,
+                    revision: Some(revision),
+                })
+            }
             PolicyWrite::Org {
                 org,
                 policy: OrgPolicy::Application,
             } => {
-                return kv
-                    .delete(org_key(org))
-                    .await
-                    .map_err(|e| NotPublished(e.to_string()));
+                let key = org_key(org);
+                kv.delete(&key).await.map_err(|e| failed(&e))?;
+                // The key's last entry: a delete marker is this delete's (or a later delete's,
+                // which writes the same); a value is a later write's, which overtook this one.
+                let revision = match kv.entry(key.clone()).await {
+                    Ok(Some(e)) if e.operation != kv::Operation::Put => Some(e.revision),
+                    Ok(_) => None,
+                    Err(error) => {
+                        tracing::debug!(%error, "cannot read back a policy delete's revision; the watch applies it");
+                        None
+                    }
+                };
+                Ok(Published { key, revision })
             }
-        };
-        r.map_err(|e| NotPublished(e.to_string()))
+        }
     }
+
+    /// Runs `apply` (this node's own write, published as `published`) if the bucket's revision
+    /// of it is above the one in force here for its key, and records it once applied
+    /// (invariant 5); `None` when it was not run, since a later write is (or will be) in force.
+    /// Blocking: holds the mutex across `apply`.
+    pub fn apply_own<T, E>(
+        &self,
+        published: &Published,
+        apply: impl FnOnce() -> Result<T, E>,
+    ) -> Option<Result<T, E>> {
+        let revision = published.revision?;
+        apply_if_newer(&self.applied, &published.key, revision, apply)
+    }
+}
+
+/// Runs `apply` if `revision` is above `key`'s in `applied`, and records it if `apply` succeeds
+/// (invariant 5); `None` when not run.
+fn apply_if_newer<T, E>(
+    applied: &Applied,
+    key: &str,
+    revision: u64,
+    apply: impl FnOnce() -> Result<T, E>,
+) -> Option<Result<T, E>> {
+    let mut applied = applied.lock();
+    if applied.get(key).is_some_and(|&r| r >= revision) {
+        return None;
+    }
+    let r = apply();
+    if r.is_ok() {
+        applied.insert(key.to_owned(), revision);
+    }
+    Some(r)
 }
 
 /// Opens the bucket, seeds it if empty, and applies it to `policies`, forever (see the module
@@ -181,6 +261,7 @@ async fn watch(c: &Cluster, kv: &kv::Store, policies: &Arc<PolicyManager>) {
         }
     };
     let (mut app, mut orgs) = (None, BTreeMap::new());
+    let mut revisions = HashMap::new();
     let mut joined = false;
     while let Some(entry) = entries.next().await {
         let entry = match entry {
@@ -199,13 +280,19 @@ async fn watch(c: &Cluster, kv: &kv::Store, policies: &Arc<PolicyManager>) {
             continue;
         };
         if joined {
-            let p = policies.clone();
-            let r = tokio::task::spawn_blocking(move || p.apply_replicated(write)).await;
-            if let Ok(Err(error)) = r {
+            let (p, applied) = (policies.clone(), c.policy_bucket.applied.clone());
+            let r = tokio::task::spawn_blocking(move || {
+                apply_if_newer(&applied, &entry.key, entry.revision, || {
+                    p.apply_replicated(write)
+                })
+            })
+            .await;
+            if let Ok(Some(Err(error))) = r {
                 tracing::error!(%error, "cannot apply a policy from the cluster's bucket");
             }
             continue;
         }
+        revisions.insert(entry.key.clone(), entry.revision);
         match write {
             PolicyWrite::Application(p) => app = Some(p),
             PolicyWrite::Org {
@@ -227,9 +314,20 @@ async fn watch(c: &Cluster, kv: &kv::Store, policies: &Arc<PolicyManager>) {
                 .take()
                 .unwrap_or_else(|| policies.engine().application_policy());
             let all = std::mem::take(&mut orgs);
+            let revisions = std::mem::take(&mut revisions);
             let count = all.len();
-            let p = policies.clone();
-            match tokio::task::spawn_blocking(move || p.replace_replicated(app, all)).await {
+            let (p, applied) = (policies.clone(), c.policy_bucket.applied.clone());
+            let replace = move || {
+                // The revisions of what was read, under the same mutex as every apply
+                // (invariant 5): what the watch brings next is newer.
+                let mut applied = applied.lock();
+                let r = p.replace_replicated(app, all);
+                if r.is_ok() {
+                    *applied = revisions;
+                }
+                r
+            };
+            match tokio::task::spawn_blocking(replace).await {
                 Ok(Ok(_)) => tracing::info!(
                     orgs_custom = count,
                     "policies read from the cluster's bucket"

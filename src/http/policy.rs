@@ -7,6 +7,12 @@
 //!    write itself (`Reapplied::as_counts`): a dry run and the write that follows it on the same
 //!    state answer equal counts.
 //! 2. A dry run changes nothing and is allowed whatever the policy source.
+//! 3. In a cluster with policies from the API, a write is applied on the node that took it only
+//!    if no later write to the same key was applied there first (`cluster::policies`,
+//!    invariant 5). If one was (two writes at the same moment on two nodes), the answer shows
+//!    the policy in force there and its `sessions` block counts zeros: this write changed
+//!    nothing on this node, since the later one rules. (So does a `DELETE` whose revision NATS
+//!    did not answer when read back; the watch applies it.)
 
 use super::AppState;
 use super::error::ApiError;
@@ -15,7 +21,9 @@ use super::extract::{
 };
 use super::sessions::json_response;
 use crate::api_keys::Role;
+use crate::engine::PolicyChange;
 use crate::policy::{OrgPolicy, Policy, PolicyPatch, PolicyWrite};
+use crate::policy_source::{PolicyManager, SourceError};
 use crate::shard::DryRunCounts;
 use axum::body::Body;
 use axum::extract::State;
@@ -159,14 +167,16 @@ pub async fn put_app(
     if dry {
         return dry_run(&st, PolicyWrite::Application(policy)).await;
     }
-    publish(&st, &PolicyWrite::Application(policy)).await?;
-    let p = st.policies.clone();
-    let change = blocking(move || p.write_application(policy)).await?;
+    let write = PolicyWrite::Application(policy);
+    let change = write_through(&st, &write, move |p| p.write_application(policy)).await?;
     Ok(json_response(
         StatusCode::OK,
         &AppWriteJson {
-            policy,
-            sessions: SessionsJson::new(change.reapplied.as_counts(), false),
+            policy: match change {
+                Some(_) => policy,
+                None => st.engine.application_policy(),
+            },
+            sessions: write_counts(&change),
         },
     ))
 }
@@ -220,19 +230,44 @@ fn split_source(bytes: &[u8]) -> Result<(Option<String>, PolicyPatch, bool), Api
     Ok((source, patch, has_fields))
 }
 
-/// In a cluster with policies from the API, puts the write in the cluster's policy bucket
-/// first: every node applies it from there (`cluster::policies`, invariant 1).
-async fn publish(st: &AppState, write: &PolicyWrite) -> Result<(), ApiError> {
+/// Makes `write` with `local` (this node's write of it): in a cluster with policies from the
+/// API, puts it in the cluster's policy bucket first, and every node applies it from there
+/// (`cluster::policies`, invariant 1); this node runs `local` only if no later write to the key
+/// is in force here already (invariant 3). `None`: it did not run.
+async fn write_through(
+    st: &AppState,
+    write: &PolicyWrite,
+    local: impl FnOnce(&PolicyManager) -> Result<PolicyChange, SourceError> + Send + 'static,
+) -> Result<Option<PolicyChange>, ApiError> {
+    let p = st.policies.clone();
     match &st.cluster {
-        Some(c) if st.policies.is_api() => c.policy_bucket.publish(write).await.map_err(|e| {
-            ApiError::new(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "not_replicated",
-                e.to_string(),
-            )
-        }),
-        _ => Ok(()),
+        Some(c) if st.policies.is_api() => {
+            let published = c.policy_bucket.publish(write).await.map_err(|e| {
+                ApiError::new(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "not_replicated",
+                    e.to_string(),
+                )
+            })?;
+            let c = c.clone();
+            blocking(move || {
+                c.policy_bucket
+                    .apply_own(&published, || local(&p))
+                    .transpose()
+            })
+            .await
+        }
+        _ => blocking(move || local(&p)).await.map(Some),
     }
+}
+
+/// The `sessions` block of a write: what it did, or zeros if it was not applied here
+/// (invariant 3).
+fn write_counts(change: &Option<PolicyChange>) -> SessionsJson {
+    let counts = change
+        .as_ref()
+        .map_or_else(DryRunCounts::default, |c| c.reapplied.as_counts());
+    SessionsJson::new(counts, false)
 }
 
 /// Runs a policy write, reload or dry run (file I/O with fsync, walks over the sessions) off the
@@ -261,11 +296,9 @@ async fn apply(
         org: org.to_owned(),
         policy,
     };
-    publish(st, &write).await?;
-    let (p, o) = (st.policies.clone(), org.to_owned());
-    let change = blocking(move || p.write_org(&o, policy)).await?;
-    let sessions = SessionsJson::new(change.reapplied.as_counts(), false);
-    Ok(org_view(st, org, Some(sessions)))
+    let o = org.to_owned();
+    let change = write_through(st, &write, move |p| p.write_org(&o, policy)).await?;
+    Ok(org_view(st, org, Some(write_counts(&change))))
 }
 
 #[derive(Serialize)]

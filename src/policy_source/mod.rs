@@ -18,7 +18,12 @@
 //!    fsynced. If that fails, nothing changes.
 //! 3. A source that fails to parse or validate changes nothing: the last good policies stay in
 //!    force and the error (file, line, field) is returned to the caller, logged and counted.
-//! 4. Changes are serialized by one mutex, so two reloads or writes never interleave.
+//! 4. Changes are serialized by one mutex, so two reloads or writes never interleave. In a
+//!    cluster with policies from the API, whether an API write ([`PolicyManager::write_org`],
+//!    [`PolicyManager::write_application`]) or a replicated one
+//!    ([`PolicyManager::apply_replicated`], [`PolicyManager::replace_replicated`]) runs at all
+//!    is decided by the bucket's revisions, under a mutex taken before this one
+//!    (`cluster::policies`, invariant 5): the value in force is the newest the node applied.
 //! 5. The policy file is parsed only once it has settled (see [`settle`]), whatever the
 //!    trigger, and a file with nothing but whitespace is refused (invariant 3), never read as
 //!    "no org policies": it is what a truncation in progress looks like. A file that means "no

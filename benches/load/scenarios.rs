@@ -16,7 +16,9 @@
 use crate::args::{Args, Mix};
 use crate::conn::Op;
 use crate::cpu;
-use crate::drive::{background, drive, preload, preloaded, progress, shared, workers};
+use crate::drive::{
+    Shared, Worker, background, drive, preload, preloaded, progress, shared, workers,
+};
 use crate::stats::{Stats, pct, run_json, tagged_p99};
 use crate::target::{self, Target};
 use serde_json::{Value, json};
@@ -130,12 +132,7 @@ pub async fn storm(args: &Args, t: &Target) -> Result<Value, String> {
         (last_deadline - Instant::now()) + Duration::from_secs(20),
     )
     .await;
-    sh.tag.store(2, Ordering::Relaxed);
-    tokio::time::sleep(Duration::from_millis(500)).await;
-    sh.stop.store(true, Ordering::Relaxed);
-    let (stats, _, elapsed) = bg.await.map_err(|e| e.to_string())?;
-    let mut traffic = run_json(&stats, elapsed);
-    cpu::attach(&mut traffic, &meter);
+    let (stats, traffic) = after_phase(&sh, bg, &meter).await?;
     let _ = bar.await;
     let after_last = all_gone.map(|g| g.saturating_duration_since(last_deadline).as_secs_f64());
     Ok(json!({
@@ -168,6 +165,22 @@ async fn one_org(
     Ok((took, pre))
 }
 
+/// The end of an event scenario's traffic: half a second tagged "after" (invariant 2), then
+/// stopped; its figures and their JSON, CPU per request included.
+async fn after_phase(
+    sh: &Shared,
+    bg: tokio::task::JoinHandle<(Stats, Vec<Worker>, Duration)>,
+    meter: &cpu::Meter,
+) -> Result<(Stats, Value), String> {
+    sh.tag.store(2, Ordering::Relaxed);
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    sh.stop.store(true, Ordering::Relaxed);
+    let (stats, _, elapsed) = bg.await.map_err(|e| e.to_string())?;
+    let mut traffic = run_json(&stats, elapsed);
+    cpu::attach(&mut traffic, meter);
+    Ok((stats, traffic))
+}
+
 /// Tightens a `policy_sessions`-session org under validate traffic.
 pub async fn policy(args: &Args, t: &Target) -> Result<Value, String> {
     let (ws, _, _) = preloaded(args, t).await?;
@@ -190,12 +203,7 @@ pub async fn policy(args: &Args, t: &Target) -> Result<Value, String> {
     let put_took = put.elapsed();
     let gone = until_count(t, base, Duration::from_secs(20)).await;
     tokio::time::sleep(Duration::from_millis(500)).await;
-    sh.tag.store(2, Ordering::Relaxed);
-    tokio::time::sleep(Duration::from_millis(500)).await;
-    sh.stop.store(true, Ordering::Relaxed);
-    let (stats, _, elapsed) = bg.await.map_err(|e| e.to_string())?;
-    let mut traffic = run_json(&stats, elapsed);
-    cpu::attach(&mut traffic, &meter);
+    let (stats, traffic) = after_phase(&sh, bg, &meter).await?;
     Ok(json!({
         "target": t.label,
         "policy_change": {

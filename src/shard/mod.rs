@@ -30,12 +30,12 @@
 //! 7. **A clock that steps back delays no eviction.** The wheel's ticks only move forward, so a
 //!    deadline after a backward step can map to a tick already processed, which the wheel
 //!    clamps to the next one (wheel invariant 4), due only once the clock is back where it was.
-//!    [`Shard::advance`] first moves the scale's origin back (`follow_clock`) so that the clock
-//!    is again one tick past the ticks processed, and so does filing a deadline at or before
-//!    them (`file`: a create or touch after the step, before any pass has seen it): the
-//!    origin only ever moves back, by whole ticks, so an entry filed on an older scale comes
-//!    due early (re-checked and re-filed, as invariant 2 has it), never late, and eviction lags
-//!    a deadline by at most one tick after a step as before it.
+//!    [`Shard::advance`] first moves the scale's origin back (`scale_back_before`) so that the
+//!    clock is again one tick past the ticks processed, and so does filing a deadline at or
+//!    before them (`file`: a create or touch after the step, before any pass has seen it):
+//!    the origin only ever moves back, by whole ticks, so an entry filed on an older scale
+//!    comes due early (re-checked and re-filed, as invariant 2 has it), never late, and
+//!    eviction lags a deadline by at most one tick after a step as before it.
 
 mod check;
 mod lists;
@@ -393,7 +393,7 @@ impl Shard {
         mut budget: usize,
         on_evict: &mut impl FnMut(ExpiryReason, u64),
     ) -> (Evictions, bool) {
-        self.follow_clock(now_ms);
+        self.scale_back_before(now_ms);
         let now_tick = self.scale.now_tick(now_ms);
         let mut ev = Evictions::default();
         while budget > 0 {
@@ -414,18 +414,6 @@ impl Shard {
         (ev, true)
     }
 
-    /// Keeps the wheel's ticks ahead of a clock that stepped back (invariant 7). The wheel has
-    /// processed tick `elapsed`, which begins at `origin + elapsed * tick`: a `now_ms` before
-    /// that is a backward step (not a stale reading: the engine reads the clock under this
-    /// shard's write lock, after any earlier advance's reading). The origin then moves back by
-    /// whole ticks, so that `now_ms` falls in tick `elapsed + 1`: the pass that follows fires
-    /// that slot, where an entry filed meanwhile for a deadline before `elapsed` was clamped,
-    /// and what is not due yet is filed again on the new scale. Every entry filed before comes
-    /// due early by the shift, never late.
-    fn follow_clock(&mut self, now_ms: u64) {
-        self.scale_back_before(now_ms);
-    }
-
     /// Files live record `idx` in the wheel at the tick of its deadline `expires_ms`. A live
     /// session's deadline is after now, so one at or before the ticks already processed means
     /// the clock stepped back and no advance has seen it yet (a create or touch right after
@@ -440,8 +428,13 @@ impl Shard {
         self.wheel.insert(&mut self.slab, idx, when);
     }
 
-    /// Moves the scale's origin back by whole ticks, if need be, so that `ms` falls after the
-    /// ticks already processed (invariant 7).
+    /// Keeps the wheel's ticks ahead of a clock that stepped back (invariant 7). The wheel has
+    /// processed tick `elapsed`, which begins at `origin + elapsed * tick`: a pass's `now` or a
+    /// live deadline `ms` before that can only come of a backward step (not of a stale
+    /// reading: the engine reads the clock under this shard's write lock, after any earlier
+    /// pass's reading). The origin then moves back by whole ticks, so that `ms` falls in tick
+    /// `elapsed + 1` or later; every entry filed before comes due early by the shift (re-checked
+    /// and filed again on the new scale), never late.
     fn scale_back_before(&mut self, ms: u64) {
         let tick = self.scale.tick_ms;
         let processed_ms = self.scale.origin_ms + self.wheel.elapsed() * tick;
